@@ -1,0 +1,9 @@
+DROP TABLE audit_checkpoints;
+DROP TABLE audit_append_lock;
+DROP TRIGGER audit_log_no_delete;
+DROP TRIGGER audit_log_no_update;
+DROP TABLE audit_log;
+DROP TABLE enrolment_tokens;
+DROP TABLE users;
+DROP TABLE sites;
+DROP TABLE organisations;

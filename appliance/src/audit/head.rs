@@ -1,0 +1,138 @@
+//! The signed chain head, kept outside the store in `{data_dir}/audit-head.json` and
+//! advanced after every append. Checkpoints and the head both sign a [`statement`].
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+
+use super::chain::Hash;
+use crate::error::{AuditError, Error, Result};
+use crate::keys::{SigningKey, VerifyingKey};
+use crate::time::now_us;
+
+/// The bytes a checkpoint or head signature covers.
+pub fn statement(kind: &str, seq: i64, hash: &[u8], signed_at_us: i64) -> Vec<u8> {
+    format!(
+        "plantgate-audit-{kind}-v1\n{seq}\n{}\n{signed_at_us}\n",
+        hex::encode(hash)
+    )
+    .into_bytes()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedHead {
+    pub seq: i64,
+    /// Hex SHA-256 of record `seq`.
+    pub hash: String,
+    pub signed_at_us: i64,
+    pub key_id: String,
+    /// Base64 Ed25519 signature over `statement("head", ...)`.
+    pub signature: String,
+}
+
+impl SignedHead {
+    fn sign(key: &SigningKey, seq: i64, hash: &Hash) -> Result<SignedHead> {
+        let signed_at_us = now_us();
+        let signature = key.sign(&statement("head", seq, hash, signed_at_us))?;
+        Ok(SignedHead {
+            seq,
+            hash: hex::encode(hash),
+            signed_at_us,
+            key_id: key.key_id().to_owned(),
+            signature: BASE64.encode(signature),
+        })
+    }
+
+    /// The head's hash when its signature is good, or what is wrong with it.
+    pub fn verified_hash(&self, key: &VerifyingKey) -> Result<Vec<u8>, String> {
+        if self.key_id != key.key_id() {
+            return Err(format!(
+                "it is signed by key {}, not by this appliance's key {}",
+                self.key_id,
+                key.key_id()
+            ));
+        }
+        let hash = hex::decode(&self.hash).map_err(|_| "its hash is not hex".to_owned())?;
+        let signature = BASE64
+            .decode(&self.signature)
+            .map_err(|_| "its signature is not base64".to_owned())?;
+        if key.verify(
+            &statement("head", self.seq, &hash, self.signed_at_us),
+            &signature,
+        ) {
+            Ok(hash)
+        } else {
+            Err("its signature is invalid".to_owned())
+        }
+    }
+}
+
+/// The file and its lock. Writers from several processes take the lock, and the head only
+/// ever moves forward, so a slow writer cannot roll it back.
+#[derive(Debug, Clone)]
+pub struct HeadFile {
+    path: PathBuf,
+    lock_path: PathBuf,
+}
+
+impl HeadFile {
+    pub fn in_dir(data_dir: &Path) -> HeadFile {
+        HeadFile {
+            path: data_dir.join("audit-head.json"),
+            lock_path: data_dir.join("audit-head.lock"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn error(&self, problem: impl std::fmt::Display) -> Error {
+        Error::Audit(AuditError::Head {
+            path: self.path.clone(),
+            problem: problem.to_string(),
+        })
+    }
+
+    pub fn read(&self) -> Result<Option<SignedHead>> {
+        match fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|err| self.error(err)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(self.error(err)),
+        }
+    }
+
+    /// Signs `(seq, hash)` and makes it the head, unless the head is already at or past `seq`.
+    pub fn advance(&self, key: &SigningKey, seq: i64, hash: &Hash) -> Result<()> {
+        let lock = File::create(&self.lock_path).map_err(|err| self.error(err))?;
+        lock.lock().map_err(|err| self.error(err))?;
+        if matches!(self.read(), Ok(Some(current)) if current.seq >= seq) {
+            return Ok(());
+        }
+        let head = SignedHead::sign(key, seq, hash)?;
+        let json = serde_json::to_vec_pretty(&head).map_err(|err| self.error(err))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            file.write_all(&json)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &self.path)?;
+            // The rename itself must reach the disk before the head counts as advanced.
+            if let Some(dir) = self.path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|err| self.error(err))
+    }
+}

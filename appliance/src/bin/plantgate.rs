@@ -1,0 +1,378 @@
+//! `plantgate`: the appliance's administration command.
+//!
+//! Exit codes: 0 success; 1 the command failed (including a failed `audit verify`);
+//! 2 bad configuration or usage.
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use appliance::audit::verify::verify;
+use appliance::audit::{self, Checkpoint, ExportFilter, ExportFormat};
+use appliance::config::Config;
+use appliance::enrolment::{self, FIRST_ADMIN, FIRST_ADMIN_VALIDITY_US};
+use appliance::error::{Error, Result};
+use appliance::keys::{SigningKey, VerifyingKey, private_key_path};
+use appliance::models::{Role, User};
+use appliance::time::{format_us, parse_instant};
+use appliance::{Actor, Appliance, Audit, AuditEvent, Store};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "plantgate",
+    version,
+    about = "Administer a Plantgate appliance"
+)]
+struct Cli {
+    /// The configuration file. Without it, /etc/plantgate/plantgate.toml if present, else defaults.
+    #[arg(long, global = true, env = "PLANTGATE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the store, the audit signing key and the one-time first-admin enrolment token.
+    Init {
+        /// Replace a lost first-admin enrolment token with a new one.
+        #[arg(long)]
+        reissue_token: bool,
+    },
+    /// Apply pending store migrations.
+    Migrate,
+    /// Validate the configuration and print it, secrets removed.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Verify or export the tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain, the signed checkpoints and the signed head; exit 1 on tampering.
+    Verify,
+    /// Stream the log.
+    Export {
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+        /// Only records at or after this time (2026-11-22 or 2026-11-22T08:00:00Z).
+        #[arg(long, value_parser = parse_instant)]
+        since: Option<i64>,
+        /// Only records before this time.
+        #[arg(long, value_parser = parse_instant)]
+        until: Option<i64>,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Print the signed checkpoints, one line each, for a witness to keep.
+    Checkpoints {
+        /// Send them to this syslog socket instead of printing them.
+        #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = "/dev/log")]
+        syslog: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// List every user with role and organisation.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config =
+        match Config::load(cli.config.as_deref()).and_then(|c| c.prepare_data_dir().map(|()| c)) {
+            Ok(config) => config,
+            Err(err) => {
+                eprintln!("plantgate: {err}");
+                return ExitCode::from(2);
+            }
+        };
+    appliance::telemetry::init(&config.log);
+    match run(cli.command, config) {
+        Ok(code) => code,
+        Err(err) => {
+            tracing::debug!(error = ?err, "command failed");
+            eprintln!("plantgate: {err}");
+            ExitCode::from(if matches!(err, Error::Config(_)) {
+                2
+            } else {
+                1
+            })
+        }
+    }
+}
+
+/// The CLI acts as the local operator; the Unix uid says which one.
+fn cli_actor() -> Actor {
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    Actor::System(format!("cli:uid={uid}"))
+}
+
+#[allow(clippy::print_stdout)] // printing is this binary's job
+fn run(command: Command, config: Config) -> Result<ExitCode> {
+    let actor = cli_actor();
+    match command {
+        Command::Init { reissue_token } => init(config, &actor, reissue_token),
+        Command::Migrate => {
+            // `open` migrates and audits what it applied.
+            let store = Store::open(&config)?;
+            let audit = Audit::open(store.clone(), &config)?;
+            let applied = Appliance {
+                config,
+                store,
+                audit,
+            }
+            .migrate(&actor)?;
+            if applied.is_empty() {
+                println!("store is up to date");
+            } else {
+                println!("applied migrations: {}", applied.join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            println!("# configuration is valid\n{}", config.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let store = Store::open(&config)?;
+            let key = VerifyingKey::load(&config.keys_dir())?;
+            let head = audit::head::HeadFile::in_dir(&config.data_dir).read()?;
+            let report = verify(&mut *store.conn()?, &key, head.as_ref())?;
+            match &report.problem {
+                None => {
+                    println!(
+                        "audit log intact: {} records, {} signed checkpoints, signed head at seq {}",
+                        report.records,
+                        report.checkpoints,
+                        report.head_seq.unwrap_or(0)
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(problem) => {
+                    tracing::error!(%problem, "audit log verification failed");
+                    println!("audit log TAMPERED: {problem}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Export {
+                    format,
+                    since,
+                    until,
+                    output,
+                },
+        } => {
+            let app = Appliance::open(config, &actor)?;
+            let filter = ExportFilter {
+                since_us: since,
+                until_us: until,
+            };
+            let mut conn = app.store.conn()?;
+            let count = match &output {
+                Some(path) => {
+                    let file = std::fs::File::create(path).map_err(|err| {
+                        Error::invalid("output", format!("{}: {err}", path.display()))
+                    })?;
+                    audit::export::export(&mut conn, filter, format, file)?
+                }
+                None => audit::export::export(&mut conn, filter, format, std::io::stdout().lock())?,
+            };
+            drop(conn);
+            app.audit
+                .record(
+                    AuditEvent::new(actor, "audit.exported").details(serde_json::json!({
+                        "format": format!("{format:?}").to_lowercase(),
+                        "since": since.map(format_us),
+                        "until": until.map(format_us),
+                        "records": count,
+                        "output": output.map(|p| p.display().to_string()),
+                    })),
+                )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::Checkpoints { syslog },
+        } => {
+            let app = Appliance::open(config, &actor)?;
+            let checkpoints = Checkpoint::list(&mut *app.store.conn()?)?;
+            match &syslog {
+                Some(socket) => {
+                    audit::send_to_syslog(socket, &checkpoints)?;
+                    eprintln!(
+                        "sent {} checkpoints to {}",
+                        checkpoints.len(),
+                        socket.display()
+                    );
+                }
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    for checkpoint in &checkpoints {
+                        writeln!(out, "{}", checkpoint.witness_line())
+                            .map_err(|err| Error::invalid("output", err.to_string()))?;
+                    }
+                }
+            }
+            app.audit.record(
+                AuditEvent::new(actor, "audit.checkpoints.exported").details(serde_json::json!({
+                    "checkpoints": checkpoints.len(),
+                    "syslog": syslog.map(|p| p.display().to_string()),
+                })),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User {
+            command: UserCommand::List { json },
+        } => {
+            let app = Appliance::open(config, &actor)?;
+            let users = User::list_all(&mut *app.store.conn()?)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&users)
+                        .map_err(|err| Error::invalid("output", err.to_string()))?
+                );
+            } else if users.is_empty() {
+                println!(
+                    "no users yet: create the first administrator in the portal with the enrolment token"
+                );
+            } else {
+                println!(
+                    "{:<6} {:<24} {:<32} {:<11} ORGANISATION",
+                    "ID", "NAME", "EMAIL", "ROLE"
+                );
+                for listing in &users {
+                    let u = &listing.user;
+                    println!(
+                        "{:<6} {:<24} {:<32} {:<11} {}",
+                        u.id.0, u.name, u.email, u.role, listing.organisation
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn init(config: Config, actor: &Actor, reissue_token: bool) -> Result<ExitCode> {
+    let store = Store::open(&config)?;
+    let applied = store.migrate()?;
+    let key_path = private_key_path(&config.keys_dir());
+    let key_generated = if key_path.exists() {
+        false
+    } else {
+        // A log with records but no key means the key was lost or removed: a new key would
+        // make every earlier signature unverifiable, so refuse and say what to do.
+        let records: i64 = {
+            use diesel::prelude::*;
+            appliance::schema::audit_log::table
+                .count()
+                .get_result(&mut store.conn()?)?
+        };
+        if records > 0 {
+            return Err(Error::Conflict(format!(
+                "the audit log holds {records} records but the signing key {} is missing; restore {} from backup",
+                key_path.display(),
+                config.keys_dir().display()
+            )));
+        }
+        SigningKey::generate(&config.keys_dir())?;
+        true
+    };
+    let audit = Audit::open(store.clone(), &config)?;
+    let mut events = Vec::new();
+    if !applied.is_empty() {
+        events.push(
+            AuditEvent::new(actor.clone(), "store.migrated")
+                .target(format!("store:{}", store.backend().name()))
+                .details(serde_json::json!({ "applied": applied })),
+        );
+    }
+    if key_generated {
+        let key = SigningKey::load(&config.keys_dir())?;
+        events.push(
+            AuditEvent::new(actor.clone(), "audit.key.generated")
+                .target(format!("key:{}", key.key_id()))
+                .details(serde_json::json!({ "algorithm": "ed25519", "path": key_path.display().to_string() })),
+        );
+        events.push(
+            AuditEvent::new(actor.clone(), "appliance.initialised").details(serde_json::json!({
+                "store": store.describe(),
+                "data_dir": config.data_dir.display().to_string(),
+            })),
+        );
+    }
+    if !events.is_empty() {
+        audit.record_all(events)?;
+    }
+
+    let mut conn = store.conn()?;
+    let admins = User::count_with_role(&mut conn, Role::Admin)?;
+    let pending = enrolment::pending(&mut conn, FIRST_ADMIN)?;
+    drop(conn);
+    println!("Plantgate is initialised.");
+    println!("  data directory:    {}", config.data_dir.display());
+    println!("  store:             {}", store.describe());
+    println!("  audit signing key: {}", key_path.display());
+    if admins > 0 {
+        println!("  administrators:    {admins}");
+        if reissue_token {
+            println!("An administrator exists, so no first-admin enrolment token is needed.");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    match pending {
+        Some(token) if !reissue_token => {
+            println!(
+                "\nA first-admin enrolment token was issued at {} and is valid until {}.\n\
+                 It is shown only once. Lost it? Run `plantgate init --reissue-token`.",
+                format_us(token.created_at_us),
+                format_us(token.expires_at_us)
+            );
+        }
+        _ => {
+            let (token, pending) =
+                enrolment::issue(&audit, actor, FIRST_ADMIN, FIRST_ADMIN_VALIDITY_US)?;
+            println!(
+                "\nFirst-admin enrolment token (shown once, valid until {}):",
+                format_us(pending.expires_at_us)
+            );
+            println!("\n    {}\n", token.reveal());
+            println!("Enter it in the portal's first-run page to create the first administrator.");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,401 @@
+//! Configuration: a TOML file plus `PLANTGATE_*` environment overrides, validated at start.
+//!
+//! Every key has a default, so `plantgate` runs with no file at all. Nested keys are
+//! reached from the environment with a double underscore: `PLANTGATE_STORE__URL` sets
+//! `store.url`. A bad value is reported as one [`ConfigError`] line naming the key, the
+//! value and what is allowed.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Where the image's configuration lives; used when no file is named explicitly.
+pub const SYSTEM_CONFIG_PATH: &str = "/etc/plantgate/plantgate.toml";
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "PLANTGATE_";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Everything Plantgate keeps on disk: the SQLite store, signing keys, the signed audit head.
+    /// `./var` in development; the image's config sets `/var/lib/plantgate`.
+    pub data_dir: PathBuf,
+    pub store: StoreConfig,
+    pub audit: AuditConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://...`. Unset means `sqlite://{data_dir}/plantgate.db`.
+    pub url: Option<String>,
+    pub pool_size: u32,
+    /// How long SQLite waits for another writer before giving up.
+    pub busy_timeout_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// A signed checkpoint of the chain head is taken every this many records...
+    pub checkpoint_every_records: u64,
+    /// ...and when the head moved and the last checkpoint is older than this.
+    pub checkpoint_every_minutes: u64,
+    /// A local syslog socket (usually `/dev/log`) that receives every checkpoint, so that
+    /// a witness outside the appliance holds them.
+    pub syslog_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter directive such as `info` or `appliance=debug,warn`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./var"),
+            store: StoreConfig::default(),
+            audit: AuditConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            pool_size: 8,
+            busy_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            checkpoint_every_records: 1000,
+            checkpoint_every_minutes: 10,
+            syslog_socket: None,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// One bad setting: which key, what value, what is allowed, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub value: Option<String>,
+    pub problem: String,
+    pub origin: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config: {}", self.key)?;
+        if let Some(value) = &self.value {
+            write!(f, " = {value}")?;
+        }
+        write!(f, ": {}", self.problem)?;
+        if let Some(origin) = &self.origin {
+            write!(f, " (from {origin})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn new(key: &str, value: impl fmt::Display, problem: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.to_owned(),
+            value: Some(value.to_string()),
+            problem: problem.into(),
+            origin: None,
+        }
+    }
+}
+
+/// Which database the store URL names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreTarget {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl StoreTarget {
+    /// The URL with any password replaced, safe to print and log.
+    pub fn redacted(&self) -> String {
+        match self {
+            StoreTarget::Sqlite(path) => format!("sqlite://{}", path.display()),
+            StoreTarget::Postgres(url) => redact_url(url),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `file` (or the system file when it exists), applies `PLANTGATE_*` overrides
+    /// from the process environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if !path.is_file() => {
+                return Err(ConfigError {
+                    key: "config file".to_owned(),
+                    value: Some(path.display().to_string()),
+                    problem: "no such file".to_owned(),
+                    origin: None,
+                });
+            }
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new(SYSTEM_CONFIG_PATH).is_file() => {
+                figment = figment.merge(Toml::file_exact(SYSTEM_CONFIG_PATH))
+            }
+            None => {}
+        }
+        // `PLANTGATE_CONFIG` names the file itself and is not a setting.
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
+        let config: Config = figment.extract().map_err(from_figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value that serde's types cannot, without touching the disk.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.store_target()?;
+        if !(1..=64).contains(&self.store.pool_size) {
+            return Err(ConfigError::new(
+                "store.pool_size",
+                self.store.pool_size,
+                "must be between 1 and 64",
+            ));
+        }
+        if !(1..=600_000).contains(&self.store.busy_timeout_ms) {
+            return Err(ConfigError::new(
+                "store.busy_timeout_ms",
+                self.store.busy_timeout_ms,
+                "must be between 1 and 600000 milliseconds",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.audit.checkpoint_every_records) {
+            return Err(ConfigError::new(
+                "audit.checkpoint_every_records",
+                self.audit.checkpoint_every_records,
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !(1..=24 * 60).contains(&self.audit.checkpoint_every_minutes) {
+            return Err(ConfigError::new(
+                "audit.checkpoint_every_minutes",
+                self.audit.checkpoint_every_minutes,
+                "must be between 1 and 1440",
+            ));
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            return Err(ConfigError::new(
+                "log.level",
+                format!("{:?}", self.log.level),
+                format!("not a tracing filter ({err}); use e.g. \"info\" or \"appliance=debug\""),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates the data directory if needed and proves that it is writable.
+    pub fn prepare_data_dir(&self) -> Result<(), ConfigError> {
+        let dir = &self.data_dir;
+        let unwritable = |err: std::io::Error| {
+            ConfigError::new(
+                "data_dir",
+                format!("{:?}", dir.display().to_string()),
+                format!("not a writable directory ({err})"),
+            )
+        };
+        std::fs::create_dir_all(dir).map_err(unwritable)?;
+        let probe = tempfile::NamedTempFile::new_in(dir).map_err(unwritable)?;
+        probe.close().map_err(unwritable)
+    }
+
+    /// The database the store URL names; `sqlite://{data_dir}/plantgate.db` when unset.
+    pub fn store_target(&self) -> Result<StoreTarget, ConfigError> {
+        let Some(raw) = &self.store.url else {
+            return Ok(StoreTarget::Sqlite(self.data_dir.join("plantgate.db")));
+        };
+        let allowed = "allowed: sqlite://PATH or postgres://USER@HOST[:PORT]/DATABASE";
+        let shown = format!("{:?}", redact_url(raw));
+        if let Some(path) = raw.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(ConfigError::new(
+                    "store.url",
+                    shown,
+                    format!("no file path; {allowed}"),
+                ));
+            }
+            return Ok(StoreTarget::Sqlite(PathBuf::from(path)));
+        }
+        match url::Url::parse(raw) {
+            Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") => {
+                Ok(StoreTarget::Postgres(raw.clone()))
+            }
+            Ok(url) => Err(ConfigError::new(
+                "store.url",
+                shown,
+                format!("unsupported scheme `{}`; {allowed}", url.scheme()),
+            )),
+            Err(err) => Err(ConfigError::new(
+                "store.url",
+                shown,
+                format!("not a URL ({err}); {allowed}"),
+            )),
+        }
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
+
+    /// A rendering of the effective configuration with secrets removed.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.store.url = self.store_target().ok().map(|target| target.redacted());
+        toml::to_string(&shown).unwrap_or_else(|err| format!("# cannot render config: {err}"))
+    }
+}
+
+/// Replaces the password of a URL, if any, so that it can be printed.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            // Setting a password only fails for URLs that cannot have one, which this has.
+            let _ = url.set_password(Some("REDACTED"));
+            url.to_string()
+        }
+        _ => raw.to_owned(),
+    }
+}
+
+fn from_figment(err: figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let origin = err.metadata.as_ref().map(|meta| match &meta.source {
+        Some(figment::Source::File(path)) => path.display().to_string(),
+        _ if meta.name.contains("environment") => {
+            meta.interpolate(&err.profile.clone().unwrap_or_default(), &err.path)
+        }
+        _ => meta.name.to_string(),
+    });
+    let mut key = err.path.join(".");
+    let (value, problem) = match &err.kind {
+        Kind::UnknownField(field, allowed) => {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(field);
+            (
+                None,
+                format!("unknown key; allowed here: {}", allowed.join(", ")),
+            )
+        }
+        Kind::InvalidType(actual, expected) => {
+            (Some(actual.to_string()), format!("expected {expected}"))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            (Some(actual.to_string()), format!("expected {expected}"))
+        }
+        Kind::UnknownVariant(actual, allowed) => (
+            Some(format!("{actual:?}")),
+            format!("allowed: {}", allowed.join(", ")),
+        ),
+        Kind::Message(message) => {
+            // TOML syntax errors span several lines; the first names the place.
+            (
+                None,
+                message
+                    .lines()
+                    .next()
+                    .unwrap_or("invalid")
+                    .trim()
+                    .to_owned(),
+            )
+        }
+        other => (None, other.to_string()),
+    };
+    let origin = match (&err.kind, origin) {
+        // An unknown key from the environment is best named by the variable itself.
+        (Kind::UnknownField(..), Some(origin)) if origin.starts_with(ENV_PREFIX) => Some(format!(
+            "{ENV_PREFIX}{}",
+            key.replace('.', "__").to_uppercase()
+        )),
+        (_, origin) => origin,
+    };
+    ConfigError {
+        key: if key.is_empty() {
+            "config file".to_owned()
+        } else {
+            key
+        },
+        value,
+        problem,
+        origin,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_url_with_a_password_is_never_printed_in_errors() {
+        let mut config = Config::default();
+        config.store.url = Some("mysql://admin:hunter2@db/plantgate".to_owned());
+        let err = config.store_target().expect_err("mysql is not supported");
+        let line = err.to_string();
+        assert!(line.contains("unsupported scheme `mysql`"), "{line}");
+        assert!(!line.contains("hunter2"), "{line}");
+    }
+
+    #[test]
+    fn unset_store_url_means_sqlite_in_the_data_dir() {
+        let config = Config {
+            data_dir: PathBuf::from("/srv/pg"),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.store_target(),
+            Ok(StoreTarget::Sqlite(PathBuf::from("/srv/pg/plantgate.db")))
+        );
+    }
+
+    #[test]
+    fn redacted_toml_hides_the_database_password() {
+        let mut config = Config::default();
+        config.store.url = Some("postgres://plantgate:s3cret@127.0.0.1/pg".to_owned());
+        let shown = config.to_redacted_toml();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("[store]"), "{shown}");
+    }
+}

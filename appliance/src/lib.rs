@@ -1,0 +1,61 @@
+//! Plantgate's core library: configuration, the store, the tamper-evident audit log, and
+//! the domain model. `web`, `firewall` and `updater` build on it; it knows none of them.
+
+pub mod audit;
+pub mod config;
+pub mod enrolment;
+pub mod error;
+pub mod ids;
+pub mod keys;
+pub mod models;
+pub mod schema;
+pub mod store;
+pub mod telemetry;
+pub mod time;
+
+use config::Config;
+use error::Result;
+
+pub use audit::{Actor, Audit, AuditEvent, Outcome};
+pub use error::Error;
+pub use store::{DbConnection, Store};
+
+/// What every Plantgate process opens at start: the validated config, the migrated store
+/// and the audit appender.
+#[derive(Debug, Clone)]
+pub struct Appliance {
+    pub config: Config,
+    pub store: Store,
+    pub audit: Audit,
+}
+
+impl Appliance {
+    /// Opens the store, applies pending migrations (recording them as `actor`), and loads
+    /// the signing key. Fails with "run `plantgate init`" on a machine never initialised.
+    pub fn open(config: Config, actor: &Actor) -> Result<Appliance> {
+        config.prepare_data_dir()?;
+        let store = Store::open(&config)?;
+        // The key is checked before migrating, so that an uninitialised machine is left untouched.
+        let audit = Audit::open(store.clone(), &config)?;
+        let appliance = Appliance {
+            config,
+            store,
+            audit,
+        };
+        appliance.migrate(actor)?;
+        Ok(appliance)
+    }
+
+    /// Applies pending migrations and audits the ones applied.
+    pub fn migrate(&self, actor: &Actor) -> Result<Vec<String>> {
+        let applied = self.store.migrate()?;
+        if !applied.is_empty() {
+            self.audit.record(
+                AuditEvent::new(actor.clone(), "store.migrated")
+                    .target(format!("store:{}", self.store.backend().name()))
+                    .details(serde_json::json!({ "applied": applied })),
+            )?;
+        }
+        Ok(applied)
+    }
+}

@@ -1,0 +1,358 @@
+//! Row structs and typed ids for the directory: organisations, sites (plants) and users.
+//! Every write here goes through [`Audit::record_with`], so the change and its audit record
+//! commit together or not at all.
+
+use std::fmt;
+use std::str::FromStr;
+
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{Actor, Audit, AuditEvent};
+use crate::error::{Error, Result};
+pub use crate::ids::{OrganisationId, SiteId, UserId};
+use crate::on_backend;
+use crate::schema::{organisations, sites, users};
+use crate::store::DbConnection;
+use crate::time::now_us;
+
+/// What a user may do. The web crate's permission table is keyed by this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Administers the appliance.
+    Admin,
+    /// Approves remote access for the sites assigned to them.
+    Approver,
+    /// Asks for remote access to machines.
+    Technician,
+    /// Reads, changes nothing.
+    Viewer,
+    /// Reads the audit log, nothing else.
+    Auditor,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::Approver,
+        Role::Technician,
+        Role::Viewer,
+        Role::Auditor,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Approver => "approver",
+            Role::Technician => "technician",
+            Role::Viewer => "viewer",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Role> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "role",
+                    format!(
+                        "{s:?} is not a role; allowed: admin, approver, technician, viewer, auditor"
+                    ),
+                )
+            })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable, Serialize)]
+#[diesel(table_name = organisations)]
+pub struct Organisation {
+    pub id: OrganisationId,
+    pub name: String,
+    pub created_at_us: i64,
+}
+
+#[derive(
+    Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable, Associations, Serialize,
+)]
+#[diesel(table_name = sites, belongs_to(Organisation))]
+pub struct Site {
+    pub id: SiteId,
+    pub organisation_id: OrganisationId,
+    pub name: String,
+    pub location: String,
+    pub created_at_us: i64,
+}
+
+/// A user row; `role` is kept as its text form, see [`User::role`].
+#[derive(
+    Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable, Associations, Serialize,
+)]
+#[diesel(table_name = users, belongs_to(Organisation))]
+pub struct User {
+    pub id: UserId,
+    pub organisation_id: OrganisationId,
+    pub name: String,
+    pub email: String,
+    pub role: String,
+    pub created_at_us: i64,
+}
+
+impl User {
+    pub fn role(&self) -> Result<Role> {
+        self.role.parse()
+    }
+}
+
+/// A user joined with the name of their organisation, as lists show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserListing {
+    #[serde(flatten)]
+    pub user: User,
+    pub organisation: String,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = organisations)]
+struct NewOrganisation<'a> {
+    name: &'a str,
+    created_at_us: i64,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = sites)]
+struct NewSite<'a> {
+    organisation_id: OrganisationId,
+    name: &'a str,
+    location: &'a str,
+    created_at_us: i64,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = users)]
+struct NewUser<'a> {
+    organisation_id: OrganisationId,
+    name: &'a str,
+    email: &'a str,
+    role: &'a str,
+    created_at_us: i64,
+}
+
+const MAX_NAME_CHARS: usize = 200;
+
+fn clean_name(field: &'static str, raw: &str) -> Result<String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+/// A deliberately plain check: one `@`, something on each side, no spaces, at most 254
+/// characters. Whether the address works is proven by mail, not by a regex.
+fn clean_email(raw: &str) -> Result<String> {
+    let email = raw.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && matches!(email.split_once('@'), Some((local, domain)) if !local.is_empty() && domain.contains('.') && !domain.contains('@') && !domain.starts_with('.') && !domain.ends_with('.'));
+    if valid {
+        Ok(email)
+    } else {
+        Err(Error::invalid(
+            "email",
+            format!("{raw:?} is not an email address"),
+        ))
+    }
+}
+
+/// Maps a unique-constraint violation to a conflict the user can act on.
+fn conflict_or(err: diesel::result::Error, what: impl FnOnce() -> String) -> Error {
+    match err {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        ) => Error::Conflict(what()),
+        other => other.into(),
+    }
+}
+
+impl Organisation {
+    pub fn create(audit: &Audit, actor: &Actor, name: &str) -> Result<Organisation> {
+        let name = clean_name("name", name)?;
+        audit.record_with(|conn| {
+            let org = on_backend!(conn, c => diesel::insert_into(organisations::table)
+                    .values(NewOrganisation { name: &name, created_at_us: now_us() })
+                    .returning(Organisation::as_returning())
+                .get_result(c))
+            .map_err(|err| {
+                conflict_or(err, || {
+                    format!("an organisation named {name:?} already exists")
+                })
+            })?;
+            let event = AuditEvent::new(actor.clone(), "organisation.created")
+                .target(org.id)
+                .details(serde_json::json!({ "name": org.name }));
+            Ok((org, vec![event]))
+        })
+    }
+
+    pub fn list(conn: &mut DbConnection) -> Result<Vec<Organisation>> {
+        Ok(organisations::table
+            .order(organisations::name)
+            .select(Organisation::as_select())
+            .load(conn)?)
+    }
+
+    pub fn find_by_name(conn: &mut DbConnection, name: &str) -> Result<Option<Organisation>> {
+        Ok(organisations::table
+            .filter(organisations::name.eq(name))
+            .select(Organisation::as_select())
+            .first(conn)
+            .optional()?)
+    }
+}
+
+impl Site {
+    pub fn create(
+        audit: &Audit,
+        actor: &Actor,
+        organisation: OrganisationId,
+        name: &str,
+        location: &str,
+    ) -> Result<Site> {
+        let name = clean_name("name", name)?;
+        let location = location.trim();
+        audit.record_with(|conn| {
+            let site = on_backend!(conn, c => diesel::insert_into(sites::table)
+                    .values(NewSite { organisation_id: organisation, name: &name, location, created_at_us: now_us() })
+                    .returning(Site::as_returning())
+                .get_result(c))
+                .map_err(|err| match err {
+                    diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::ForeignKeyViolation, _) => {
+                        Error::NotFound("organisation")
+                    }
+                    other => conflict_or(other, || format!("this organisation already has a site named {name:?}")),
+                })?;
+            let event = AuditEvent::new(actor.clone(), "site.created")
+                .target(site.id)
+                .details(serde_json::json!({ "name": site.name, "organisation": organisation }));
+            Ok((site, vec![event]))
+        })
+    }
+
+    pub fn list_for(conn: &mut DbConnection, organisation: OrganisationId) -> Result<Vec<Site>> {
+        Ok(sites::table
+            .filter(sites::organisation_id.eq(organisation))
+            .order(sites::name)
+            .select(Site::as_select())
+            .load(conn)?)
+    }
+}
+
+impl User {
+    pub fn create(
+        audit: &Audit,
+        actor: &Actor,
+        organisation: OrganisationId,
+        name: &str,
+        email: &str,
+        role: Role,
+    ) -> Result<User> {
+        let name = clean_name("name", name)?;
+        let email = clean_email(email)?;
+        audit.record_with(|conn| {
+            let user = on_backend!(conn, c => diesel::insert_into(users::table)
+                    .values(NewUser {
+                        organisation_id: organisation,
+                        name: &name,
+                        email: &email,
+                        role: role.as_str(),
+                        created_at_us: now_us(),
+                    })
+                    .returning(User::as_returning())
+                .get_result(c))
+                .map_err(|err| match err {
+                    diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::ForeignKeyViolation, _) => {
+                        Error::NotFound("organisation")
+                    }
+                    other => conflict_or(other, || format!("a user with email {email:?} already exists")),
+                })?;
+            let event = AuditEvent::new(actor.clone(), "user.created")
+                .target(user.id)
+                .details(serde_json::json!({ "email": user.email, "role": user.role, "organisation": organisation }));
+            Ok((user, vec![event]))
+        })
+    }
+
+    /// Every user with their organisation's name, ordered by organisation then email.
+    pub fn list_all(conn: &mut DbConnection) -> Result<Vec<UserListing>> {
+        let rows: Vec<(User, String)> = users::table
+            .inner_join(organisations::table)
+            .order((organisations::name, users::email))
+            .select((User::as_select(), organisations::name))
+            .load(conn)?;
+        Ok(rows
+            .into_iter()
+            .map(|(user, organisation)| UserListing { user, organisation })
+            .collect())
+    }
+
+    pub fn count_with_role(conn: &mut DbConnection, role: Role) -> Result<i64> {
+        Ok(users::table
+            .filter(users::role.eq(role.as_str()))
+            .count()
+            .get_result(conn)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_and_checked() {
+        assert_eq!(
+            clean_email("  Ada@Plant.Example ").ok(),
+            Some("ada@plant.example".to_owned())
+        );
+        for bad in [
+            "",
+            "ada",
+            "@plant.example",
+            "ada@",
+            "ada@plant",
+            "a da@plant.example",
+            "ada@@plant.example",
+        ] {
+            assert!(clean_email(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn roles_round_trip_through_text() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>().ok(), Some(role));
+        }
+        assert!("root".parse::<Role>().is_err());
+    }
+}

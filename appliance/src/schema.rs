@@ -1,0 +1,79 @@
+//! Diesel's view of the tables. Both backends' migrations create exactly these columns.
+
+diesel::table! {
+    organisations (id) {
+        id -> BigInt,
+        name -> Text,
+        created_at_us -> BigInt,
+    }
+}
+
+diesel::table! {
+    sites (id) {
+        id -> BigInt,
+        organisation_id -> BigInt,
+        name -> Text,
+        location -> Text,
+        created_at_us -> BigInt,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> BigInt,
+        organisation_id -> BigInt,
+        name -> Text,
+        email -> Text,
+        role -> Text,
+        created_at_us -> BigInt,
+    }
+}
+
+diesel::table! {
+    enrolment_tokens (id) {
+        id -> BigInt,
+        token_hash -> Binary,
+        purpose -> Text,
+        created_at_us -> BigInt,
+        expires_at_us -> BigInt,
+        used_at_us -> Nullable<BigInt>,
+        revoked_at_us -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    audit_log (seq) {
+        seq -> BigInt,
+        occurred_at_us -> BigInt,
+        actor_kind -> Text,
+        actor_id -> Text,
+        source -> Text,
+        action -> Text,
+        target -> Text,
+        outcome -> Text,
+        details -> Text,
+        prev_hash -> Binary,
+        hash -> Binary,
+    }
+}
+
+diesel::table! {
+    audit_append_lock (id) {
+        id -> Integer,
+        appends -> BigInt,
+    }
+}
+
+diesel::table! {
+    audit_checkpoints (seq) {
+        seq -> BigInt,
+        hash -> Binary,
+        signed_at_us -> BigInt,
+        key_id -> Text,
+        signature -> Binary,
+    }
+}
+
+diesel::joinable!(sites -> organisations (organisation_id));
+diesel::joinable!(users -> organisations (organisation_id));
+diesel::allow_tables_to_appear_in_same_query!(organisations, sites, users);

@@ -1,0 +1,210 @@
+//! The store: diesel over SQLite (embedded default) or PostgreSQL, behind one
+//! `MultiConnection` type, with an r2d2 pool and migrations embedded per backend.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ManageConnection, Pool, PooledConnection, R2D2Connection};
+use diesel::sqlite::SqliteConnection;
+use diesel::{Connection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::config::{Config, StoreTarget};
+use crate::error::{Result, StoreError};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgresql");
+
+/// An arbitrary, fixed key for the PostgreSQL advisory lock that serialises migrations.
+const PG_MIGRATION_LOCK: i64 = 0x504c_414e_5447_4154;
+
+#[allow(missing_debug_implementations)] // the connections inside have no Debug
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+}
+
+/// Runs the same diesel expression on whichever concrete connection `conn` holds.
+/// For the few queries (batched inserts, streaming loads) that `MultiConnection` does not
+/// carry itself, or carries slowly.
+#[macro_export]
+macro_rules! on_backend {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::store::DbConnection::Sqlite($c) => $body,
+            $crate::store::DbConnection::Postgres($c) => $body,
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgresql",
+        }
+    }
+}
+
+/// Opens connections for the pool; the backend comes from the URL's scheme, never a guess.
+#[derive(Debug, Clone)]
+pub struct StoreManager {
+    target: StoreTarget,
+    busy_timeout_ms: u32,
+}
+
+impl ManageConnection for StoreManager {
+    type Connection = DbConnection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<DbConnection, Self::Error> {
+        match &self.target {
+            StoreTarget::Sqlite(path) => {
+                let mut conn = SqliteConnection::establish(&path.to_string_lossy())
+                    .map_err(diesel::r2d2::Error::ConnectionError)?;
+                // WAL lets readers run beside the writer; FULL makes every commit survive
+                // power loss, not only a killed process.
+                conn.batch_execute(&format!(
+                    "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; \
+                     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+                    self.busy_timeout_ms
+                ))
+                .map_err(diesel::r2d2::Error::QueryError)?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+            StoreTarget::Postgres(url) => PgConnection::establish(url)
+                .map(DbConnection::Postgres)
+                .map_err(diesel::r2d2::Error::ConnectionError),
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), Self::Error> {
+        conn.ping().map_err(diesel::r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        conn.is_broken()
+    }
+}
+
+pub type StoreConnection = PooledConnection<StoreManager>;
+
+/// The shared source of truth. Cheap to clone: clones share one pool.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: Pool<StoreManager>,
+    target: StoreTarget,
+}
+
+impl Store {
+    /// Opens the pool, failing at once (not after a pool timeout) when the database cannot
+    /// be reached. Does not migrate: see [`Store::migrate`].
+    pub fn open(config: &Config) -> Result<Store> {
+        let target = config.store_target()?;
+        let manager = StoreManager {
+            target: target.clone(),
+            busy_timeout_ms: config.store.busy_timeout_ms,
+        };
+        let first = manager.connect().map_err(|err| StoreError::Connect {
+            target: target.redacted(),
+            reason: err.to_string(),
+        })?;
+        let pool = Pool::builder()
+            .max_size(config.store.pool_size)
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_secs(30))
+            .build_unchecked(manager);
+        drop(first);
+        Ok(Store { pool, target })
+    }
+
+    pub fn conn(&self) -> Result<StoreConnection> {
+        Ok(self.pool.get().map_err(StoreError::Pool)?)
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.target {
+            StoreTarget::Sqlite(_) => Backend::Sqlite,
+            StoreTarget::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The store's location with any password removed.
+    pub fn describe(&self) -> String {
+        self.target.redacted()
+    }
+
+    /// Applies pending migrations and returns their versions. Safe when several processes
+    /// start at once: they take turns, and the later ones find nothing to do.
+    pub fn migrate(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn()?;
+        let applied = match (&mut *conn, &self.target) {
+            (DbConnection::Sqlite(c), StoreTarget::Sqlite(path)) => {
+                let lock_path = PathBuf::from(format!("{}.migrate-lock", path.display()));
+                let lock = File::create(&lock_path)
+                    .and_then(|file| file.lock().map(|()| file))
+                    .map_err(|source| StoreError::MigrationLock {
+                        path: lock_path,
+                        source,
+                    })?;
+                let applied = c.run_pending_migrations(SQLITE_MIGRATIONS).map(|versions| {
+                    versions
+                        .into_iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                });
+                drop(lock);
+                applied
+            }
+            (DbConnection::Postgres(c), _) => {
+                diesel::sql_query(format!("SELECT pg_advisory_lock({PG_MIGRATION_LOCK})"))
+                    .execute(c)?;
+                let applied = c
+                    .run_pending_migrations(POSTGRES_MIGRATIONS)
+                    .map(|versions| {
+                        versions
+                            .into_iter()
+                            .map(|v| v.to_string())
+                            .collect::<Vec<_>>()
+                    });
+                diesel::sql_query(format!("SELECT pg_advisory_unlock({PG_MIGRATION_LOCK})"))
+                    .execute(c)?;
+                applied
+            }
+            (DbConnection::Sqlite(_), StoreTarget::Postgres(_)) => {
+                return Err(StoreError::Migration(
+                    "connection does not match the store URL".into(),
+                )
+                .into());
+            }
+        };
+        Ok(applied.map_err(|err| StoreError::Migration(err.to_string()))?)
+    }
+
+    /// Reverts every migration. Only tests call this, to prove that each `down` reverses its `up`.
+    pub fn revert_all_migrations(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn()?;
+        let reverted = on_backend!(&mut *conn, c => match c.revert_all_migrations(migrations_of(self.backend())) {
+            Ok(versions) => Ok(versions.into_iter().map(|v| v.to_string()).collect()),
+            Err(err) => Err(StoreError::Migration(err.to_string())),
+        })?;
+        Ok(reverted)
+    }
+}
+
+fn migrations_of(backend: Backend) -> EmbeddedMigrations {
+    match backend {
+        Backend::Sqlite => SQLITE_MIGRATIONS,
+        Backend::Postgres => POSTGRES_MIGRATIONS,
+    }
+}
