@@ -71,8 +71,18 @@ impl SignedHead {
     }
 }
 
-/// The file and its lock. Writers from several processes take the lock, and the head only
-/// ever moves forward, so a slow writer cannot roll it back.
+/// What the head file holds. `committed` is a head known to be in the store; `pending` is
+/// the head of a batch being committed right now. A crash between the two writes leaves the
+/// store at one of them, and `audit verify` accepts either, so a crash never looks like
+/// tampering, and at most the one batch in flight is ever unaccounted for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadState {
+    pub committed: SignedHead,
+    pub pending: Option<SignedHead>,
+}
+
+/// The file and its lock. Writers from several processes take the lock, and the committed
+/// head only ever moves forward, so a slow writer cannot roll it back.
 #[derive(Debug, Clone)]
 pub struct HeadFile {
     path: PathBuf,
@@ -98,7 +108,7 @@ impl HeadFile {
         })
     }
 
-    pub fn read(&self) -> Result<Option<SignedHead>> {
+    pub fn read(&self) -> Result<Option<HeadState>> {
         match fs::read(&self.path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
@@ -108,15 +118,57 @@ impl HeadFile {
         }
     }
 
-    /// Signs `(seq, hash)` and makes it the head, unless the head is already at or past `seq`.
-    pub fn advance(&self, key: &SigningKey, seq: i64, hash: &Hash) -> Result<()> {
+    /// Called under the append lock, before commit: `committed` is the store's tail as just
+    /// read, `pending` the head the transaction will leave.
+    pub fn begin(
+        &self,
+        key: &SigningKey,
+        committed: (i64, &Hash),
+        pending: (i64, &Hash),
+    ) -> Result<()> {
+        self.update(|current| {
+            let committed = match current {
+                Some(state) if state.committed.seq == committed.0 => state.committed,
+                _ => SignedHead::sign(key, committed.0, committed.1)?,
+            };
+            Ok(Some(HeadState {
+                committed,
+                pending: Some(SignedHead::sign(key, pending.0, pending.1)?),
+            }))
+        })
+    }
+
+    /// Called after commit: `head` is in the store now.
+    pub fn commit(&self, key: &SigningKey, head: (i64, &Hash)) -> Result<()> {
+        self.update(|current| {
+            let pending = current.as_ref().and_then(|state| state.pending.clone());
+            if current
+                .as_ref()
+                .is_some_and(|state| state.committed.seq >= head.0)
+            {
+                return Ok(None);
+            }
+            Ok(Some(HeadState {
+                committed: SignedHead::sign(key, head.0, head.1)?,
+                // Another process may have begun a later batch meanwhile; keep its entry.
+                pending: pending.filter(|p| p.seq > head.0),
+            }))
+        })
+    }
+
+    /// Reads, changes and atomically replaces the file under its lock. `change` returns
+    /// `None` to leave the file as it is.
+    fn update(
+        &self,
+        change: impl FnOnce(Option<HeadState>) -> Result<Option<HeadState>>,
+    ) -> Result<()> {
         let lock = File::create(&self.lock_path).map_err(|err| self.error(err))?;
         lock.lock().map_err(|err| self.error(err))?;
-        if matches!(self.read(), Ok(Some(current)) if current.seq >= seq) {
+        // An unreadable file is replaced rather than blocking every append; verify reports it.
+        let Some(state) = change(self.read().ok().flatten())? else {
             return Ok(());
-        }
-        let head = SignedHead::sign(key, seq, hash)?;
-        let json = serde_json::to_vec_pretty(&head).map_err(|err| self.error(err))?;
+        };
+        let json = serde_json::to_vec_pretty(&state).map_err(|err| self.error(err))?;
         let tmp = self.path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
             let mut file = OpenOptions::new()
@@ -127,7 +179,7 @@ impl HeadFile {
             file.write_all(&json)?;
             file.sync_all()?;
             fs::rename(&tmp, &self.path)?;
-            // The rename itself must reach the disk before the head counts as advanced.
+            // The rename itself must reach the disk before the head counts as written.
             if let Some(dir) = self.path.parent() {
                 File::open(dir)?.sync_all()?;
             }

@@ -291,20 +291,28 @@ impl Audit {
             let before = lock_and_read_head(conn)?;
             let (value, events) = change(conn)?;
             let after = append_locked(conn, before, &events)?;
+            if after.seq != before.seq {
+                // Signed before commit: if this fails, nothing is appended.
+                self.head.begin(
+                    &self.key,
+                    (before.seq, &before.hash),
+                    (after.seq, &after.hash),
+                )?;
+            }
             Ok::<_, Error>((value, before, after))
         })?;
         self.after_commit(&mut conn, before, after);
         Ok((value, after))
     }
 
-    /// Signs the new head and takes a checkpoint when one is due. The records are already
-    /// committed, so a failure here is logged, not returned: `audit verify` will report the
-    /// unsigned tail.
+    /// Marks the new head committed and takes a checkpoint when one is due. The records are
+    /// already committed, so a failure here is logged, not returned: the head file's pending
+    /// entry still covers them.
     fn after_commit(&self, conn: &mut DbConnection, before: ChainHead, after: ChainHead) {
         if after.seq == before.seq {
             return;
         }
-        if let Err(err) = self.head.advance(&self.key, after.seq, &after.hash) {
+        if let Err(err) = self.head.commit(&self.key, (after.seq, &after.hash)) {
             tracing::error!(error = %err, seq = after.seq, "could not sign the audit head");
         }
         let crossed_boundary =

@@ -17,7 +17,7 @@ use std::fmt;
 use super::Checkpoint;
 use super::chain::{GENESIS, Hash};
 use super::export::{ExportFilter, for_each_record};
-use super::head::SignedHead;
+use super::head::HeadState;
 use crate::error::Result;
 use crate::keys::VerifyingKey;
 use crate::store::DbConnection;
@@ -66,14 +66,14 @@ fn bad(seq: i64, reason: String) -> Tamper {
 pub fn verify(
     conn: &mut DbConnection,
     key: &VerifyingKey,
-    head: Option<&SignedHead>,
+    head: Option<&HeadState>,
 ) -> Result<VerifyReport> {
     let checkpoint_rows = Checkpoint::list(conn)?;
     let mut report = VerifyReport {
         records: 0,
         tail_seq: 0,
         checkpoints: checkpoint_rows.len(),
-        head_seq: head.map(|h| h.seq),
+        head_seq: None,
         problem: None,
     };
 
@@ -89,17 +89,30 @@ pub fn verify(
         }
         checkpoints.insert(cp.seq, cp.hash.clone());
     }
-    let head_hash = match head.map(|h| h.verified_hash(key)) {
-        Some(Err(problem)) => {
-            report.problem = Some(Tamper {
-                seq: None,
-                reason: format!("the signed audit head is not valid: {problem}"),
-            });
-            return Ok(report);
+    let mut signed_heads = Vec::new();
+    for signed in head
+        .into_iter()
+        .flat_map(|state| std::iter::once(&state.committed).chain(&state.pending))
+    {
+        match signed.verified_hash(key) {
+            Ok(hash) => signed_heads.push((signed.seq, hash)),
+            Err(problem) => {
+                report.problem = Some(Tamper {
+                    seq: None,
+                    reason: format!("the signed audit head is not valid: {problem}"),
+                });
+                return Ok(report);
+            }
         }
-        Some(Ok(hash)) => Some(hash),
-        None => None,
-    };
+    }
+    let committed = signed_heads.first().cloned();
+    let pending = signed_heads.get(1).cloned();
+    // The committed head vouches like a checkpoint; the pending one only if the log ends there.
+    if let Some((seq, hash)) = &committed {
+        if *seq > 0 {
+            checkpoints.entry(*seq).or_insert_with(|| hash.clone());
+        }
+    }
 
     let mut expected_seq = 1;
     let mut prev: Hash = GENESIS;
@@ -139,21 +152,12 @@ pub fn verify(
             ));
             return Ok(false);
         }
-        let signed = checkpoints
-            .get(&record.seq)
-            .map(|h| ("checkpoint", h))
-            .or_else(|| {
-                head_hash
-                    .as_ref()
-                    .filter(|_| head.is_some_and(|h| h.seq == record.seq))
-                    .map(|h| ("head", h))
-            });
-        if let Some((what, signed_hash)) = signed {
+        if let Some(signed_hash) = checkpoints.get(&record.seq) {
             if signed_hash.as_slice() != hash {
                 chain_problem = Some(bad(
                     last_vouched + 1,
                     format!(
-                        "the chain at record {} differs from its signed {what}: a record in {}..={} was rewritten",
+                        "the chain at record {} differs from what was signed there: a record in {}..={} was rewritten",
                         record.seq,
                         last_vouched + 1,
                         record.seq
@@ -175,40 +179,46 @@ pub fn verify(
 
     // The end of the log against what was signed.
     let tail = report.tail_seq;
-    let signed_end = checkpoints
-        .keys()
-        .next_back()
-        .copied()
-        .max(head.map(|h| h.seq))
-        .unwrap_or(0);
-    report.problem = if signed_end > tail {
-        Some(bad(
+    let signed_end = checkpoints.keys().next_back().copied().unwrap_or(0);
+    let removed = |to: i64| {
+        bad(
             tail + 1,
             format!(
-                "the log ends at record {tail}, but record {signed_end} was signed: records {}..={signed_end} were removed",
+                "the log ends at record {tail}, but record {to} was signed: records {}..={to} were removed",
                 tail + 1
             ),
-        ))
-    } else if let Some(head) = head {
-        (tail > head.seq).then(|| {
-            bad(
-                head.seq + 1,
+        )
+    };
+    report.problem = match (committed, pending) {
+        _ if signed_end > tail => Some(removed(signed_end)),
+        (Some((seq, _)), _) if seq == tail => {
+            report.head_seq = Some(seq);
+            None
+        }
+        // A crash between commit and the head's update leaves the log at the pending head.
+        (Some(_), Some((seq, hash))) if seq == tail => {
+            report.head_seq = Some(seq);
+            (hash.as_slice() != prev).then(|| {
+                bad(last_vouched + 1, format!("record {tail} differs from the signed head: a record in {}..={tail} was rewritten", last_vouched + 1))
+            })
+        }
+        (Some(_), Some((seq, _))) if seq > tail => Some(removed(seq)),
+        (Some((committed, _)), pending) => {
+            let signed = pending.map_or(committed, |(seq, _)| seq.max(committed));
+            Some(bad(
+                signed + 1,
                 format!(
-                    "records {}..={tail} come after the signed head ({}): they were not appended by Plantgate, \
-                     or it was stopped between commit and signing",
-                    head.seq + 1,
-                    head.seq
+                    "records {}..={tail} come after the signed head ({signed}): they were not appended by Plantgate",
+                    signed + 1
                 ),
-            )
-        })
-    } else if tail > 0 {
-        Some(Tamper {
+            ))
+        }
+        (None, _) if tail > 0 => Some(Tamper {
             seq: None,
             reason: "the signed audit head is missing, so a dropped tail cannot be ruled out"
                 .to_owned(),
-        })
-    } else {
-        None
+        }),
+        (None, _) => None,
     };
     Ok(report)
 }
