@@ -301,62 +301,49 @@ pub fn redact_url(raw: &str) -> String {
 
 fn from_figment(err: figment::Error) -> ConfigError {
     use figment::error::Kind;
-    let origin = err.metadata.as_ref().map(|meta| match &meta.source {
-        Some(figment::Source::File(path)) => path.display().to_string(),
-        _ if meta.name.contains("environment") => {
-            meta.interpolate(&err.profile.clone().unwrap_or_default(), &err.path)
-        }
-        _ => meta.name.to_string(),
-    });
-    let mut key = err.path.join(".");
+    let mut path = err.path.clone();
     let (value, problem) = match &err.kind {
         Kind::UnknownField(field, allowed) => {
-            if !key.is_empty() {
-                key.push('.');
+            if path.last() != Some(field) {
+                path.push(field.clone());
             }
-            key.push_str(field);
             (
                 None,
                 format!("unknown key; allowed here: {}", allowed.join(", ")),
             )
         }
-        Kind::InvalidType(actual, expected) => {
-            (Some(actual.to_string()), format!("expected {expected}"))
-        }
-        Kind::InvalidValue(actual, expected) => {
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
             (Some(actual.to_string()), format!("expected {expected}"))
         }
         Kind::UnknownVariant(actual, allowed) => (
             Some(format!("{actual:?}")),
             format!("allowed: {}", allowed.join(", ")),
         ),
-        Kind::Message(message) => {
-            // TOML syntax errors span several lines; the first names the place.
-            (
-                None,
-                message
-                    .lines()
-                    .next()
-                    .unwrap_or("invalid")
-                    .trim()
-                    .to_owned(),
-            )
-        }
+        // TOML syntax errors span several lines; the first names the place.
+        Kind::Message(message) => (
+            None,
+            message
+                .lines()
+                .next()
+                .unwrap_or("invalid")
+                .trim()
+                .to_owned(),
+        ),
         other => (None, other.to_string()),
     };
-    let origin = match (&err.kind, origin) {
-        // An unknown key from the environment is best named by the variable itself.
-        (Kind::UnknownField(..), Some(origin)) if origin.starts_with(ENV_PREFIX) => Some(format!(
-            "{ENV_PREFIX}{}",
-            key.replace('.', "__").to_uppercase()
-        )),
-        (_, origin) => origin,
-    };
+    let origin = err.metadata.as_ref().map(|meta| match &meta.source {
+        Some(figment::Source::File(file)) => file.display().to_string(),
+        // The environment provider's own naming drops the prefix; name the real variable.
+        _ if meta.name.contains("environment") => {
+            format!("{ENV_PREFIX}{}", path.join("__").to_uppercase())
+        }
+        _ => meta.name.to_string(),
+    });
     ConfigError {
-        key: if key.is_empty() {
+        key: if path.is_empty() {
             "config file".to_owned()
         } else {
-            key
+            path.join(".")
         },
         value,
         problem,

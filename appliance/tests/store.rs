@@ -1,0 +1,188 @@
+//! The store on both backends: migrations that really reverse, the directory's rules, and
+//! changes that commit together with their audit records or not at all.
+
+mod common;
+
+use appliance::error::Error;
+use appliance::models::{Organisation, OrganisationId, Role, Site, User};
+use appliance::{AuditEvent, DbConnection};
+use common::{Backend, TestAppliance, test_actor};
+use diesel::prelude::*;
+
+/// Our tables, as the database itself lists them.
+fn tables(backend: Backend, conn: &mut DbConnection) -> Vec<String> {
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    let sql = match backend {
+        Backend::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger') AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        }
+        Backend::Postgres => {
+            "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = 'public' \
+                              UNION SELECT proname AS name FROM pg_proc WHERE pronamespace = 'public'::regnamespace ORDER BY name"
+        }
+    };
+    diesel::sql_query(sql)
+        .load::<Name>(conn)
+        .expect("list tables")
+        .into_iter()
+        .map(|n| n.name)
+        .collect()
+}
+
+fn every_migration_down_reverses_its_up(backend: Backend) {
+    let t = TestAppliance::new(backend);
+    let migrated = tables(backend, &mut t.conn());
+    assert!(migrated.contains(&"audit_log".to_owned()), "{migrated:?}");
+    let reverted = t.app.store.revert_all_migrations().expect("revert");
+    assert!(!reverted.is_empty());
+    assert_eq!(
+        tables(backend, &mut t.conn()),
+        ["__diesel_schema_migrations"]
+    );
+    t.app.store.migrate().expect("migrate again");
+    assert_eq!(tables(backend, &mut t.conn()), migrated);
+}
+
+fn directory_records_are_created_validated_and_audited(backend: Backend) {
+    let t = TestAppliance::new(backend);
+    let actor = test_actor();
+    let org = Organisation::create(&t.app.audit, &actor, "  Moulding Plant Nord ").expect("org");
+    assert_eq!(org.name, "Moulding Plant Nord");
+    let site = Site::create(&t.app.audit, &actor, org.id, "Hall 3", "Building B").expect("site");
+    let user = User::create(
+        &t.app.audit,
+        &actor,
+        org.id,
+        "Ada",
+        "Ada@Plant.Example",
+        Role::Approver,
+    )
+    .expect("user");
+    assert_eq!(user.email, "ada@plant.example");
+    assert_eq!(user.role().expect("role"), Role::Approver);
+    assert_eq!(
+        Site::list_for(&mut t.conn(), org.id).expect("sites"),
+        [site.clone()]
+    );
+
+    // Each creation is in the log, naming its target.
+    let exported = t.cli().args(["audit", "export"]).output().expect("export");
+    let text = String::from_utf8_lossy(&exported.stdout);
+    for (action, target) in [
+        ("organisation.created", org.id.to_string()),
+        ("site.created", site.id.to_string()),
+        ("user.created", user.id.to_string()),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&format!("\"action\":\"{action}\""))
+                    && l.contains(&format!("\"target\":\"{target}\""))),
+            "{action} {target} not audited:\n{text}"
+        );
+    }
+
+    // Bad input: a clear error, and nothing written, not even an audit record.
+    let tail = t.tail();
+    let refused = [
+        Organisation::create(&t.app.audit, &actor, "   ").map(|_| ()),
+        Organisation::create(&t.app.audit, &actor, "Moulding Plant Nord").map(|_| ()),
+        Site::create(&t.app.audit, &actor, org.id, "Hall 3", "").map(|_| ()),
+        Site::create(&t.app.audit, &actor, OrganisationId(9999), "Hall 9", "").map(|_| ()),
+        User::create(
+            &t.app.audit,
+            &actor,
+            org.id,
+            "Eve",
+            "ADA@plant.example",
+            Role::Viewer,
+        )
+        .map(|_| ()),
+        User::create(
+            &t.app.audit,
+            &actor,
+            org.id,
+            "Eve",
+            "not-an-email",
+            Role::Viewer,
+        )
+        .map(|_| ()),
+        User::create(
+            &t.app.audit,
+            &actor,
+            org.id,
+            &"x".repeat(201),
+            "eve@plant.example",
+            Role::Viewer,
+        )
+        .map(|_| ()),
+        User::create(
+            &t.app.audit,
+            &actor,
+            org.id,
+            "Eve\u{7}",
+            "eve@plant.example",
+            Role::Viewer,
+        )
+        .map(|_| ()),
+        User::create(
+            &t.app.audit,
+            &actor,
+            OrganisationId(9999),
+            "Eve",
+            "eve@plant.example",
+            Role::Viewer,
+        )
+        .map(|_| ()),
+    ];
+    let codes: Vec<&str> = refused
+        .iter()
+        .map(|r| r.as_ref().map_or_else(Error::code, |()| "accepted"))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "request.invalid",
+            "request.conflict",
+            "request.conflict",
+            "request.not_found",
+            "request.conflict",
+            "request.invalid",
+            "request.invalid",
+            "request.invalid",
+            "request.not_found"
+        ]
+    );
+    assert_eq!(t.tail(), tail, "a refused change left an audit record");
+    assert_eq!(User::list_all(&mut t.conn()).expect("users").len(), 1);
+}
+
+fn a_change_and_its_audit_record_commit_together(backend: Backend) {
+    let t = TestAppliance::new(backend);
+    let tail = t.tail();
+    // The change succeeds but its audit event is invalid: both roll back.
+    let result = t.app.audit.record_with(|conn| {
+        diesel::insert_into(appliance::schema::organisations::table)
+            .values((
+                appliance::schema::organisations::name.eq("Ghost"),
+                appliance::schema::organisations::created_at_us.eq(0),
+            ))
+            .execute(conn)?;
+        Ok(((), vec![AuditEvent::new(test_actor(), "Not A Code")]))
+    });
+    assert_eq!(result.err().map(|e| e.code()), Some("audit.invalid_event"));
+    assert_eq!(
+        Organisation::find_by_name(&mut t.conn(), "Ghost").expect("query"),
+        None
+    );
+    assert_eq!(t.tail(), tail);
+}
+
+on_both_backends!(
+    every_migration_down_reverses_its_up,
+    directory_records_are_created_validated_and_audited,
+    a_change_and_its_audit_record_commit_together,
+);
