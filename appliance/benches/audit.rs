@@ -3,6 +3,7 @@
 //! `cargo bench -p plantgate-appliance --bench audit` prints append rates (one writer and
 //! four, batched and one record per transaction) and the `audit verify` rate over 1,000,000
 //! records. Under `cargo test` the same code runs on small numbers, so it cannot rot.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is a failed test
 
 use std::time::Instant;
 
@@ -40,25 +41,45 @@ fn rate(records: usize, started: Instant) -> (f64, f64) {
 fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
     let sizes = if full {
-        Sizes { batched: 200_000, single: 2_000, verify: 1_000_000 }
+        Sizes {
+            batched: 200_000,
+            single: 2_000,
+            verify: 1_000_000,
+        }
     } else {
-        Sizes { batched: 4_000, single: 20, verify: 10_000 }
+        Sizes {
+            batched: 4_000,
+            single: 20,
+            verify: 10_000,
+        }
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config { data_dir: dir.path().to_owned(), ..Config::default() };
+    let config = Config {
+        data_dir: dir.path().to_owned(),
+        ..Config::default()
+    };
     config.prepare_data_dir().expect("data dir");
     SigningKey::generate(&config.keys_dir()).expect("key");
     let app = Appliance::open(config.clone(), &Actor::System("bench".into())).expect("open");
-    println!("audit benchmark on SQLite (WAL, synchronous=FULL) in {}", dir.path().display());
+    println!(
+        "audit benchmark on SQLite (WAL, synchronous=FULL) in {}",
+        dir.path().display()
+    );
     println!("{:<52} {:>12} {:>10}", "", "records/s", "seconds");
 
-    let batches: Vec<Vec<AuditEvent>> = events(sizes.batched, 0).chunks(BATCH).map(<[_]>::to_vec).collect();
+    let batches: Vec<Vec<AuditEvent>> = events(sizes.batched, 0)
+        .chunks(BATCH)
+        .map(<[_]>::to_vec)
+        .collect();
     let started = Instant::now();
     for batch in batches {
         app.audit.record_all(batch).expect("append");
     }
     let (per_s, s) = rate(sizes.batched, started);
-    println!("{:<52} {per_s:>12.0} {s:>10.2}", format!("append, 1 writer, batches of {BATCH}"));
+    println!(
+        "{:<52} {per_s:>12.0} {s:>10.2}",
+        format!("append, 1 writer, batches of {BATCH}")
+    );
 
     let singles = events(sizes.single, 0);
     let started = Instant::now();
@@ -66,14 +87,19 @@ fn main() {
         app.audit.record(event).expect("append");
     }
     let (per_s, s) = rate(sizes.single, started);
-    println!("{:<52} {per_s:>12.0} {s:>10.2}", "append, 1 writer, 1 record per commit");
+    println!(
+        "{:<52} {per_s:>12.0} {s:>10.2}",
+        "append, 1 writer, 1 record per commit"
+    );
 
     let started = Instant::now();
     std::thread::scope(|scope| {
         for writer in 0..WRITERS {
             let audit = app.audit.clone();
-            let batches: Vec<Vec<AuditEvent>> =
-                events(sizes.batched / WRITERS, writer + 1).chunks(BATCH).map(<[_]>::to_vec).collect();
+            let batches: Vec<Vec<AuditEvent>> = events(sizes.batched / WRITERS, writer + 1)
+                .chunks(BATCH)
+                .map(<[_]>::to_vec)
+                .collect();
             scope.spawn(move || {
                 for batch in batches {
                     audit.record_all(batch).expect("append");
@@ -82,7 +108,10 @@ fn main() {
         }
     });
     let (per_s, s) = rate(sizes.batched, started);
-    println!("{:<52} {per_s:>12.0} {s:>10.2}", format!("append, {WRITERS} writers, batches of {BATCH}"));
+    println!(
+        "{:<52} {per_s:>12.0} {s:>10.2}",
+        format!("append, {WRITERS} writers, batches of {BATCH}")
+    );
 
     let started = Instant::now();
     let per_writer = (sizes.single / WRITERS).max(1);
@@ -98,13 +127,19 @@ fn main() {
         }
     });
     let (per_s, s) = rate(per_writer * WRITERS, started);
-    println!("{:<52} {per_s:>12.0} {s:>10.2}", format!("append, {WRITERS} writers, 1 record per commit"));
+    println!(
+        "{:<52} {per_s:>12.0} {s:>10.2}",
+        format!("append, {WRITERS} writers, 1 record per commit")
+    );
 
     // Fill up to the verification size, in large batches, outside the timing.
     let mut conn = app.store.conn().expect("conn");
     let tail = {
         use diesel::prelude::*;
-        appliance::schema::audit_log::table.count().get_result::<i64>(&mut *conn).expect("count") as usize
+        appliance::schema::audit_log::table
+            .count()
+            .get_result::<i64>(&mut *conn)
+            .expect("count") as usize
     };
     for batch in events(sizes.verify.saturating_sub(tail), 9).chunks(10_000) {
         app.audit.record_all(batch.to_vec()).expect("fill");
@@ -115,7 +150,10 @@ fn main() {
     let report = verify(&mut conn, &key, head.as_ref()).expect("verify");
     let (per_s, s) = rate(report.records as usize, started);
     assert!(report.is_intact(), "{:?}", report.problem);
-    println!("{:<52} {per_s:>12.0} {s:>10.2}", format!("verify {} records", report.records));
+    println!(
+        "{:<52} {per_s:>12.0} {s:>10.2}",
+        format!("verify {} records", report.records)
+    );
 
     let started = Instant::now();
     let exported = appliance::audit::export::export(
@@ -126,5 +164,8 @@ fn main() {
     )
     .expect("export");
     let (per_s, s) = rate(exported as usize, started);
-    println!("{:<52} {per_s:>12.0} {s:>10.2}", format!("export {exported} records as JSONL"));
+    println!(
+        "{:<52} {per_s:>12.0} {s:>10.2}",
+        format!("export {exported} records as JSONL")
+    );
 }

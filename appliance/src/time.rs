@@ -19,10 +19,10 @@ pub fn parse_instant(raw: &str) -> Result<i64, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
         return Ok(t.timestamp_micros());
     }
-    if let Ok(date) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
-        if let Some(midnight) = date.and_hms_opt(0, 0, 0) {
-            return Ok(midnight.and_utc().timestamp_micros());
-        }
+    if let Ok(date) = NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+        && let Some(midnight) = date.and_hms_opt(0, 0, 0)
+    {
+        return Ok(midnight.and_utc().timestamp_micros());
     }
     Err(format!(
         "{raw:?} is not a time; use 2026-11-22 or 2026-11-22T08:00:00Z"

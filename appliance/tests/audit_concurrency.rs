@@ -4,6 +4,7 @@
 //! The workers are this test binary re-executed with `--ignored --exact append_worker`, so
 //! they are real, separate processes with their own pools, as the web, ingest, firewall
 //! and updater services will be.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)] // test code: a failed expectation is a failed test
 
 mod common;
 

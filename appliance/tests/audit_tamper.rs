@@ -1,5 +1,6 @@
 //! Tampering with the stored audit log, directly in the database, is caught by
 //! `plantgate audit verify`, which names the first bad sequence number and exits non-zero.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The `plantgate` command as an operator uses it: configuration errors, `init`, export,
 //! user listing, and the audit trail each command leaves.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is a failed test
 
 mod common;
 

@@ -318,10 +318,8 @@ impl Audit {
         let crossed_boundary =
             before.seq / self.checkpoint_every_records != after.seq / self.checkpoint_every_records;
         let due = crossed_boundary || matches!(self.checkpoint_overdue(conn), Ok(true));
-        if due {
-            if let Err(err) = self.write_checkpoint(conn, after) {
-                tracing::error!(error = %err, seq = after.seq, "could not write an audit checkpoint");
-            }
+        if due && let Err(err) = self.write_checkpoint(conn, after) {
+            tracing::error!(error = %err, seq = after.seq, "could not write an audit checkpoint");
         }
     }
 
@@ -374,10 +372,10 @@ impl Audit {
             }
             Err(err) => return Err(err.into()),
         }
-        if let Some(socket) = &self.syslog_socket {
-            if let Err(err) = send_to_syslog(socket, &[checkpoint.clone()]) {
-                tracing::warn!(error = %err, "could not send the audit checkpoint to syslog");
-            }
+        if let Some(socket) = &self.syslog_socket
+            && let Err(err) = send_to_syslog(socket, std::slice::from_ref(&checkpoint))
+        {
+            tracing::warn!(error = %err, "could not send the audit checkpoint to syslog");
         }
         Ok(checkpoint)
     }

@@ -108,10 +108,10 @@ pub fn verify(
     let committed = signed_heads.first().cloned();
     let pending = signed_heads.get(1).cloned();
     // The committed head vouches like a checkpoint; the pending one only if the log ends there.
-    if let Some((seq, hash)) = &committed {
-        if *seq > 0 {
-            checkpoints.entry(*seq).or_insert_with(|| hash.clone());
-        }
+    if let Some((seq, hash)) = &committed
+        && *seq > 0
+    {
+        checkpoints.entry(*seq).or_insert_with(|| hash.clone());
     }
 
     let mut expected_seq = 1;
