@@ -26,6 +26,44 @@ pub struct Config {
     pub store: StoreConfig,
     pub audit: AuditConfig,
     pub log: LogConfig,
+    pub network: NetworkConfig,
+    pub firewall: FirewallConfig,
+}
+
+/// The appliance's two ports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// The office/IT side, where the portal and API listen.
+    pub uplink_interface: String,
+    /// The machine/OT side, where the ingest listens and grants lead.
+    pub device_interface: String,
+    /// The machine network in CIDR form. No grant ever leads outside it.
+    pub device_network: String,
+}
+
+/// What the firewall lets through besides grants. Ports are `tcp/443` or `udp/53`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirewallConfig {
+    /// Reachable from uplink only.
+    pub portal_ports: Vec<u16>,
+    /// Reachable from device only.
+    pub ingest_ports: Vec<u16>,
+    /// SSH from uplink; off unless an admin turns it on.
+    pub ssh: bool,
+    /// DHCP and NTP served to the device network.
+    pub device_dhcp: bool,
+    pub device_ntp: bool,
+    /// What the appliance itself may open on uplink: DNS, NTP, SMTP, webhooks, syslog.
+    pub outbound: Vec<String>,
+    pub icmp_echo_per_second: u32,
+    /// The most ports one grant may open; longer port ranges are refused.
+    pub max_ports_per_grant: u32,
+    pub max_grant_minutes: u32,
+    pub reconcile_seconds: u64,
+    /// The controller's Unix socket. Unset: `{data_dir}/firewall.sock`.
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +110,8 @@ impl Default for Config {
             store: StoreConfig::default(),
             audit: AuditConfig::default(),
             log: LogConfig::default(),
+            network: NetworkConfig::default(),
+            firewall: FirewallConfig::default(),
         }
     }
 }
@@ -92,6 +132,39 @@ impl Default for AuditConfig {
             checkpoint_every_records: 1000,
             checkpoint_every_minutes: 10,
             syslog_socket: None,
+        }
+    }
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            uplink_interface: "eth0".to_owned(),
+            device_interface: "eth1".to_owned(),
+            device_network: "192.168.50.0/24".to_owned(),
+        }
+    }
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        FirewallConfig {
+            portal_ports: vec![443, 80],
+            ingest_ports: vec![8443, 8883],
+            ssh: false,
+            device_dhcp: false,
+            device_ntp: false,
+            outbound: [
+                "udp/53", "tcp/53", "udp/123", "tcp/25", "tcp/465", "tcp/587", "tcp/443",
+                "udp/514", "tcp/6514",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            icmp_echo_per_second: 5,
+            max_ports_per_grant: 16,
+            max_grant_minutes: 8 * 60,
+            reconcile_seconds: 30,
+            socket: None,
         }
     }
 }
@@ -216,6 +289,64 @@ impl Config {
                 "must be between 1 and 1440",
             ));
         }
+        for (key, name) in [
+            ("network.uplink_interface", &self.network.uplink_interface),
+            ("network.device_interface", &self.network.device_interface),
+        ] {
+            if !is_interface_name(name) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{name:?}"),
+                    "not an interface name (1-15 of A-Z a-z 0-9 . _ -)",
+                ));
+            }
+        }
+        if self.network.uplink_interface == self.network.device_interface {
+            return Err(ConfigError::new(
+                "network.device_interface",
+                format!("{:?}", self.network.device_interface),
+                "must differ from network.uplink_interface",
+            ));
+        }
+        self.device_network()?;
+        for (key, ports) in [
+            ("firewall.portal_ports", &self.firewall.portal_ports),
+            ("firewall.ingest_ports", &self.firewall.ingest_ports),
+        ] {
+            if ports.is_empty() || ports.contains(&0) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{ports:?}"),
+                    "a non-empty list of ports 1-65535",
+                ));
+            }
+        }
+        for entry in &self.firewall.outbound {
+            crate::grants::PortRange::parse(entry).map_err(|problem| {
+                ConfigError::new("firewall.outbound", format!("{entry:?}"), problem)
+            })?;
+        }
+        if !(1..=1024).contains(&self.firewall.max_ports_per_grant) {
+            return Err(ConfigError::new(
+                "firewall.max_ports_per_grant",
+                self.firewall.max_ports_per_grant,
+                "must be between 1 and 1024",
+            ));
+        }
+        if !(1..=7 * 24 * 60).contains(&self.firewall.max_grant_minutes) {
+            return Err(ConfigError::new(
+                "firewall.max_grant_minutes",
+                self.firewall.max_grant_minutes,
+                "must be between 1 and 10080",
+            ));
+        }
+        if !(1..=3600).contains(&self.firewall.reconcile_seconds) {
+            return Err(ConfigError::new(
+                "firewall.reconcile_seconds",
+                self.firewall.reconcile_seconds,
+                "must be between 1 and 3600",
+            ));
+        }
         if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             return Err(ConfigError::new(
                 "log.level",
@@ -275,6 +406,28 @@ impl Config {
         }
     }
 
+    /// The machine network; grants may only lead into it.
+    pub fn device_network(&self) -> Result<ipnet::Ipv4Net, ConfigError> {
+        self.network
+            .device_network
+            .parse::<ipnet::Ipv4Net>()
+            .map(|net| net.trunc())
+            .map_err(|_| {
+                ConfigError::new(
+                    "network.device_network",
+                    format!("{:?}", self.network.device_network),
+                    "not an IPv4 network in CIDR form, such as 192.168.50.0/24",
+                )
+            })
+    }
+
+    pub fn firewall_socket(&self) -> PathBuf {
+        self.firewall
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("firewall.sock"))
+    }
+
     pub fn keys_dir(&self) -> PathBuf {
         self.data_dir.join("keys")
     }
@@ -285,6 +438,14 @@ impl Config {
         shown.store.url = self.store_target().ok().map(|target| target.redacted());
         toml::to_string(&shown).unwrap_or_else(|err| format!("# cannot render config: {err}"))
     }
+}
+
+/// Linux interface names: at most 15 bytes, no slashes, spaces or colons.
+pub fn is_interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Replaces the password of a URL, if any, so that it can be printed.

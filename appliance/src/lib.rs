@@ -5,6 +5,7 @@ pub mod audit;
 pub mod config;
 pub mod enrolment;
 pub mod error;
+pub mod grants;
 pub mod ids;
 pub mod keys;
 pub mod models;

@@ -77,3 +77,31 @@ diesel::table! {
 diesel::joinable!(sites -> organisations (organisation_id));
 diesel::joinable!(users -> organisations (organisation_id));
 diesel::allow_tables_to_appear_in_same_query!(organisations, sites, users);
+
+diesel::table! {
+    device_agents (name) {
+        name -> Text,
+        label -> Text,
+        ports -> Text,
+        created_at_us -> BigInt,
+    }
+}
+
+diesel::table! {
+    firewall_grants (id) {
+        id -> BigInt,
+        requester_addr -> Text,
+        device_addr -> Text,
+        agent -> Text,
+        ports -> Text,
+        reason -> Text,
+        created_by -> Text,
+        created_at_us -> BigInt,
+        expires_at_us -> BigInt,
+        revoked_at_us -> Nullable<BigInt>,
+        revoked_by -> Nullable<Text>,
+        applied_at_us -> Nullable<BigInt>,
+        closed_at_us -> Nullable<BigInt>,
+        close_reason -> Nullable<Text>,
+    }
+}

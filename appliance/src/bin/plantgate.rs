@@ -15,6 +15,7 @@ use appliance::audit::{self, Checkpoint, ExportFilter, ExportFormat};
 use appliance::config::Config;
 use appliance::enrolment::{self, FIRST_ADMIN, FIRST_ADMIN_VALIDITY_US};
 use appliance::error::{Error, Result};
+use appliance::grants::{Agent, Grant, GrantRequest, poke_firewall};
 use appliance::keys::{SigningKey, VerifyingKey, private_key_path};
 use appliance::models::{Role, User};
 use appliance::time::{format_us, parse_instant};
@@ -58,6 +59,61 @@ enum Command {
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// Open, revoke and list firewall grants (pinholes from a requester to a device).
+    Grant {
+        #[command(subcommand)]
+        command: GrantCommand,
+    },
+    /// List or add device agents (the ports a kind of equipment needs).
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GrantCommand {
+    /// Let one requester address reach one device on one agent's ports, for a while.
+    Open {
+        /// The requester's address on the uplink side.
+        #[arg(long = "from")]
+        requester: String,
+        /// The device's address on the device network.
+        #[arg(long = "to")]
+        device: String,
+        /// A device agent, such as s7, modbus, opc-ua (see `plantgate agent list`).
+        #[arg(long)]
+        agent: String,
+        /// How long, in seconds.
+        #[arg(long)]
+        seconds: u64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// End a grant now; the firewall cuts its live connections.
+    Revoke {
+        id: i64,
+        #[arg(long, default_value = "revoked from the command line")]
+        reason: String,
+    },
+    /// The most recent grants, live and ended.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    List,
+    /// Add a custom agent, such as `--ports tcp/10000-10003,udp/2222`.
+    Add {
+        name: String,
+        #[arg(long)]
+        ports: String,
+        #[arg(long, default_value = "")]
+        label: String,
     },
 }
 
@@ -283,6 +339,110 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Grant { command } => grant(command, config, &actor),
+        Command::Agent { command } => {
+            let app = Appliance::open(config, &actor)?;
+            match command {
+                AgentCommand::List => {
+                    for agent in Agent::all(&mut *app.store.conn()?)? {
+                        let kind = if agent.builtin { "built-in" } else { "custom" };
+                        println!(
+                            "{:<14} {:<22} {:<28} {kind}",
+                            agent.name,
+                            agent.label,
+                            agent.ports.to_string()
+                        );
+                    }
+                }
+                AgentCommand::Add { name, ports, label } => {
+                    let agent =
+                        Agent::create(&app.audit, &actor, &app.config, &name, &label, &ports)?;
+                    println!("agent {} opens {}", agent.name, agent.ports);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn grant(command: GrantCommand, config: Config, actor: &Actor) -> Result<ExitCode> {
+    let app = Appliance::open(config, actor)?;
+    match command {
+        GrantCommand::Open {
+            requester,
+            device,
+            agent,
+            seconds,
+            reason,
+        } => {
+            let request = GrantRequest {
+                requester,
+                device,
+                agent,
+                duration_seconds: seconds,
+                reason,
+            };
+            let grant = Grant::open(&app.audit, actor, &app.config, &request)?;
+            println!(
+                "grant {} opens {} from {} to {} until {}",
+                grant.id,
+                grant.ports,
+                grant.requester_addr,
+                grant.device_addr,
+                format_us(grant.expires_at_us)
+            );
+            report_poke(&app.config, "open it");
+        }
+        GrantCommand::Revoke { id, reason } => {
+            let grant = Grant::revoke(&app.audit, actor, id, &reason)?;
+            println!("grant {} revoked", grant.id);
+            report_poke(&app.config, "cut it");
+        }
+        GrantCommand::List { json } => {
+            let grants = Grant::recent(&mut *app.store.conn()?, 100)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&grants)
+                        .map_err(|err| Error::invalid("output", err.to_string()))?
+                );
+            } else {
+                println!(
+                    "{:<5} {:<15} {:<15} {:<22} {:<27} STATE",
+                    "ID", "FROM", "TO", "PORTS", "EXPIRES"
+                );
+                let now = appliance::time::now_us();
+                for g in grants {
+                    let state = match (&g.close_reason, g.revoked_at_us) {
+                        (Some(reason), _) => reason.as_str(),
+                        (None, Some(_)) => "revoking",
+                        (None, None) if g.expires_at_us <= now => "expiring",
+                        (None, None) if g.applied_at_us.is_some() => "open",
+                        (None, None) => "pending",
+                    };
+                    println!(
+                        "{:<5} {:<15} {:<15} {:<22} {:<27} {state}",
+                        g.id,
+                        g.requester_addr,
+                        g.device_addr,
+                        g.ports,
+                        format_us(g.expires_at_us)
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Tells the firewall controller to apply the change now, and says plainly when it cannot.
+fn report_poke(config: &Config, action: &str) {
+    match poke_firewall(config) {
+        Ok(answer) => eprintln!("firewall: applied ({answer})"),
+        Err(err) => eprintln!(
+            "plantgate: WARNING: the firewall controller did not answer ({err}); it will {action} when it next reconciles"
+        ),
     }
 }
 

@@ -1,0 +1,2 @@
+DROP TABLE firewall_grants;
+DROP TABLE device_agents;

@@ -1,0 +1,613 @@
+//! Firewall grants and device agents: the domain side of the pinholes.
+//!
+//! A grant lets one requester address reach one device address on the ports of one agent,
+//! until it expires or is revoked. Grants are written here, validated before anything is
+//! stored; the firewall controller reads the live ones and applies them to nftables.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use crate::audit::{Actor, Audit, AuditEvent, Outcome};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::on_backend;
+use crate::schema::{device_agents, firewall_grants};
+use crate::store::DbConnection;
+use crate::time::{format_us, now_us};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// `tcp/102` or `udp/5000-5003`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PortRange {
+    pub protocol: Protocol,
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn parse(raw: &str) -> std::result::Result<PortRange, String> {
+        let expected =
+            "expected PROTOCOL/PORT or PROTOCOL/FIRST-LAST, such as tcp/102 or udp/5000-5003";
+        let (protocol, ports) = raw
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("{raw:?}: {expected}"))?;
+        let protocol = match protocol {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            other => return Err(format!("{other:?} is not a protocol; allowed: tcp, udp")),
+        };
+        let port = |p: &str| match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("{p:?} is not a port (1-65535)")),
+            Ok(port) => Ok(port),
+        };
+        let (first, last) = match ports.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(ports)?, port(ports)?),
+        };
+        if first > last {
+            return Err(format!("{raw:?}: the range runs backwards"));
+        }
+        Ok(PortRange {
+            protocol,
+            first,
+            last,
+        })
+    }
+
+    pub fn count(&self) -> u32 {
+        u32::from(self.last - self.first) + 1
+    }
+
+    pub fn ports(&self) -> impl Iterator<Item = u16> {
+        self.first..=self.last
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}/{}", self.protocol.as_str(), self.first)
+        } else {
+            write!(f, "{}/{}-{}", self.protocol.as_str(), self.first, self.last)
+        }
+    }
+}
+
+/// A sorted, de-duplicated list of port ranges; its text form is comma-separated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortList(pub Vec<PortRange>);
+
+impl PortList {
+    pub fn parse(raw: &str) -> std::result::Result<PortList, String> {
+        let ranges: BTreeSet<PortRange> = raw
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(PortRange::parse)
+            .collect::<Result<_, _>>()?;
+        if ranges.is_empty() {
+            return Err("no ports given".to_owned());
+        }
+        Ok(PortList(ranges.into_iter().collect()))
+    }
+
+    /// How many (protocol, port) pairs the list opens.
+    pub fn count(&self) -> u32 {
+        self.0.iter().map(PortRange::count).sum()
+    }
+}
+
+impl fmt::Display for PortList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// Named templates of protocol and ports per kind of equipment.
+pub const BUILTIN_AGENTS: [(&str, &str, &str); 7] = [
+    ("s7", "Siemens S7", "tcp/102"),
+    ("modbus", "Modbus/TCP", "tcp/502"),
+    ("ethernet-ip", "EtherNet/IP", "tcp/44818,udp/2222"),
+    ("opc-ua", "OPC UA", "tcp/4840"),
+    ("rdp", "Remote Desktop", "tcp/3389"),
+    ("vnc", "VNC", "tcp/5900"),
+    ("http", "HTTP/HTTPS", "tcp/80,tcp/443"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Agent {
+    pub name: String,
+    pub label: String,
+    pub ports: PortList,
+    pub builtin: bool,
+}
+
+impl Agent {
+    pub fn all(conn: &mut DbConnection) -> Result<Vec<Agent>> {
+        let mut agents: Vec<Agent> = BUILTIN_AGENTS
+            .iter()
+            .filter_map(|(name, label, ports)| {
+                Some(Agent {
+                    name: (*name).into(),
+                    label: (*label).into(),
+                    ports: PortList::parse(ports).ok()?,
+                    builtin: true,
+                })
+            })
+            .collect();
+        let custom: Vec<(String, String, String)> = device_agents::table
+            .select((
+                device_agents::name,
+                device_agents::label,
+                device_agents::ports,
+            ))
+            .order(device_agents::name)
+            .load(conn)?;
+        for (name, label, ports) in custom {
+            let ports =
+                PortList::parse(&ports).map_err(|problem| Error::invalid("ports", problem))?;
+            agents.push(Agent {
+                name,
+                label,
+                ports,
+                builtin: false,
+            });
+        }
+        Ok(agents)
+    }
+
+    pub fn find(conn: &mut DbConnection, name: &str) -> Result<Agent> {
+        Agent::all(conn)?
+            .into_iter()
+            .find(|agent| agent.name == name)
+            .ok_or_else(|| Error::invalid("agent", format!("no device agent named {name:?}")))
+    }
+
+    /// Adds a custom agent, such as a vendor's service port range.
+    pub fn create(
+        audit: &Audit,
+        actor: &Actor,
+        config: &Config,
+        name: &str,
+        label: &str,
+        ports: &str,
+    ) -> Result<Agent> {
+        let valid_name = (1..=40).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid_name {
+            return Err(Error::invalid("name", "1-40 of a-z, 0-9 and -"));
+        }
+        if BUILTIN_AGENTS
+            .iter()
+            .any(|(builtin, _, _)| *builtin == name)
+        {
+            return Err(Error::Conflict(format!("{name:?} is a built-in agent")));
+        }
+        let ports = PortList::parse(ports).map_err(|problem| Error::invalid("ports", problem))?;
+        check_port_count(&ports, config)?;
+        let label = if label.trim().is_empty() {
+            name
+        } else {
+            label.trim()
+        };
+        audit.record_with(|conn| {
+            diesel::insert_into(device_agents::table)
+                .values((
+                    device_agents::name.eq(name),
+                    device_agents::label.eq(label),
+                    device_agents::ports.eq(ports.to_string()),
+                    device_agents::created_at_us.eq(now_us()),
+                ))
+                .execute(conn)
+                .map_err(|err| match err {
+                    diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::UniqueViolation,
+                        _,
+                    ) => Error::Conflict(format!("an agent named {name:?} already exists")),
+                    other => other.into(),
+                })?;
+            let event = AuditEvent::new(actor.clone(), "agent.created")
+                .target(format!("agent:{name}"))
+                .details(serde_json::json!({ "ports": ports.to_string(), "label": label }));
+            Ok((
+                Agent {
+                    name: name.to_owned(),
+                    label: label.to_owned(),
+                    ports: ports.clone(),
+                    builtin: false,
+                },
+                vec![event],
+            ))
+        })
+    }
+}
+
+fn check_port_count(ports: &PortList, config: &Config) -> Result<()> {
+    let limit = config.firewall.max_ports_per_grant;
+    if ports.count() > limit {
+        return Err(Error::invalid(
+            "ports",
+            format!(
+                "{ports} opens {} ports; the limit is {limit} (firewall.max_ports_per_grant)",
+                ports.count()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A grant as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Serialize)]
+#[diesel(table_name = firewall_grants)]
+pub struct Grant {
+    pub id: i64,
+    pub requester_addr: String,
+    pub device_addr: String,
+    pub agent: String,
+    pub ports: String,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at_us: i64,
+    pub expires_at_us: i64,
+    pub revoked_at_us: Option<i64>,
+    pub revoked_by: Option<String>,
+    pub applied_at_us: Option<i64>,
+    pub closed_at_us: Option<i64>,
+    pub close_reason: Option<String>,
+}
+
+/// What someone asks the firewall to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRequest {
+    pub requester: String,
+    pub device: String,
+    pub agent: String,
+    pub duration_seconds: u64,
+    pub reason: String,
+}
+
+/// One (requester, device, protocol, port) that a live grant opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pinhole {
+    pub requester: Ipv4Addr,
+    pub device: Ipv4Addr,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+impl Grant {
+    pub fn port_list(&self) -> Result<PortList> {
+        PortList::parse(&self.ports).map_err(|problem| Error::invalid("ports", problem))
+    }
+
+    pub fn requester(&self) -> Result<Ipv4Addr> {
+        self.requester_addr
+            .parse()
+            .map_err(|_| Error::invalid("requester", "stored address is invalid"))
+    }
+
+    pub fn device(&self) -> Result<Ipv4Addr> {
+        self.device_addr
+            .parse()
+            .map_err(|_| Error::invalid("device", "stored address is invalid"))
+    }
+
+    /// Every pinhole this grant opens.
+    pub fn pinholes(&self) -> Result<Vec<Pinhole>> {
+        let (requester, device) = (self.requester()?, self.device()?);
+        Ok(self
+            .port_list()?
+            .0
+            .iter()
+            .flat_map(|range| {
+                range.ports().map(move |port| Pinhole {
+                    requester,
+                    device,
+                    protocol: range.protocol,
+                    port,
+                })
+            })
+            .collect())
+    }
+
+    pub fn target(&self) -> String {
+        format!("grant:{}", self.id)
+    }
+
+    /// Validates `request` against the configuration and stores the grant, audited.
+    /// Nothing is stored when any check fails.
+    pub fn open(
+        audit: &Audit,
+        actor: &Actor,
+        config: &Config,
+        request: &GrantRequest,
+    ) -> Result<Grant> {
+        let requester: Ipv4Addr = request.requester.trim().parse().map_err(|_| {
+            Error::invalid(
+                "requester",
+                format!("{:?} is not an IPv4 address", request.requester),
+            )
+        })?;
+        let device: Ipv4Addr = request.device.trim().parse().map_err(|_| {
+            Error::invalid(
+                "device",
+                format!("{:?} is not an IPv4 address", request.device),
+            )
+        })?;
+        let network = config.device_network()?;
+        if !network.contains(&device)
+            || device == network.network()
+            || device == network.broadcast()
+        {
+            return Err(Error::invalid(
+                "device",
+                format!("{device} is not a host in the device network {network}"),
+            ));
+        }
+        if network.contains(&requester) {
+            return Err(Error::invalid(
+                "requester",
+                format!("{requester} is inside the device network {network}"),
+            ));
+        }
+        if requester.is_unspecified() || requester.is_broadcast() || requester.is_multicast() {
+            return Err(Error::invalid(
+                "requester",
+                format!("{requester} is not a host address"),
+            ));
+        }
+        let max_seconds = u64::from(config.firewall.max_grant_minutes) * 60;
+        if !(1..=max_seconds).contains(&request.duration_seconds) {
+            return Err(Error::invalid(
+                "duration",
+                format!(
+                    "must be between 1 second and {} minutes",
+                    config.firewall.max_grant_minutes
+                ),
+            ));
+        }
+        let reason = request.reason.trim();
+        if reason.is_empty() || reason.chars().count() > 500 {
+            return Err(Error::invalid(
+                "reason",
+                "say why access is needed (1-500 characters)",
+            ));
+        }
+        let mut conn = audit.store().conn()?;
+        let agent = Agent::find(&mut conn, &request.agent)?;
+        drop(conn);
+        check_port_count(&agent.ports, config)?;
+        let now = now_us();
+        let expires = now.saturating_add(
+            i64::try_from(request.duration_seconds)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1_000_000),
+        );
+        audit.record_with(|conn| {
+            let grant = on_backend!(conn, c => diesel::insert_into(firewall_grants::table)
+                .values((
+                    firewall_grants::requester_addr.eq(requester.to_string()),
+                    firewall_grants::device_addr.eq(device.to_string()),
+                    firewall_grants::agent.eq(&agent.name),
+                    firewall_grants::ports.eq(agent.ports.to_string()),
+                    firewall_grants::reason.eq(reason),
+                    firewall_grants::created_by.eq(format!("{}:{}", actor.kind(), actor.id())),
+                    firewall_grants::created_at_us.eq(now),
+                    firewall_grants::expires_at_us.eq(expires),
+                ))
+                .returning(Grant::as_returning())
+                .get_result(c))?;
+            let event = AuditEvent::new(actor.clone(), "grant.created")
+                .target(grant.target())
+                .details(serde_json::json!({
+                    "requester": grant.requester_addr,
+                    "device": grant.device_addr,
+                    "agent": grant.agent,
+                    "ports": grant.ports,
+                    "expires": format_us(grant.expires_at_us),
+                    "reason": grant.reason,
+                }));
+            Ok((grant, vec![event]))
+        })
+    }
+
+    /// Revokes a live grant. The firewall cuts its connections when poked or at its next
+    /// reconcile.
+    pub fn revoke(audit: &Audit, actor: &Actor, id: i64, reason: &str) -> Result<Grant> {
+        audit.record_with(|conn| {
+            let grant = Grant::find(conn, id)?;
+            if grant.revoked_at_us.is_some()
+                || grant.closed_at_us.is_some()
+                || grant.expires_at_us <= now_us()
+            {
+                return Err(Error::Conflict(format!("grant {id} has already ended")));
+            }
+            diesel::update(firewall_grants::table.find(id))
+                .set((
+                    firewall_grants::revoked_at_us.eq(now_us()),
+                    firewall_grants::revoked_by.eq(format!("{}:{}", actor.kind(), actor.id())),
+                ))
+                .execute(conn)?;
+            let grant = Grant::find(conn, id)?;
+            let event = AuditEvent::new(actor.clone(), "grant.revoked")
+                .target(grant.target())
+                .details(serde_json::json!({ "reason": reason.trim() }));
+            Ok((grant, vec![event]))
+        })
+    }
+
+    pub fn find(conn: &mut DbConnection, id: i64) -> Result<Grant> {
+        firewall_grants::table
+            .find(id)
+            .select(Grant::as_select())
+            .first(conn)
+            .optional()?
+            .ok_or(Error::NotFound("grant"))
+    }
+
+    /// Grants that should be open now: not revoked, not closed, not expired.
+    pub fn live(conn: &mut DbConnection, now: i64) -> Result<Vec<Grant>> {
+        Ok(firewall_grants::table
+            .filter(firewall_grants::revoked_at_us.is_null())
+            .filter(firewall_grants::closed_at_us.is_null())
+            .filter(firewall_grants::expires_at_us.gt(now))
+            .order(firewall_grants::id)
+            .select(Grant::as_select())
+            .load(conn)?)
+    }
+
+    /// Grants not yet marked closed, live or not: what the controller still has to act on.
+    pub fn unclosed(conn: &mut DbConnection) -> Result<Vec<Grant>> {
+        Ok(firewall_grants::table
+            .filter(firewall_grants::closed_at_us.is_null())
+            .order(firewall_grants::id)
+            .select(Grant::as_select())
+            .load(conn)?)
+    }
+
+    pub fn recent(conn: &mut DbConnection, limit: i64) -> Result<Vec<Grant>> {
+        Ok(firewall_grants::table
+            .order(firewall_grants::id.desc())
+            .limit(limit)
+            .select(Grant::as_select())
+            .load(conn)?)
+    }
+
+    /// Records that the firewall applied the grant; audited as `firewall.grant.opened`.
+    pub fn mark_applied(audit: &Audit, actor: &Actor, id: i64) -> Result<()> {
+        audit.record_with(|conn| {
+            let updated = diesel::update(
+                firewall_grants::table
+                    .find(id)
+                    .filter(firewall_grants::applied_at_us.is_null()),
+            )
+            .set(firewall_grants::applied_at_us.eq(now_us()))
+            .execute(conn)?;
+            let grant = Grant::find(conn, id)?;
+            let events = (updated == 1)
+                .then(|| {
+                    AuditEvent::new(actor.clone(), "firewall.grant.opened")
+                        .target(grant.target())
+                        .details(serde_json::json!({
+                            "requester": grant.requester_addr,
+                            "device": grant.device_addr,
+                            "ports": grant.ports,
+                            "expires": format_us(grant.expires_at_us),
+                        }))
+                })
+                .into_iter()
+                .collect();
+            Ok(((), events))
+        })
+    }
+
+    /// Records that the grant's pinholes are closed; `why` is `expired`, `revoked` or
+    /// `removed`. Audited as `firewall.grant.{why}`, with what was cut.
+    pub fn mark_closed(
+        audit: &Audit,
+        actor: &Actor,
+        id: i64,
+        why: &str,
+        details: serde_json::Value,
+    ) -> Result<()> {
+        audit.record_with(|conn| {
+            let updated = diesel::update(
+                firewall_grants::table
+                    .find(id)
+                    .filter(firewall_grants::closed_at_us.is_null()),
+            )
+            .set((
+                firewall_grants::closed_at_us.eq(now_us()),
+                firewall_grants::close_reason.eq(why),
+            ))
+            .execute(conn)?;
+            let events = (updated == 1)
+                .then(|| {
+                    AuditEvent::new(actor.clone(), &format!("firewall.grant.{why}"))
+                        .target(format!("grant:{id}"))
+                        .outcome(Outcome::Success)
+                        .details(details)
+                })
+                .into_iter()
+                .collect();
+            Ok(((), events))
+        })
+    }
+}
+
+/// Asks the firewall controller to reconcile now, and returns its one-line answer. A
+/// controller that is not running applies the store's state at its next start.
+pub fn poke_firewall(config: &Config) -> std::result::Result<String, String> {
+    use std::io::{BufRead, BufReader, Write};
+    let path = config.firewall_socket();
+    let stream = std::os::unix::net::UnixStream::connect(&path)
+        .map_err(|err| format!("{}: {err}", path.display()))?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(|err| err.to_string())?;
+    (&stream)
+        .write_all(b"reconcile\n")
+        .map_err(|err| err.to_string())?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(|err| err.to_string())?;
+    let answer = answer.trim().to_owned();
+    match answer.strip_prefix("ok") {
+        Some(rest) => Ok(rest.trim().to_owned()),
+        None => Err(answer),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_lists_parse_sort_and_count() {
+        let list = PortList::parse("udp/2222, tcp/44818,tcp/5000-5003").expect("valid");
+        assert_eq!(list.to_string(), "tcp/5000-5003,tcp/44818,udp/2222");
+        assert_eq!(list.count(), 6);
+        for bad in [
+            "",
+            "tcp",
+            "tcp/0",
+            "tcp/65536",
+            "icmp/1",
+            "tcp/10-5",
+            "tcp/x",
+            "tcp/1-",
+        ] {
+            assert!(PortList::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn builtin_agents_parse() {
+        for (name, _, ports) in BUILTIN_AGENTS {
+            assert!(PortList::parse(ports).is_ok(), "{name}");
+        }
+    }
+}

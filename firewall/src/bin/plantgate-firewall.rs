@@ -1,0 +1,199 @@
+//! `plantgate-firewall`: the nftables controller daemon.
+//!
+//! Runs with CAP_NET_ADMIN only. Reads the desired state from the store, applies it, and
+//! reconciles when poked over its Unix socket and on a timer. Stopping it, even with
+//! `kill -9`, leaves the table in the kernel as it was: nothing opens, no grant closes early.
+//!
+//! Exit codes: 0 success; 1 failure; 2 bad configuration (including a missing interface).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use appliance::config::Config;
+use appliance::grants::Grant;
+use appliance::{Actor, Appliance, Store};
+use clap::{Parser, Subcommand};
+use firewall::controller::Controller;
+use firewall::ruleset::{self, Policy, TimedPinhole};
+use firewall::{FirewallError, text};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "plantgate-firewall",
+    version,
+    about = "Plantgate's nftables controller"
+)]
+struct Cli {
+    #[arg(long, global = true, env = "PLANTGATE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply the store's state, then serve pokes on the Unix socket and reconcile on a timer.
+    Run,
+    /// Reconcile once and exit.
+    Reconcile,
+    /// Print the ruleset that would be applied, without touching the kernel or needing root.
+    DryRun {
+        /// Print nftables JSON instead of nft syntax.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+enum Request {
+    Poke(mpsc::Sender<String>),
+    Tick,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("plantgate-firewall: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    appliance::telemetry::init(&config.log);
+    let result = match cli.command {
+        Command::Run => run(config),
+        Command::Reconcile => reconcile_once(config),
+        Command::DryRun { json } => dry_run(&config, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("plantgate-firewall: {err}");
+            let config_error = matches!(
+                err,
+                FirewallError::NoSuchInterface { .. }
+                    | FirewallError::Appliance(appliance::Error::Config(_))
+            );
+            ExitCode::from(if config_error { 2 } else { 1 })
+        }
+    }
+}
+
+fn controller(config: Config) -> Result<Controller, FirewallError> {
+    // Check the interfaces before opening anything, so a bad config changes nothing.
+    Policy::from_config(&config)?.check_interfaces()?;
+    let app = Appliance::open(config, &Actor::System("firewall".to_owned()))?;
+    Controller::new(app)
+}
+
+fn reconcile_once(config: Config) -> Result<(), FirewallError> {
+    let summary = controller(config)?.reconcile()?;
+    tracing::info!(%summary, "reconciled");
+    Ok(())
+}
+
+fn run(config: Config) -> Result<(), FirewallError> {
+    let socket = config.firewall_socket();
+    let interval = Duration::from_secs(config.firewall.reconcile_seconds);
+    let mut controller = controller(config)?;
+    let summary = controller.reconcile()?;
+    tracing::info!(%summary, "firewall applied at start");
+
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).map_err(|source| FirewallError::Socket {
+        path: socket.clone(),
+        source,
+    })?;
+    // The web portal and the CLI poke; nobody else on the box needs to.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660)).map_err(
+        |source| FirewallError::Socket {
+            path: socket.clone(),
+            source,
+        },
+    )?;
+
+    let (requests, inbox) = mpsc::channel();
+    let ticks = requests.clone();
+    std::thread::spawn(move || {
+        while ticks.send(Request::Tick).is_ok() {
+            std::thread::sleep(interval);
+        }
+    });
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let requests = requests.clone();
+            std::thread::spawn(move || serve(stream, &requests));
+        }
+    });
+    // One reconcile at a time, whoever asked.
+    for request in inbox {
+        let result = controller.reconcile();
+        match &result {
+            Ok(summary) if summary != &Default::default() => tracing::info!(%summary, "reconciled"),
+            Ok(_) => {}
+            Err(err) => tracing::error!(error = %err, "reconcile failed"),
+        }
+        if let Request::Poke(reply) = request {
+            let _ = reply.send(match result {
+                Ok(summary) => format!("ok {summary}"),
+                Err(err) => format!("error {err}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn serve(stream: UnixStream, requests: &mpsc::Sender<Request>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = String::new();
+    if BufReader::new(&stream).read_line(&mut line).is_err() {
+        return;
+    }
+    let answer = match line.trim() {
+        "reconcile" => {
+            let (reply, answer) = mpsc::channel();
+            if requests.send(Request::Poke(reply)).is_err() {
+                return;
+            }
+            answer
+                .recv()
+                .unwrap_or_else(|_| "error controller stopped".to_owned())
+        }
+        other => format!("error unknown command {other:?}; send \"reconcile\""),
+    };
+    let _ = (&stream).write_all(format!("{answer}\n").as_bytes());
+}
+
+#[allow(clippy::print_stdout)]
+fn dry_run(config: &Config, json: bool) -> Result<(), FirewallError> {
+    let policy = Policy::from_config(config)?;
+    // Grants are shown when the store can be read; the dry run works without it.
+    let now = appliance::time::now_us();
+    let live = Store::open(config)
+        .and_then(|store| Grant::live(&mut *store.conn()?, now))
+        .unwrap_or_default();
+    let mut pinholes = Vec::new();
+    for grant in &live {
+        let timeout_seconds = u32::try_from((grant.expires_at_us - now).max(1_000_000) / 1_000_000)
+            .unwrap_or(u32::MAX);
+        pinholes.extend(grant.pinholes()?.into_iter().map(|pinhole| TimedPinhole {
+            pinhole,
+            timeout_seconds,
+        }));
+    }
+    let batch = ruleset::replace_table(&policy, &pinholes);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&batch)
+                .map_err(|err| FirewallError::Nft(err.to_string()))?
+        );
+    } else {
+        print!("{}", text::render(&batch));
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Applying and reading the table through `nft -j`, via the nftables crate.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use appliance::grants::{Pinhole, Protocol};
+use nftables::helper;
+use nftables::schema::Nftables;
+use serde_json::Value;
+
+use crate::ruleset::{GRANTS, TABLE};
+use crate::{FirewallError, Result};
+
+/// Applies `batch` as one transaction. nft 1.0.6 crashes reading JSON from standard
+/// input (the crate's helper does that), so the batch goes through a private temp file, and
+/// nft's own explanation reaches the error.
+pub fn apply(batch: &Nftables) -> Result<()> {
+    use std::io::Write;
+    let failed = |err: &dyn std::fmt::Display| FirewallError::Nft(err.to_string());
+    let mut file = tempfile::NamedTempFile::new().map_err(|e| failed(&e))?;
+    serde_json::to_writer(&mut file, batch).map_err(|e| failed(&e))?;
+    file.flush().map_err(|e| failed(&e))?;
+    let output = std::process::Command::new("nft")
+        .args(["-j", "-f"])
+        .arg(file.path())
+        .output()
+        .map_err(|err| FirewallError::Nft(format!("cannot run nft: {err}")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reason = stderr.lines().next().unwrap_or("").trim();
+        Err(FirewallError::Nft(format!(
+            "{reason} (exit status {})",
+            output.status
+        )))
+    }
+}
+
+/// The live table as `nft -j` lists it, or `None` when it does not exist.
+pub fn list_table() -> Result<Option<Value>> {
+    let list = |args: &[&str]| -> Result<Value> {
+        let raw = helper::get_current_ruleset_raw(helper::DEFAULT_NFT, args)
+            .map_err(|err| FirewallError::Nft(err.to_string()))?;
+        serde_json::from_str(&raw).map_err(|err| FirewallError::Nft(err.to_string()))
+    };
+    // Listing a missing table is an error that nft does not tell apart; ask first.
+    let tables = list(&["-j", "list", "tables"])?;
+    let ours = tables
+        .get("nftables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|object| {
+            object.get("table").is_some_and(|t| {
+                t.get("family") == Some(&Value::from("inet"))
+                    && t.get("name") == Some(&Value::from(TABLE))
+            })
+        });
+    if ours {
+        list(&["-j", "list", "table", "inet", TABLE]).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The table's shape with everything that changes on its own removed: handles, set
+/// elements, counter values. Two listings with equal shapes enforce the same rules.
+pub fn shape(listing: &Value) -> Value {
+    fn strip(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .filter(|(key, _)| {
+                        !matches!(
+                            key.as_str(),
+                            "handle" | "elem" | "packets" | "bytes" | "metainfo"
+                        )
+                    })
+                    .map(|(key, value)| (key.clone(), strip(value)))
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .filter(|item| item.get("metainfo").is_none())
+                    .map(strip)
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    strip(listing)
+}
+
+/// The keys of the grants set, as the kernel holds them now.
+pub fn elements(listing: &Value) -> BTreeSet<Pinhole> {
+    let sets = listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("set"));
+    let ours = sets.filter(|set| set.get("name").and_then(Value::as_str) == Some(GRANTS));
+    let mut pinholes = BTreeSet::new();
+    for elem in ours.flat_map(|set| {
+        set.get("elem")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    }) {
+        // An element with a timeout is {"elem": {"val": {"concat": [...]}, ...}}.
+        let key = elem.get("elem").and_then(|e| e.get("val")).unwrap_or(elem);
+        let parts: Vec<&Value> = key
+            .get("concat")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .collect();
+        if let [requester, device, protocol, port] = parts.as_slice()
+            && let (Some(requester), Some(device), Some(protocol), Some(port)) = (
+                addr(requester),
+                addr(device),
+                proto(protocol),
+                port_of(port),
+            )
+        {
+            pinholes.insert(Pinhole {
+                requester,
+                device,
+                protocol,
+                port,
+            });
+        }
+    }
+    pinholes
+}
+
+fn addr(value: &Value) -> Option<Ipv4Addr> {
+    value.as_str()?.parse().ok()
+}
+
+fn proto(value: &Value) -> Option<Protocol> {
+    match value.as_str()? {
+        "tcp" => Some(Protocol::Tcp),
+        "udp" => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+fn port_of(value: &Value) -> Option<u16> {
+    value.as_u64().and_then(|p| u16::try_from(p).ok())
+}
+
+/// The named drop counters and their packet counts.
+pub fn drop_counters(listing: &Value) -> Vec<(String, u64)> {
+    listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|object| {
+            let counter = object.get("counter")?;
+            Some((
+                counter.get("name")?.as_str()?.to_owned(),
+                counter.get("packets")?.as_u64()?,
+            ))
+        })
+        .collect()
+}
