@@ -215,6 +215,7 @@ fn restarting_or_killing_the_controller_opens_nothing_and_closes_no_grant() {
         "the stream stopped"
     );
     let _ = stream.kill();
+    let _ = stream.wait();
     let adopted = t.audit().into_iter().any(|(action, _, details)| {
         action == "firewall.ruleset.applied" && details["why"] == "adopted"
     });
