@@ -187,3 +187,140 @@ on_both_backends!(
     directory_records_are_created_validated_and_audited,
     a_change_and_its_audit_record_commit_together,
 );
+
+mod grants {
+    use super::*;
+    use appliance::grants::{Agent, Grant, GrantRequest};
+
+    fn request(from: &str, to: &str, agent: &str, seconds: u64) -> GrantRequest {
+        GrantRequest {
+            requester: from.into(),
+            device: to.into(),
+            agent: agent.into(),
+            duration_seconds: seconds,
+            reason: "PLC firmware check".into(),
+        }
+    }
+
+    fn grants_open_list_and_revoke_with_an_audit_trail(backend: Backend) {
+        let t = TestAppliance::new(backend);
+        let actor = test_actor();
+        let config = &t.app.config; // device network 192.168.50.0/24 by default
+        let s7 = Grant::open(
+            &t.app.audit,
+            &actor,
+            config,
+            &request("10.1.2.3", "192.168.50.20", "s7", 600),
+        )
+        .expect("open");
+        assert_eq!(s7.ports, "tcp/102");
+        let eip = Grant::open(
+            &t.app.audit,
+            &actor,
+            config,
+            &request("10.1.2.3", "192.168.50.21", "ethernet-ip", 60),
+        )
+        .expect("open");
+        assert_eq!(eip.pinholes().expect("pinholes").len(), 2);
+        let live: Vec<i64> = Grant::live(&mut t.conn(), appliance::time::now_us())
+            .expect("live")
+            .iter()
+            .map(|g| g.id)
+            .collect();
+        assert_eq!(live, [s7.id, eip.id]);
+
+        Grant::revoke(&t.app.audit, &actor, s7.id, "done").expect("revoke");
+        let live: Vec<i64> = Grant::live(&mut t.conn(), appliance::time::now_us())
+            .expect("live")
+            .iter()
+            .map(|g| g.id)
+            .collect();
+        assert_eq!(live, [eip.id]);
+        let again = Grant::revoke(&t.app.audit, &actor, s7.id, "twice").expect_err("revoked twice");
+        assert_eq!(again.code(), "request.conflict");
+        let actions: Vec<String> = {
+            use appliance::schema::audit_log::dsl::*;
+            audit_log
+                .order(seq)
+                .select(action)
+                .load(&mut t.conn())
+                .expect("actions")
+        };
+        assert_eq!(actions.iter().filter(|a| *a == "grant.created").count(), 2);
+        assert_eq!(actions.iter().filter(|a| *a == "grant.revoked").count(), 1);
+    }
+
+    fn bad_grant_requests_are_refused_and_store_nothing(backend: Backend) {
+        let t = TestAppliance::new(backend);
+        let actor = test_actor();
+        let config = &t.app.config;
+        let tail = t.tail();
+        let cases = [
+            (
+                request("10.1.2.300", "192.168.50.20", "s7", 60),
+                "requester",
+            ),
+            (request("10.1.2.3", "192.168.51.20", "s7", 60), "device"),
+            (request("10.1.2.3", "192.168.50.0", "s7", 60), "device"),
+            (
+                request("192.168.50.9", "192.168.50.20", "s7", 60),
+                "requester",
+            ),
+            (request("10.1.2.3", "192.168.50.20", "telnet", 60), "agent"),
+            (request("10.1.2.3", "192.168.50.20", "s7", 0), "duration"),
+            (
+                request("10.1.2.3", "192.168.50.20", "s7", 9 * 3600),
+                "duration",
+            ),
+            (
+                request(
+                    "10.1.2.3",
+                    "192.168.50.20",
+                    "'; DROP TABLE firewall_grants; --",
+                    60,
+                ),
+                "agent",
+            ),
+        ];
+        for (req, field) in cases {
+            match Grant::open(&t.app.audit, &actor, config, &req) {
+                Err(Error::Invalid { field: got, .. }) => assert_eq!(got, field, "{req:?}"),
+                other => panic!("{req:?} gave {other:?}"),
+            }
+        }
+        let too_wide = Agent::create(
+            &t.app.audit,
+            &actor,
+            config,
+            "vendor",
+            "Vendor tools",
+            "tcp/10000-10020",
+        );
+        assert_eq!(too_wide.err().map(|e| e.code()), Some("request.invalid"));
+        assert_eq!(t.tail(), tail, "a refused request left an audit record");
+        assert!(Grant::recent(&mut t.conn(), 10).expect("recent").is_empty());
+
+        let custom = Agent::create(
+            &t.app.audit,
+            &actor,
+            config,
+            "vendor",
+            "Vendor tools",
+            "tcp/10000-10003,udp/2222",
+        )
+        .expect("agent");
+        let grant = Grant::open(
+            &t.app.audit,
+            &actor,
+            config,
+            &request("10.1.2.3", "192.168.50.20", &custom.name, 60),
+        )
+        .expect("custom");
+        assert_eq!(grant.ports, "tcp/10000-10003,udp/2222");
+    }
+
+    on_both_backends!(
+        grants_open_list_and_revoke_with_an_audit_trail,
+        bad_grant_requests_are_refused_and_store_nothing
+    );
+}
