@@ -271,6 +271,7 @@ pub struct Grant {
     pub created_by: String,
     pub created_at_us: i64,
     pub expires_at_us: i64,
+    pub dnat_port: Option<i32>,
     pub revoked_at_us: Option<i64>,
     pub revoked_by: Option<String>,
     pub applied_at_us: Option<i64>,
@@ -286,6 +287,9 @@ pub struct GrantRequest {
     pub agent: String,
     pub duration_seconds: u64,
     pub reason: String,
+    /// Also forward this uplink port to the device, for requesters who cannot route to
+    /// the device network. Only for agents with one port.
+    pub dnat_port: Option<u16>,
 }
 
 /// One (requester, device, protocol, port) that a live grant opens.
@@ -399,6 +403,27 @@ impl Grant {
         let agent = Agent::find(&mut conn, &request.agent)?;
         drop(conn);
         check_port_count(&agent.ports, config)?;
+        if let Some(port) = request.dnat_port {
+            let config_ports = &config.firewall;
+            if port == 22
+                || config_ports.portal_ports.contains(&port)
+                || config_ports.ingest_ports.contains(&port)
+            {
+                return Err(Error::invalid(
+                    "dnat_port",
+                    format!("uplink port {port} belongs to the appliance's own services"),
+                ));
+            }
+            if agent.ports.count() != 1 {
+                return Err(Error::invalid(
+                    "dnat_port",
+                    format!(
+                        "agent {} has several ports; forwarding needs exactly one",
+                        agent.name
+                    ),
+                ));
+            }
+        }
         let now = now_us();
         let expires = now.saturating_add(
             i64::try_from(request.duration_seconds)
@@ -406,6 +431,20 @@ impl Grant {
                 .saturating_mul(1_000_000),
         );
         audit.record_with(|conn| {
+            if let Some(port) = request.dnat_port {
+                let taken: i64 = firewall_grants::table
+                    .filter(firewall_grants::dnat_port.eq(i32::from(port)))
+                    .filter(firewall_grants::closed_at_us.is_null())
+                    .filter(firewall_grants::revoked_at_us.is_null())
+                    .filter(firewall_grants::expires_at_us.gt(now))
+                    .count()
+                    .get_result(conn)?;
+                if taken > 0 {
+                    return Err(Error::Conflict(format!(
+                        "uplink port {port} already forwards for another live grant"
+                    )));
+                }
+            }
             let grant = on_backend!(conn, c => diesel::insert_into(firewall_grants::table)
                 .values((
                     firewall_grants::requester_addr.eq(requester.to_string()),
@@ -416,6 +455,7 @@ impl Grant {
                     firewall_grants::created_by.eq(format!("{}:{}", actor.kind(), actor.id())),
                     firewall_grants::created_at_us.eq(now),
                     firewall_grants::expires_at_us.eq(expires),
+                    firewall_grants::dnat_port.eq(request.dnat_port.map(i32::from)),
                 ))
                 .returning(Grant::as_returning())
                 .get_result(c))?;
@@ -427,6 +467,7 @@ impl Grant {
                     "agent": grant.agent,
                     "ports": grant.ports,
                     "expires": format_us(grant.expires_at_us),
+                    "dnat_port": grant.dnat_port,
                     "reason": grant.reason,
                 }));
             Ok((grant, vec![event]))

@@ -98,6 +98,7 @@ diesel::table! {
         created_by -> Text,
         created_at_us -> BigInt,
         expires_at_us -> BigInt,
+        dnat_port -> Nullable<Integer>,
         revoked_at_us -> Nullable<BigInt>,
         revoked_by -> Nullable<Text>,
         applied_at_us -> Nullable<BigInt>,

@@ -199,6 +199,7 @@ mod grants {
             agent: agent.into(),
             duration_seconds: seconds,
             reason: "PLC firmware check".into(),
+            dnat_port: None,
         }
     }
 

@@ -107,7 +107,7 @@ fn main() {
     println!("{:<52} {:>14}", "", "result");
     for &n in sizes {
         let all = pinholes(n);
-        let replace = apply_in(&t, &ruleset::replace_table(&policy, &all));
+        let replace = apply_in(&t, &ruleset::replace_table(&policy, &all, &[]));
         println!(
             "{:<52} {:>11.1} ms",
             format!("replace the whole table, {n} grants"),
@@ -122,7 +122,7 @@ fn main() {
             },
             timeout_seconds: 60,
         };
-        let add = apply_in(&t, &ruleset::change_elements(&[extra], &[]));
+        let add = apply_in(&t, &ruleset::change_elements(&[extra], &[], &[], &[]));
         println!(
             "{:<52} {:>11.1} ms",
             format!("add one grant to {n}"),

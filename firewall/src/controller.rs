@@ -7,7 +7,7 @@ use appliance::{Actor, Appliance, AuditEvent};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::ruleset::{self, Policy, TimedPinhole};
+use crate::ruleset::{self, ForwardKey, Policy, PortForward, TimedPinhole};
 use crate::{Result, conntrack, nft};
 
 /// What one reconcile did.
@@ -67,13 +67,13 @@ impl Controller {
     pub fn reconcile(&mut self) -> Result<Summary> {
         let now = now_us();
         let live = Grant::live(&mut *self.app.store.conn()?, now)?;
-        let pinholes = desired(&live, now)?;
+        let wanted = desired(&live, now)?;
         let listing = nft::list_table()?;
         let mut summary = Summary::default();
 
         let shape_matches = matches!((&listing, &self.applied_shape), (Some(l), Some(applied)) if nft::shape(l) == *applied);
         if shape_matches {
-            self.sync_elements(listing.as_ref(), &pinholes, &live, &mut summary)?;
+            self.sync_elements(listing.as_ref(), &wanted, &live, &mut summary)?;
         } else {
             let why = match (&listing, &self.applied_shape) {
                 (None, None) => "created",
@@ -81,15 +81,15 @@ impl Controller {
                 (None, Some(_)) => "table deleted by hand",
                 (Some(_), Some(_)) => "rules changed by hand",
             };
-            let pinhole_list: Vec<TimedPinhole> = pinholes.values().copied().collect();
-            let batch = ruleset::replace_table(&self.policy, &pinhole_list);
-            nft::apply(&batch)?;
+            let pinholes: Vec<TimedPinhole> = wanted.pinholes.values().copied().collect();
+            let forwards: Vec<PortForward> = wanted.forwards.values().copied().collect();
+            nft::apply(&ruleset::replace_table(&self.policy, &pinholes, &forwards))?;
             let after = nft::list_table()?.ok_or_else(|| {
                 crate::FirewallError::Nft("the table vanished after apply".into())
             })?;
             self.applied_shape = Some(nft::shape(&after));
             summary.replaced = Some(why);
-            summary.added = pinhole_list.len();
+            summary.added = pinholes.len() + forwards.len();
             let action = if why.contains("by hand") {
                 "firewall.drift.repaired"
             } else {
@@ -101,7 +101,8 @@ impl Controller {
                     .details(json!({
                         "why": why,
                         "grants": live.len(),
-                        "pinholes": pinhole_list.len(),
+                        "pinholes": pinholes.len(),
+                        "forwards": forwards.len(),
                     })),
             )?;
         }
@@ -109,53 +110,91 @@ impl Controller {
         Ok(summary)
     }
 
-    /// Adds missing grant elements and deletes extra ones in one transaction. Extra
-    /// elements no grant accounts for were added by hand: that is drift, repaired and audited.
+    /// Adds missing elements and deletes extra ones in one transaction. Extra elements no
+    /// grant accounts for were added by hand: that is drift, repaired and audited.
     fn sync_elements(
         &self,
         listing: Option<&Value>,
-        pinholes: &BTreeMap<Pinhole, TimedPinhole>,
+        wanted: &Desired,
         live: &[Grant],
         summary: &mut Summary,
     ) -> Result<()> {
-        let in_kernel = listing.map(nft::elements).unwrap_or_default();
-        let add: Vec<TimedPinhole> = pinholes
+        let (in_kernel, forwards_in_kernel) = listing.map(nft::elements).unwrap_or_default();
+        let add: Vec<TimedPinhole> = wanted
+            .pinholes
             .iter()
             .filter(|(key, _)| !in_kernel.contains(*key))
             .map(|(_, timed)| *timed)
             .collect();
         let delete: Vec<Pinhole> = in_kernel
             .iter()
-            .filter(|key| !pinholes.contains_key(*key))
+            .filter(|key| !wanted.pinholes.contains_key(*key))
             .copied()
             .collect();
-        if add.is_empty() && delete.is_empty() {
+        let add_forwards: Vec<PortForward> = wanted
+            .forwards
+            .iter()
+            .filter(|(key, _)| !forwards_in_kernel.contains(*key))
+            .map(|(_, f)| *f)
+            .collect();
+        let delete_forwards: Vec<ForwardKey> = forwards_in_kernel
+            .iter()
+            .filter(|key| !wanted.forwards.contains_key(*key))
+            .copied()
+            .collect();
+        if add.is_empty()
+            && delete.is_empty()
+            && add_forwards.is_empty()
+            && delete_forwards.is_empty()
+        {
             return Ok(());
         }
-        nft::apply(&ruleset::change_elements(&add, &delete))?;
-        summary.added += add.len();
-        summary.removed += delete.len();
+        nft::apply(&ruleset::change_elements(
+            &add,
+            &delete,
+            &add_forwards,
+            &delete_forwards,
+        ))?;
+        summary.added += add.len() + add_forwards.len();
+        summary.removed += delete.len() + delete_forwards.len();
 
         // Elements that belong to no grant the store knows of were put there by hand.
         let unclosed = Grant::unclosed(&mut *self.app.store.conn()?)?;
         let mut known = BTreeSet::new();
+        let mut known_forwards = BTreeSet::new();
         for grant in unclosed.iter().chain(live) {
-            known.extend(grant.pinholes()?);
+            let pinholes = grant.pinholes()?;
+            if let (Some(port), Some(first)) = (
+                grant.dnat_port.and_then(|p| u16::try_from(p).ok()),
+                pinholes.first(),
+            ) {
+                known_forwards.insert((first.requester, first.protocol, port));
+            }
+            known.extend(pinholes);
         }
         let foreign: Vec<&Pinhole> = delete.iter().filter(|p| !known.contains(*p)).collect();
-        if !foreign.is_empty() {
+        let foreign_forwards: Vec<&ForwardKey> = delete_forwards
+            .iter()
+            .filter(|k| !known_forwards.contains(*k))
+            .collect();
+        if !foreign.is_empty() || !foreign_forwards.is_empty() {
             let mut cut = 0;
             for pinhole in &foreign {
                 cut += conntrack::cut(pinhole)?;
             }
             summary.connections_cut += cut;
             let described: Vec<String> = foreign.iter().map(|p| describe(p)).collect();
+            let forwards: Vec<String> = foreign_forwards
+                .iter()
+                .map(|(r, p, port)| format!("{r} {}/{port}", p.as_str()))
+                .collect();
             self.app.audit.record(
                 AuditEvent::new(self.actor.clone(), "firewall.drift.repaired")
                     .target("nft:inet plantgate")
                     .details(json!({
                         "why": "grant elements added by hand",
                         "removed": described,
+                        "forwards_removed": forwards,
                         "connections_cut": cut,
                     })),
             )?;
@@ -211,23 +250,40 @@ fn describe(p: &Pinhole) -> String {
     )
 }
 
-/// The pinholes the live grants call for, with their remaining seconds.
-fn desired(live: &[Grant], now: i64) -> Result<BTreeMap<Pinhole, TimedPinhole>> {
-    let mut pinholes = BTreeMap::new();
+/// What the live grants call for: pinholes and port forwards, with their remaining seconds.
+#[derive(Debug, Default)]
+pub struct Desired {
+    pub pinholes: BTreeMap<Pinhole, TimedPinhole>,
+    pub forwards: BTreeMap<ForwardKey, PortForward>,
+}
+
+pub fn desired(live: &[Grant], now: i64) -> Result<Desired> {
+    let mut wanted = Desired::default();
     for grant in live {
         let left = (grant.expires_at_us - now).max(0);
         let timeout_seconds = u32::try_from((left + 999_999) / 1_000_000)
             .unwrap_or(u32::MAX)
             .max(1);
         for pinhole in grant.pinholes()? {
-            pinholes.insert(
+            wanted.pinholes.insert(
                 pinhole,
                 TimedPinhole {
                     pinhole,
                     timeout_seconds,
                 },
             );
+            if let Some(uplink_port) = grant.dnat_port.and_then(|p| u16::try_from(p).ok()) {
+                let forward = PortForward {
+                    requester: pinhole.requester,
+                    protocol: pinhole.protocol,
+                    uplink_port,
+                    device: pinhole.device,
+                    device_port: pinhole.port,
+                    timeout_seconds,
+                };
+                wanted.forwards.insert(forward.key(), forward);
+            }
         }
     }
-    Ok(pinholes)
+    Ok(wanted)
 }

@@ -8,7 +8,7 @@ use nftables::helper;
 use nftables::schema::Nftables;
 use serde_json::Value;
 
-use crate::ruleset::{GRANTS, TABLE};
+use crate::ruleset::{FORWARD_ADDRS, ForwardKey, GRANTS, TABLE};
 use crate::{FirewallError, Result};
 
 /// Applies `batch` as one transaction. nft 1.0.6 crashes reading JSON from standard
@@ -93,47 +93,64 @@ pub fn shape(listing: &Value) -> Value {
     strip(listing)
 }
 
-/// The keys of the grants set, as the kernel holds them now.
-pub fn elements(listing: &Value) -> BTreeSet<Pinhole> {
-    let sets = listing
+/// The keys of the grants set and of the forward-address map, as the kernel holds them now.
+pub fn elements(listing: &Value) -> (BTreeSet<Pinhole>, BTreeSet<ForwardKey>) {
+    let objects = listing
         .get("nftables")
         .and_then(Value::as_array)
         .into_iter()
-        .flatten()
-        .filter_map(|o| o.get("set"));
-    let ours = sets.filter(|set| set.get("name").and_then(Value::as_str) == Some(GRANTS));
+        .flatten();
     let mut pinholes = BTreeSet::new();
-    for elem in ours.flat_map(|set| {
-        set.get("elem")
+    let mut forwards = BTreeSet::new();
+    for body in objects.filter_map(|o| o.get("set").or_else(|| o.get("map"))) {
+        let name = body.get("name").and_then(Value::as_str);
+        for elem in body
+            .get("elem")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-    }) {
-        // An element with a timeout is {"elem": {"val": {"concat": [...]}, ...}}.
-        let key = elem.get("elem").and_then(|e| e.get("val")).unwrap_or(elem);
-        let parts: Vec<&Value> = key
-            .get("concat")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .collect();
-        if let [requester, device, protocol, port] = parts.as_slice()
-            && let (Some(requester), Some(device), Some(protocol), Some(port)) = (
-                addr(requester),
-                addr(device),
-                proto(protocol),
-                port_of(port),
-            )
         {
-            pinholes.insert(Pinhole {
-                requester,
-                device,
-                protocol,
-                port,
-            });
+            // A map element is [key, value]; a key with a timeout is {"elem": {"val": ...}}.
+            let key = if elem.is_array() {
+                elem.get(0).unwrap_or(&Value::Null)
+            } else {
+                elem
+            };
+            let key = key.get("elem").and_then(|e| e.get("val")).unwrap_or(key);
+            let parts: Vec<&Value> = key
+                .get("concat")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .collect();
+            match (name, parts.as_slice()) {
+                (Some(GRANTS), [requester, device, protocol, port]) => {
+                    if let (Some(requester), Some(device), Some(protocol), Some(port)) = (
+                        addr(requester),
+                        addr(device),
+                        proto(protocol),
+                        port_of(port),
+                    ) {
+                        pinholes.insert(Pinhole {
+                            requester,
+                            device,
+                            protocol,
+                            port,
+                        });
+                    }
+                }
+                (Some(FORWARD_ADDRS), [requester, protocol, port]) => {
+                    if let (Some(requester), Some(protocol), Some(port)) =
+                        (addr(requester), proto(protocol), port_of(port))
+                    {
+                        forwards.insert((requester, protocol, port));
+                    }
+                }
+                _ => {}
+            }
         }
     }
-    pinholes
+    (pinholes, forwards)
 }
 
 fn addr(value: &Value) -> Option<Ipv4Addr> {

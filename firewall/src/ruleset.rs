@@ -16,16 +16,19 @@ use nftables::expr::{
     CT, Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, SetItem,
 };
 use nftables::schema::{
-    Chain, Counter as CounterObject, Element, NfCmd, NfListObject, NfObject, Nftables, Rule, Set,
-    SetFlag, SetType, SetTypeValue, Table,
+    Chain, Counter as CounterObject, Element, Map, NfCmd, NfListObject, NfObject, Nftables, Rule,
+    Set, SetFlag, SetType, SetTypeValue, Table,
 };
-use nftables::stmt::{Counter, Limit, Log, Match, Operator, Statement};
+use nftables::stmt::{Counter, Limit, Log, Match, NAT, NATFamily, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::{FirewallError, Result};
 
 pub const TABLE: &str = "plantgate";
 pub const GRANTS: &str = "grants";
+/// Port forwards: (requester, protocol, uplink port) to the device's address, and to its port.
+pub const FORWARD_ADDRS: &str = "forward_addrs";
+pub const FORWARD_PORTS: &str = "forward_ports";
 
 /// Why a packet was dropped; each has a named counter and a rate-limited log prefix.
 pub const DROP_REASONS: [&str; 6] = [
@@ -101,6 +104,26 @@ impl Policy {
             }
         }
         Ok(())
+    }
+}
+
+/// An uplink port forwarded to a device port, for one requester.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortForward {
+    pub requester: Ipv4Addr,
+    pub protocol: Protocol,
+    pub uplink_port: u16,
+    pub device: Ipv4Addr,
+    pub device_port: u16,
+    pub timeout_seconds: u32,
+}
+
+/// What identifies a forward in the kernel's maps.
+pub type ForwardKey = (Ipv4Addr, Protocol, u16);
+
+impl PortForward {
+    pub fn key(&self) -> ForwardKey {
+        (self.requester, self.protocol, self.uplink_port)
     }
 }
 
@@ -263,6 +286,26 @@ pub fn table_objects(policy: &Policy) -> Vec<NfListObject<'static>> {
         flags: Some(HashSet::from([SetFlag::Timeout])),
         ..Default::default()
     })));
+    // Two plain maps rather than one with concatenated data: nft 1.0.6 crashes parsing the
+    // JSON of a `dnat ... map` whose data is a concatenation.
+    for (name, data) in [
+        (FORWARD_ADDRS, SetType::Ipv4Addr),
+        (FORWARD_PORTS, SetType::InetService),
+    ] {
+        objects.push(NfListObject::Map(Box::new(Map {
+            family: NfFamily::INet,
+            table: Cow::Borrowed(TABLE),
+            name: Cow::Borrowed(name),
+            set_type: SetTypeValue::Concatenated(Cow::Owned(vec![
+                SetType::Ipv4Addr,
+                SetType::InetProto,
+                SetType::InetService,
+            ])),
+            map: SetTypeValue::Single(data),
+            flags: Some(HashSet::from([SetFlag::Timeout])),
+            ..Default::default()
+        })));
+    }
     for reason in DROP_REASONS {
         objects.push(NfListObject::Counter(CounterObject {
             family: NfFamily::INet,
@@ -459,7 +502,43 @@ pub fn table_objects(policy: &Policy) -> Vec<NfListObject<'static>> {
         rules.push(("output", rule));
     }
 
-    // nat: machines see the appliance as the source, so they need no route back.
+    // nat: forwarded uplink ports reach their device; machines see the appliance as the
+    // source, so they need no route back.
+    objects.push(base_chain(
+        "prerouting",
+        NfChainType::NAT,
+        NfHook::Prerouting,
+        -100,
+        NfChainPolicy::Accept,
+    ));
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let key = || {
+            concat(vec![
+                field("ip", "saddr"),
+                meta(MetaKey::L4proto),
+                field(protocol.as_str(), "dport"),
+            ])
+        };
+        let lookup = |data: &str| {
+            Expression::Named(NamedExpression::Map(Box::new(nftables::expr::Map {
+                key: key(),
+                data: s(&format!("@{data}")),
+            })))
+        };
+        rules.push((
+            "prerouting",
+            vec![
+                uplink(),
+                is(meta(MetaKey::L4proto), s(protocol.as_str())),
+                Statement::DNAT(Some(NAT {
+                    addr: Some(lookup(FORWARD_ADDRS)),
+                    family: Some(NATFamily::IP),
+                    port: Some(lookup(FORWARD_PORTS)),
+                    flags: None,
+                })),
+            ],
+        ));
+    }
     objects.push(base_chain(
         "postrouting",
         NfChainType::NAT,
@@ -496,6 +575,14 @@ fn pinhole_key(p: &Pinhole) -> Expression<'static> {
     ])
 }
 
+fn forward_key(key: &ForwardKey) -> Expression<'static> {
+    concat(vec![
+        ip(key.0),
+        s(key.1.as_str()),
+        Expression::Number(u32::from(key.2)),
+    ])
+}
+
 fn timed(val: Expression<'static>, timeout_seconds: u32) -> Expression<'static> {
     Expression::Named(NamedExpression::Elem(Elem {
         val: Box::new(val),
@@ -506,25 +593,56 @@ fn timed(val: Expression<'static>, timeout_seconds: u32) -> Expression<'static> 
     }))
 }
 
-fn grant_elements(pinholes: &[TimedPinhole]) -> Option<NfListObject<'static>> {
-    (!pinholes.is_empty()).then(|| {
-        NfListObject::Element(Element {
-            family: NfFamily::INet,
-            table: Cow::Borrowed(TABLE),
-            name: Cow::Borrowed(GRANTS),
-            elem: Cow::Owned(
-                pinholes
-                    .iter()
-                    .map(|t| timed(pinhole_key(&t.pinhole), t.timeout_seconds))
-                    .collect(),
-            ),
-        })
+fn elements(name: &'static str, elem: Vec<Expression<'static>>) -> NfListObject<'static> {
+    NfListObject::Element(Element {
+        family: NfFamily::INet,
+        table: Cow::Borrowed(TABLE),
+        name: Cow::Borrowed(name),
+        elem: Cow::Owned(elem),
     })
+}
+
+/// The grant set's elements and both forward maps' elements, for adding.
+fn additions(pinholes: &[TimedPinhole], forwards: &[PortForward]) -> Vec<NfObject<'static>> {
+    let mut objects = Vec::new();
+    if !pinholes.is_empty() {
+        objects.push(elements(
+            GRANTS,
+            pinholes
+                .iter()
+                .map(|t| timed(pinhole_key(&t.pinhole), t.timeout_seconds))
+                .collect(),
+        ));
+    }
+    if !forwards.is_empty() {
+        let entry = |f: &PortForward, value: Expression<'static>| {
+            Expression::List(vec![timed(forward_key(&f.key()), f.timeout_seconds), value])
+        };
+        objects.push(elements(
+            FORWARD_ADDRS,
+            forwards.iter().map(|f| entry(f, ip(f.device))).collect(),
+        ));
+        objects.push(elements(
+            FORWARD_PORTS,
+            forwards
+                .iter()
+                .map(|f| entry(f, Expression::Number(u32::from(f.device_port))))
+                .collect(),
+        ));
+    }
+    objects
+        .into_iter()
+        .map(|object| NfObject::CmdObject(NfCmd::Add(object)))
+        .collect()
 }
 
 /// One transaction that replaces the whole table, grants included. `add` before `delete`
 /// makes it work whether or not the table exists; the kernel applies all or nothing.
-pub fn replace_table(policy: &Policy, pinholes: &[TimedPinhole]) -> Nftables<'static> {
+pub fn replace_table(
+    policy: &Policy,
+    pinholes: &[TimedPinhole],
+    forwards: &[PortForward],
+) -> Nftables<'static> {
     let table = || {
         NfListObject::Table(Table {
             family: NfFamily::INet,
@@ -541,26 +659,35 @@ pub fn replace_table(policy: &Policy, pinholes: &[TimedPinhole]) -> Nftables<'st
             .into_iter()
             .map(|object| NfObject::CmdObject(NfCmd::Add(object))),
     );
-    commands.extend(grant_elements(pinholes).map(|e| NfObject::CmdObject(NfCmd::Add(e))));
+    commands.extend(additions(pinholes, forwards));
     Nftables {
         objects: Cow::Owned(commands),
     }
 }
 
-/// One transaction that adds and deletes grant elements.
-pub fn change_elements(add: &[TimedPinhole], delete: &[Pinhole]) -> Nftables<'static> {
+/// One transaction that adds and deletes grant elements and port forwards.
+pub fn change_elements(
+    add: &[TimedPinhole],
+    delete: &[Pinhole],
+    add_forwards: &[PortForward],
+    delete_forwards: &[ForwardKey],
+) -> Nftables<'static> {
     let mut commands = Vec::new();
     if !delete.is_empty() {
-        commands.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Element(
-            Element {
-                family: NfFamily::INet,
-                table: Cow::Borrowed(TABLE),
-                name: Cow::Borrowed(GRANTS),
-                elem: Cow::Owned(delete.iter().map(pinhole_key).collect()),
-            },
+        commands.push(NfObject::CmdObject(NfCmd::Delete(elements(
+            GRANTS,
+            delete.iter().map(pinhole_key).collect(),
         ))));
     }
-    commands.extend(grant_elements(add).map(|e| NfObject::CmdObject(NfCmd::Add(e))));
+    if !delete_forwards.is_empty() {
+        for name in [FORWARD_ADDRS, FORWARD_PORTS] {
+            commands.push(NfObject::CmdObject(NfCmd::Delete(elements(
+                name,
+                delete_forwards.iter().map(forward_key).collect(),
+            ))));
+        }
+    }
+    commands.extend(additions(add, add_forwards));
     Nftables {
         objects: Cow::Owned(commands),
     }

@@ -34,6 +34,17 @@ pub fn render(batch: &Nftables) -> String {
                 elements_of(&objects, &set.name, &mut out);
                 out.push_str("\t}\n");
             }
+            NfListObject::Map(map) => {
+                let _ = writeln!(
+                    out,
+                    "\tmap {} {{\n\t\ttype {} : {}\n\t\tflags timeout",
+                    map.name,
+                    type_of(&map.set_type),
+                    type_of(&map.map)
+                );
+                elements_of(&objects, &map.name, &mut out);
+                out.push_str("\t}\n");
+            }
             NfListObject::Counter(counter) => {
                 let _ = writeln!(out, "\tcounter {} {{\n\t}}", counter.name);
             }
@@ -156,6 +167,19 @@ fn statement(stmt: &Statement) -> String {
             None => "log".to_owned(),
         },
         Statement::Masquerade(_) => "masquerade".to_owned(),
+        Statement::DNAT(Some(nat)) => {
+            let part = |e: &Option<Expression>| match e {
+                Some(Expression::Named(NamedExpression::Map(map))) => {
+                    format!("{} map {}", expression(&map.key), expression(&map.data))
+                }
+                Some(other) => expression(other),
+                None => String::new(),
+            };
+            match &nat.port {
+                Some(_) => format!("dnat ip to {} : {}", part(&nat.addr), part(&nat.port)),
+                None => format!("dnat ip to {}", part(&nat.addr)),
+            }
+        }
         other => format!("# unsupported statement {other:?}"),
     }
 }

@@ -92,6 +92,51 @@ fn a_grant_opens_exactly_its_port_from_its_requester_to_its_device() {
 }
 
 #[test]
+fn a_forwarded_uplink_port_reaches_the_device_for_its_requester_only() {
+    let mut t = Topology::new();
+    t.listen(&t.device_ns.clone(), &[102]);
+    t.start_daemon();
+    let u = t.uplink_ns.clone();
+    // The requester may not have a route to the device network: it talks to the appliance.
+    let grant = t
+        .open_forwarded_grant(REQUESTER, DEVICE, "s7", 600, Some(10102))
+        .expect("grant");
+    assert_eq!(
+        t.connect_from(&u, REQUESTER, APPLIANCE_UPLINK, 10102)
+            .as_deref(),
+        Some(APPLIANCE_DEVICE)
+    );
+    assert_eq!(
+        t.reachable(&[
+            (&u, OTHER_REQUESTER, APPLIANCE_UPLINK, 10102),
+            (&u, REQUESTER, APPLIANCE_UPLINK, 10103)
+        ]),
+        [false, false]
+    );
+    let taken = t
+        .open_forwarded_grant(OTHER_REQUESTER, DEVICE, "s7", 600, Some(10102))
+        .expect_err("port reused");
+    assert!(taken.to_string().contains("already forwards"), "{taken}");
+    let reserved = t
+        .open_forwarded_grant(REQUESTER, DEVICE, "s7", 600, Some(PORTAL_PORT))
+        .expect_err("portal port");
+    assert!(
+        reserved.to_string().contains("appliance's own services"),
+        "{reserved}"
+    );
+    let several = t
+        .open_forwarded_grant(REQUESTER, DEVICE, "http", 600, Some(10180))
+        .expect_err("two ports");
+    assert!(several.to_string().contains("exactly one"), "{several}");
+    t.revoke(grant.id);
+    assert!(
+        t.connect_from(&u, REQUESTER, APPLIANCE_UPLINK, 10102)
+            .is_none(),
+        "the forward outlived its grant"
+    );
+}
+
+#[test]
 fn a_grant_closes_by_itself_when_it_expires() {
     let mut t = Topology::new();
     t.listen(&t.device_ns.clone(), &[102]);

@@ -90,6 +90,9 @@ enum GrantCommand {
         seconds: u64,
         #[arg(long)]
         reason: String,
+        /// Also forward this port on the appliance's uplink address to the device.
+        #[arg(long)]
+        dnat_port: Option<u16>,
     },
     /// End a grant now; the firewall cuts its live connections.
     Revoke {
@@ -375,6 +378,7 @@ fn grant(command: GrantCommand, config: Config, actor: &Actor) -> Result<ExitCod
             agent,
             seconds,
             reason,
+            dnat_port,
         } => {
             let request = GrantRequest {
                 requester,
@@ -382,6 +386,7 @@ fn grant(command: GrantCommand, config: Config, actor: &Actor) -> Result<ExitCod
                 agent,
                 duration_seconds: seconds,
                 reason,
+                dnat_port,
             };
             let grant = Grant::open(&app.audit, actor, &app.config, &request)?;
             println!(

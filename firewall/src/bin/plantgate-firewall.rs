@@ -19,7 +19,7 @@ use appliance::grants::Grant;
 use appliance::{Actor, Appliance, Store};
 use clap::{Parser, Subcommand};
 use firewall::controller::Controller;
-use firewall::ruleset::{self, Policy, TimedPinhole};
+use firewall::ruleset::{self, Policy};
 use firewall::{FirewallError, text};
 
 #[derive(Debug, Parser)]
@@ -176,16 +176,10 @@ fn dry_run(config: &Config, json: bool) -> Result<(), FirewallError> {
     let live = Store::open(config)
         .and_then(|store| Grant::live(&mut *store.conn()?, now))
         .unwrap_or_default();
-    let mut pinholes = Vec::new();
-    for grant in &live {
-        let timeout_seconds = u32::try_from((grant.expires_at_us - now).max(1_000_000) / 1_000_000)
-            .unwrap_or(u32::MAX);
-        pinholes.extend(grant.pinholes()?.into_iter().map(|pinhole| TimedPinhole {
-            pinhole,
-            timeout_seconds,
-        }));
-    }
-    let batch = ruleset::replace_table(&policy, &pinholes);
+    let wanted = firewall::controller::desired(&live, now)?;
+    let pinholes: Vec<_> = wanted.pinholes.into_values().collect();
+    let forwards: Vec<_> = wanted.forwards.into_values().collect();
+    let batch = ruleset::replace_table(&policy, &pinholes, &forwards);
     if json {
         println!(
             "{}",

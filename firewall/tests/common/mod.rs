@@ -177,12 +177,25 @@ impl Topology {
         agent: &str,
         seconds: u64,
     ) -> appliance::error::Result<Grant> {
+        self.open_forwarded_grant(from, to, agent, seconds, None)
+    }
+
+    /// Opens a grant the way the portal will: through the core library, then a poke.
+    pub fn open_forwarded_grant(
+        &self,
+        from: &str,
+        to: &str,
+        agent: &str,
+        seconds: u64,
+        dnat_port: Option<u16>,
+    ) -> appliance::error::Result<Grant> {
         let request = GrantRequest {
             requester: from.to_owned(),
             device: to.to_owned(),
             agent: agent.to_owned(),
             duration_seconds: seconds,
             reason: "test".to_owned(),
+            dnat_port,
         };
         let grant = Grant::open(&self.app.audit, &test_actor(), &self.app.config, &request)?;
         let _ = self.poke();

@@ -18,6 +18,9 @@ CREATE TABLE firewall_grants (
     created_by     TEXT NOT NULL,
     created_at_us  BIGINT NOT NULL,
     expires_at_us  BIGINT NOT NULL CHECK (expires_at_us > created_at_us),
+    -- An uplink port forwarded to the device's (single) agent port, for requesters who
+    -- cannot route to the device network.
+    dnat_port      INTEGER CHECK (dnat_port BETWEEN 1 AND 65535),
     revoked_at_us  BIGINT,
     revoked_by     TEXT,
     applied_at_us  BIGINT,
