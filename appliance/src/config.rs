@@ -62,6 +62,9 @@ pub struct FirewallConfig {
     pub max_ports_per_grant: u32,
     pub max_grant_minutes: u32,
     pub reconcile_seconds: u64,
+    /// A change to how admins reach the appliance (uplink interface, portal ports, SSH) is
+    /// rolled back unless `plantgate-firewall confirm` runs within this many seconds.
+    pub confirm_seconds: u64,
     /// The controller's Unix socket. Unset: `{data_dir}/firewall.sock`.
     pub socket: Option<PathBuf>,
 }
@@ -164,6 +167,7 @@ impl Default for FirewallConfig {
             max_ports_per_grant: 16,
             max_grant_minutes: 8 * 60,
             reconcile_seconds: 30,
+            confirm_seconds: 120,
             socket: None,
         }
     }
@@ -344,6 +348,13 @@ impl Config {
             return Err(ConfigError::new(
                 "firewall.reconcile_seconds",
                 self.firewall.reconcile_seconds,
+                "must be between 1 and 3600",
+            ));
+        }
+        if !(1..=3600).contains(&self.firewall.confirm_seconds) {
+            return Err(ConfigError::new(
+                "firewall.confirm_seconds",
+                self.firewall.confirm_seconds,
                 "must be between 1 and 3600",
             ));
         }

@@ -7,6 +7,9 @@ use appliance::{Actor, Appliance, AuditEvent};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::time::{Duration, Instant};
+
+use crate::management::{ConfirmedFile, ManagementAccess, Pending};
 use crate::ruleset::{self, ForwardKey, Policy, PortForward, TimedPinhole};
 use crate::{Result, conntrack, nft};
 
@@ -44,6 +47,10 @@ pub struct Controller {
     actor: Actor,
     /// The table's shape as the kernel listed it right after our last full apply.
     applied_shape: Option<Value>,
+    confirmed: ConfirmedFile,
+    /// A change to management access that rolls back unless confirmed.
+    pending: Option<Pending>,
+    rolled_back: bool,
 }
 
 impl Controller {
@@ -51,12 +58,55 @@ impl Controller {
     pub fn new(app: Appliance) -> Result<Controller> {
         let policy = Policy::from_config(&app.config)?;
         policy.check_interfaces()?;
+        let confirmed = ConfirmedFile::in_dir(&app.config.data_dir);
+        let confirm_within = Duration::from_secs(app.config.firewall.confirm_seconds);
+        let pending = confirmed
+            .check(&ManagementAccess::of(&policy), confirm_within)
+            .map_err(|err| {
+                crate::FirewallError::Nft(format!("cannot keep the confirmed settings: {err}"))
+            })?;
+        let actor = Actor::System("firewall".to_owned());
+        if let Some(change) = &pending {
+            app.audit.record(AuditEvent::new(actor.clone(), "firewall.change.pending").target("nft:inet plantgate").details(
+                json!({ "previous": change.previous, "proposed": change.proposed, "confirm_within_seconds": confirm_within.as_secs() }),
+            ))?;
+            tracing::warn!(
+                seconds = confirm_within.as_secs(),
+                "management access changed: run `plantgate-firewall confirm` in time, or it is rolled back"
+            );
+        }
         Ok(Controller {
             app,
             policy,
-            actor: Actor::System("firewall".to_owned()),
+            actor,
             applied_shape: None,
+            confirmed,
+            pending,
+            rolled_back: false,
         })
+    }
+
+    /// True when an unconfirmed change has run out of time and must be rolled back now.
+    pub fn rollback_due(&self) -> bool {
+        self.pending
+            .as_ref()
+            .is_some_and(|change| Instant::now() >= change.deadline)
+    }
+
+    /// Keeps a pending change to management access; answers in words for the socket.
+    pub fn confirm(&mut self) -> Result<&'static str> {
+        let Some(change) = self.pending.take() else {
+            return Ok("nothing to confirm");
+        };
+        self.confirmed.write(&change.proposed).map_err(|err| {
+            crate::FirewallError::Nft(format!("cannot keep the confirmed settings: {err}"))
+        })?;
+        self.app.audit.record(
+            AuditEvent::new(self.actor.clone(), "firewall.change.confirmed")
+                .target("nft:inet plantgate")
+                .details(json!({ "confirmed": change.proposed })),
+        )?;
+        Ok("confirmed")
     }
 
     pub fn policy(&self) -> &Policy {
@@ -65,6 +115,24 @@ impl Controller {
 
     /// Brings the kernel to what the store says, and records what it changed.
     pub fn reconcile(&mut self) -> Result<Summary> {
+        if self.rollback_due() {
+            if let Some(change) = self.pending.take() {
+                self.policy = change.previous.applied_to(&self.policy);
+                self.applied_shape = None;
+                self.rolled_back = true;
+                self.app.audit.record(
+                    AuditEvent::new(self.actor.clone(), "firewall.change.rolled_back")
+                        .target("nft:inet plantgate")
+                        .outcome(appliance::Outcome::Failure)
+                        .details(
+                            json!({ "restored": change.previous, "unconfirmed": change.proposed }),
+                        ),
+                )?;
+                tracing::error!(
+                    "management access change was not confirmed in time and was rolled back"
+                );
+            }
+        }
         let now = now_us();
         let live = Grant::live(&mut *self.app.store.conn()?, now)?;
         let wanted = desired(&live, now)?;
@@ -76,6 +144,7 @@ impl Controller {
             self.sync_elements(listing.as_ref(), &wanted, &live, &mut summary)?;
         } else {
             let why = match (&listing, &self.applied_shape) {
+                _ if std::mem::take(&mut self.rolled_back) => "unconfirmed change rolled back",
                 (None, None) => "created",
                 (Some(_), None) => "adopted",
                 (None, Some(_)) => "table deleted by hand",

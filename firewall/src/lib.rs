@@ -6,6 +6,7 @@
 
 pub mod conntrack;
 pub mod controller;
+pub mod management;
 pub mod nft;
 pub mod ruleset;
 pub mod text;

@@ -317,6 +317,69 @@ fn hand_made_changes_to_the_table_are_repaired_and_audited() {
 }
 
 #[test]
+fn an_unconfirmed_change_to_the_portal_port_rolls_back_and_a_confirmed_one_stays() {
+    let mut t = Topology::new();
+    t.listen(&t.appliance_ns.clone(), &[PORTAL_PORT, 9443]);
+    t.start_daemon();
+    t.kill_daemon();
+    let u = t.uplink_ns.clone();
+    let moved = [
+        ("PLANTGATE_FIREWALL__PORTAL_PORTS", "[9443]"),
+        ("PLANTGATE_FIREWALL__CONFIRM_SECONDS", "2"),
+    ];
+    let portal = |t: &Topology| {
+        t.reachable(&[
+            (&u, REQUESTER, APPLIANCE_UPLINK, PORTAL_PORT),
+            (&u, REQUESTER, APPLIANCE_UPLINK, 9443),
+        ])
+    };
+
+    // Nobody confirms: the old portal port comes back by itself.
+    t.start_daemon_with(&moved);
+    assert_eq!(portal(&t), [false, true], "the new port was not applied");
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        portal(&t),
+        [true, false],
+        "the unconfirmed change was not rolled back"
+    );
+    t.kill_daemon();
+
+    // Confirmed in time: the change stays, and is not asked about again after a restart.
+    t.start_daemon_with(&moved);
+    let confirm = t.firewall_command(&["confirm"]).output().expect("confirm");
+    assert_eq!(
+        String::from_utf8_lossy(&confirm.stdout).trim(),
+        "confirmed",
+        "{}",
+        String::from_utf8_lossy(&confirm.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        portal(&t),
+        [false, true],
+        "the confirmed change was rolled back"
+    );
+    t.kill_daemon();
+    t.start_daemon_with(&moved);
+    let actions: Vec<String> = t
+        .audit()
+        .into_iter()
+        .map(|(action, _, _)| action)
+        .filter(|a| a.starts_with("firewall.change."))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "firewall.change.pending",
+            "firewall.change.rolled_back",
+            "firewall.change.pending",
+            "firewall.change.confirmed"
+        ]
+    );
+}
+
+#[test]
 fn bad_input_is_refused_before_anything_is_applied() {
     let mut t = Topology::new();
     t.start_daemon();

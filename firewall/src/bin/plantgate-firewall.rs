@@ -41,6 +41,9 @@ enum Command {
     Run,
     /// Reconcile once and exit.
     Reconcile,
+    /// Keep a change to management access (uplink interface, portal ports, SSH) that the
+    /// running controller would otherwise roll back.
+    Confirm,
     /// Print the ruleset that would be applied, without touching the kernel or needing root.
     DryRun {
         /// Print nftables JSON instead of nft syntax.
@@ -51,6 +54,7 @@ enum Command {
 
 enum Request {
     Poke(mpsc::Sender<String>),
+    Confirm(mpsc::Sender<String>),
     Tick,
 }
 
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run => run(config),
         Command::Reconcile => reconcile_once(config),
+        Command::Confirm => confirm(&config),
         Command::DryRun { json } => dry_run(&config, json),
     };
     match result {
@@ -117,12 +122,15 @@ fn run(config: Config) -> Result<(), FirewallError> {
     )?;
 
     let (requests, inbox) = mpsc::channel();
+    // Ticks come every second; a reconcile runs every `interval`, or at once when an
+    // unconfirmed change must be rolled back.
     let ticks = requests.clone();
     std::thread::spawn(move || {
         while ticks.send(Request::Tick).is_ok() {
-            std::thread::sleep(interval);
+            std::thread::sleep(Duration::from_secs(1));
         }
     });
+    let mut last_reconcile = std::time::Instant::now();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let requests = requests.clone();
@@ -131,13 +139,29 @@ fn run(config: Config) -> Result<(), FirewallError> {
     });
     // One reconcile at a time, whoever asked.
     for request in inbox {
+        let reply = match request {
+            Request::Tick if last_reconcile.elapsed() < interval && !controller.rollback_due() => {
+                continue;
+            }
+            Request::Confirm(reply) => {
+                let answer = match controller.confirm() {
+                    Ok(words) => format!("ok {words}"),
+                    Err(err) => format!("error {err}"),
+                };
+                let _ = reply.send(answer);
+                continue;
+            }
+            Request::Tick => None,
+            Request::Poke(reply) => Some(reply),
+        };
+        last_reconcile = std::time::Instant::now();
         let result = controller.reconcile();
         match &result {
             Ok(summary) if summary != &Default::default() => tracing::info!(%summary, "reconciled"),
             Ok(_) => {}
             Err(err) => tracing::error!(error = %err, "reconcile failed"),
         }
-        if let Request::Poke(reply) = request {
+        if let Some(reply) = reply {
             let _ = reply.send(match result {
                 Ok(summary) => format!("ok {summary}"),
                 Err(err) => format!("error {err}"),
@@ -153,19 +177,46 @@ fn serve(stream: UnixStream, requests: &mpsc::Sender<Request>) {
     if BufReader::new(&stream).read_line(&mut line).is_err() {
         return;
     }
-    let answer = match line.trim() {
-        "reconcile" => {
-            let (reply, answer) = mpsc::channel();
-            if requests.send(Request::Poke(reply)).is_err() {
-                return;
-            }
-            answer
-                .recv()
-                .unwrap_or_else(|_| "error controller stopped".to_owned())
+    let (reply, answer) = mpsc::channel();
+    let request = match line.trim() {
+        "reconcile" => Request::Poke(reply),
+        "confirm" => Request::Confirm(reply),
+        other => {
+            let _ = (&stream).write_all(
+                format!("error unknown command {other:?}; send reconcile or confirm\n").as_bytes(),
+            );
+            return;
         }
-        other => format!("error unknown command {other:?}; send \"reconcile\""),
     };
+    if requests.send(request).is_err() {
+        return;
+    }
+    let answer = answer
+        .recv()
+        .unwrap_or_else(|_| "error controller stopped".to_owned());
     let _ = (&stream).write_all(format!("{answer}\n").as_bytes());
+}
+
+#[allow(clippy::print_stdout)]
+fn confirm(config: &Config) -> Result<(), FirewallError> {
+    let path = config.firewall_socket();
+    let socket_error = |source| FirewallError::Socket {
+        path: path.clone(),
+        source,
+    };
+    let stream = UnixStream::connect(&path).map_err(socket_error)?;
+    (&stream).write_all(b"confirm\n").map_err(socket_error)?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(socket_error)?;
+    match answer.trim().strip_prefix("ok ") {
+        Some(words) => {
+            println!("{words}");
+            Ok(())
+        }
+        None => Err(FirewallError::Nft(answer.trim().to_owned())),
+    }
 }
 
 #[allow(clippy::print_stdout)]

@@ -225,9 +225,18 @@ impl Topology {
     }
 
     pub fn start_daemon(&mut self) {
+        self.start_daemon_with(&[]);
+    }
+
+    /// Starts the controller with extra `PLANTGATE_*` settings, as an admin editing the
+    /// config and restarting it would.
+    pub fn start_daemon_with(&mut self, env: &[(&str, &str)]) {
         let _ = std::fs::remove_file(self.socket());
-        let child = self
-            .firewall_command(&["run"])
+        let mut command = self.firewall_command(&["run"]);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
             .stdout(Stdio::null())
             .spawn()
             .expect("start plantgate-firewall");
