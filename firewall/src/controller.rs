@@ -115,23 +115,23 @@ impl Controller {
 
     /// Brings the kernel to what the store says, and records what it changed.
     pub fn reconcile(&mut self) -> Result<Summary> {
-        if self.rollback_due() {
-            if let Some(change) = self.pending.take() {
-                self.policy = change.previous.applied_to(&self.policy);
-                self.applied_shape = None;
-                self.rolled_back = true;
-                self.app.audit.record(
-                    AuditEvent::new(self.actor.clone(), "firewall.change.rolled_back")
-                        .target("nft:inet plantgate")
-                        .outcome(appliance::Outcome::Failure)
-                        .details(
-                            json!({ "restored": change.previous, "unconfirmed": change.proposed }),
-                        ),
-                )?;
-                tracing::error!(
-                    "management access change was not confirmed in time and was rolled back"
-                );
-            }
+        if self.rollback_due()
+            && let Some(change) = self.pending.take()
+        {
+            self.policy = change.previous.applied_to(&self.policy);
+            self.applied_shape = None;
+            self.rolled_back = true;
+            self.app.audit.record(
+                AuditEvent::new(self.actor.clone(), "firewall.change.rolled_back")
+                    .target("nft:inet plantgate")
+                    .outcome(appliance::Outcome::Failure)
+                    .details(
+                        json!({ "restored": change.previous, "unconfirmed": change.proposed }),
+                    ),
+            )?;
+            tracing::error!(
+                "management access change was not confirmed in time and was rolled back"
+            );
         }
         let now = now_us();
         let live = Grant::live(&mut *self.app.store.conn()?, now)?;
