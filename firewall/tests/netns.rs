@@ -38,6 +38,17 @@ fn without_a_grant_nothing_crosses_in_either_direction() {
         (&d, OTHER_DEVICE, OTHER_REQUESTER, 9000),
     ]);
     assert_eq!(blocked, [false; 7]);
+    // Every refused attempt is counted under its reason.
+    let status = t.firewall_command(&["status"]).output().expect("status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    let forward_drops: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("drop_forward")
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no drop_forward counter: {text}"));
+    assert!(forward_drops >= 7, "{text}");
 }
 
 #[test]

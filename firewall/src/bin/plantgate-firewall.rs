@@ -44,6 +44,8 @@ enum Command {
     /// Keep a change to management access (uplink interface, portal ports, SSH) that the
     /// running controller would otherwise roll back.
     Confirm,
+    /// Show whether the table is in place, how many pinholes it holds, and the drop counters.
+    Status,
     /// Print the ruleset that would be applied, without touching the kernel or needing root.
     DryRun {
         /// Print nftables JSON instead of nft syntax.
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Run => run(config),
         Command::Reconcile => reconcile_once(config),
         Command::Confirm => confirm(&config),
+        Command::Status => status(),
         Command::DryRun { json } => dry_run(&config, json),
     };
     match result {
@@ -217,6 +220,24 @@ fn confirm(config: &Config) -> Result<(), FirewallError> {
         }
         None => Err(FirewallError::Nft(answer.trim().to_owned())),
     }
+}
+
+#[allow(clippy::print_stdout)]
+fn status() -> Result<(), FirewallError> {
+    let Some(listing) = firewall::nft::list_table()? else {
+        println!("table inet plantgate: absent (the controller has not run here)");
+        return Ok(());
+    };
+    let (pinholes, forwards) = firewall::nft::elements(&listing);
+    println!(
+        "table inet plantgate: present, {} pinholes, {} port forwards",
+        pinholes.len(),
+        forwards.len()
+    );
+    for (counter, packets) in firewall::nft::drop_counters(&listing) {
+        println!("{counter:<20} {packets} packets dropped");
+    }
+    Ok(())
 }
 
 #[allow(clippy::print_stdout)]
