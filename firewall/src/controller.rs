@@ -1,13 +1,13 @@
 //! Reconciling the kernel with the store: the one loop behind start-up, pokes, the timer
 //! and drift repair.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
 use appliance::grants::{Grant, Pinhole};
 use appliance::time::now_us;
 use appliance::{Actor, Appliance, AuditEvent};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
-
-use std::time::{Duration, Instant};
 
 use crate::management::{ConfirmedFile, ManagementAccess, Pending};
 use crate::ruleset::{self, ForwardKey, Policy, PortForward, TimedPinhole};
@@ -62,9 +62,7 @@ impl Controller {
         let confirm_within = Duration::from_secs(app.config.firewall.confirm_seconds);
         let pending = confirmed
             .check(&ManagementAccess::of(&policy), confirm_within)
-            .map_err(|err| {
-                crate::FirewallError::Nft(format!("cannot keep the confirmed settings: {err}"))
-            })?;
+            .map_err(|err| crate::FirewallError::ConfirmedSettings(err))?;
         let actor = Actor::System("firewall".to_owned());
         if let Some(change) = &pending {
             app.audit.record(AuditEvent::new(actor.clone(), "firewall.change.pending").target("nft:inet plantgate").details(
@@ -98,19 +96,15 @@ impl Controller {
         let Some(change) = self.pending.take() else {
             return Ok("nothing to confirm");
         };
-        self.confirmed.write(&change.proposed).map_err(|err| {
-            crate::FirewallError::Nft(format!("cannot keep the confirmed settings: {err}"))
-        })?;
+        self.confirmed
+            .write(&change.proposed)
+            .map_err(|err| crate::FirewallError::ConfirmedSettings(err))?;
         self.app.audit.record(
             AuditEvent::new(self.actor.clone(), "firewall.change.confirmed")
                 .target("nft:inet plantgate")
                 .details(json!({ "confirmed": change.proposed })),
         )?;
         Ok("confirmed")
-    }
-
-    pub fn policy(&self) -> &Policy {
-        &self.policy
     }
 
     /// Brings the kernel to what the store says, and records what it changed.

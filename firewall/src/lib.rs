@@ -22,6 +22,8 @@ pub enum FirewallError {
     Nft(String),
     #[error("conntrack failed: {0}")]
     Conntrack(String),
+    #[error("cannot keep the confirmed management settings: {0}")]
+    ConfirmedSettings(std::io::Error),
     #[error("control socket {path}: {source}")]
     Socket {
         path: std::path::PathBuf,
