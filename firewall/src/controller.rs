@@ -169,7 +169,7 @@ impl Controller {
                     })),
             )?;
         }
-        self.bookkeep(&live, now, &mut summary)?;
+        self.bookkeep(&live, &mut summary)?;
         Ok(summary)
     }
 
@@ -267,37 +267,45 @@ impl Controller {
 
     /// Marks newly applied grants opened, and closes grants that ended: their conntrack
     /// entries are removed, so nothing of theirs stays established.
-    fn bookkeep(&self, live: &[Grant], now: i64, summary: &mut Summary) -> Result<()> {
+    fn bookkeep(&self, live: &[Grant], summary: &mut Summary) -> Result<()> {
         for grant in live.iter().filter(|g| g.applied_at_us.is_none()) {
             Grant::mark_applied(&self.app.audit, &self.actor, grant.id)?;
             summary.opened += 1;
         }
         let live_ids: BTreeSet<i64> = live.iter().map(|g| g.id).collect();
+        // A pinhole another live grant also opens keeps its connections.
+        let mut still_open = BTreeSet::new();
+        for grant in live {
+            still_open.extend(grant.pinholes()?);
+        }
         let ended = Grant::unclosed(&mut *self.app.store.conn()?)?
             .into_iter()
             .filter(|g| !live_ids.contains(&g.id));
         for grant in ended {
-            let why = if grant.revoked_at_us.is_some() {
-                "revoked"
-            } else if grant.expires_at_us <= now {
-                "expired"
+            // Not live and not closed: revoked, or past its expiry.
+            let (action, why) = if grant.revoked_at_us.is_some() {
+                ("cut", "revoked")
             } else {
-                "removed"
+                ("expired", "expired")
             };
             let mut cut = 0;
-            for pinhole in grant.pinholes()? {
-                cut += conntrack::cut(&pinhole)?;
+            for pinhole in grant
+                .pinholes()?
+                .iter()
+                .filter(|p| !still_open.contains(*p))
+            {
+                cut += conntrack::cut(pinhole)?;
             }
             summary.connections_cut += cut;
             summary.closed += 1;
-            let action = if why == "revoked" { "cut" } else { why };
-            Grant::mark_closed(
-                &self.app.audit,
-                &self.actor,
-                grant.id,
-                action,
-                json!({ "why": why, "connections_cut": cut, "requester": grant.requester_addr, "device": grant.device_addr, "ports": grant.ports }),
-            )?;
+            let details = json!({
+                "why": why,
+                "connections_cut": cut,
+                "requester": grant.requester_addr,
+                "device": grant.device_addr,
+                "ports": grant.ports,
+            });
+            Grant::mark_closed(&self.app.audit, &self.actor, grant.id, action, details)?;
         }
         Ok(())
     }

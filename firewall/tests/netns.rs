@@ -241,6 +241,34 @@ fn revoking_a_grant_cuts_an_established_connection_within_a_second() {
 }
 
 #[test]
+fn ending_one_of_two_grants_for_the_same_port_keeps_the_session_of_the_other() {
+    let mut t = Topology::new();
+    t.listen(&t.device_ns.clone(), &[102]);
+    t.start_daemon();
+    let first = t.open_grant(REQUESTER, DEVICE, "s7", 600).expect("grant");
+    let second = t
+        .open_grant(REQUESTER, DEVICE, "s7", 600)
+        .expect("overlapping grant");
+    let u = t.uplink_ns.clone();
+    let mut stream = t.stream(&u, REQUESTER, DEVICE, 102);
+    let mut lines = BufReader::new(stream.stdout.take().expect("stdout")).lines();
+    wait_for_bytes(&mut lines, 10);
+    t.revoke(first.id);
+    let before = wait_for_bytes(&mut lines, 0)
+        .last()
+        .map_or(0, |(_, total)| *total);
+    let after = wait_for_bytes(&mut lines, before + 30);
+    assert!(
+        after.last().is_some_and(|(_, total)| *total >= before + 30),
+        "the other grant's session was cut"
+    );
+    t.revoke(second.id);
+    assert!(t.connect_from(&u, REQUESTER, DEVICE, 102).is_none());
+    let _ = stream.kill();
+    let _ = stream.wait();
+}
+
+#[test]
 fn restarting_or_killing_the_controller_opens_nothing_and_closes_no_grant() {
     let mut t = Topology::new();
     t.listen(&t.device_ns.clone(), &[102, 502]);
@@ -472,6 +500,8 @@ fn the_dry_run_text_and_the_applied_json_are_the_same_ruleset() {
     let t = Topology::new();
     t.open_grant(REQUESTER, DEVICE, "ethernet-ip", 600)
         .expect("grant");
+    t.open_forwarded_grant(OTHER_REQUESTER, DEVICE, "s7", 600, Some(10102))
+        .expect("forwarded grant");
     let text = t.firewall_command(&["dry-run"]).output().expect("dry run");
     assert!(text.status.success());
     let script = t.dir.path().join("rules.nft");
@@ -499,9 +529,11 @@ fn the_dry_run_text_and_the_applied_json_are_the_same_ruleset() {
     );
     let from_json = t.table_listing();
     // Element timeouts tick down between the two loads; compare everything else.
+    // Element timeouts tick down and counters count between the two loads; compare the rest.
     let strip = |listing: &str| -> String {
         listing
             .lines()
+            .filter(|l| !l.trim_start().starts_with("packets "))
             .map(|l| {
                 l.split(" timeout ")
                     .next()
@@ -509,7 +541,6 @@ fn the_dry_run_text_and_the_applied_json_are_the_same_ruleset() {
                     .split(" expires ")
                     .next()
                     .unwrap_or(l)
-                    .to_owned()
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -519,4 +550,6 @@ fn the_dry_run_text_and_the_applied_json_are_the_same_ruleset() {
         from_json.contains("10.99.1.2 . 10.99.2.2 . udp . 2222"),
         "{from_json}"
     );
+    // The port forward is in both maps, so the text and JSON agree on DNAT too.
+    assert!(from_json.contains("10.99.1.3 . tcp . 10102"), "{from_json}");
 }
