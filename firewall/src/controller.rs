@@ -62,7 +62,7 @@ impl Controller {
         let confirm_within = Duration::from_secs(app.config.firewall.confirm_seconds);
         let pending = confirmed
             .check(&ManagementAccess::of(&policy), confirm_within)
-            .map_err(|err| crate::FirewallError::ConfirmedSettings(err))?;
+            .map_err(crate::FirewallError::ConfirmedSettings)?;
         let actor = Actor::System("firewall".to_owned());
         if let Some(change) = &pending {
             app.audit.record(AuditEvent::new(actor.clone(), "firewall.change.pending").target("nft:inet plantgate").details(
@@ -98,7 +98,7 @@ impl Controller {
         };
         self.confirmed
             .write(&change.proposed)
-            .map_err(|err| crate::FirewallError::ConfirmedSettings(err))?;
+            .map_err(crate::FirewallError::ConfirmedSettings)?;
         self.app.audit.record(
             AuditEvent::new(self.actor.clone(), "firewall.change.confirmed")
                 .target("nft:inet plantgate")
