@@ -13,6 +13,7 @@ pub mod schema;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 
 use config::Config;
 use error::Result;
