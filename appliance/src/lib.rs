@@ -1,6 +1,7 @@
 //! Plantgate's core library: configuration, the store, the tamper-evident audit log, and
 //! the domain model. `web`, `firewall` and `updater` build on it; it knows none of them.
 
+pub mod accounts;
 pub mod audit;
 pub mod config;
 pub mod enrolment;
@@ -10,6 +11,7 @@ pub mod ids;
 pub mod keys;
 pub mod models;
 pub mod schema;
+pub mod sessions;
 pub mod store;
 pub mod telemetry;
 pub mod time;

@@ -151,7 +151,7 @@ struct NewUser<'a> {
 
 const MAX_NAME_CHARS: usize = 200;
 
-fn clean_name(field: &'static str, raw: &str) -> Result<String> {
+pub(crate) fn clean_name(field: &'static str, raw: &str) -> Result<String> {
     let name = raw.trim();
     if name.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
@@ -170,7 +170,7 @@ fn clean_name(field: &'static str, raw: &str) -> Result<String> {
 
 /// A deliberately plain check: one `@`, something on each side, no spaces, at most 254
 /// characters. Whether the address works is proven by mail, not by a regex.
-fn clean_email(raw: &str) -> Result<String> {
+pub(crate) fn clean_email(raw: &str) -> Result<String> {
     let email = raw.trim().to_lowercase();
     let valid = email.len() <= 254
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())

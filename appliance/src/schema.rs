@@ -26,6 +26,12 @@ diesel::table! {
         email -> Text,
         role -> Text,
         created_at_us -> BigInt,
+        password_hash -> Nullable<Text>,
+        password_changed_at_us -> Nullable<BigInt>,
+        failed_logins -> Integer,
+        locked_until_us -> Nullable<BigInt>,
+        disabled_at_us -> Nullable<BigInt>,
+        expires_at_us -> Nullable<BigInt>,
     }
 }
 
@@ -106,3 +112,20 @@ diesel::table! {
         close_reason -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    sessions (id) {
+        id -> BigInt,
+        token_hash -> Binary,
+        user_id -> BigInt,
+        created_at_us -> BigInt,
+        last_seen_us -> BigInt,
+        source -> Text,
+        user_agent -> Text,
+        ended_at_us -> Nullable<BigInt>,
+        end_reason -> Nullable<Text>,
+    }
+}
+
+diesel::joinable!(sessions -> users (user_id));
+diesel::allow_tables_to_appear_in_same_query!(sessions, users);
