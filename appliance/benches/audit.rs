@@ -158,7 +158,7 @@ fn main() {
     let started = Instant::now();
     let exported = appliance::audit::export::export(
         &mut conn,
-        Default::default(),
+        &Default::default(),
         appliance::audit::ExportFormat::Jsonl,
         std::io::sink(),
     )

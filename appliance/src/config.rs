@@ -28,6 +28,27 @@ pub struct Config {
     pub log: LogConfig,
     pub network: NetworkConfig,
     pub firewall: FirewallConfig,
+    pub web: WebConfig,
+}
+
+/// The portal and API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    pub https_listen: String,
+    /// Plain HTTP, which only redirects to HTTPS. Unset: no plain HTTP at all.
+    pub http_listen: Option<String>,
+    /// The name people type; it goes into the self-signed certificate and redirects.
+    pub host_name: String,
+    pub session_absolute_minutes: u32,
+    pub session_idle_minutes: u32,
+    pub lockout_attempts: u32,
+    pub lockout_minutes: u32,
+    /// At least 10 (seed 000's rule); 12 by default.
+    pub password_min_chars: u32,
+    /// Login attempts per source address per minute.
+    pub logins_per_minute: u32,
+    pub max_body_bytes: usize,
 }
 
 /// The appliance's two ports.
@@ -115,6 +136,7 @@ impl Default for Config {
             log: LogConfig::default(),
             network: NetworkConfig::default(),
             firewall: FirewallConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -135,6 +157,23 @@ impl Default for AuditConfig {
             checkpoint_every_records: 1000,
             checkpoint_every_minutes: 10,
             syslog_socket: None,
+        }
+    }
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            https_listen: "0.0.0.0:443".to_owned(),
+            http_listen: Some("0.0.0.0:80".to_owned()),
+            host_name: "plantgate.local".to_owned(),
+            session_absolute_minutes: 8 * 60,
+            session_idle_minutes: 30,
+            lockout_attempts: 5,
+            lockout_minutes: 15,
+            password_min_chars: 12,
+            logins_per_minute: 10,
+            max_body_bytes: 64 * 1024,
         }
     }
 }
@@ -358,6 +397,7 @@ impl Config {
                 "must be between 1 and 3600",
             ));
         }
+        self.validate_web()?;
         if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             return Err(ConfigError::new(
                 "log.level",
@@ -415,6 +455,54 @@ impl Config {
                 format!("not a URL ({err}); {allowed}"),
             )),
         }
+    }
+
+    fn validate_web(&self) -> Result<(), ConfigError> {
+        let web = &self.web;
+        let listens = std::iter::once(("web.https_listen", &web.https_listen))
+            .chain(web.http_listen.iter().map(|l| ("web.http_listen", l)));
+        for (key, listen) in listens {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{listen:?}"),
+                    "an address and port, such as 0.0.0.0:443",
+                ));
+            }
+        }
+        let ranges: [(&str, u32, std::ops::RangeInclusive<u32>); 6] = [
+            (
+                "web.session_absolute_minutes",
+                web.session_absolute_minutes,
+                1..=8 * 60,
+            ),
+            (
+                "web.session_idle_minutes",
+                web.session_idle_minutes,
+                1..=8 * 60,
+            ),
+            ("web.lockout_attempts", web.lockout_attempts, 1..=100),
+            ("web.lockout_minutes", web.lockout_minutes, 1..=24 * 60),
+            ("web.password_min_chars", web.password_min_chars, 10..=128),
+            ("web.logins_per_minute", web.logins_per_minute, 1..=10_000),
+        ];
+        for (key, value, range) in ranges {
+            if !range.contains(&value) {
+                return Err(ConfigError::new(
+                    key,
+                    value,
+                    format!("must be between {} and {}", range.start(), range.end()),
+                ));
+            }
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&web.max_body_bytes) {
+            return Err(ConfigError::new(
+                "web.max_body_bytes",
+                web.max_body_bytes,
+                "must be between 1024 and 67108864",
+            ));
+        }
+        Ok(())
     }
 
     /// The machine network; grants may only lead into it.

@@ -23,29 +23,69 @@ pub enum ExportFormat {
     Csv,
 }
 
-/// Which records to read: `since` inclusive, `until` exclusive, both in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Which records to read: `since` inclusive, `until` exclusive, both in microseconds;
+/// `actor` is an actor id, `action` a code or a prefix ending in `.` (`auth.`), and `target`
+/// and `outcome` match exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExportFilter {
     pub since_us: Option<i64>,
     pub until_us: Option<i64>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub outcome: Option<String>,
 }
 
-/// Calls `visit` for each record in sequence order and returns how many it saw.
-/// `visit` returns `false` to stop early.
-pub fn for_each_record(
-    conn: &mut DbConnection,
-    filter: ExportFilter,
-    mut visit: impl FnMut(AuditRecord) -> Result<bool>,
-) -> Result<u64> {
-    let mut seen = 0;
-    on_backend!(conn, c => {
-        let mut query = audit_log::table.select(AuditRecord::as_select()).order(audit_log::seq).into_boxed();
+/// Applies an [`ExportFilter`] to a boxed `audit_log` query, whatever its backend.
+macro_rules! filtered {
+    ($query:expr, $filter:expr) => {{
+        let filter: &ExportFilter = $filter;
+        let mut query = $query;
         if let Some(since) = filter.since_us {
             query = query.filter(audit_log::occurred_at_us.ge(since));
         }
         if let Some(until) = filter.until_us {
             query = query.filter(audit_log::occurred_at_us.lt(until));
         }
+        if let Some(actor) = &filter.actor {
+            query = query.filter(audit_log::actor_id.eq(actor.clone()));
+        }
+        if let Some(action) = &filter.action {
+            query = match action.strip_suffix('.') {
+                // A prefix: escape LIKE's wildcards in what the user typed.
+                Some(prefix) => {
+                    let escaped = prefix
+                        .replace('\\', "\\\\")
+                        .replace('%', "\\%")
+                        .replace('_', "\\_");
+                    query.filter(audit_log::action.like(format!("{escaped}.%")).escape('\\'))
+                }
+                None => query.filter(audit_log::action.eq(action.clone())),
+            };
+        }
+        if let Some(target) = &filter.target {
+            query = query.filter(audit_log::target.eq(target.clone()));
+        }
+        if let Some(outcome) = &filter.outcome {
+            query = query.filter(audit_log::outcome.eq(outcome.clone()));
+        }
+        query
+    }};
+}
+
+/// Calls `visit` for each record in sequence order and returns how many it saw.
+/// `visit` returns `false` to stop early.
+pub fn for_each_record(
+    conn: &mut DbConnection,
+    filter: &ExportFilter,
+    mut visit: impl FnMut(AuditRecord) -> Result<bool>,
+) -> Result<u64> {
+    let mut seen = 0;
+    on_backend!(conn, c => {
+        let query = filtered!(
+            audit_log::table.select(AuditRecord::as_select()).order(audit_log::seq).into_boxed(),
+            filter
+        );
         for row in query.load_iter::<AuditRecord, diesel::connection::DefaultLoadingMode>(c)? {
             seen += 1;
             if !visit(row?)? {
@@ -91,9 +131,28 @@ pub const CSV_HEADER: [&str; 11] = [
 ];
 
 /// Writes the filtered log to `out` and returns the number of records written.
+/// One page of the filtered log, newest first: up to `limit` records older than `before`.
+pub fn page(
+    conn: &mut DbConnection,
+    filter: &ExportFilter,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<AuditRecord>> {
+    Ok(on_backend!(conn, c => {
+        let mut query = filtered!(
+            audit_log::table.select(AuditRecord::as_select()).order(audit_log::seq.desc()).into_boxed(),
+            filter
+        );
+        if let Some(before) = before {
+            query = query.filter(audit_log::seq.lt(before));
+        }
+        query.limit(limit).load(c)?
+    }))
+}
+
 pub fn export(
     conn: &mut DbConnection,
-    filter: ExportFilter,
+    filter: &ExportFilter,
     format: ExportFormat,
     out: impl Write,
 ) -> Result<u64> {

@@ -118,7 +118,7 @@ pub fn verify(
     let mut prev: Hash = GENESIS;
     let mut last_vouched = 0; // the newest seq a checkpoint confirmed
     let mut chain_problem = None;
-    report.records = for_each_record(conn, ExportFilter::default(), |record| {
+    report.records = for_each_record(conn, &ExportFilter::default(), |record| {
         if record.seq != expected_seq {
             chain_problem = Some(bad(
                 expected_seq,

@@ -139,6 +139,17 @@ enum AuditCommand {
         /// Only records before this time.
         #[arg(long, value_parser = parse_instant)]
         until: Option<i64>,
+        /// Only records by this actor id (a user id, a device serial, `cli:uid=0`...).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this action, or every action under a prefix ending in `.` (`auth.`).
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        /// success, failure or denied.
+        #[arg(long)]
+        outcome: Option<String>,
         /// Write here instead of standard output.
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -251,6 +262,10 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
                     format,
                     since,
                     until,
+                    actor: by_actor,
+                    action,
+                    target,
+                    outcome,
                     output,
                 },
         } => {
@@ -258,6 +273,10 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
             let filter = ExportFilter {
                 since_us: since,
                 until_us: until,
+                actor: by_actor,
+                action,
+                target,
+                outcome,
             };
             let mut conn = app.store.conn()?;
             let count = match &output {
@@ -265,20 +284,26 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
                     let file = std::fs::File::create(path).map_err(|err| {
                         Error::invalid("output", format!("{}: {err}", path.display()))
                     })?;
-                    audit::export::export(&mut conn, filter, format, file)?
+                    audit::export::export(&mut conn, &filter, format, file)?
                 }
-                None => audit::export::export(&mut conn, filter, format, std::io::stdout().lock())?,
+                None => {
+                    audit::export::export(&mut conn, &filter, format, std::io::stdout().lock())?
+                }
             };
             drop(conn);
             app.audit
                 .record(
                     AuditEvent::new(actor, "audit.exported").details(serde_json::json!({
-                        "format": format!("{format:?}").to_lowercase(),
-                        "since": since.map(format_us),
-                        "until": until.map(format_us),
-                        "records": count,
-                        "output": output.map(|p| p.display().to_string()),
-                    })),
+                            "format": format!("{format:?}").to_lowercase(),
+                            "since": since.map(format_us),
+                    "until": until.map(format_us),
+                    "actor": filter.actor,
+                    "action": filter.action,
+                    "target": filter.target,
+                    "outcome": filter.outcome,
+                            "records": count,
+                            "output": output.map(|p| p.display().to_string()),
+                        })),
                 )?;
             Ok(ExitCode::SUCCESS)
         }

@@ -395,7 +395,7 @@ impl Topology {
     pub fn audit(&self) -> Vec<(String, String, serde_json::Value)> {
         let mut records = Vec::new();
         let mut conn = self.app.store.conn().expect("conn");
-        appliance::audit::export::for_each_record(&mut conn, Default::default(), |r| {
+        appliance::audit::export::for_each_record(&mut conn, &Default::default(), |r| {
             records.push((
                 r.action,
                 r.target,

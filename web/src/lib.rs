@@ -1,0 +1,363 @@
+//! The portal: server-rendered pages over HTTPS, built on the core library.
+//!
+//! Routes are registered in one place, [`config`], so tests use the production route table.
+//! Every response carries the security headers of [`security_headers`]; every request that
+//! changes state must come from the portal's own origin ([`same_origin_only`]) and, once
+//! signed in, carry the session's CSRF token.
+
+pub mod pages;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::{DefaultHeaders, Next};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
+use appliance::Appliance;
+use appliance::accounts::{Lockout, PasswordPolicy};
+use appliance::models::{Role, User};
+use appliance::sessions::{self, Session, SessionLimits};
+use askama::Template;
+
+pub const SESSION_COOKIE: &str = "__Host-plantgate";
+
+/// Microseconds since the epoch; tests put their own clock here.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// What every handler shares.
+pub struct AppState {
+    pub app: Appliance,
+    pub clock: Clock,
+    pub limits: SessionLimits,
+    pub policy: PasswordPolicy,
+    pub lockout: Lockout,
+    logins_per_minute: u32,
+    /// Login attempts per source address in the current minute.
+    throttle: Mutex<HashMap<IpAddr, (i64, u32)>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("limits", &self.limits)
+            .field("lockout", &self.lockout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn new(app: Appliance, clock: Clock) -> AppState {
+        let web = &app.config.web;
+        AppState {
+            limits: SessionLimits::from_minutes(
+                web.session_absolute_minutes,
+                web.session_idle_minutes,
+            ),
+            policy: PasswordPolicy {
+                min_chars: web.password_min_chars,
+            },
+            lockout: Lockout {
+                attempts: web.lockout_attempts,
+                minutes: web.lockout_minutes,
+            },
+            logins_per_minute: web.logins_per_minute,
+            throttle: Mutex::new(HashMap::new()),
+            app,
+            clock,
+        }
+    }
+
+    pub fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// Counts a login attempt from `source`; `Err(seconds)` when it is one too many. Locking
+    /// out a victim by guessing needs this many tries per minute from each address.
+    fn throttle_login(&self, source: IpAddr) -> Result<(), u64> {
+        let now = self.now();
+        let minute = now / 60_000_000;
+        let mut table = self
+            .throttle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        table.retain(|_, (window, _)| *window == minute);
+        let entry = table.entry(source).or_insert((minute, 0));
+        entry.1 += 1;
+        if entry.1 > self.logins_per_minute {
+            let seconds_left = 60 - (now / 1_000_000) % 60;
+            Err(u64::try_from(seconds_left).unwrap_or(60).max(1))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The production route table.
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.route("/static/style.css", web::get().to(pages::style))
+        .route("/", web::get().to(pages::home))
+        .route("/setup", web::get().to(pages::setup_form))
+        .route("/setup", web::post().to(pages::setup_submit))
+        .route("/login", web::get().to(pages::login_form))
+        .route("/login", web::post().to(pages::login_submit))
+        .route("/logout", web::post().to(pages::logout))
+        .route("/sessions", web::get().to(pages::sessions_page))
+        .route("/sessions/{id}/end", web::post().to(pages::end_session))
+        .route("/audit", web::get().to(pages::audit_page))
+        .route("/audit/export", web::get().to(pages::audit_export))
+        .default_service(web::to(pages::not_found));
+}
+
+/// Headers on every response, errors included.
+pub fn security_headers() -> DefaultHeaders {
+    DefaultHeaders::new()
+        .add(("Strict-Transport-Security", "max-age=63072000; includeSubDomains"))
+        .add((
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ))
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("Referrer-Policy", "no-referrer"))
+        .add(("Cache-Control", "no-store"))
+}
+
+/// Refuses any request that changes state unless its `Origin` is this portal: a page on
+/// another site cannot make a signed-in browser post here.
+pub async fn same_origin_only(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let safe = matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS");
+    if !safe {
+        let host = req.connection_info().host().to_owned();
+        let origin = req
+            .headers()
+            .get("origin")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|o| url::Url::parse(o).ok());
+        let same = origin.is_some_and(|o| {
+            let port = o.port().map(|p| format!(":{p}")).unwrap_or_default();
+            o.scheme() == "https" && format!("{}{port}", o.host_str().unwrap_or("")) == host
+        });
+        if !same {
+            let response = WebError::Forbidden(
+                "This request did not come from the portal's own pages.".into(),
+            )
+            .error_response();
+            return Ok(req.into_response(response));
+        }
+    }
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_boxed_body)
+}
+
+/// Errors a person sees: a page that says what happened. Causes go to the log, not the page.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("This page does not exist.")]
+    NotFound,
+    #[error("Too many attempts; try again in {0} seconds.")]
+    TooManyRequests(u64),
+    #[error("Something went wrong on the appliance; the event was logged.")]
+    Internal(String),
+}
+
+impl From<appliance::Error> for WebError {
+    fn from(err: appliance::Error) -> Self {
+        match err {
+            appliance::Error::Invalid { field, problem } => {
+                WebError::BadRequest(format!("{field}: {problem}"))
+            }
+            appliance::Error::NotFound(_) => WebError::NotFound,
+            appliance::Error::Conflict(message) => WebError::BadRequest(message),
+            other => {
+                tracing::error!(error = %other, code = other.code(), "request failed");
+                WebError::Internal(other.code().to_owned())
+            }
+        }
+    }
+}
+
+impl From<actix_web::error::BlockingError> for WebError {
+    fn from(err: actix_web::error::BlockingError) -> Self {
+        tracing::error!(error = %err, "blocking task failed");
+        WebError::Internal("blocking".into())
+    }
+}
+
+#[derive(Debug, Template)]
+#[template(path = "message.html")]
+pub struct MessagePage<'a> {
+    pub signed_in: Option<Nav>,
+    pub heading: &'a str,
+    pub text: &'a str,
+    pub link: &'a str,
+    pub link_text: &'a str,
+}
+
+impl ResponseError for WebError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            WebError::Forbidden(_) => StatusCode::FORBIDDEN,
+            WebError::NotFound => StatusCode::NOT_FOUND,
+            WebError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let text = self.to_string();
+        let heading = match self {
+            WebError::BadRequest(_) => "That did not work",
+            WebError::Forbidden(_) => "Not allowed",
+            WebError::NotFound => "Not found",
+            WebError::TooManyRequests(_) => "Slow down",
+            WebError::Internal(_) => "Error",
+        };
+        let page = MessagePage {
+            signed_in: None,
+            heading,
+            text: &text,
+            link: "/",
+            link_text: "Back to the portal",
+        };
+        let mut response = HttpResponse::build(self.status_code());
+        if let WebError::TooManyRequests(seconds) = self {
+            response.insert_header(("Retry-After", seconds.to_string()));
+        }
+        response
+            .content_type("text/html; charset=utf-8")
+            .body(page.render().unwrap_or(text))
+    }
+}
+
+/// What the page header shows for a signed-in user.
+#[derive(Debug, Clone)]
+pub struct Nav {
+    pub name: String,
+    pub role: String,
+    pub csrf: String,
+    pub can_audit: bool,
+}
+
+/// A request from a signed-in user: the session is valid at the state's clock.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub user: User,
+    pub role: Role,
+    pub session: Session,
+    /// Ties forms to this session; see [`SignedIn::check_csrf`].
+    pub csrf: String,
+}
+
+/// The form token of a session: derived from its secret id, so a page that cannot read
+/// the cookie cannot know it.
+pub fn csrf_token(session_token: &str) -> String {
+    hex::encode(openssl::sha::sha256(
+        format!("plantgate-csrf\0{session_token}").as_bytes(),
+    ))
+}
+
+impl SignedIn {
+    pub fn nav(&self) -> Nav {
+        Nav {
+            name: self.user.name.clone(),
+            role: self.role.to_string(),
+            csrf: self.csrf.clone(),
+            can_audit: matches!(self.role, Role::Admin | Role::Auditor),
+        }
+    }
+
+    pub fn check_csrf(&self, presented: &str) -> Result<(), WebError> {
+        if presented.len() == self.csrf.len()
+            && openssl::memcmp::eq(presented.as_bytes(), self.csrf.as_bytes())
+        {
+            Ok(())
+        } else {
+            Err(WebError::Forbidden(
+                "The form was stale or not from this session; reload the page and try again."
+                    .into(),
+            ))
+        }
+    }
+}
+
+/// Why a page needs a sign-in first: answered with a redirect to the login page.
+#[derive(Debug)]
+pub struct NeedsLogin;
+
+impl std::fmt::Display for NeedsLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("sign in first")
+    }
+}
+
+impl ResponseError for NeedsLogin {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::SEE_OTHER
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::SeeOther()
+            .insert_header(("Location", "/login"))
+            .finish()
+    }
+}
+
+impl FromRequest for SignedIn {
+    type Error = actix_web::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let token = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
+        Box::pin(async move {
+            let (Some(state), Some(token)) = (state, token) else {
+                return Err(NeedsLogin.into());
+            };
+            let now = state.now();
+            let limits = state.limits;
+            let resumed = {
+                let state = state.clone();
+                let token = token.clone();
+                web::block(move || sessions::resume(&state.app.audit, &token, now, limits))
+                    .await
+                    .map_err(WebError::from)?
+            };
+            match resumed.map_err(WebError::from)? {
+                Ok((session, user)) => {
+                    let role = user.role().map_err(WebError::from)?;
+                    Ok(SignedIn {
+                        csrf: csrf_token(&token),
+                        user,
+                        role,
+                        session,
+                    })
+                }
+                Err(_) => Err(NeedsLogin.into()),
+            }
+        })
+    }
+}
+
+/// Renders a template as an HTML response.
+pub fn html(template: &impl Template) -> Result<HttpResponse, WebError> {
+    template
+        .render()
+        .map(|body| {
+            HttpResponse::Ok()
+                .content_type("text/html; charset=utf-8")
+                .body(body)
+        })
+        .map_err(|err| WebError::Internal(err.to_string()))
+}

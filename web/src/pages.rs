@@ -1,0 +1,706 @@
+//! The portal's pages. Database work runs in `web::block`, off the async workers.
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::{HttpRequest, HttpResponse, web};
+use appliance::accounts::{self, FirstAdmin};
+use appliance::audit::export::{self, ExportFilter, ExportFormat};
+use appliance::audit::verify::verify;
+use appliance::keys::VerifyingKey;
+use appliance::models::Role;
+use appliance::sessions;
+use appliance::time::{format_us, parse_instant};
+use appliance::{Actor, AuditEvent};
+use askama::Template;
+use serde::Deserialize;
+
+use crate::{AppState, Nav, SESSION_COOKIE, SignedIn, WebError, html};
+
+type Page = Result<HttpResponse, WebError>;
+
+fn source(req: &HttpRequest) -> String {
+    req.peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header(("Location", location))
+        .finish()
+}
+
+pub async fn style() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .body(include_str!("../static/style.css"))
+}
+
+pub async fn not_found() -> Result<HttpResponse, WebError> {
+    Err(WebError::NotFound)
+}
+
+async fn needs_setup(state: &web::Data<AppState>) -> Result<bool, WebError> {
+    let state = state.clone();
+    Ok(web::block(move || accounts::needs_setup(&mut *state.app.store.conn()?)).await??)
+}
+
+#[derive(Template)]
+#[template(path = "home.html")]
+struct HomePage {
+    signed_in: Option<Nav>,
+    name: String,
+    organisation: String,
+    role: String,
+    session_ends: String,
+    idle_minutes: i64,
+}
+
+pub async fn home(state: web::Data<AppState>, user: Option<SignedIn>) -> Page {
+    let Some(user) = user else {
+        return Ok(see_other(if needs_setup(&state).await? {
+            "/setup"
+        } else {
+            "/login"
+        }));
+    };
+    let organisation = {
+        let state = state.clone();
+        let org = user.user.organisation_id;
+        web::block(move || -> appliance::error::Result<String> {
+            Ok(
+                appliance::models::Organisation::list(&mut *state.app.store.conn()?)?
+                    .into_iter()
+                    .find(|o| o.id == org)
+                    .map(|o| o.name)
+                    .unwrap_or_default(),
+            )
+        })
+        .await??
+    };
+    html(&HomePage {
+        signed_in: Some(user.nav()),
+        name: user.user.name.clone(),
+        organisation,
+        role: user.role.to_string(),
+        session_ends: format_us(user.session.created_at_us + state.limits.absolute_us),
+        idle_minutes: state.limits.idle_us / 60_000_000,
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SetupForm {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    organisation: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// The setup form as shown again: what was typed (never the token or password) and the
+/// problem beside the field it concerns.
+#[derive(Debug, Default)]
+struct SetupView {
+    organisation: String,
+    name: String,
+    email: String,
+    general: Option<String>,
+    token_error: Option<String>,
+    organisation_error: Option<String>,
+    name_error: Option<String>,
+    email_error: Option<String>,
+    password_error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "setup.html")]
+struct SetupPage {
+    signed_in: Option<Nav>,
+    form: SetupView,
+    min_chars: u32,
+}
+
+fn already_set_up() -> Page {
+    html(&crate::MessagePage {
+        signed_in: None,
+        heading: "Already set up",
+        text: "The first administrator exists. Log in, or ask an administrator for an account.",
+        link: "/login",
+        link_text: "Log in",
+    })
+}
+
+pub async fn setup_form(state: web::Data<AppState>) -> Page {
+    if !needs_setup(&state).await? {
+        return already_set_up();
+    }
+    html(&SetupPage {
+        signed_in: None,
+        form: SetupView::default(),
+        min_chars: state.policy.min_chars,
+    })
+}
+
+pub async fn setup_submit(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: web::Form<SetupForm>,
+) -> Page {
+    if !needs_setup(&state).await? {
+        return already_set_up();
+    }
+    let form = form.into_inner();
+    let request = FirstAdmin {
+        token: form.token,
+        organisation: form.organisation.clone(),
+        name: form.name.clone(),
+        email: form.email.clone(),
+        password: form.password,
+    };
+    let (now, source) = (state.now(), source(&req));
+    let outcome = {
+        let state = state.clone();
+        web::block(move || {
+            accounts::setup_first_admin(&state.app.audit, &request, state.policy, &source, now)
+        })
+        .await?
+    };
+    match outcome {
+        Ok(_) => Ok(see_other("/login?created=1")),
+        Err(appliance::Error::Invalid { field, problem }) => {
+            let mut view = SetupView {
+                organisation: form.organisation,
+                name: form.name,
+                email: form.email,
+                ..SetupView::default()
+            };
+            match field {
+                "token" => view.token_error = Some(problem),
+                "organisation" => view.organisation_error = Some(problem),
+                "name" => view.name_error = Some(problem),
+                "email" => view.email_error = Some(problem),
+                "password" => view.password_error = Some(problem),
+                _ => view.general = Some(problem),
+            }
+            let page = SetupPage {
+                signed_in: None,
+                form: view,
+                min_chars: state.policy.min_chars,
+            };
+            Ok(HttpResponse::UnprocessableEntity()
+                .content_type("text/html; charset=utf-8")
+                .body(page.render().unwrap_or_default()))
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    signed_in: Option<Nav>,
+    email: String,
+    problem: Option<&'static str>,
+    note: Option<&'static str>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginQuery {
+    created: Option<String>,
+    ended: Option<String>,
+}
+
+pub async fn login_form(state: web::Data<AppState>, query: web::Query<LoginQuery>) -> Page {
+    if needs_setup(&state).await? {
+        return Ok(see_other("/setup"));
+    }
+    let note = match (&query.created, &query.ended) {
+        (Some(_), _) => Some("The administrator was created. Log in."),
+        (_, Some(_)) => Some("You are logged out."),
+        _ => None,
+    };
+    html(&LoginPage {
+        signed_in: None,
+        email: String::new(),
+        problem: None,
+        note,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// The one message for every refused login: it never tells whether the account exists.
+pub const LOGIN_REFUSED: &str =
+    "The email or password is wrong, or the account cannot log in right now.";
+
+pub async fn login_submit(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: web::Form<LoginForm>,
+) -> Page {
+    if let Some(ip) = req.peer_addr().map(|a| a.ip())
+        && let Err(seconds) = state.throttle_login(ip)
+    {
+        let event = AuditEvent::new(Actor::System("web".into()), "auth.login.throttled")
+            .source(ip)
+            .outcome(appliance::Outcome::Denied);
+        let audit = state.app.audit.clone();
+        web::block(move || audit.record(event)).await??;
+        return Err(WebError::TooManyRequests(seconds));
+    }
+    let form = form.into_inner();
+    let (now, source, lockout) = (state.now(), source(&req), state.lockout);
+    let user_agent = req
+        .headers()
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let old_token = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
+    let email = form.email.clone();
+    let started = {
+        let state = state.clone();
+        web::block(
+            move || -> appliance::error::Result<Option<sessions::SessionToken>> {
+                let result = accounts::login(
+                    &state.app.audit,
+                    &form.email,
+                    &form.password,
+                    &source,
+                    now,
+                    lockout,
+                )?;
+                let Some(user) = result.user else {
+                    return Ok(None);
+                };
+                // A fresh id at every login; an id held before login is ended, never promoted.
+                if let Some(old) = old_token
+                    && let Ok((old_session, _)) =
+                        sessions::resume(&state.app.audit, &old, now, state.limits)?
+                {
+                    sessions::end(
+                        &state.app.audit,
+                        &Actor::User(user.id),
+                        old_session.id,
+                        "replaced at login",
+                        now,
+                    )?;
+                }
+                let (token, _) = sessions::start(
+                    &mut *state.app.store.conn()?,
+                    user.id,
+                    &source,
+                    &user_agent,
+                    now,
+                )?;
+                Ok(Some(token))
+            },
+        )
+        .await??
+    };
+    match started {
+        Some(token) => {
+            let cookie = Cookie::build(SESSION_COOKIE, token.reveal().to_owned())
+                .path("/")
+                .secure(true)
+                .http_only(true)
+                .same_site(SameSite::Strict)
+                .max_age(actix_web::cookie::time::Duration::seconds(
+                    state.limits.absolute_us / 1_000_000,
+                ))
+                .finish();
+            Ok(HttpResponse::SeeOther()
+                .cookie(cookie)
+                .insert_header(("Location", "/"))
+                .finish())
+        }
+        None => {
+            let page = LoginPage {
+                signed_in: None,
+                email,
+                problem: Some(LOGIN_REFUSED),
+                note: None,
+            };
+            Ok(HttpResponse::Unauthorized()
+                .content_type("text/html; charset=utf-8")
+                .body(page.render().unwrap_or_default()))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn logout(state: web::Data<AppState>, user: SignedIn, form: web::Form<CsrfForm>) -> Page {
+    user.check_csrf(&form.csrf)?;
+    let now = state.now();
+    let (audit, session, actor) = (
+        state.app.audit.clone(),
+        user.session.id,
+        Actor::User(user.user.id),
+    );
+    web::block(move || sessions::end(&audit, &actor, session, "logout", now)).await??;
+    let mut gone = Cookie::build(SESSION_COOKIE, "")
+        .path("/")
+        .secure(true)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .finish();
+    gone.make_removal();
+    Ok(HttpResponse::SeeOther()
+        .cookie(gone)
+        .insert_header(("Location", "/login?ended=1"))
+        .finish())
+}
+
+struct SessionRow {
+    id: i64,
+    started: String,
+    last_seen: String,
+    source: String,
+    user_agent: String,
+    current: bool,
+}
+
+#[derive(Template)]
+#[template(path = "sessions.html")]
+struct SessionsPage {
+    signed_in: Option<Nav>,
+    rows: Vec<SessionRow>,
+    csrf: String,
+}
+
+pub async fn sessions_page(state: web::Data<AppState>, user: SignedIn) -> Page {
+    let (now, limits, id) = (state.now(), state.limits, user.user.id);
+    let open = {
+        let state = state.clone();
+        web::block(move || sessions::open_sessions(&mut *state.app.store.conn()?, id, now, limits))
+            .await??
+    };
+    let rows = open
+        .into_iter()
+        .map(|s| SessionRow {
+            current: s.id == user.session.id,
+            id: s.id,
+            started: format_us(s.created_at_us),
+            last_seen: format_us(s.last_seen_us),
+            source: s.source,
+            user_agent: s.user_agent,
+        })
+        .collect();
+    html(&SessionsPage {
+        signed_in: Some(user.nav()),
+        rows,
+        csrf: user.csrf.clone(),
+    })
+}
+
+pub async fn end_session(
+    state: web::Data<AppState>,
+    user: SignedIn,
+    path: web::Path<i64>,
+    form: web::Form<CsrfForm>,
+) -> Page {
+    user.check_csrf(&form.csrf)?;
+    let target = path.into_inner();
+    let (now, limits, id) = (state.now(), state.limits, user.user.id);
+    let ended = {
+        let state = state.clone();
+        web::block(move || -> appliance::error::Result<bool> {
+            // Only one's own sessions; anyone else's id is simply not found.
+            let mine = sessions::open_sessions(&mut *state.app.store.conn()?, id, now, limits)?;
+            if !mine.iter().any(|s| s.id == target) {
+                return Ok(false);
+            }
+            sessions::end(
+                &state.app.audit,
+                &Actor::User(id),
+                target,
+                "ended by its user",
+                now,
+            )
+        })
+        .await??
+    };
+    if ended {
+        Ok(see_other("/sessions"))
+    } else {
+        Err(WebError::NotFound)
+    }
+}
+
+/// The audit viewer's filter, as typed in its form.
+#[derive(Debug, Default, Deserialize)]
+pub struct AuditQuery {
+    #[serde(default)]
+    since: String,
+    #[serde(default)]
+    until: String,
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    target: String,
+    #[serde(default)]
+    outcome: String,
+    before: Option<i64>,
+    verify: Option<String>,
+    format: Option<String>,
+}
+
+fn some(text: &str) -> Option<String> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+impl AuditQuery {
+    fn filter(&self) -> Result<ExportFilter, String> {
+        let instant = |raw: &str| some(raw).map(|t| parse_instant(&t)).transpose();
+        if !matches!(self.outcome.as_str(), "" | "success" | "failure" | "denied") {
+            return Err(format!(
+                "outcome {:?} is not one of success, failure, denied",
+                self.outcome
+            ));
+        }
+        Ok(ExportFilter {
+            since_us: instant(&self.since)?,
+            until_us: instant(&self.until)?,
+            actor: some(&self.actor),
+            action: some(&self.action),
+            target: some(&self.target),
+            outcome: some(&self.outcome),
+        })
+    }
+
+    /// The filter as a query string, for paging and export links.
+    fn query_string(&self) -> String {
+        let pairs = [
+            ("since", &self.since),
+            ("until", &self.until),
+            ("actor", &self.actor),
+            ("action", &self.action),
+            ("target", &self.target),
+            ("outcome", &self.outcome),
+        ];
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(
+                pairs
+                    .iter()
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(k, v)| (*k, v.as_str())),
+            )
+            .finish()
+    }
+}
+
+struct AuditRow {
+    seq: i64,
+    time: String,
+    actor: String,
+    source: String,
+    action: String,
+    target: String,
+    outcome: String,
+    details: String,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    signed_in: Option<Nav>,
+    filter: AuditQuery,
+    query: String,
+    rows: Vec<AuditRow>,
+    next_before: Option<i64>,
+    problem: Option<String>,
+    verification: Option<(bool, String)>,
+}
+
+const AUDIT_PAGE_SIZE: i64 = 50;
+
+fn may_read_audit(user: &SignedIn) -> Result<(), WebError> {
+    match user.role {
+        Role::Admin | Role::Auditor => Ok(()),
+        _ => Err(WebError::Forbidden(
+            "The audit log is for administrators and auditors.".into(),
+        )),
+    }
+}
+
+pub async fn audit_page(
+    state: web::Data<AppState>,
+    user: SignedIn,
+    query: web::Query<AuditQuery>,
+) -> Page {
+    may_read_audit(&user)?;
+    let query = query.into_inner();
+    let (filter, problem) = match query.filter() {
+        Ok(filter) => (filter, None),
+        Err(problem) => (ExportFilter::default(), Some(problem)),
+    };
+    let (before, run_verify) = (query.before, query.verify.is_some());
+    let (records, verification) = {
+        let state = state.clone();
+        web::block(move || -> appliance::error::Result<_> {
+            let mut conn = state.app.store.conn()?;
+            let records = export::page(&mut conn, &filter, before, AUDIT_PAGE_SIZE + 1)?;
+            let verification = if run_verify {
+                let key = VerifyingKey::load(&state.app.config.keys_dir())?;
+                let head = state.app.audit.head_file().read()?;
+                let report = verify(&mut conn, &key, head.as_ref())?;
+                Some(match report.problem {
+                    None => (
+                        true,
+                        format!(
+                            "The chain is intact: {} records, {} signed checkpoints.",
+                            report.records, report.checkpoints
+                        ),
+                    ),
+                    Some(problem) => (false, format!("The chain is broken. {problem}")),
+                })
+            } else {
+                None
+            };
+            Ok((records, verification))
+        })
+        .await??
+    };
+    let next_before =
+        (records.len() as i64 > AUDIT_PAGE_SIZE).then(|| records[AUDIT_PAGE_SIZE as usize - 1].seq);
+    let rows = records
+        .into_iter()
+        .take(AUDIT_PAGE_SIZE as usize)
+        .map(|r| AuditRow {
+            seq: r.seq,
+            time: format_us(r.occurred_at_us),
+            actor: format!("{}:{}", r.actor_kind, r.actor_id),
+            source: r.source,
+            action: r.action,
+            target: r.target,
+            outcome: r.outcome,
+            details: r.details,
+        })
+        .collect();
+    let page_query = query.query_string();
+    html(&AuditPage {
+        signed_in: Some(user.nav()),
+        query: page_query,
+        filter: query,
+        rows,
+        next_before,
+        problem,
+        verification,
+    })
+}
+
+/// Streams the filtered log as CSV or JSONL: no cap on its size, and flat memory.
+pub async fn audit_export(
+    state: web::Data<AppState>,
+    user: SignedIn,
+    req: HttpRequest,
+    query: web::Query<AuditQuery>,
+) -> Page {
+    may_read_audit(&user)?;
+    let filter = query.filter().map_err(WebError::BadRequest)?;
+    let (format, content_type, extension) = match query.format.as_deref() {
+        Some("csv") => (ExportFormat::Csv, "text/csv; charset=utf-8", "csv"),
+        Some("jsonl") | None => (ExportFormat::Jsonl, "application/x-ndjson", "jsonl"),
+        Some(other) => {
+            return Err(WebError::BadRequest(format!(
+                "format {other:?} is not csv or jsonl"
+            )));
+        }
+    };
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(16);
+    let (state, actor, source) = (state.clone(), Actor::User(user.user.id), source(&req));
+    actix_web::rt::task::spawn_blocking(move || {
+        let writer = ChannelWriter {
+            sender: sender.clone(),
+            buffer: Vec::with_capacity(64 * 1024),
+        };
+        let result = state
+            .app
+            .store
+            .conn()
+            .map_err(|e| e.to_string())
+            .and_then(|mut conn| {
+                export::export(&mut conn, &filter, format, writer).map_err(|e| e.to_string())
+            });
+        let event = match &result {
+            Ok(count) => AuditEvent::new(actor, "audit.exported").source(source).details(serde_json::json!({
+                "format": extension, "records": count, "via": "portal",
+                "since": filter.since_us.map(format_us), "until": filter.until_us.map(format_us),
+                "actor": filter.actor, "action": filter.action, "target": filter.target, "outcome": filter.outcome,
+            })),
+            Err(problem) => {
+                let _ = sender.blocking_send(Err(std::io::Error::other(problem.clone())));
+                AuditEvent::new(actor, "audit.exported").source(source).outcome(appliance::Outcome::Failure)
+                    .details(serde_json::json!({ "format": extension, "error": problem }))
+            }
+        };
+        if let Err(err) = state.app.audit.record(event) {
+            tracing::error!(error = %err, "could not audit an export");
+        }
+    });
+    let stream = futures_stream(receiver);
+    Ok(HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header((
+            "Content-Disposition",
+            format!("attachment; filename=\"plantgate-audit.{extension}\""),
+        ))
+        .streaming(stream))
+}
+
+/// Writes into a channel in 64 KiB chunks, so a slow download slows the export down
+/// instead of filling memory.
+struct ChannelWriter {
+    sender: tokio::sync::mpsc::Sender<Result<web::Bytes, std::io::Error>>,
+    buffer: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= 64 * 1024 {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buffer.is_empty() {
+            let chunk = web::Bytes::from(std::mem::take(&mut self.buffer));
+            self.sender
+                .blocking_send(Ok(chunk))
+                .map_err(|_| std::io::Error::other("the download was cancelled"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ChannelWriter {
+    fn drop(&mut self) {
+        let _ = std::io::Write::flush(self);
+    }
+}
+
+fn futures_stream(
+    mut receiver: tokio::sync::mpsc::Receiver<Result<web::Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<web::Bytes, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}

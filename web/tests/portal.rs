@@ -1,0 +1,696 @@
+//! The portal as a browser and an attacker meet it: the real `plantgate-web` binary over
+//! real TLS, driven by `curl` and `openssl s_client`.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)] // test code
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use appliance::config::Config;
+use appliance::enrolment::{self, FIRST_ADMIN};
+use appliance::keys::SigningKey;
+use appliance::{Actor, Appliance};
+
+const PASSWORD: &str = "Vierkant-Schraube-77";
+const EMAIL: &str = "ada@plant.example";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Portal {
+    dir: tempfile::TempDir,
+    https: u16,
+    http: u16,
+    token: String,
+    app: Appliance,
+    child: Child,
+}
+
+/// A response as curl saw it.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Portal {
+    fn start(web_settings: &str) -> Portal {
+        let dir = tempfile::tempdir().unwrap();
+        let (https, http) = (free_port(), free_port());
+        let config_path = dir.path().join("plantgate.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "data_dir = {:?}\n[log]\nlevel = \"warn\"\n[web]\nhttps_listen = \"127.0.0.1:{https}\"\n\
+                 http_listen = \"127.0.0.1:{http}\"\nhost_name = \"localhost\"\n{web_settings}\n",
+                dir.path().join("data").display().to_string()
+            ),
+        )
+        .unwrap();
+        let config = Config::load(Some(&config_path)).unwrap();
+        config.prepare_data_dir().unwrap();
+        SigningKey::generate(&config.keys_dir()).unwrap();
+        let app = Appliance::open(config, &Actor::System("test".into())).unwrap();
+        let (token, _) = enrolment::issue(
+            &app.audit,
+            &Actor::System("test".into()),
+            FIRST_ADMIN,
+            3_600_000_000,
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_plantgate-web"))
+            .env("PLANTGATE_CONFIG", &config_path)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start plantgate-web");
+        let portal = Portal {
+            dir,
+            https,
+            http,
+            token: token.reveal().to_owned(),
+            app,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", https)).is_err() {
+            assert!(Instant::now() < deadline, "plantgate-web did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        portal
+    }
+
+    fn origin(&self) -> String {
+        format!("https://127.0.0.1:{}", self.https)
+    }
+
+    fn jar(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.cookies"))
+    }
+
+    /// `curl` against the portal; `jar` keeps cookies between calls like a browser.
+    fn curl(&self, jar: Option<&str>, args: &[&str]) -> Reply {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sk", "-i", "--max-time", "20"]);
+        if let Some(jar) = jar {
+            let jar = self.jar(jar);
+            cmd.arg("-b").arg(&jar).arg("-c").arg(&jar);
+        }
+        let output = cmd
+            .args(args)
+            .output()
+            .expect("curl (apt-get install curl)");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+            .collect();
+        Reply {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    }
+
+    fn get(&self, jar: Option<&str>, path: &str) -> Reply {
+        self.curl(jar, &[&format!("{}{path}", self.origin())])
+    }
+
+    /// A form post from the portal's own page (Origin set, as a browser does).
+    fn post(&self, jar: Option<&str>, path: &str, fields: &[(&str, &str)]) -> Reply {
+        let origin = format!("Origin: {}", self.origin());
+        let mut args: Vec<String> = vec!["-H".into(), origin, format!("{}{path}", self.origin())];
+        for (k, v) in fields {
+            args.push("--data-urlencode".into());
+            args.push(format!("{k}={v}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.curl(jar, &args)
+    }
+
+    fn setup_admin(&self) {
+        let reply = self.post(
+            None,
+            "/setup",
+            &[
+                ("token", &self.token),
+                ("organisation", "Moulding Plant Nord"),
+                ("name", "Ada Admin"),
+                ("email", EMAIL),
+                ("password", PASSWORD),
+            ],
+        );
+        assert_eq!(reply.status, 303, "{}", reply.body);
+    }
+
+    fn login(&self, jar: &str, email: &str, password: &str) -> Reply {
+        self.post(
+            Some(jar),
+            "/login",
+            &[("email", email), ("password", password)],
+        )
+    }
+
+    /// The CSRF token from a signed-in page.
+    fn csrf(&self, jar: &str) -> String {
+        let page = self.get(Some(jar), "/sessions");
+        let at = page
+            .body
+            .find("name=\"csrf\" value=\"")
+            .expect("csrf field")
+            + 19;
+        page.body[at..at + 64].to_owned()
+    }
+
+    fn actions(&self) -> Vec<String> {
+        let mut actions = Vec::new();
+        let mut conn = self.app.store.conn().unwrap();
+        appliance::audit::export::for_each_record(&mut conn, &Default::default(), |r| {
+            actions.push(r.action);
+            Ok(true)
+        })
+        .unwrap();
+        actions
+    }
+
+    fn s_client(&self, args: &[&str]) -> String {
+        let output = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{}", self.https)])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr)
+    }
+}
+
+impl Drop for Portal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn only_tls_1_2_and_1_3_are_spoken() {
+    let portal = Portal::start("");
+    // SECLEVEL=0 lets the client offer old protocols, so the refusal is the server's.
+    for old in ["-tls1", "-tls1_1"] {
+        let out = portal.s_client(&[old, "-cipher", "DEFAULT@SECLEVEL=0"]);
+        assert!(out.contains("alert protocol version"), "{old}: {out}");
+    }
+    assert!(
+        portal
+            .s_client(&["-tls1_2"])
+            .contains("New, TLSv1.2, Cipher is")
+    );
+    assert!(
+        portal
+            .s_client(&["-tls1_3"])
+            .contains("New, TLSv1.3, Cipher is")
+    );
+}
+
+#[test]
+fn no_cipher_outside_mozillas_intermediate_list_is_negotiated() {
+    let portal = Portal::start("");
+    let intermediate = [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    ];
+    let all = Command::new("openssl")
+        .args(["ciphers", "ALL:COMPLEMENTOFALL:@SECLEVEL=0"])
+        .output()
+        .unwrap();
+    let ciphers: Vec<String> = String::from_utf8_lossy(&all.stdout)
+        .trim()
+        .split(':')
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        ciphers.len() > 50,
+        "the client knows too few ciphers to test: {ciphers:?}"
+    );
+    let accepted: Vec<String> = std::thread::scope(|scope| {
+        let checks: Vec<_> = ciphers
+            .chunks(ciphers.len().div_ceil(8))
+            .map(|chunk| {
+                let portal = &portal;
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .filter(|c| {
+                            portal
+                                .s_client(&["-tls1_2", "-cipher", &format!("{c}@SECLEVEL=0")])
+                                .contains(&format!("Cipher is {c}"))
+                        })
+                        .cloned()
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        checks.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(!accepted.is_empty(), "no cipher worked at all");
+    for cipher in &accepted {
+        assert!(
+            intermediate.contains(&cipher.as_str()),
+            "{cipher} was negotiated"
+        );
+    }
+}
+
+#[test]
+fn renegotiation_is_refused() {
+    let portal = Portal::start("");
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "(printf 'R\\n'; sleep 2) | openssl s_client -connect 127.0.0.1:{} -tls1_2 2>&1",
+            portal.https
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("RENEGOTIATING"), "{text}");
+    assert!(
+        text.contains("no renegotiation"),
+        "the server allowed renegotiation: {text}"
+    );
+}
+
+#[test]
+fn plain_http_only_redirects_to_https() {
+    let portal = Portal::start("");
+    for method in ["GET", "POST"] {
+        let reply = portal.curl(
+            None,
+            &[
+                "-X",
+                method,
+                &format!("http://127.0.0.1:{}/audit?since=2026-11-22", portal.http),
+            ],
+        );
+        assert_eq!(reply.status, 308, "{method}");
+        assert_eq!(
+            reply.header("location"),
+            Some(format!("https://localhost:{}/audit?since=2026-11-22", portal.https).as_str())
+        );
+        assert!(reply.body.is_empty(), "{method} got a body over plain HTTP");
+    }
+}
+
+#[test]
+fn every_response_carries_the_security_headers() {
+    let portal = Portal::start("");
+    portal.setup_admin();
+    portal.login("admin", EMAIL, PASSWORD);
+    let replies = vec![
+        portal.get(None, "/"),
+        portal.get(None, "/setup"),
+        portal.get(None, "/login"),
+        portal.get(None, "/static/style.css"),
+        portal.get(None, "/no/such/page"),
+        portal.get(Some("admin"), "/"),
+        portal.get(Some("admin"), "/sessions"),
+        portal.get(Some("admin"), "/audit"),
+        portal.curl(
+            None,
+            &[&format!("{}/login", portal.origin()), "-d", "email=x"],
+        ),
+        portal.post(None, "/login", &[("email", "x"), ("password", "y")]),
+    ];
+    for reply in replies {
+        assert!(
+            reply
+                .header("strict-transport-security")
+                .is_some_and(|v| v.contains("max-age=")),
+            "{reply:?}"
+        );
+        let csp = reply.header("content-security-policy").unwrap_or("");
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+            "{reply:?}"
+        );
+        assert_eq!(reply.header("x-content-type-options"), Some("nosniff"));
+        assert!(reply.header("referrer-policy").is_some(), "{reply:?}");
+    }
+}
+
+/// The typed `<script>alert(1)</script>` is on the page as text, never as markup.
+fn is_escaped_script(body: &str) -> bool {
+    let escaped =
+        body.contains("&lt;script&gt;alert(1)") || body.contains("&#60;script&#62;alert(1)");
+    escaped && !body.contains("<script>alert")
+}
+
+#[test]
+fn first_run_setup_needs_the_enrolment_token_and_a_good_password() {
+    let portal = Portal::start("");
+    assert_eq!(portal.get(None, "/").header("location"), Some("/setup"));
+    let attempt = |token: &str, password: &str| {
+        portal.post(
+            None,
+            "/setup",
+            &[
+                ("token", token),
+                ("organisation", "Plant"),
+                ("name", "<script>alert(1)</script>"),
+                ("email", EMAIL),
+                ("password", password),
+            ],
+        )
+    };
+    let wrong_token = attempt("not-the-token", PASSWORD);
+    assert_eq!(wrong_token.status, 422);
+    assert!(
+        wrong_token.body.contains("enrolment token is not valid"),
+        "{}",
+        wrong_token.body
+    );
+    let weak = attempt(&portal.token, "password1234");
+    assert_eq!(weak.status, 422);
+    assert!(weak.body.contains("common or breached"), "{}", weak.body);
+    // What was typed comes back escaped, never as markup.
+    assert!(is_escaped_script(&weak.body), "{}", weak.body);
+    assert!(
+        !weak.body.contains("password1234"),
+        "the password was echoed back"
+    );
+    assert_eq!(
+        portal.get(None, "/").header("location"),
+        Some("/setup"),
+        "a refused setup created someone"
+    );
+
+    assert_eq!(attempt(&portal.token, PASSWORD).status, 303);
+    assert!(portal.get(None, "/setup").body.contains("Already set up"));
+    assert_eq!(
+        attempt(&portal.token, PASSWORD).status,
+        200,
+        "a second setup was accepted"
+    );
+    assert!(
+        portal
+            .actions()
+            .contains(&"setup.first_admin.created".to_owned())
+    );
+    // The name is shown escaped once signed in.
+    portal.login("admin", EMAIL, PASSWORD);
+    let home = portal.get(Some("admin"), "/");
+    assert!(is_escaped_script(&home.body), "{}", home.body);
+}
+
+#[test]
+fn login_sets_a_host_only_secure_cookie_and_logout_ends_the_session() {
+    let portal = Portal::start("");
+    portal.setup_admin();
+    let reply = portal.login("a", EMAIL, PASSWORD);
+    assert_eq!(reply.status, 303);
+    let cookie = reply.header("set-cookie").unwrap_or("");
+    for part in [
+        "__Host-plantgate=",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/",
+    ] {
+        assert!(cookie.contains(part), "{part} missing from {cookie}");
+    }
+    assert!(!cookie.contains("Domain"), "{cookie}");
+    let home = portal.get(Some("a"), "/");
+    assert!(home.body.contains("Welcome, Ada Admin"), "{}", home.body);
+
+    // A second login gets a different session id.
+    let again = portal.login("b", EMAIL, PASSWORD);
+    assert_ne!(again.header("set-cookie"), reply.header("set-cookie"));
+
+    let csrf = portal.csrf("a");
+    assert_eq!(
+        portal.post(Some("a"), "/logout", &[("csrf", &csrf)]).status,
+        303
+    );
+    assert_eq!(
+        portal.get(Some("a"), "/").header("location"),
+        Some("/login"),
+        "the session outlived logout"
+    );
+    assert!(
+        portal.get(Some("b"), "/").body.contains("Welcome"),
+        "logout ended the other session too"
+    );
+}
+
+#[test]
+fn the_sixth_wrong_password_locks_the_account_even_for_the_right_one() {
+    let portal = Portal::start("");
+    portal.setup_admin();
+    for _ in 0..5 {
+        let reply = portal.login("x", EMAIL, "Wrong-password-1");
+        assert_eq!(reply.status, 401);
+        assert!(reply.body.contains(portal::pages::LOGIN_REFUSED));
+    }
+    let locked = portal.login("x", EMAIL, PASSWORD);
+    assert_eq!(
+        locked.status, 401,
+        "the right password opened a locked account"
+    );
+    assert!(locked.body.contains(portal::pages::LOGIN_REFUSED));
+    // An unknown account gets the very same answer.
+    let unknown = portal.login("y", "nobody@plant.example", PASSWORD);
+    assert_eq!(
+        (
+            unknown.status,
+            unknown.body.contains(portal::pages::LOGIN_REFUSED)
+        ),
+        (401, true)
+    );
+    let actions = portal.actions();
+    assert!(actions.contains(&"auth.account.locked".to_owned()));
+    assert_eq!(
+        actions.iter().filter(|a| *a == "auth.login.failed").count(),
+        7
+    );
+}
+
+#[test]
+fn logins_are_throttled_per_source_address() {
+    let portal = Portal::start("logins_per_minute = 3");
+    portal.setup_admin();
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| {
+            portal
+                .login("x", "someone@plant.example", "Guess-1234567")
+                .status
+        })
+        .collect();
+    assert_eq!(&statuses[..3], [401, 401, 401]);
+    let throttled = portal.login("x", EMAIL, PASSWORD);
+    assert_eq!(throttled.status, 429);
+    assert!(
+        throttled
+            .header("retry-after")
+            .and_then(|s| s.parse::<u64>().ok())
+            .is_some_and(|s| (1..=60).contains(&s))
+    );
+    assert!(
+        portal
+            .actions()
+            .contains(&"auth.login.throttled".to_owned())
+    );
+}
+
+#[test]
+fn posts_without_the_portals_origin_or_csrf_token_are_refused() {
+    let portal = Portal::start("");
+    portal.setup_admin();
+    portal.login("a", EMAIL, PASSWORD);
+    let csrf = portal.csrf("a");
+    let url = format!("{}/logout", portal.origin());
+    let body = format!("csrf={csrf}");
+    let no_origin = portal.curl(Some("a"), &[&url, "-d", &body]);
+    assert_eq!(no_origin.status, 403);
+    let foreign = portal.curl(
+        Some("a"),
+        &["-H", "Origin: https://evil.example", &url, "-d", &body],
+    );
+    assert_eq!(foreign.status, 403);
+    let wrong_token = portal.post(Some("a"), "/logout", &[("csrf", &"0".repeat(64))]);
+    assert_eq!(wrong_token.status, 403);
+    assert!(
+        portal.get(Some("a"), "/").body.contains("Welcome"),
+        "a refused post logged the user out"
+    );
+}
+
+#[test]
+fn a_user_sees_and_ends_their_own_sessions() {
+    let portal = Portal::start("");
+    portal.setup_admin();
+    portal.login("laptop", EMAIL, PASSWORD);
+    portal.login("phone", EMAIL, PASSWORD);
+    let page = portal.get(Some("laptop"), "/sessions");
+    assert_eq!(page.body.matches("<tr>").count() - 1, 2, "{}", page.body);
+    let other = page
+        .body
+        .split("/sessions/")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .expect("an end button")
+        .to_owned();
+    let csrf = portal.csrf("laptop");
+    assert_eq!(
+        portal
+            .post(
+                Some("laptop"),
+                &format!("/sessions/{other}/end"),
+                &[("csrf", &csrf)]
+            )
+            .status,
+        303
+    );
+    assert_eq!(
+        portal.get(Some("phone"), "/").header("location"),
+        Some("/login"),
+        "the ended session still works"
+    );
+    assert_eq!(
+        portal
+            .post(Some("laptop"), "/sessions/999999/end", &[("csrf", &csrf)])
+            .status,
+        404
+    );
+}
+
+#[test]
+fn the_audit_viewer_filters_pages_exports_and_verifies() {
+    let portal = Portal::start("");
+    portal.setup_admin();
+    for _ in 0..3 {
+        portal.login("x", EMAIL, "Wrong-password-1");
+    }
+    portal.login("admin", EMAIL, PASSWORD);
+    let failed = portal.get(Some("admin"), "/audit?action=auth.login.failed");
+    assert_eq!(
+        failed.body.matches("<td>auth.login.failed</td>").count(),
+        3,
+        "{}",
+        failed.body
+    );
+    assert!(!failed.body.contains("<td>auth.login.succeeded</td>"));
+    let auth = portal.get(Some("admin"), "/audit?action=auth.");
+    assert!(auth.body.contains("<td>auth.login.succeeded</td>"));
+    let bad_filter = portal.get(Some("admin"), "/audit?since=yesterday");
+    assert!(
+        bad_filter.body.contains("is not a time"),
+        "{}",
+        bad_filter.body
+    );
+
+    let verified = portal.get(Some("admin"), "/audit?verify=1");
+    assert!(
+        verified.body.contains("The chain is intact"),
+        "{}",
+        verified.body
+    );
+    let csv = portal.get(
+        Some("admin"),
+        "/audit/export?format=csv&action=auth.login.failed",
+    );
+    assert_eq!(csv.status, 200);
+    assert!(csv.body.starts_with("seq,time,actor_kind"), "{}", csv.body);
+    assert_eq!(csv.body.lines().count(), 4, "{}", csv.body);
+    assert!(portal.actions().contains(&"audit.exported".to_owned()));
+
+    // Paging: 60 more records make more than one page of 50.
+    let events = (0..60)
+        .map(|i| appliance::AuditEvent::new(Actor::System("test".into()), "test.paging").target(i))
+        .collect();
+    portal.app.audit.record_all(events).unwrap();
+    let first = portal.get(Some("admin"), "/audit?action=test.paging");
+    assert_eq!(first.body.matches("<td>test.paging</td>").count(), 50);
+    let next = first
+        .body
+        .split("/audit?before=")
+        .nth(1)
+        .and_then(|s| s.split('&').next())
+        .expect("a next-page link")
+        .to_owned();
+    let second = portal.get(
+        Some("admin"),
+        &format!("/audit?before={next}&action=test.paging"),
+    );
+    assert_eq!(second.body.matches("<td>test.paging</td>").count(), 10);
+}
+
+#[test]
+fn only_admins_and_auditors_read_the_audit_log() {
+    let portal = Portal::start("");
+    portal.setup_admin();
+    let actor = Actor::System("test".into());
+    let org = appliance::models::Organisation::list(&mut portal.app.store.conn().unwrap())
+        .unwrap()
+        .remove(0);
+    for (email, role) in [
+        ("tech@vendor.example", appliance::models::Role::Technician),
+        ("audit@plant.example", appliance::models::Role::Auditor),
+    ] {
+        let user = appliance::models::User::create(
+            &portal.app.audit,
+            &actor,
+            org.id,
+            "Someone",
+            email,
+            role,
+        )
+        .unwrap();
+        appliance::accounts::set_password(
+            &portal.app.audit,
+            &actor,
+            &user,
+            PASSWORD,
+            appliance::accounts::PasswordPolicy { min_chars: 12 },
+            0,
+        )
+        .unwrap();
+    }
+    portal.login("tech", "tech@vendor.example", PASSWORD);
+    assert_eq!(portal.get(Some("tech"), "/audit").status, 403);
+    assert_eq!(portal.get(Some("tech"), "/audit/export").status, 403);
+    portal.login("auditor", "audit@plant.example", PASSWORD);
+    assert_eq!(portal.get(Some("auditor"), "/audit").status, 200);
+    assert_eq!(
+        portal.get(None, "/audit").header("location"),
+        Some("/login")
+    );
+}
