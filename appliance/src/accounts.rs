@@ -86,10 +86,10 @@ impl PasswordPolicy {
     }
 }
 
-/// Argon2id with OWASP's minimum memory (19 MiB) and 2 passes; about 50 ms on this kind of
-/// machine. The benchmark in `web` prints the figure.
+/// Argon2id with 64 MiB and 3 passes: about 100 ms on this kind of machine, inside the
+/// 50-250 ms the portal issue asks for. `cargo bench --bench login` prints the figure.
 fn hasher() -> Argon2<'static> {
-    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
+    let params = Params::new(64 * 1024, 3, 1, None).unwrap_or_default();
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
