@@ -1,5 +1,5 @@
 //! The updater's own settings, `/etc/plantgate/updater.toml` in the image (or
-//! `--updater-config` / `PLANTGATE_UPDATER_CONFIG`). They describe the hardware, so they
+//! `--updater-config` / `PG_UPDATER_CONFIG`). They describe the hardware, so they
 //! ship with the image rather than living in `plantgate.toml`.
 
 use std::path::{Path, PathBuf};

@@ -25,8 +25,9 @@ struct Cli {
     /// The appliance configuration (store, data dir); default as for `plantgate`.
     #[arg(long, global = true, env = "PLANTGATE_CONFIG")]
     config: Option<PathBuf>,
-    /// The updater's settings: hardware, slots, boot environment, trust anchors.
-    #[arg(long, global = true, env = "PLANTGATE_UPDATER_CONFIG", default_value = SYSTEM_UPDATER_CONFIG)]
+    /// The updater's settings: hardware, slots, boot environment, trust anchors. (Not a
+    /// `PLANTGATE_*` variable: those are the appliance's own settings.)
+    #[arg(long, global = true, env = "PG_UPDATER_CONFIG", default_value = SYSTEM_UPDATER_CONFIG)]
     updater_config: PathBuf,
     #[command(subcommand)]
     command: Command,

@@ -220,7 +220,7 @@ impl TestBox {
     pub fn cli(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_plantgate-updater"));
         cmd.env("PLANTGATE_CONFIG", &self.t.config_path)
-            .env("PLANTGATE_UPDATER_CONFIG", &self.updater_config)
+            .env("PG_UPDATER_CONFIG", &self.updater_config)
             .env("PLANTGATE_LOG__LEVEL", "warn");
         cmd
     }
