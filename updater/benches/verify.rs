@@ -34,7 +34,8 @@ fn main() {
     drop(file);
 
     let anchor = pki::new_anchor("bench anchor", now - 86_400, now + 86_400 * 365).unwrap();
-    let signer = pki::issue_signing_cert(&anchor, "bench signer", now - 86_400, now + 86_400).unwrap();
+    let signer =
+        pki::issue_signing_cert(&anchor, "bench signer", now - 86_400, now + 86_400).unwrap();
     let envelope = anchor_set_envelope(1, 1, now, std::slice::from_ref(&anchor.cert)).unwrap();
     let (trust, _) = TrustSet::from_body(&envelope.body).unwrap();
     let spec = BundleSpec {
@@ -76,12 +77,26 @@ fn main() {
         ours = ours.min(started.elapsed().as_secs_f64());
 
         let started = Instant::now();
-        let out = Command::new("sha256sum").arg(&bundle_path).output().expect("sha256sum runs");
+        let out = Command::new("sha256sum")
+            .arg(&bundle_path)
+            .output()
+            .expect("sha256sum runs");
         assert!(out.status.success());
         theirs = theirs.min(started.elapsed().as_secs_f64());
     }
-    println!("bundle verification, {mb:.0} MB bundle (signature, trust chain, policy, SHA-256 of the payload):");
-    println!("  plantgate-updater verify: {:>8.1} MB/s ({ours:.3} s)", mb / ours);
-    println!("  sha256sum, same file:     {:>8.1} MB/s ({theirs:.3} s)", mb / theirs);
-    println!("  ratio: {:.0}% of sha256sum (target: at least 80%)", 100.0 * theirs / ours);
+    println!(
+        "bundle verification, {mb:.0} MB bundle (signature, trust chain, policy, SHA-256 of the payload):"
+    );
+    println!(
+        "  plantgate-updater verify: {:>8.1} MB/s ({ours:.3} s)",
+        mb / ours
+    );
+    println!(
+        "  sha256sum, same file:     {:>8.1} MB/s ({theirs:.3} s)",
+        mb / theirs
+    );
+    println!(
+        "  ratio: {:.0}% of sha256sum (target: at least 80%)",
+        100.0 * theirs / ours
+    );
 }

@@ -47,10 +47,8 @@ impl GrubEnv {
     pub fn encode(vars: &Vars) -> std::result::Result<Vec<u8>, String> {
         let mut block = GRUBENV_HEADER.as_bytes().to_vec();
         for (key, value) in vars {
-            let key_ok = !key.is_empty()
-                && key
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            let key_ok =
+                !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !key_ok {
                 return Err(format!("variable name {key:?} is not [A-Za-z0-9_]+"));
             }
@@ -209,9 +207,7 @@ pub fn simulate_boot(env: &dyn BootEnv) -> Result<SlotId> {
         .unwrap_or(SlotId::A);
     if !state.good(chosen) && state.ok(chosen) {
         let tries = state.tries(chosen).saturating_sub(1);
-        state
-            .vars
-            .insert(key(chosen, "TRIES"), tries.to_string());
+        state.vars.insert(key(chosen, "TRIES"), tries.to_string());
     }
     state.save(env)?;
     Ok(chosen)

@@ -34,7 +34,9 @@ pub fn create(spec: &BundleSpec, out: &Path, progress: &dyn Progress) -> Result<
     let mut entries = Vec::new();
     let mut total = 0u64;
     for (name, path) in &spec.payloads {
-        let size = std::fs::metadata(path).map_err(UpdaterError::io(path))?.len();
+        let size = std::fs::metadata(path)
+            .map_err(UpdaterError::io(path))?
+            .len();
         total += size;
         entries.push((name.clone(), path.clone(), size));
     }

@@ -80,9 +80,8 @@ fn default_cmdline() -> PathBuf {
 
 impl UpdaterConfig {
     pub fn load(path: &Path) -> Result<UpdaterConfig> {
-        let text = std::fs::read_to_string(path).map_err(|err| {
-            UpdaterError::Config(format!("{}: {err}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| UpdaterError::Config(format!("{}: {err}", path.display())))?;
         let config: UpdaterConfig = toml::from_str(&text).map_err(|err| {
             UpdaterError::Config(format!(
                 "{}: {}",

@@ -21,7 +21,9 @@ pub enum Rejection {
     Oversized { extra: u64 },
     #[error("the bundle is unsigned")]
     Unsigned,
-    #[error("signature {index} does not match the signed content: it was tampered with or corrupted")]
+    #[error(
+        "signature {index} does not match the signed content: it was tampered with or corrupted"
+    )]
     BadSignature { index: usize },
     #[error("signature {index} is not from a trusted key: {reason}")]
     UntrustedSigner { index: usize, reason: String },
@@ -54,10 +56,7 @@ pub enum Rejection {
     )]
     SecurityReplay { offered: u64, floor: u64 },
     #[error("it needs version {required} or later installed first; this box runs {installed}")]
-    InstalledTooOld {
-        required: String,
-        installed: String,
-    },
+    InstalledTooOld { required: String, installed: String },
     #[error("payload {name:?}: SHA-256 {actual} does not match the manifest's {expected}")]
     PayloadMismatch {
         name: String,

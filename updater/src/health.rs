@@ -70,7 +70,10 @@ impl HealthCheck for CommandCheck {
 }
 
 /// The checks the configuration asks for, after the store check.
-pub fn configured_checks(store: &appliance::Store, config: &HealthConfig) -> Vec<Box<dyn HealthCheck>> {
+pub fn configured_checks(
+    store: &appliance::Store,
+    config: &HealthConfig,
+) -> Vec<Box<dyn HealthCheck>> {
     let mut checks: Vec<Box<dyn HealthCheck>> = vec![Box::new(StoreMigrated {
         store: store.clone(),
     })];

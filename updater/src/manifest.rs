@@ -84,7 +84,9 @@ impl Manifest {
                 )));
             }
         }
-        manifest.payload_total().ok_or_else(|| malformed("payload sizes overflow".into()))?;
+        manifest
+            .payload_total()
+            .ok_or_else(|| malformed("payload sizes overflow".into()))?;
         Ok(manifest)
     }
 

@@ -80,7 +80,13 @@ pub fn new_anchor(common_name: &str, not_before: i64, not_after: i64) -> Result<
     let mut builder = builder(&subject, &key, not_before, not_after)?;
     builder.set_issuer_name(&subject)?;
     builder.append_extension(BasicConstraints::new().critical().ca().pathlen(0).build()?)?;
-    builder.append_extension(KeyUsage::new().critical().key_cert_sign().crl_sign().build()?)?;
+    builder.append_extension(
+        KeyUsage::new()
+            .critical()
+            .key_cert_sign()
+            .crl_sign()
+            .build()?,
+    )?;
     let ski = SubjectKeyIdentifier::new().build(&builder.x509v3_context(None, None))?;
     builder.append_extension(ski)?;
     builder.sign(&key, MessageDigest::sha256())?;
@@ -102,7 +108,8 @@ pub fn issue_signing_cert(
     builder.set_issuer_name(anchor.cert.subject_name())?;
     builder.append_extension(BasicConstraints::new().critical().build()?)?;
     builder.append_extension(KeyUsage::new().critical().digital_signature().build()?)?;
-    let ski = SubjectKeyIdentifier::new().build(&builder.x509v3_context(Some(&anchor.cert), None))?;
+    let ski =
+        SubjectKeyIdentifier::new().build(&builder.x509v3_context(Some(&anchor.cert), None))?;
     builder.append_extension(ski)?;
     let aki = AuthorityKeyIdentifier::new()
         .keyid(true)
@@ -132,16 +139,28 @@ pub fn write_pair(pair: &KeyPair, cert_path: &Path, key_path: &Path) -> Result<(
 }
 
 pub fn read_pair(cert_path: &Path, key_path: &Path) -> Result<(Vec<X509>, PKey<Private>)> {
-    let certs = X509::stack_from_pem(&std::fs::read(cert_path).map_err(UpdaterError::io(cert_path))?)
-        .map_err(|err| UpdaterError::Usage(format!("{}: not a PEM certificate ({err})", cert_path.display())))?;
+    let certs =
+        X509::stack_from_pem(&std::fs::read(cert_path).map_err(UpdaterError::io(cert_path))?)
+            .map_err(|err| {
+                UpdaterError::Usage(format!(
+                    "{}: not a PEM certificate ({err})",
+                    cert_path.display()
+                ))
+            })?;
     if certs.is_empty() {
         return Err(UpdaterError::Usage(format!(
             "{}: no certificate in it",
             cert_path.display()
         )));
     }
-    let key = PKey::private_key_from_pem(&std::fs::read(key_path).map_err(UpdaterError::io(key_path))?)
-        .map_err(|err| UpdaterError::Usage(format!("{}: not a PEM private key ({err})", key_path.display())))?;
+    let key =
+        PKey::private_key_from_pem(&std::fs::read(key_path).map_err(UpdaterError::io(key_path))?)
+            .map_err(|err| {
+            UpdaterError::Usage(format!(
+                "{}: not a PEM private key ({err})",
+                key_path.display()
+            ))
+        })?;
     Ok((certs, key))
 }
 

@@ -31,12 +31,15 @@ impl UpdaterState {
     }
 
     /// The saved state, or the factory state: the booted slot holds the factory version.
-    pub fn load(data_dir: &Path, booted: SlotId, factory: &semver::Version) -> Result<UpdaterState> {
+    pub fn load(
+        data_dir: &Path,
+        booted: SlotId,
+        factory: &semver::Version,
+    ) -> Result<UpdaterState> {
         let path = UpdaterState::path(data_dir);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|err| {
-                UpdaterError::Config(format!("{}: {err}", path.display()))
-            }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|err| UpdaterError::Config(format!("{}: {err}", path.display()))),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 let mut state = UpdaterState {
                     a: None,
@@ -61,8 +64,8 @@ impl UpdaterState {
     }
 
     pub fn save(&self, data_dir: &Path) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(self)
-            .map_err(|err| UpdaterError::Config(err.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(self).map_err(|err| UpdaterError::Config(err.to_string()))?;
         crate::fsutil::write_atomic(&UpdaterState::path(data_dir), &bytes)
     }
 

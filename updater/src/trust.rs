@@ -63,14 +63,17 @@ impl TrustSet {
         let mut anchors = Vec::new();
         let mut keys = BTreeSet::new();
         for (index, pem) in parsed.anchors.iter().enumerate() {
-            let cert = X509::from_pem(pem.as_bytes())
-                .map_err(|err| malformed(format!("anchor {index} is not a PEM certificate ({err})")))?;
+            let cert = X509::from_pem(pem.as_bytes()).map_err(|err| {
+                malformed(format!("anchor {index} is not a PEM certificate ({err})"))
+            })?;
             let key = cert
                 .public_key()
                 .and_then(|k| k.public_key_to_der())
                 .map_err(|err| malformed(format!("anchor {index}: {err}")))?;
             if !keys.insert(key) {
-                return Err(malformed(format!("anchor {index} repeats another anchor's key")));
+                return Err(malformed(format!(
+                    "anchor {index} repeats another anchor's key"
+                )));
             }
             anchors.push(cert);
         }
@@ -120,7 +123,7 @@ impl TrustSet {
             return Ok(SignatureReport {
                 anchors: signed_by
                     .into_iter()
-                    .filter_map(|i| self.anchors.get(i).map(|a| subject(a)))
+                    .filter_map(|i| self.anchors.get(i).map(subject))
                     .collect(),
                 ignored,
             });
@@ -137,10 +140,16 @@ impl TrustSet {
     }
 
     /// The index of the anchor that one signature chains to.
-    fn anchor_of(&self, index: usize, der: &[u8], body: &[u8], signed_at: i64) -> Result<usize, Rejection> {
+    fn anchor_of(
+        &self,
+        index: usize,
+        der: &[u8],
+        body: &[u8],
+        signed_at: i64,
+    ) -> Result<usize, Rejection> {
         let untrusted = |reason: String| Rejection::UntrustedSigner { index, reason };
-        let mut cms = CmsContentInfo::from_der(der)
-            .map_err(|_| Rejection::BadSignature { index })?;
+        let mut cms =
+            CmsContentInfo::from_der(der).map_err(|_| Rejection::BadSignature { index })?;
         // First the signature itself, with the certificate it carries: tampering shows here.
         cms.verify(
             None,
@@ -166,7 +175,10 @@ impl TrustSet {
     }
 }
 
-fn store_with(anchor: &X509Ref, at: i64) -> Result<openssl::x509::store::X509Store, openssl::error::ErrorStack> {
+fn store_with(
+    anchor: &X509Ref,
+    at: i64,
+) -> Result<openssl::x509::store::X509Store, openssl::error::ErrorStack> {
     let mut builder = X509StoreBuilder::new()?;
     builder.add_cert(anchor.to_owned())?;
     let mut param = X509VerifyParam::new()?;
@@ -179,8 +191,17 @@ fn store_with(anchor: &X509Ref, at: i64) -> Result<openssl::x509::store::X509Sto
 fn verify_reason(err: &openssl::error::ErrorStack) -> String {
     err.errors()
         .iter()
-        .find_map(|e| e.data().filter(|d| d.starts_with("Verify error")).map(str::to_owned))
-        .or_else(|| err.errors().last().and_then(|e| e.reason()).map(str::to_owned))
+        .find_map(|e| {
+            e.data()
+                .filter(|d| d.starts_with("Verify error"))
+                .map(str::to_owned)
+        })
+        .or_else(|| {
+            err.errors()
+                .last()
+                .and_then(|e| e.reason())
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| err.to_string())
 }
 
@@ -201,7 +222,8 @@ pub fn anchor_set_envelope(
             .map(|a| a.to_pem().map(|p| String::from_utf8_lossy(&p).into_owned()))
             .collect::<Result<_, _>>()?,
     };
-    let body = serde_json::to_vec_pretty(&body).map_err(|err| UpdaterError::Trust(err.to_string()))?;
+    let body =
+        serde_json::to_vec_pretty(&body).map_err(|err| UpdaterError::Trust(err.to_string()))?;
     TrustSet::from_body(&body)?;
     Ok(Envelope {
         kind: Kind::AnchorSet,
@@ -223,7 +245,9 @@ pub fn read_anchor_set(path: &Path) -> Result<Envelope> {
 
 pub fn write_anchor_set(envelope: &Envelope, path: &Path) -> Result<()> {
     let mut bytes = Vec::new();
-    envelope.write_header(&mut bytes).map_err(UpdaterError::io(path))?;
+    envelope
+        .write_header(&mut bytes)
+        .map_err(UpdaterError::io(path))?;
     crate::fsutil::write_atomic(path, &bytes)
 }
 
@@ -247,8 +271,9 @@ impl TrustStore {
                 continue;
             }
             let envelope = read_anchor_set(&path)?;
-            current = accept_rotation(&current, &envelope)
-                .map_err(|err| UpdaterError::Trust(format!("{} no longer verifies: {err}", path.display())))?;
+            current = accept_rotation(&current, &envelope).map_err(|err| {
+                UpdaterError::Trust(format!("{} no longer verifies: {err}", path.display()))
+            })?;
         }
         Ok(current)
     }
@@ -281,7 +306,9 @@ impl TrustStore {
         std::fs::create_dir_all(&self.rotations).map_err(UpdaterError::io(&self.rotations))?;
         write_anchor_set(
             envelope,
-            &self.rotations.join(format!("anchors-v{}.pgtrust", next.version)),
+            &self
+                .rotations
+                .join(format!("anchors-v{}.pgtrust", next.version)),
         )?;
         Ok(next)
     }
@@ -290,10 +317,11 @@ impl TrustStore {
 /// A rotation is accepted when it is newer and the current threshold signed it.
 pub fn accept_rotation(current: &TrustSet, envelope: &Envelope) -> Result<TrustSet, Rejection> {
     let (next, body) = TrustSet::from_body(&envelope.body)?;
-    let created_at = parse_time("created_at", &body.created_at).map_err(|problem| Rejection::Malformed {
-        expected: "anchor set",
-        problem,
-    })?;
+    let created_at =
+        parse_time("created_at", &body.created_at).map_err(|problem| Rejection::Malformed {
+            expected: "anchor set",
+            problem,
+        })?;
     current.verify(&envelope.body, &envelope.signatures, created_at)?;
     if next.version <= current.version {
         return Err(Rejection::TrustReplay {

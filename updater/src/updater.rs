@@ -108,7 +108,11 @@ impl Updater {
     }
 
     pub fn state(&self, booted: SlotId) -> Result<UpdaterState> {
-        UpdaterState::load(&self.app.config.data_dir, booted, &self.config.factory_version)
+        UpdaterState::load(
+            &self.app.config.data_dir,
+            booted,
+            &self.config.factory_version,
+        )
     }
 
     pub fn policy(&self) -> Result<Policy> {
@@ -162,7 +166,9 @@ impl Updater {
                 self.event("updater.bundle.rejected")
                     .target(format!("bundle:{file}"))
                     .outcome(Outcome::Denied)
-                    .details(json!({ "file": file, "code": err.code(), "reason": err.to_string() })),
+                    .details(
+                        json!({ "file": file, "code": err.code(), "reason": err.to_string() }),
+                    ),
             )?,
         }
         result

@@ -120,7 +120,7 @@ pub fn check_policy(manifest: &Manifest, policy: &Policy) -> Result<(), Rejectio
             max_days: MAX_VALIDITY_DAYS,
         });
     }
-    if !manifest.hardware.iter().any(|h| *h == policy.hardware) {
+    if !manifest.hardware.contains(&policy.hardware) {
         return Err(Rejection::WrongHardware {
             actual: policy.hardware.clone(),
             supported: manifest.hardware.clone(),
@@ -135,7 +135,10 @@ pub fn check_policy(manifest: &Manifest, policy: &Policy) -> Result<(), Rejectio
     if manifest.version < policy.floor.version {
         return Err(Rejection::Downgrade {
             offered: manifest.version.to_string(),
-            than: format!("version {} was already marked good here", policy.floor.version),
+            than: format!(
+                "version {} was already marked good here",
+                policy.floor.version
+            ),
         });
     }
     if manifest.security_version < policy.floor.security_version {
@@ -171,7 +174,9 @@ pub fn verify_bundle(
         let mut left = payload.size;
         while left > 0 {
             let want = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
-            let got = file.read(&mut buf[..want]).map_err(UpdaterError::io(path))?;
+            let got = file
+                .read(&mut buf[..want])
+                .map_err(UpdaterError::io(path))?;
             if got == 0 {
                 return Err(Rejection::Truncated(format!(
                     "payload {:?} ends {left} bytes early",

@@ -18,7 +18,11 @@ fn healthy_update_boots_and_is_marked_good(backend: Backend) {
     let vendor = Vendor::new(2, "vendor");
     let tb = TestBox::new(backend, &vendor, 2);
     let payload = payload_file(&tb.work, "rootfs.img", PAYLOAD_LEN, 3);
-    let bundle = make_bundle(&spec("2.0.0", 3, &payload), &tb.work.join("b.pgb"), &[&vendor.signers[0], &vendor.signers[1]]);
+    let bundle = make_bundle(
+        &spec("2.0.0", 3, &payload),
+        &tb.work.join("b.pgb"),
+        &[&vendor.signers[0], &vendor.signers[1]],
+    );
 
     let report = tb.install(&bundle).expect("install");
     assert_eq!((report.slot, report.tries), (SlotId::B, 3));
@@ -27,7 +31,10 @@ fn healthy_update_boots_and_is_marked_good(backend: Backend) {
 
     assert_eq!(tb.reboot(), SlotId::B);
     let health = tb.updater.health(&tb.checks(true)).expect("health");
-    assert!(health.trial && health.marked_good && health.healthy(), "{health:?}");
+    assert!(
+        health.trial && health.marked_good && health.healthy(),
+        "{health:?}"
+    );
     let state = tb.boot_state();
     assert!(state.good(SlotId::B));
     assert_eq!(tb.reboot(), SlotId::B, "a good slot keeps booting");
@@ -54,7 +61,11 @@ fn update_failing_health_three_times_rolls_back_to_the_old_slot(backend: Backend
     let vendor = Vendor::new(1, "vendor");
     let tb = TestBox::new(backend, &vendor, 1);
     let payload = payload_file(&tb.work, "rootfs.img", PAYLOAD_LEN, 4);
-    let bundle = make_bundle(&spec("2.0.0", 3, &payload), &tb.work.join("b.pgb"), &[&vendor.signers[0]]);
+    let bundle = make_bundle(
+        &spec("2.0.0", 3, &payload),
+        &tb.work.join("b.pgb"),
+        &[&vendor.signers[0]],
+    );
     tb.install(&bundle).expect("install");
 
     for left in [2, 1, 0] {
@@ -64,18 +75,36 @@ fn update_failing_health_three_times_rolls_back_to_the_old_slot(backend: Backend
         assert_eq!(health.failures[0].0, "portal");
         assert_eq!(tb.boot_state().tries(SlotId::B), left);
     }
-    assert_eq!(tb.reboot(), SlotId::A, "the bootloader falls back once the trials are used up");
+    assert_eq!(
+        tb.reboot(),
+        SlotId::A,
+        "the bootloader falls back once the trials are used up"
+    );
     let health = tb.updater.health(&tb.checks(true)).expect("health");
     assert_eq!(health.rolled_back_from, Some(SlotId::B));
     assert!(health.healthy() && !health.trial);
-    assert_eq!(tb.slot_bytes(SlotId::A), SLOT_A_IMAGE, "the old slot is intact");
-    assert!(!tb.boot_state().ok(SlotId::B), "the failed slot is marked bad");
+    assert_eq!(
+        tb.slot_bytes(SlotId::A),
+        SLOT_A_IMAGE,
+        "the old slot is intact"
+    );
+    assert!(
+        !tb.boot_state().ok(SlotId::B),
+        "the failed slot is marked bad"
+    );
     assert_eq!(tb.reboot(), SlotId::A);
     let status = tb.updater.status().unwrap();
-    assert_eq!(status.state.floor.version.to_string(), "1.0.0", "a failed update never raises the floor");
+    assert_eq!(
+        status.state.floor.version.to_string(),
+        "1.0.0",
+        "a failed update never raises the floor"
+    );
 
     let trail = tb.audit_trail();
-    let failed = trail.iter().filter(|(a, _, _)| a == "updater.health.failed").count();
+    let failed = trail
+        .iter()
+        .filter(|(a, _, _)| a == "updater.health.failed")
+        .count();
     assert_eq!(failed, 3);
     let (_, outcome, details) = trail
         .iter()
@@ -93,10 +122,18 @@ fn install_is_refused_while_the_running_slot_is_on_trial(backend: Backend) {
     let vendor = Vendor::new(1, "vendor");
     let tb = TestBox::new(backend, &vendor, 1);
     let payload = payload_file(&tb.work, "rootfs.img", PAYLOAD_LEN, 5);
-    let first = make_bundle(&spec("2.0.0", 3, &payload), &tb.work.join("b.pgb"), &[&vendor.signers[0]]);
+    let first = make_bundle(
+        &spec("2.0.0", 3, &payload),
+        &tb.work.join("b.pgb"),
+        &[&vendor.signers[0]],
+    );
     tb.install(&first).expect("install");
     assert_eq!(tb.reboot(), SlotId::B);
-    let next = make_bundle(&spec("3.0.0", 3, &payload), &tb.work.join("c.pgb"), &[&vendor.signers[0]]);
+    let next = make_bundle(
+        &spec("3.0.0", 3, &payload),
+        &tb.work.join("c.pgb"),
+        &[&vendor.signers[0]],
+    );
     let err = tb.install(&next).expect_err("would overwrite the fallback");
     assert!(err.to_string().contains("only fallback"), "{err}");
     assert_eq!(tb.slot_bytes(SlotId::A), SLOT_A_IMAGE);
@@ -118,7 +155,11 @@ fn installer_killed_mid_write_leaves_the_old_slot_booting() {
     assert!(made.success());
     let tb = TestBox::with_slot_b(Backend::Sqlite, &vendor, 1, Some(fifo.clone()));
     let payload = payload_file(&tb.work, "rootfs.img", 16 << 20, 6);
-    let bundle = make_bundle(&spec("2.0.0", 3, &payload), &tb.work.join("b.pgb"), &[&vendor.signers[0]]);
+    let bundle = make_bundle(
+        &spec("2.0.0", 3, &payload),
+        &tb.work.join("b.pgb"),
+        &[&vendor.signers[0]],
+    );
 
     let log = scratch.path().join("installer.log");
     let mut child = tb
@@ -144,7 +185,10 @@ fn installer_killed_mid_write_leaves_the_old_slot_booting() {
             break received;
         }
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("the installer exited ({status}) before writing: {}", std::fs::read_to_string(&log).unwrap());
+            panic!(
+                "the installer exited ({status}) before writing: {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
         }
     };
     assert_eq!(got, std::fs::read(&payload).unwrap()[..1 << 20]);
@@ -153,7 +197,10 @@ fn installer_killed_mid_write_leaves_the_old_slot_booting() {
     assert!(!status.success());
     drop(slot);
 
-    assert!(!tb.boot_state().ok(SlotId::B), "a half-written slot is not bootable");
+    assert!(
+        !tb.boot_state().ok(SlotId::B),
+        "a half-written slot is not bootable"
+    );
     assert_eq!(tb.reboot(), SlotId::A);
     assert_eq!(tb.slot_bytes(SlotId::A), SLOT_A_IMAGE);
     let health = tb.updater.health(&tb.checks(true)).expect("health");
@@ -168,7 +215,11 @@ fn grub_editenv_reads_the_environment_we_write_and_we_read_its_edits() {
     let vendor = Vendor::new(1, "vendor");
     let tb = TestBox::new(Backend::Sqlite, &vendor, 1);
     let payload = payload_file(&tb.work, "rootfs.img", PAYLOAD_LEN, 8);
-    let bundle = make_bundle(&spec("2.0.0", 3, &payload), &tb.work.join("b.pgb"), &[&vendor.signers[0]]);
+    let bundle = make_bundle(
+        &spec("2.0.0", 3, &payload),
+        &tb.work.join("b.pgb"),
+        &[&vendor.signers[0]],
+    );
     tb.install(&bundle).expect("install");
     assert_eq!(std::fs::metadata(&tb.grubenv).unwrap().len(), 1024);
 
@@ -179,16 +230,28 @@ fn grub_editenv_reads_the_environment_we_write_and_we_read_its_edits() {
                  *** This test checks our grubenv against GRUB's own tool and never skips.\n"
             )
         });
-        assert!(output.status.success(), "grub-editenv {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "grub-editenv {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         String::from_utf8(output.stdout).unwrap()
     };
     let listed = editenv(&["list"]);
-    for line in ["PG_ORDER=B A", "PG_B_OK=1", "PG_B_GOOD=0", "PG_B_TRIES=3", "PG_A_GOOD=1"] {
-        assert!(listed.lines().any(|l| l == line), "{line} missing from:\n{listed}");
+    for line in [
+        "PG_ORDER=B A",
+        "PG_B_OK=1",
+        "PG_B_GOOD=0",
+        "PG_B_TRIES=3",
+        "PG_A_GOOD=1",
+    ] {
+        assert!(
+            listed.lines().any(|l| l == line),
+            "{line} missing from:\n{listed}"
+        );
     }
     // GRUB's save_env decrements the counter at boot; we must read what it writes.
     editenv(&["set", "PG_B_TRIES=2"]);
     assert_eq!(tb.boot_state().tries(SlotId::B), 2);
     assert_eq!(std::fs::metadata(&tb.grubenv).unwrap().len(), 1024);
 }
-

@@ -8,8 +8,8 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use common::fixtures::*;
 use common::Backend;
+use common::fixtures::*;
 use updater::slots::SlotId;
 
 const PAYLOAD_LEN: usize = 256 * 1024;
@@ -25,13 +25,21 @@ fn assert_refused(tb: &TestBox, bundle: &Path, code: &str, says: &str) {
     assert!(message.contains(says), "{message:?} should say {says:?}");
     assert_eq!(tb.slot_bytes(SlotId::B), SLOT_B_IMAGE, "slot B was written");
     assert_eq!(tb.slot_bytes(SlotId::A), before_a, "slot A was written");
-    assert_eq!(std::fs::read(&tb.grubenv).ok(), before_env, "the boot environment changed");
+    assert_eq!(
+        std::fs::read(&tb.grubenv).ok(),
+        before_env,
+        "the boot environment changed"
+    );
     let (action, outcome, details) = tb.audit_trail().pop().expect("an audit record");
     assert_eq!(action, "updater.bundle.rejected");
     assert_eq!(outcome, "denied");
     assert_eq!(details["code"], code);
     assert!(details["reason"].as_str().unwrap().contains(says));
-    assert!(!tb.actions().iter().any(|a| a.starts_with("updater.install")));
+    assert!(
+        !tb.actions()
+            .iter()
+            .any(|a| a.starts_with("updater.install"))
+    );
 }
 
 fn setup(backend: Backend, anchors: usize, threshold: usize) -> (Vendor, TestBox, PathBuf) {
@@ -49,7 +57,11 @@ fn unsigned_bundle_is_refused(backend: Backend) {
 
 fn tampered_manifest_fails_its_signature(backend: Backend) {
     let (vendor, tb, payload) = setup(backend, 1, 1);
-    let bundle = make_bundle(&spec("2.0.0", 2, &payload), &tb.work.join("b.pgb"), &[&vendor.signers[0]]);
+    let bundle = make_bundle(
+        &spec("2.0.0", 2, &payload),
+        &tb.work.join("b.pgb"),
+        &[&vendor.signers[0]],
+    );
     // Raise the security version in the signed manifest, keeping its length.
     let mut bytes = std::fs::read(&bundle).unwrap();
     let field = b"\"security_version\": 2";
@@ -65,26 +77,51 @@ fn tampered_manifest_fails_its_signature(backend: Backend) {
 fn bundle_signed_by_an_unknown_key_is_refused(backend: Backend) {
     let (_, tb, payload) = setup(backend, 1, 1);
     let stranger = Vendor::new(1, "stranger");
-    let bundle = make_bundle(&spec("2.0.0", 2, &payload), &tb.work.join("b.pgb"), &[&stranger.signers[0]]);
-    assert_refused(&tb, &bundle, "bundle.untrusted_signer", "not from a trusted key");
+    let bundle = make_bundle(
+        &spec("2.0.0", 2, &payload),
+        &tb.work.join("b.pgb"),
+        &[&stranger.signers[0]],
+    );
+    assert_refused(
+        &tb,
+        &bundle,
+        "bundle.untrusted_signer",
+        "not from a trusted key",
+    );
 }
 
 fn one_signature_of_two_required_is_refused(backend: Backend) {
     let (vendor, tb, payload) = setup(backend, 2, 2);
-    let bundle = make_bundle(&spec("2.0.0", 2, &payload), &tb.work.join("b.pgb"), &[&vendor.signers[0]]);
-    assert_refused(&tb, &bundle, "bundle.below_threshold", "only 1 of the 2 required");
+    let bundle = make_bundle(
+        &spec("2.0.0", 2, &payload),
+        &tb.work.join("b.pgb"),
+        &[&vendor.signers[0]],
+    );
+    assert_refused(
+        &tb,
+        &bundle,
+        "bundle.below_threshold",
+        "only 1 of the 2 required",
+    );
 }
 
 fn two_keys_from_one_stolen_anchor_count_once(backend: Backend) {
     let (vendor, tb, payload) = setup(backend, 2, 2);
     // Whoever holds anchor 0's key can mint signing certificates at will.
-    let minted = updater::pki::issue_signing_cert(&vendor.anchors[0], "minted", now() - DAY, now() + DAY).unwrap();
+    let minted =
+        updater::pki::issue_signing_cert(&vendor.anchors[0], "minted", now() - DAY, now() + DAY)
+            .unwrap();
     let bundle = make_bundle(
         &spec("2.0.0", 2, &payload),
         &tb.work.join("b.pgb"),
         &[&vendor.signers[0], &minted],
     );
-    assert_refused(&tb, &bundle, "bundle.below_threshold", "only 1 of the 2 required");
+    assert_refused(
+        &tb,
+        &bundle,
+        "bundle.below_threshold",
+        "only 1 of the 2 required",
+    );
 }
 
 fn expired_manifest_is_refused(backend: Backend) {
@@ -98,25 +135,48 @@ fn expired_manifest_is_refused(backend: Backend) {
 
 fn older_version_is_refused_as_a_downgrade(backend: Backend) {
     let (vendor, tb, payload) = setup(backend, 1, 1);
-    let bundle = make_bundle(&spec("0.9.0", 2, &payload), &tb.work.join("b.pgb"), &[&vendor.signers[0]]);
+    let bundle = make_bundle(
+        &spec("0.9.0", 2, &payload),
+        &tb.work.join("b.pgb"),
+        &[&vendor.signers[0]],
+    );
     assert_refused(&tb, &bundle, "bundle.downgrade", "this box runs 1.0.0");
 }
 
 fn replay_of_an_older_security_version_is_refused(backend: Backend) {
     let (vendor, tb, payload) = setup(backend, 1, 1);
-    let good = make_bundle(&spec("2.0.0", 5, &payload), &tb.work.join("good.pgb"), &[&vendor.signers[0]]);
+    let good = make_bundle(
+        &spec("2.0.0", 5, &payload),
+        &tb.work.join("good.pgb"),
+        &[&vendor.signers[0]],
+    );
     tb.install(&good).expect("install 2.0.0");
     assert_eq!(tb.reboot(), SlotId::B);
     assert!(tb.updater.health(&tb.checks(true)).unwrap().marked_good);
     // A higher version number, but built from a branch without the security fixes.
     let replay_payload = payload_file(&tb.work, "old.img", PAYLOAD_LEN, 9);
-    let replay = make_bundle(&spec("3.0.0", 4, &replay_payload), &tb.work.join("replay.pgb"), &[&vendor.signers[0]]);
+    let replay = make_bundle(
+        &spec("3.0.0", 4, &replay_payload),
+        &tb.work.join("replay.pgb"),
+        &[&vendor.signers[0]],
+    );
     let slot_a = tb.slot_bytes(SlotId::A);
     let err = tb.install(&replay).expect_err("refused");
     assert_eq!(err.code(), "bundle.security_replay", "{err}");
-    assert!(err.to_string().contains("security version 4 is below this box's floor 5"), "{err}");
-    assert_eq!(tb.slot_bytes(SlotId::A), slot_a, "the inactive slot A was written");
-    assert_eq!(tb.audit_trail().last().unwrap().0, "updater.bundle.rejected");
+    assert!(
+        err.to_string()
+            .contains("security version 4 is below this box's floor 5"),
+        "{err}"
+    );
+    assert_eq!(
+        tb.slot_bytes(SlotId::A),
+        slot_a,
+        "the inactive slot A was written"
+    );
+    assert_eq!(
+        tb.audit_trail().last().unwrap().0,
+        "updater.bundle.rejected"
+    );
 }
 
 fn bundle_for_other_hardware_is_refused(backend: Backend) {
@@ -124,14 +184,27 @@ fn bundle_for_other_hardware_is_refused(backend: Backend) {
     let mut other = spec("2.0.0", 2, &payload);
     other.hardware = vec!["plantgate-rack-arm64".into()];
     let bundle = make_bundle(&other, &tb.work.join("b.pgb"), &[&vendor.signers[0]]);
-    assert_refused(&tb, &bundle, "bundle.wrong_hardware", "this box is \"plantgate-vm-x86_64\"");
+    assert_refused(
+        &tb,
+        &bundle,
+        "bundle.wrong_hardware",
+        "this box is \"plantgate-vm-x86_64\"",
+    );
 }
 
 fn payload_swapped_from_another_bundle_is_refused(backend: Backend) {
     let (vendor, tb, payload) = setup(backend, 1, 1);
-    let wanted = make_bundle(&spec("2.0.0", 2, &payload), &tb.work.join("wanted.pgb"), &[&vendor.signers[0]]);
+    let wanted = make_bundle(
+        &spec("2.0.0", 2, &payload),
+        &tb.work.join("wanted.pgb"),
+        &[&vendor.signers[0]],
+    );
     let other_payload = payload_file(&tb.work, "other.img", PAYLOAD_LEN, 99);
-    let other = make_bundle(&spec("1.5.0", 1, &other_payload), &tb.work.join("other.pgb"), &[&vendor.signers[0]]);
+    let other = make_bundle(
+        &spec("1.5.0", 1, &other_payload),
+        &tb.work.join("other.pgb"),
+        &[&vendor.signers[0]],
+    );
     // The signed header of one release, the payload of another of the same size.
     let wanted_bytes = std::fs::read(&wanted).unwrap();
     let other_bytes = std::fs::read(&other).unwrap();
@@ -139,35 +212,70 @@ fn payload_swapped_from_another_bundle_is_refused(backend: Backend) {
     mixed.extend_from_slice(&other_bytes[other_bytes.len() - PAYLOAD_LEN..]);
     let bundle = tb.work.join("mixed.pgb");
     std::fs::write(&bundle, mixed).unwrap();
-    assert_refused(&tb, &bundle, "bundle.payload_mismatch", "does not match the manifest's");
+    assert_refused(
+        &tb,
+        &bundle,
+        "bundle.payload_mismatch",
+        "does not match the manifest's",
+    );
 }
 
 fn truncated_bundle_is_refused(backend: Backend) {
     let (vendor, tb, payload) = setup(backend, 1, 1);
-    let bundle = make_bundle(&spec("2.0.0", 2, &payload), &tb.work.join("b.pgb"), &[&vendor.signers[0]]);
+    let bundle = make_bundle(
+        &spec("2.0.0", 2, &payload),
+        &tb.work.join("b.pgb"),
+        &[&vendor.signers[0]],
+    );
     let len = std::fs::metadata(&bundle).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&bundle).unwrap().set_len(len - 1000).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bundle)
+        .unwrap()
+        .set_len(len - 1000)
+        .unwrap();
     assert_refused(&tb, &bundle, "bundle.truncated", "the manifest says");
     // Cut inside the signed header too.
-    std::fs::OpenOptions::new().write(true).open(&bundle).unwrap().set_len(100).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bundle)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
     assert_refused(&tb, &bundle, "bundle.truncated", "ends inside the manifest");
 }
 
 fn endless_data_after_the_payload_is_refused(backend: Backend) {
     let (vendor, tb, payload) = setup(backend, 1, 1);
-    let bundle = make_bundle(&spec("2.0.0", 2, &payload), &tb.work.join("b.pgb"), &[&vendor.signers[0]]);
-    let mut file = std::fs::OpenOptions::new().append(true).open(&bundle).unwrap();
+    let bundle = make_bundle(
+        &spec("2.0.0", 2, &payload),
+        &tb.work.join("b.pgb"),
+        &[&vendor.signers[0]],
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&bundle)
+        .unwrap();
     let junk = vec![0x5a; 1 << 20];
     for _ in 0..8 {
         file.write_all(&junk).unwrap();
     }
     drop(file);
-    assert_refused(&tb, &bundle, "bundle.oversized", "8388608 bytes longer than its manifest says");
+    assert_refused(
+        &tb,
+        &bundle,
+        "bundle.oversized",
+        "8388608 bytes longer than its manifest says",
+    );
 }
 
 fn bundle_changed_after_verification_leaves_the_slot_marked_bad(backend: Backend) {
     let (vendor, mut tb, payload) = setup(backend, 1, 1);
-    let bundle = make_bundle(&spec("2.0.0", 2, &payload), &tb.work.join("b.pgb"), &[&vendor.signers[0]]);
+    let bundle = make_bundle(
+        &spec("2.0.0", 2, &payload),
+        &tb.work.join("b.pgb"),
+        &[&vendor.signers[0]],
+    );
     // Someone with write access swaps payload bytes between the check and the copy.
     struct SwapThenWrite {
         inner: updater::slots::DeviceSlots,
@@ -177,7 +285,10 @@ fn bundle_changed_after_verification_leaves_the_slot_marked_bad(backend: Backend
         fn describe(&self, slot: SlotId) -> String {
             self.inner.describe(slot)
         }
-        fn open_writer(&self, slot: SlotId) -> updater::Result<Box<dyn updater::slots::SlotWriter>> {
+        fn open_writer(
+            &self,
+            slot: SlotId,
+        ) -> updater::Result<Box<dyn updater::slots::SlotWriter>> {
             let mut bytes = std::fs::read(&self.bundle).unwrap();
             let last = bytes.len() - 1;
             bytes[last] ^= 0xff;
@@ -200,8 +311,16 @@ fn bundle_changed_after_verification_leaves_the_slot_marked_bad(backend: Backend
     assert_eq!(tb.reboot(), SlotId::A, "the bad slot must never boot");
     assert_eq!(tb.slot_bytes(SlotId::A), SLOT_A_IMAGE);
     let (action, outcome, details) = tb.audit_trail().pop().unwrap();
-    assert_eq!((action.as_str(), outcome.as_str()), ("updater.install.failed", "failure"));
-    assert!(details["reason"].as_str().unwrap().contains("changed after it was verified"));
+    assert_eq!(
+        (action.as_str(), outcome.as_str()),
+        ("updater.install.failed", "failure")
+    );
+    assert!(
+        details["reason"]
+            .as_str()
+            .unwrap()
+            .contains("changed after it was verified")
+    );
 }
 
 on_both_backends!(

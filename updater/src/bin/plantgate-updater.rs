@@ -20,7 +20,11 @@ use updater::trust::{self, TrustSet};
 use updater::{Updater, UpdaterError};
 
 #[derive(Debug, Parser)]
-#[command(name = "plantgate-updater", version, about = "Plantgate's signed OTA updates")]
+#[command(
+    name = "plantgate-updater",
+    version,
+    about = "Plantgate's signed OTA updates"
+)]
 struct Cli {
     /// The appliance configuration (store, data dir); default as for `plantgate`.
     #[arg(long, global = true, env = "PLANTGATE_CONFIG")]
@@ -217,14 +221,21 @@ fn run(cli: Cli) -> Result<ExitCode, UpdaterError> {
                         .map_err(UpdaterError::io(path))
                         .and_then(|pem| {
                             openssl::x509::X509::from_pem(&pem).map_err(|err| {
-                                UpdaterError::Usage(format!("{}: not a PEM certificate ({err})", path.display()))
+                                UpdaterError::Usage(format!(
+                                    "{}: not a PEM certificate ({err})",
+                                    path.display()
+                                ))
                             })
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let envelope = trust::anchor_set_envelope(version, threshold, now(), &certs)?;
             trust::write_anchor_set(&envelope, &out)?;
-            println!("anchor set v{version}: {} anchors, threshold {threshold} -> {}", certs.len(), out.display());
+            println!(
+                "anchor set v{version}: {} anchors, threshold {threshold} -> {}",
+                certs.len(),
+                out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Trust(TrustCommand::Sign { file, key }) => {
@@ -233,7 +244,11 @@ fn run(cli: Cli) -> Result<ExitCode, UpdaterError> {
             TrustSet::from_body(&envelope.body)?;
             trust::sign_envelope(&mut envelope, signer.as_ref())?;
             trust::write_anchor_set(&envelope, &file)?;
-            println!("signed by {}: {} signatures", signer.describe(), envelope.signatures.len());
+            println!(
+                "signed by {}: {} signatures",
+                signer.describe(),
+                envelope.signatures.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Bundle(command) => bundle_command(command),
@@ -327,7 +342,10 @@ fn health(config: &Option<PathBuf>, updater_config: &Path) -> Result<ExitCode, U
     let updater = Updater::open(app, updater_config);
     let report = updater.health(&checks)?;
     if let Some(slot) = report.rolled_back_from {
-        println!("ROLLED BACK: slot {slot} never passed its health check; running slot {}", report.booted);
+        println!(
+            "ROLLED BACK: slot {slot} never passed its health check; running slot {}",
+            report.booted
+        );
     }
     for (check, problem) in &report.failures {
         println!("UNHEALTHY: {check}: {problem}");
@@ -355,9 +373,16 @@ fn key(command: KeyCommand) -> Result<ExitCode, UpdaterError> {
         } => {
             let pair = pki::new_anchor(&name, now() - day, now() + years * 365 * day)?;
             std::fs::create_dir_all(&out_dir).map_err(UpdaterError::io(&out_dir))?;
-            let (cert, key) = (out_dir.join(format!("{name}.anchor.pem")), out_dir.join(format!("{name}.anchor.key")));
+            let (cert, key) = (
+                out_dir.join(format!("{name}.anchor.pem")),
+                out_dir.join(format!("{name}.anchor.key")),
+            );
             pki::write_pair(&pair, &cert, &key)?;
-            println!("anchor {name}: {} and {} (keep the key offline)", cert.display(), key.display());
+            println!(
+                "anchor {name}: {} and {} (keep the key offline)",
+                cert.display(),
+                key.display()
+            );
         }
         KeyCommand::Signing {
             anchor_cert,
@@ -373,9 +398,16 @@ fn key(command: KeyCommand) -> Result<ExitCode, UpdaterError> {
             };
             let pair = pki::issue_signing_cert(&anchor, &name, now() - 3600, now() + days * day)?;
             std::fs::create_dir_all(&out_dir).map_err(UpdaterError::io(&out_dir))?;
-            let (cert, key) = (out_dir.join(format!("{name}.pem")), out_dir.join(format!("{name}.key")));
+            let (cert, key) = (
+                out_dir.join(format!("{name}.pem")),
+                out_dir.join(format!("{name}.key")),
+            );
             pki::write_pair(&pair, &cert, &key)?;
-            println!("signing key {name}, valid {days} days: {} and {}", cert.display(), key.display());
+            println!(
+                "signing key {name}, valid {days} days: {} and {}",
+                cert.display(),
+                key.display()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -405,7 +437,9 @@ fn bundle_command(command: BundleCommand) -> Result<ExitCode, UpdaterError> {
                 .map(|arg| {
                     arg.split_once('=')
                         .map(|(name, file)| (name.to_owned(), PathBuf::from(file)))
-                        .ok_or_else(|| UpdaterError::Usage(format!("--payload {arg:?}: use NAME=FILE")))
+                        .ok_or_else(|| {
+                            UpdaterError::Usage(format!("--payload {arg:?}: use NAME=FILE"))
+                        })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let spec = BundleSpec {
@@ -436,7 +470,10 @@ fn bundle_command(command: BundleCommand) -> Result<ExitCode, UpdaterError> {
         BundleCommand::Show { bundle: path } => {
             let (envelope, _) = bundle::read_header(&path)?;
             println!("{}", String::from_utf8_lossy(&envelope.body));
-            println!("signatures: {} (not checked; use `verify` on the box)", envelope.signatures.len());
+            println!(
+                "signatures: {} (not checked; use `verify` on the box)",
+                envelope.signatures.len()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

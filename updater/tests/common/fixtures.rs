@@ -20,7 +20,8 @@ use super::{Backend, TestAppliance};
 pub const DAY: i64 = 86_400;
 pub const HARDWARE: &str = "plantgate-vm-x86_64";
 pub const SLOT_A_IMAGE: &[u8] = b"factory image 1.0.0 in slot A";
-pub const SLOT_B_IMAGE: &[u8] = b"leftovers of an older image in slot B, never to be touched by a refused bundle";
+pub const SLOT_B_IMAGE: &[u8] =
+    b"leftovers of an older image in slot B, never to be touched by a refused bundle";
 
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -36,16 +37,25 @@ impl Vendor {
     pub fn new(n: usize, name: &str) -> Vendor {
         let anchors: Vec<KeyPair> = (0..n)
             .map(|i| {
-                pki::new_anchor(&format!("{name} anchor {i}"), now() - 365 * DAY, now() + 20 * 365 * DAY)
-                    .expect("anchor")
+                pki::new_anchor(
+                    &format!("{name} anchor {i}"),
+                    now() - 365 * DAY,
+                    now() + 20 * 365 * DAY,
+                )
+                .expect("anchor")
             })
             .collect();
         let signers = anchors
             .iter()
             .enumerate()
             .map(|(i, anchor)| {
-                pki::issue_signing_cert(anchor, &format!("{name} signer {i}"), now() - 30 * DAY, now() + 60 * DAY)
-                    .expect("signing cert")
+                pki::issue_signing_cert(
+                    anchor,
+                    &format!("{name} signer {i}"),
+                    now() - 30 * DAY,
+                    now() + 60 * DAY,
+                )
+                .expect("signing cert")
             })
             .collect();
         Vendor { anchors, signers }
@@ -110,7 +120,12 @@ impl TestBox {
     }
 
     /// `slot_b`: a path to use as slot B instead of a fresh file (a FIFO, in the kill test).
-    pub fn with_slot_b(backend: Backend, vendor: &Vendor, threshold: usize, slot_b: Option<PathBuf>) -> TestBox {
+    pub fn with_slot_b(
+        backend: Backend,
+        vendor: &Vendor,
+        threshold: usize,
+        slot_b: Option<PathBuf>,
+    ) -> TestBox {
         let t = TestAppliance::new(backend);
         let root = t.dir.path().to_owned();
         let work = root.join("work");
@@ -124,7 +139,8 @@ impl TestBox {
         });
         let grubenv = root.join("grubenv");
         let cmdline = root.join("cmdline");
-        std::fs::write(&cmdline, "BOOT_IMAGE=/vmlinuz ro quiet plantgate.slot=A\n").expect("cmdline");
+        std::fs::write(&cmdline, "BOOT_IMAGE=/vmlinuz ro quiet plantgate.slot=A\n")
+            .expect("cmdline");
         let anchors = root.join("anchors.pgtrust");
         trust::write_anchor_set(&vendor.anchor_set(1, threshold), &anchors).expect("anchors");
         let updater_config = root.join("updater.toml");
@@ -168,7 +184,8 @@ impl TestBox {
     /// Power cycle: the bootloader picks a slot as grub.cfg does, the kernel gets its name.
     pub fn reboot(&self) -> SlotId {
         let slot = simulate_boot(&self.env()).expect("boot");
-        std::fs::write(&self.cmdline, format!("ro quiet plantgate.slot={slot}\n")).expect("cmdline");
+        std::fs::write(&self.cmdline, format!("ro quiet plantgate.slot={slot}\n"))
+            .expect("cmdline");
         slot
     }
 
