@@ -294,8 +294,12 @@ impl Config {
             }
             None => {}
         }
-        // `PLANTGATE_CONFIG` names the file itself and is not a setting.
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
+        // `PLANTGATE_CONFIG` and `PLANTGATE_UPDATER_CONFIG` name files; they are not settings.
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .split("__")
+                .ignore(&["config", "updater_config"]),
+        );
         let config: Config = figment.extract().map_err(from_figment)?;
         config.validate()?;
         Ok(config)
