@@ -49,6 +49,8 @@ pub struct WebConfig {
     /// Login attempts per source address per minute.
     pub logins_per_minute: u32,
     pub max_body_bytes: usize,
+    /// Roles that must use a second factor; they enrol one at their first login.
+    pub second_factor_roles: Vec<String>,
 }
 
 /// The appliance's two ports.
@@ -174,6 +176,7 @@ impl Default for WebConfig {
             password_min_chars: 12,
             logins_per_minute: 10,
             max_body_bytes: 64 * 1024,
+            second_factor_roles: vec!["admin".to_owned()],
         }
     }
 }
@@ -496,6 +499,15 @@ impl Config {
                     key,
                     value,
                     format!("must be between {} and {}", range.start(), range.end()),
+                ));
+            }
+        }
+        for role in &web.second_factor_roles {
+            if role.parse::<crate::models::Role>().is_err() {
+                return Err(ConfigError::new(
+                    "web.second_factor_roles",
+                    format!("{role:?}"),
+                    "not a role; allowed: admin, approver, technician, viewer, auditor",
                 ));
             }
         }

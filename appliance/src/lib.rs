@@ -11,6 +11,7 @@ pub mod ids;
 pub mod keys;
 pub mod models;
 pub mod schema;
+pub mod second_factor;
 pub mod sessions;
 pub mod store;
 pub mod telemetry;

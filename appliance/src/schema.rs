@@ -32,6 +32,8 @@ diesel::table! {
         locked_until_us -> Nullable<BigInt>,
         disabled_at_us -> Nullable<BigInt>,
         expires_at_us -> Nullable<BigInt>,
+        totp_secret -> Nullable<Text>,
+        totp_last_step -> Nullable<BigInt>,
     }
 }
 
@@ -124,6 +126,16 @@ diesel::table! {
         user_agent -> Text,
         ended_at_us -> Nullable<BigInt>,
         end_reason -> Nullable<Text>,
+        second_factor -> Text,
+    }
+}
+
+diesel::table! {
+    recovery_codes (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        code_hash -> Binary,
+        used_at_us -> Nullable<BigInt>,
     }
 }
 

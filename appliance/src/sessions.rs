@@ -61,6 +61,27 @@ pub struct Session {
     pub user_agent: String,
     pub ended_at_us: Option<i64>,
     pub end_reason: Option<String>,
+    /// `done`, or `pending` (the second factor is still to be checked), or `enrol` (one
+    /// must be enrolled first). Only a `done` session reaches the portal's pages.
+    pub second_factor: String,
+}
+
+/// Where a new session stands with the second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondFactor {
+    Done,
+    Pending,
+    Enrol,
+}
+
+impl SecondFactor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecondFactor::Done => "done",
+            SecondFactor::Pending => "pending",
+            SecondFactor::Enrol => "enrol",
+        }
+    }
 }
 
 fn hash(token: &str) -> Vec<u8> {
@@ -75,6 +96,7 @@ pub fn start(
     source: &str,
     user_agent: &str,
     now: i64,
+    second_factor: SecondFactor,
 ) -> Result<(SessionToken, Session)> {
     let mut bytes = [0u8; 32];
     openssl::rand::rand_bytes(&mut bytes)?;
@@ -88,6 +110,7 @@ pub fn start(
             sessions::last_seen_us.eq(now),
             sessions::source.eq(source),
             sessions::user_agent.eq(&user_agent),
+            sessions::second_factor.eq(second_factor.as_str()),
         ))
         .returning(Session::as_returning())
         .get_result(c))?;

@@ -44,7 +44,15 @@ fn sessions_end_at_the_absolute_and_the_idle_limit(backend: Backend) {
     let (t, user) = with_user(backend);
     let limits = SessionLimits::from_minutes(8 * 60, 30);
     let start = 1_800_000_000_000_000;
-    let (token, _) = sessions::start(&mut t.conn(), user.id, "10.0.0.5", "test", start).unwrap();
+    let (token, _) = sessions::start(
+        &mut t.conn(),
+        user.id,
+        "10.0.0.5",
+        "test",
+        start,
+        sessions::SecondFactor::Done,
+    )
+    .unwrap();
     let resume = |now| {
         sessions::resume(&t.app.audit, token.reveal(), now, limits)
             .unwrap()
@@ -72,7 +80,15 @@ fn sessions_end_at_the_absolute_and_the_idle_limit(backend: Backend) {
     );
 
     // Idle for 30 minutes ends a fresh session.
-    let (idle, _) = sessions::start(&mut t.conn(), user.id, "10.0.0.5", "test", start).unwrap();
+    let (idle, _) = sessions::start(
+        &mut t.conn(),
+        user.id,
+        "10.0.0.5",
+        "test",
+        start,
+        sessions::SecondFactor::Done,
+    )
+    .unwrap();
     assert!(
         sessions::resume(&t.app.audit, idle.reveal(), start + 29 * MINUTE, limits)
             .unwrap()

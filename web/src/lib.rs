@@ -34,6 +34,8 @@ pub struct AppState {
     pub limits: SessionLimits,
     pub policy: PasswordPolicy,
     pub lockout: Lockout,
+    /// Roles that must use a second factor.
+    pub second_factor_roles: Vec<Role>,
     logins_per_minute: u32,
     /// Login attempts per source address in the current minute.
     throttle: Mutex<HashMap<IpAddr, (i64, u32)>>,
@@ -64,6 +66,11 @@ impl AppState {
                 minutes: web.lockout_minutes,
             },
             logins_per_minute: web.logins_per_minute,
+            second_factor_roles: web
+                .second_factor_roles
+                .iter()
+                .filter_map(|r| r.parse().ok())
+                .collect(),
             throttle: Mutex::new(HashMap::new()),
             app,
             clock,
@@ -76,7 +83,7 @@ impl AppState {
 
     /// Counts a login attempt from `source`; `Err(seconds)` when it is one too many. Locking
     /// out a victim by guessing needs this many tries per minute from each address.
-    fn throttle_login(&self, source: IpAddr) -> Result<(), u64> {
+    pub(crate) fn throttle_login(&self, source: IpAddr) -> Result<(), u64> {
         let now = self.now();
         let minute = now / 60_000_000;
         let mut table = self
@@ -103,6 +110,19 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route("/setup", web::post().to(pages::setup_submit))
         .route("/login", web::get().to(pages::login_form))
         .route("/login", web::post().to(pages::login_submit))
+        .route(
+            "/login/second-factor",
+            web::get().to(pages::second_factor_form),
+        )
+        .route(
+            "/login/second-factor",
+            web::post().to(pages::second_factor_submit),
+        )
+        .route("/account/second-factor", web::get().to(pages::enrol_form))
+        .route(
+            "/account/second-factor",
+            web::post().to(pages::enrol_submit),
+        )
         .route("/logout", web::post().to(pages::logout))
         .route("/sessions", web::get().to(pages::sessions_page))
         .route("/sessions/{id}/end", web::post().to(pages::end_session))
@@ -292,13 +312,14 @@ impl SignedIn {
     }
 }
 
-/// Why a page needs a sign-in first: answered with a redirect to the login page.
+/// Why a page needs a (complete) sign-in first: answered with a redirect to the step that
+/// is missing, the login page or the second factor.
 #[derive(Debug)]
-pub struct NeedsLogin;
+pub struct NeedsLogin(&'static str);
 
 impl std::fmt::Display for NeedsLogin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("sign in first")
+        write!(f, "sign in first ({})", self.0)
     }
 }
 
@@ -309,44 +330,75 @@ impl ResponseError for NeedsLogin {
 
     fn error_response(&self) -> HttpResponse {
         HttpResponse::SeeOther()
-            .insert_header(("Location", "/login"))
+            .insert_header(("Location", self.0))
             .finish()
     }
 }
 
+/// A session that passed its password but may still owe the second factor: enough for the
+/// second-factor pages and nothing else.
+#[derive(Debug, Clone)]
+pub struct PartlySignedIn(pub SignedIn);
+
+type Extracted<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, actix_web::Error>>>>;
+
+/// Resumes the session named by the request's cookie, at the state's clock.
+fn resume_session(req: &HttpRequest) -> Extracted<SignedIn> {
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let token = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
+    Box::pin(async move {
+        let (Some(state), Some(token)) = (state, token) else {
+            return Err(NeedsLogin("/login").into());
+        };
+        let now = state.now();
+        let limits = state.limits;
+        let resumed = {
+            let state = state.clone();
+            let token = token.clone();
+            web::block(move || sessions::resume(&state.app.audit, &token, now, limits))
+                .await
+                .map_err(WebError::from)?
+        };
+        match resumed.map_err(WebError::from)? {
+            Ok((session, user)) => {
+                let role = user.role().map_err(WebError::from)?;
+                Ok(SignedIn {
+                    csrf: csrf_token(&token),
+                    user,
+                    role,
+                    session,
+                })
+            }
+            Err(_) => Err(NeedsLogin("/login").into()),
+        }
+    })
+}
+
 impl FromRequest for SignedIn {
     type Error = actix_web::Error;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, Self::Error>>>>;
+    type Future = Extracted<SignedIn>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>().cloned();
-        let token = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
+        let resuming = resume_session(req);
         Box::pin(async move {
-            let (Some(state), Some(token)) = (state, token) else {
-                return Err(NeedsLogin.into());
-            };
-            let now = state.now();
-            let limits = state.limits;
-            let resumed = {
-                let state = state.clone();
-                let token = token.clone();
-                web::block(move || sessions::resume(&state.app.audit, &token, now, limits))
-                    .await
-                    .map_err(WebError::from)?
-            };
-            match resumed.map_err(WebError::from)? {
-                Ok((session, user)) => {
-                    let role = user.role().map_err(WebError::from)?;
-                    Ok(SignedIn {
-                        csrf: csrf_token(&token),
-                        user,
-                        role,
-                        session,
-                    })
-                }
-                Err(_) => Err(NeedsLogin.into()),
+            let signed_in = resuming.await?;
+            match signed_in.session.second_factor.as_str() {
+                "done" => Ok(signed_in),
+                "pending" => Err(NeedsLogin("/login/second-factor").into()),
+                _ => Err(NeedsLogin("/account/second-factor").into()),
             }
         })
+    }
+}
+
+impl FromRequest for PartlySignedIn {
+    type Error = actix_web::Error;
+    type Future = Extracted<PartlySignedIn>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let resuming = resume_session(req);
+        Box::pin(async move { resuming.await.map(PartlySignedIn) })
     }
 }
 

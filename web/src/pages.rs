@@ -7,13 +7,14 @@ use appliance::audit::export::{self, ExportFilter, ExportFormat};
 use appliance::audit::verify::verify;
 use appliance::keys::VerifyingKey;
 use appliance::models::Role;
-use appliance::sessions;
+use appliance::second_factor;
+use appliance::sessions::{self, SecondFactor};
 use appliance::time::{format_us, parse_instant};
 use appliance::{Actor, AuditEvent};
 use askama::Template;
 use serde::Deserialize;
 
-use crate::{AppState, Nav, SESSION_COOKIE, SignedIn, WebError, html};
+use crate::{AppState, Nav, PartlySignedIn, SESSION_COOKIE, SignedIn, WebError, html};
 
 type Page = Result<HttpResponse, WebError>;
 
@@ -55,13 +56,12 @@ struct HomePage {
     idle_minutes: i64,
 }
 
-pub async fn home(state: web::Data<AppState>, user: Option<SignedIn>) -> Page {
-    let Some(user) = user else {
-        return Ok(see_other(if needs_setup(&state).await? {
-            "/setup"
-        } else {
-            "/login"
-        }));
+pub async fn home(state: web::Data<AppState>, user: Result<SignedIn, actix_web::Error>) -> Page {
+    let user = match user {
+        Ok(user) => user,
+        // Where a visitor without a session starts: setup on a new appliance, else login.
+        Err(_) if needs_setup(&state).await? => return Ok(see_other("/setup")),
+        Err(redirect) => return Ok(redirect.error_response()),
     };
     let organisation = {
         let state = state.clone();
@@ -243,35 +243,61 @@ pub struct LoginForm {
 pub const LOGIN_REFUSED: &str =
     "The email or password is wrong, or the account cannot log in right now.";
 
+/// The session cookie: host-only, HTTPS-only, invisible to scripts, never sent cross-site.
+fn session_cookie(
+    token: &sessions::SessionToken,
+    limits: sessions::SessionLimits,
+) -> Cookie<'static> {
+    Cookie::build(SESSION_COOKIE, token.reveal().to_owned())
+        .path("/")
+        .secure(true)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .max_age(actix_web::cookie::time::Duration::seconds(
+            limits.absolute_us / 1_000_000,
+        ))
+        .finish()
+}
+
+/// Counts an attempt at a password or a code from this source, refusing it past the limit.
+async fn throttle(state: &web::Data<AppState>, req: &HttpRequest) -> Result<(), WebError> {
+    let Some(ip) = req.peer_addr().map(|a| a.ip()) else {
+        return Ok(());
+    };
+    let Err(seconds) = state.throttle_login(ip) else {
+        return Ok(());
+    };
+    let event = AuditEvent::new(Actor::System("web".into()), "auth.login.throttled")
+        .source(ip)
+        .outcome(appliance::Outcome::Denied);
+    let audit = state.app.audit.clone();
+    web::block(move || audit.record(event)).await??;
+    Err(WebError::TooManyRequests(seconds))
+}
+
+fn user_agent(req: &HttpRequest) -> String {
+    req.headers()
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
 pub async fn login_submit(
     state: web::Data<AppState>,
     req: HttpRequest,
     form: web::Form<LoginForm>,
 ) -> Page {
-    if let Some(ip) = req.peer_addr().map(|a| a.ip())
-        && let Err(seconds) = state.throttle_login(ip)
-    {
-        let event = AuditEvent::new(Actor::System("web".into()), "auth.login.throttled")
-            .source(ip)
-            .outcome(appliance::Outcome::Denied);
-        let audit = state.app.audit.clone();
-        web::block(move || audit.record(event)).await??;
-        return Err(WebError::TooManyRequests(seconds));
-    }
+    throttle(&state, &req).await?;
     let form = form.into_inner();
-    let (now, source, lockout) = (state.now(), source(&req), state.lockout);
-    let user_agent = req
-        .headers()
-        .get("user-agent")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let (now, source, lockout, agent) =
+        (state.now(), source(&req), state.lockout, user_agent(&req));
     let old_token = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
     let email = form.email.clone();
     let started = {
         let state = state.clone();
         web::block(
-            move || -> appliance::error::Result<Option<sessions::SessionToken>> {
+            move || -> appliance::error::Result<Option<(sessions::SessionToken, SecondFactor)>> {
                 let result = accounts::login(
                     &state.app.audit,
                     &form.email,
@@ -296,32 +322,30 @@ pub async fn login_submit(
                         now,
                     )?;
                 }
-                let (token, _) = sessions::start(
-                    &mut *state.app.store.conn()?,
-                    user.id,
-                    &source,
-                    &user_agent,
-                    now,
-                )?;
-                Ok(Some(token))
+                let mut conn = state.app.store.conn()?;
+                let factor = if second_factor::is_enrolled(&mut conn, user.id)? {
+                    SecondFactor::Pending
+                } else if state.second_factor_roles.contains(&user.role()?) {
+                    SecondFactor::Enrol
+                } else {
+                    SecondFactor::Done
+                };
+                let (token, _) = sessions::start(&mut conn, user.id, &source, &agent, now, factor)?;
+                Ok(Some((token, factor)))
             },
         )
         .await??
     };
     match started {
-        Some(token) => {
-            let cookie = Cookie::build(SESSION_COOKIE, token.reveal().to_owned())
-                .path("/")
-                .secure(true)
-                .http_only(true)
-                .same_site(SameSite::Strict)
-                .max_age(actix_web::cookie::time::Duration::seconds(
-                    state.limits.absolute_us / 1_000_000,
-                ))
-                .finish();
+        Some((token, factor)) => {
+            let next = match factor {
+                SecondFactor::Done => "/",
+                SecondFactor::Pending => "/login/second-factor",
+                SecondFactor::Enrol => "/account/second-factor",
+            };
             Ok(HttpResponse::SeeOther()
-                .cookie(cookie)
-                .insert_header(("Location", "/"))
+                .cookie(session_cookie(&token, state.limits))
+                .insert_header(("Location", next))
                 .finish())
         }
         None => {
@@ -335,6 +359,224 @@ pub async fn login_submit(
                 .content_type("text/html; charset=utf-8")
                 .body(page.render().unwrap_or_default()))
         }
+    }
+}
+
+/// Replaces a partly signed-in session with a complete one: a new id once every factor passed.
+fn complete_session(
+    state: &AppState,
+    partial: &SignedIn,
+    reason: &str,
+    now: i64,
+) -> appliance::error::Result<sessions::SessionToken> {
+    let session = &partial.session;
+    sessions::end(
+        &state.app.audit,
+        &Actor::User(partial.user.id),
+        session.id,
+        reason,
+        now,
+    )?;
+    let (token, _) = sessions::start(
+        &mut *state.app.store.conn()?,
+        partial.user.id,
+        &session.source,
+        &session.user_agent,
+        now,
+        SecondFactor::Done,
+    )?;
+    Ok(token)
+}
+
+#[derive(Template)]
+#[template(path = "second_factor.html")]
+struct SecondFactorPage {
+    signed_in: Option<Nav>,
+    csrf: String,
+    problem: Option<&'static str>,
+}
+
+pub async fn second_factor_form(partial: PartlySignedIn) -> Page {
+    let partial = partial.0;
+    if partial.session.second_factor != "pending" {
+        return Ok(see_other("/"));
+    }
+    html(&SecondFactorPage {
+        signed_in: None,
+        csrf: partial.csrf,
+        problem: None,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CodeForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    secret: String,
+}
+
+pub async fn second_factor_submit(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    partial: PartlySignedIn,
+    form: web::Form<CodeForm>,
+) -> Page {
+    let partial = partial.0;
+    partial.check_csrf(&form.csrf)?;
+    if partial.session.second_factor != "pending" {
+        return Ok(see_other("/"));
+    }
+    throttle(&state, &req).await?;
+    let (now, source, code) = (state.now(), source(&req), form.code.clone());
+    let outcome = {
+        let state = state.clone();
+        let partial = partial.clone();
+        web::block(
+            move || -> appliance::error::Result<Option<sessions::SessionToken>> {
+                if !second_factor::check(&state.app.audit, partial.user.id, &code, &source, now)? {
+                    return Ok(None);
+                }
+                complete_session(&state, &partial, "second factor passed", now).map(Some)
+            },
+        )
+        .await??
+    };
+    match outcome {
+        Some(token) => Ok(HttpResponse::SeeOther()
+            .cookie(session_cookie(&token, state.limits))
+            .insert_header(("Location", "/"))
+            .finish()),
+        None => {
+            let page = SecondFactorPage {
+                signed_in: None,
+                csrf: partial.csrf,
+                problem: Some("That code is wrong or was already used."),
+            };
+            Ok(HttpResponse::Unauthorized()
+                .content_type("text/html; charset=utf-8")
+                .body(page.render().unwrap_or_default()))
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "enrol.html")]
+struct EnrolPage {
+    signed_in: Option<Nav>,
+    csrf: String,
+    secret: String,
+    qr_svg: String,
+    enrolled: bool,
+    required: bool,
+    problem: Option<String>,
+    recovery_codes: Vec<String>,
+}
+
+fn qr_svg(uri: &str) -> String {
+    qrcode::QrCode::new(uri.as_bytes())
+        .map(|code| {
+            code.render::<qrcode::render::svg::Color>()
+                .min_dimensions(200, 200)
+                .build()
+        })
+        .unwrap_or_default()
+}
+
+fn enrol_page(
+    partial: &SignedIn,
+    required: bool,
+    secret: String,
+    problem: Option<String>,
+) -> Result<EnrolPage, WebError> {
+    let uri = second_factor::provisioning_uri(&secret, &partial.user.email)?;
+    let nav = (partial.session.second_factor == "done").then(|| partial.nav());
+    Ok(EnrolPage {
+        signed_in: nav,
+        csrf: partial.csrf.clone(),
+        qr_svg: qr_svg(&uri),
+        secret,
+        enrolled: false,
+        required,
+        problem,
+        recovery_codes: Vec::new(),
+    })
+}
+
+pub async fn enrol_form(state: web::Data<AppState>, partial: PartlySignedIn) -> Page {
+    let partial = partial.0;
+    if partial.session.second_factor == "pending" {
+        return Ok(see_other("/login/second-factor"));
+    }
+    let enrolled = {
+        let (state, id) = (state.clone(), partial.user.id);
+        web::block(move || second_factor::is_enrolled(&mut *state.app.store.conn()?, id)).await??
+    };
+    let required = partial.session.second_factor == "enrol";
+    let mut page = enrol_page(&partial, required, second_factor::new_secret()?, None)?;
+    page.enrolled = enrolled;
+    html(&page)
+}
+
+pub async fn enrol_submit(
+    state: web::Data<AppState>,
+    partial: PartlySignedIn,
+    form: web::Form<CodeForm>,
+) -> Page {
+    let partial = partial.0;
+    partial.check_csrf(&form.csrf)?;
+    if partial.session.second_factor == "pending" {
+        return Ok(see_other("/login/second-factor"));
+    }
+    let now = state.now();
+    let required = partial.session.second_factor == "enrol";
+    let (secret, code) = (form.secret.trim().to_owned(), form.code.clone());
+    let outcome = {
+        let state = state.clone();
+        let partial = partial.clone();
+        let secret = secret.clone();
+        web::block(
+            move || -> appliance::error::Result<(Vec<String>, Option<sessions::SessionToken>)> {
+                let codes =
+                    second_factor::enable(&state.app.audit, &partial.user, &secret, &code, now)?;
+                let token = if required {
+                    Some(complete_session(
+                        &state,
+                        &partial,
+                        "second factor enrolled",
+                        now,
+                    )?)
+                } else {
+                    None
+                };
+                Ok((codes, token))
+            },
+        )
+        .await?
+    };
+    match outcome {
+        Ok((codes, token)) => {
+            let mut page = enrol_page(&partial, false, secret, None)?;
+            page.enrolled = true;
+            page.recovery_codes = codes;
+            let body = page
+                .render()
+                .map_err(|err| WebError::Internal(err.to_string()))?;
+            let mut response = HttpResponse::Ok();
+            if let Some(token) = token {
+                response.cookie(session_cookie(&token, state.limits));
+            }
+            Ok(response.content_type("text/html; charset=utf-8").body(body))
+        }
+        Err(appliance::Error::Invalid { problem, .. }) => {
+            let page = enrol_page(&partial, required, secret, Some(problem))?;
+            Ok(HttpResponse::UnprocessableEntity()
+                .content_type("text/html; charset=utf-8")
+                .body(page.render().unwrap_or_default()))
+        }
+        Err(other) => Err(other.into()),
     }
 }
 

@@ -50,7 +50,15 @@ impl Reply {
 }
 
 impl Portal {
+    /// A portal where no role needs a second factor, unless `web_settings` says otherwise;
+    /// the second factor has tests of its own.
     fn start(web_settings: &str) -> Portal {
+        let second_factor = if web_settings.contains("second_factor_roles") {
+            ""
+        } else {
+            "second_factor_roles = []"
+        };
+        let web_settings = format!("{web_settings}\n{second_factor}");
         let dir = tempfile::tempdir().unwrap();
         let (https, http) = (free_port(), free_port());
         let config_path = dir.path().join("plantgate.toml");
@@ -692,5 +700,111 @@ fn only_admins_and_auditors_read_the_audit_log() {
     assert_eq!(
         portal.get(None, "/audit").header("location"),
         Some("/login")
+    );
+}
+
+/// The value of a hidden or text input in a page.
+fn input_value(body: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let at = body
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+        + marker.len();
+    body[at..].split('"').next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn an_admin_enrols_a_second_factor_at_first_login_and_needs_it_from_then_on() {
+    let portal = Portal::start("second_factor_roles = [\"admin\"]");
+    portal.setup_admin();
+    let login = portal.login("a", EMAIL, PASSWORD);
+    assert_eq!(login.header("location"), Some("/account/second-factor"));
+    // A password alone reaches nothing else.
+    assert_eq!(
+        portal.get(Some("a"), "/sessions").header("location"),
+        Some("/account/second-factor")
+    );
+
+    let enrol = portal.get(Some("a"), "/account/second-factor");
+    assert!(enrol.body.contains("<svg"), "no QR code: {}", enrol.body);
+    let secret = input_value(&enrol.body, "secret");
+    let csrf = input_value(&enrol.body, "csrf");
+    let wrong = portal.post(
+        Some("a"),
+        "/account/second-factor",
+        &[("csrf", &csrf), ("secret", &secret), ("code", "000000")],
+    );
+    assert_eq!(wrong.status, 422);
+    let now = appliance::time::now_us();
+    let code = appliance::second_factor::code_at(&secret, now).unwrap();
+    let done = portal.post(
+        Some("a"),
+        "/account/second-factor",
+        &[("csrf", &csrf), ("secret", &secret), ("code", &code)],
+    );
+    assert_eq!(done.status, 200, "{}", done.body);
+    let recovery: Vec<String> = done
+        .body
+        .split("<li><code>")
+        .skip(1)
+        .map(|s| s.split('<').next().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(recovery.len(), 10, "{}", done.body);
+    assert!(
+        portal.get(Some("a"), "/").body.contains("Welcome"),
+        "enrolment did not complete the sign-in"
+    );
+
+    // The next login asks for the second factor before anything else.
+    let login = portal.login("b", EMAIL, PASSWORD);
+    assert_eq!(login.header("location"), Some("/login/second-factor"));
+    assert_eq!(
+        portal.get(Some("b"), "/").header("location"),
+        Some("/login/second-factor")
+    );
+    let csrf = input_value(&portal.get(Some("b"), "/login/second-factor").body, "csrf");
+    let submit = |code: &str| {
+        portal.post(
+            Some("b"),
+            "/login/second-factor",
+            &[("csrf", &csrf), ("code", code)],
+        )
+    };
+    assert_eq!(submit(&code).status, 401, "a code was accepted twice");
+    assert_eq!(submit("123456").status, 401);
+    assert_eq!(
+        submit(&recovery[0]).status,
+        303,
+        "a recovery code was refused"
+    );
+    assert!(portal.get(Some("b"), "/").body.contains("Welcome"));
+
+    portal.login("c", EMAIL, PASSWORD);
+    let csrf = input_value(&portal.get(Some("c"), "/login/second-factor").body, "csrf");
+    let reused = portal.post(
+        Some("c"),
+        "/login/second-factor",
+        &[("csrf", &csrf), ("code", &recovery[0])],
+    );
+    assert_eq!(reused.status, 401, "a recovery code worked twice");
+    let next_step = appliance::second_factor::code_at(&secret, now + 30_000_000).unwrap();
+    assert_eq!(
+        portal
+            .post(
+                Some("c"),
+                "/login/second-factor",
+                &[("csrf", &csrf), ("code", &next_step)]
+            )
+            .status,
+        303
+    );
+    let actions = portal.actions();
+    assert!(actions.contains(&"auth.second_factor.enabled".to_owned()));
+    assert!(
+        actions
+            .iter()
+            .filter(|a| *a == "auth.second_factor.failed")
+            .count()
+            >= 3
     );
 }

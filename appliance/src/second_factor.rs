@@ -1,0 +1,234 @@
+//! The second factor: TOTP (RFC 6238: SHA-1, 6 digits, 30-second steps, one step of clock
+//! skew either way) and ten one-time recovery codes.
+//!
+//! A code is accepted once: the last accepted time step is stored, and a code for that step
+//! or an earlier one is refused as a replay, atomically, even if two requests race.
+
+use diesel::prelude::*;
+use totp_rs::{Algorithm, Secret, TOTP};
+
+use crate::audit::{Actor, Audit, AuditEvent, Outcome};
+use crate::error::{Error, Result};
+use crate::ids::UserId;
+use crate::models::User;
+use crate::schema::{recovery_codes, users};
+use crate::store::DbConnection;
+
+pub const ISSUER: &str = "Plantgate";
+const STEP_SECONDS: i64 = 30;
+pub const RECOVERY_CODES: usize = 10;
+
+fn totp(secret_base32: &str, account: &str) -> Result<TOTP> {
+    let bytes = Secret::Encoded(secret_base32.to_owned())
+        .to_bytes()
+        .map_err(|_| Error::invalid("secret", "not a base32 TOTP secret"))?;
+    TOTP::new(
+        Algorithm::SHA1,
+        6,
+        1,
+        STEP_SECONDS as u64,
+        bytes,
+        Some(ISSUER.to_owned()),
+        account.to_owned(),
+    )
+    .map_err(|err| Error::invalid("secret", err.to_string()))
+}
+
+/// A new random secret (160 bits, as RFC 4226 recommends), base32.
+pub fn new_secret() -> Result<String> {
+    let mut bytes = [0u8; 20];
+    openssl::rand::rand_bytes(&mut bytes)?;
+    Ok(Secret::Raw(bytes.to_vec()).to_encoded().to_string())
+}
+
+/// The `otpauth://` URI an authenticator app scans.
+pub fn provisioning_uri(secret: &str, email: &str) -> Result<String> {
+    Ok(totp(secret, email)?.get_url())
+}
+
+/// The code for `now` (microseconds); what an authenticator app would show.
+pub fn code_at(secret: &str, now_us: i64) -> Result<String> {
+    Ok(totp(secret, "")?.generate(u64::try_from(now_us / 1_000_000).unwrap_or(0)))
+}
+
+/// The time step `code` belongs to, within one step of `now`, if any.
+fn matching_step(secret: &str, code: &str, now_us: i64) -> Result<Option<i64>> {
+    let code = code.trim().replace(' ', "");
+    if code.len() != 6 || !code.chars().all(|c| c.is_ascii_digit()) {
+        return Ok(None);
+    }
+    let totp = totp(secret, "")?;
+    let step = now_us / 1_000_000 / STEP_SECONDS;
+    for candidate in [step - 1, step, step + 1] {
+        let expected = totp.generate(u64::try_from(candidate * STEP_SECONDS).unwrap_or(0));
+        if openssl::memcmp::eq(expected.as_bytes(), code.as_bytes()) {
+            return Ok(Some(candidate));
+        }
+    }
+    Ok(None)
+}
+
+pub fn is_enrolled(conn: &mut DbConnection, user: UserId) -> Result<bool> {
+    let secret: Option<String> = users::table
+        .find(user)
+        .select(users::totp_secret)
+        .first(conn)?;
+    Ok(secret.is_some())
+}
+
+fn recovery_hash(code: &str) -> Vec<u8> {
+    let normalised: String = code
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    openssl::sha::sha256(normalised.as_bytes()).to_vec()
+}
+
+/// Turns on TOTP once the user proves their app has `secret` by a current code. Returns the
+/// recovery codes, shown once; only their hashes are kept.
+pub fn enable(
+    audit: &Audit,
+    user: &User,
+    secret: &str,
+    code: &str,
+    now_us: i64,
+) -> Result<Vec<String>> {
+    let Some(step) = matching_step(secret, code, now_us)? else {
+        return Err(Error::invalid(
+            "code",
+            "that code does not match; check the clock of your phone and try the next one",
+        ));
+    };
+    let mut codes = Vec::with_capacity(RECOVERY_CODES);
+    for _ in 0..RECOVERY_CODES {
+        let mut bytes = [0u8; 8];
+        openssl::rand::rand_bytes(&mut bytes)?;
+        let text = hex::encode(bytes);
+        codes.push(format!(
+            "{}-{}-{}-{}",
+            &text[0..4],
+            &text[4..8],
+            &text[8..12],
+            &text[12..16]
+        ));
+    }
+    audit.record_with(|conn| {
+        diesel::update(users::table.find(user.id))
+            .set((
+                users::totp_secret.eq(secret),
+                users::totp_last_step.eq(step),
+            ))
+            .execute(conn)?;
+        diesel::delete(recovery_codes::table.filter(recovery_codes::user_id.eq(user.id)))
+            .execute(conn)?;
+        for code in &codes {
+            diesel::insert_into(recovery_codes::table)
+                .values((
+                    recovery_codes::user_id.eq(user.id),
+                    recovery_codes::code_hash.eq(recovery_hash(code)),
+                ))
+                .execute(conn)?;
+        }
+        let event = AuditEvent::new(Actor::User(user.id), "auth.second_factor.enabled")
+            .target(user.id)
+            .details(serde_json::json!({ "method": "totp", "recovery_codes": RECOVERY_CODES }));
+        Ok((codes, vec![event]))
+    })
+}
+
+/// Checks a TOTP code or a recovery code for `user` at `now`; records the attempt.
+pub fn check(audit: &Audit, user: UserId, code: &str, source: &str, now_us: i64) -> Result<bool> {
+    let secret: Option<String> = users::table
+        .find(user)
+        .select(users::totp_secret)
+        .first(&mut *audit.store().conn()?)?;
+    let Some(secret) = secret else {
+        return Ok(false);
+    };
+    let step = matching_step(&secret, code, now_us)?;
+    audit.record_with(|conn| {
+        let (accepted, method, why) = match step {
+            Some(step) => {
+                // Only a later step than any accepted before: a replay within the window fails.
+                let updated = diesel::update(
+                    users::table.find(user).filter(
+                        users::totp_last_step
+                            .is_null()
+                            .or(users::totp_last_step.lt(step)),
+                    ),
+                )
+                .set(users::totp_last_step.eq(step))
+                .execute(conn)?;
+                (
+                    updated == 1,
+                    "totp",
+                    if updated == 1 {
+                        ""
+                    } else {
+                        "code already used"
+                    },
+                )
+            }
+            None => {
+                let used = diesel::update(
+                    recovery_codes::table
+                        .filter(recovery_codes::user_id.eq(user))
+                        .filter(recovery_codes::code_hash.eq(recovery_hash(code)))
+                        .filter(recovery_codes::used_at_us.is_null()),
+                )
+                .set(recovery_codes::used_at_us.eq(now_us))
+                .execute(conn)?;
+                (
+                    used >= 1,
+                    "recovery code",
+                    if used >= 1 { "" } else { "wrong code" },
+                )
+            }
+        };
+        let event = if accepted {
+            AuditEvent::new(Actor::User(user), "auth.second_factor.accepted")
+                .source(source)
+                .target(user)
+                .details(serde_json::json!({ "method": method }))
+        } else {
+            AuditEvent::new(Actor::User(user), "auth.second_factor.failed")
+                .source(source)
+                .target(user)
+                .outcome(Outcome::Failure)
+                .details(serde_json::json!({ "reason": why }))
+        };
+        Ok((accepted, vec![event]))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_code_matches_its_step_and_its_neighbours_only() -> Result<()> {
+        let secret = new_secret()?;
+        let now = 1_800_000_000_000_000;
+        let code = code_at(&secret, now)?;
+        assert_eq!(
+            matching_step(&secret, &code, now)?,
+            Some(now / 1_000_000 / 30)
+        );
+        assert!(
+            matching_step(&secret, &code, now + 30_000_000)?.is_some(),
+            "one step of skew is allowed"
+        );
+        assert!(
+            matching_step(&secret, &code, now + 90_000_000)?.is_none(),
+            "a stale code was accepted"
+        );
+        assert!(matching_step(&secret, "12345", now)?.is_none());
+        assert!(matching_step(&secret, "abcdef", now)?.is_none());
+        assert!(
+            provisioning_uri(&secret, "ada@plant.example")?
+                .starts_with("otpauth://totp/Plantgate:")
+        );
+        Ok(())
+    }
+}
