@@ -56,7 +56,11 @@ fn main() {
                 site: site.id,
                 gateway: None,
             };
-            Device::register(&app.audit, &actor, &request).expect("device").1.reveal().to_owned()
+            Device::register(&app.audit, &actor, &request)
+                .expect("device")
+                .1
+                .reveal()
+                .to_owned()
         })
         .collect();
     let mut child = Command::new(env!("CARGO_BIN_EXE_plantgate-ingest"))
