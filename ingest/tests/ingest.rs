@@ -86,7 +86,9 @@ fn bad_input_gets_a_4xx_with_a_reason_and_stores_nothing(backend: Backend) {
     bomb_source.extend(std::iter::repeat_n(b' ', 4 << 20));
     let huge = batch(None, "temperature_c", 1, 3000, 20.0);
     let future = r#"{"readings":[{"metric":"temperature_c","value":1,"ts":"2099-01-01T00:00:00Z","seq":1}]}"#;
-    let cases: Vec<(&str, Vec<u8>, Vec<&str>, u16, &str)> = vec![
+    // (what, body, extra curl arguments, expected status, expected error code)
+    type Case<'a> = (&'a str, Vec<u8>, Vec<&'a str>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "wrong type",
             br#"{"readings":[{"metric":"temperature_c","value":"hot","ts":0,"seq":1}]}"#.to_vec(),
