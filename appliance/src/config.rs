@@ -28,6 +28,7 @@ pub struct Config {
     pub log: LogConfig,
     pub network: NetworkConfig,
     pub firewall: FirewallConfig,
+    pub ingest: IngestConfig,
     pub web: WebConfig,
 }
 
@@ -92,6 +93,55 @@ pub struct FirewallConfig {
     pub socket: Option<PathBuf>,
 }
 
+/// The device-side telemetry service, `plantgate-ingest`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// HTTPS listener, `ADDRESS:PORT`; on the image, the device interface's address.
+    pub https_listen: String,
+    /// MQTT over TLS listener; unset to turn MQTT off.
+    pub mqtt_listen: Option<String>,
+    /// The largest request body (compressed, as sent) and MQTT packet accepted.
+    pub max_body_bytes: usize,
+    /// The largest body after gzip decompression; a bigger one is refused as a gzip bomb.
+    pub max_decoded_bytes: usize,
+    pub max_batch_readings: usize,
+    /// Readings timestamped further than this in the future are refused.
+    pub max_future_skew_seconds: i64,
+    /// The most readings the writer commits in one transaction.
+    pub group_commit_readings: usize,
+    /// How often devices are checked for silence.
+    pub silent_check_seconds: u64,
+    /// The HTTP worker threads.
+    pub http_workers: usize,
+    /// Certificate and key; unset: `{data_dir}/tls/ingest.crt` and `.key`, self-signed at start.
+    pub certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+    pub smtp: SmtpConfig,
+}
+
+/// Where alert emails go out. `security`: `none` (loopback tests only), `starttls` or `tls`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Unset: no email is sent, and the outbox keeps what is owed.
+    pub host: Option<String>,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub from: String,
+    pub max_attempts: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    None,
+    Starttls,
+    Tls,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
@@ -138,6 +188,7 @@ impl Default for Config {
             log: LogConfig::default(),
             network: NetworkConfig::default(),
             firewall: FirewallConfig::default(),
+            ingest: IngestConfig::default(),
             web: WebConfig::default(),
         }
     }
@@ -211,6 +262,39 @@ impl Default for FirewallConfig {
             reconcile_seconds: 30,
             confirm_seconds: 120,
             socket: None,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            https_listen: "0.0.0.0:8443".to_owned(),
+            mqtt_listen: Some("0.0.0.0:8883".to_owned()),
+            max_body_bytes: 1024 * 1024,
+            max_decoded_bytes: 8 * 1024 * 1024,
+            max_batch_readings: 10_000,
+            max_future_skew_seconds: 300,
+            group_commit_readings: 20_000,
+            silent_check_seconds: 30,
+            http_workers: 2,
+            certificate: None,
+            private_key: None,
+            smtp: SmtpConfig::default(),
+        }
+    }
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            host: None,
+            port: 587,
+            security: SmtpSecurity::Starttls,
+            username: None,
+            password: None,
+            from: "plantgate@localhost".to_owned(),
+            max_attempts: 10,
         }
     }
 }
@@ -404,6 +488,7 @@ impl Config {
                 "must be between 1 and 3600",
             ));
         }
+        self.validate_ingest()?;
         self.validate_web()?;
         if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             return Err(ConfigError::new(
@@ -413,6 +498,126 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_ingest(&self) -> Result<(), ConfigError> {
+        let ingest = &self.ingest;
+        let listeners = [
+            ("ingest.https_listen", Some(&ingest.https_listen)),
+            ("ingest.mqtt_listen", ingest.mqtt_listen.as_ref()),
+        ];
+        for (key, value) in listeners {
+            if let Some(value) = value
+                && value.parse::<std::net::SocketAddr>().is_err()
+            {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{value:?}"),
+                    "not ADDRESS:PORT, such as 192.168.50.1:8443",
+                ));
+            }
+        }
+        let ranges: [(&str, usize, usize, usize); 5] = [
+            (
+                "ingest.max_body_bytes",
+                ingest.max_body_bytes,
+                1024,
+                64 << 20,
+            ),
+            (
+                "ingest.max_decoded_bytes",
+                ingest.max_decoded_bytes,
+                1024,
+                256 << 20,
+            ),
+            (
+                "ingest.max_batch_readings",
+                ingest.max_batch_readings,
+                1,
+                100_000,
+            ),
+            (
+                "ingest.group_commit_readings",
+                ingest.group_commit_readings,
+                1,
+                1_000_000,
+            ),
+            ("ingest.http_workers", ingest.http_workers, 1, 64),
+        ];
+        for (key, value, low, high) in ranges {
+            if !(low..=high).contains(&value) {
+                return Err(ConfigError::new(
+                    key,
+                    value,
+                    format!("must be between {low} and {high}"),
+                ));
+            }
+        }
+        if ingest.max_decoded_bytes < ingest.max_body_bytes {
+            return Err(ConfigError::new(
+                "ingest.max_decoded_bytes",
+                ingest.max_decoded_bytes,
+                "must be at least ingest.max_body_bytes",
+            ));
+        }
+        if !(0..=7 * 24 * 3600).contains(&ingest.max_future_skew_seconds) {
+            return Err(ConfigError::new(
+                "ingest.max_future_skew_seconds",
+                ingest.max_future_skew_seconds,
+                "must be between 0 and 604800",
+            ));
+        }
+        if !(1..=3600).contains(&ingest.silent_check_seconds) {
+            return Err(ConfigError::new(
+                "ingest.silent_check_seconds",
+                ingest.silent_check_seconds,
+                "must be between 1 and 3600",
+            ));
+        }
+        if ingest.certificate.is_some() != ingest.private_key.is_some() {
+            return Err(ConfigError::new(
+                "ingest.certificate",
+                format!("{:?}", ingest.certificate),
+                "set ingest.certificate and ingest.private_key together, or neither",
+            ));
+        }
+        let smtp = &ingest.smtp;
+        if smtp.port == 0 {
+            return Err(ConfigError::new("ingest.smtp.port", 0, "must be 1-65535"));
+        }
+        if !(1..=1000).contains(&smtp.max_attempts) {
+            return Err(ConfigError::new(
+                "ingest.smtp.max_attempts",
+                smtp.max_attempts,
+                "must be between 1 and 1000",
+            ));
+        }
+        if smtp.from.parse::<url::Url>().is_ok() || !smtp.from.contains('@') {
+            return Err(ConfigError::new(
+                "ingest.smtp.from",
+                format!("{:?}", smtp.from),
+                "not an email address",
+            ));
+        }
+        if smtp.username.is_some() != smtp.password.is_some() {
+            return Err(ConfigError::new(
+                "ingest.smtp.username",
+                format!("{:?}", smtp.username),
+                "set ingest.smtp.username and ingest.smtp.password together, or neither",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The ingest listener's certificate and key.
+    pub fn ingest_certificate(&self) -> crate::tls::CertificatePaths {
+        match (&self.ingest.certificate, &self.ingest.private_key) {
+            (Some(cert), Some(key)) => crate::tls::CertificatePaths {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => crate::tls::CertificatePaths::in_dir(&self.data_dir.join("tls"), "ingest"),
+        }
     }
 
     /// Creates the data directory if needed and proves that it is writable.
@@ -551,6 +756,9 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.store.url = self.store_target().ok().map(|target| target.redacted());
+        if shown.ingest.smtp.password.is_some() {
+            shown.ingest.smtp.password = Some("REDACTED".to_owned());
+        }
         toml::to_string(&shown).unwrap_or_else(|err| format!("# cannot render config: {err}"))
     }
 }

@@ -34,3 +34,6 @@ macro_rules! id_type {
 id_type!(OrganisationId, "org");
 id_type!(SiteId, "site");
 id_type!(UserId, "user");
+id_type!(DeviceId, "device");
+id_type!(AlertRuleId, "alert_rule");
+id_type!(AlertId, "alert");

@@ -2,14 +2,17 @@
 //! the domain model. `web`, `firewall` and `updater` build on it; it knows none of them.
 
 pub mod accounts;
+pub mod alerts;
 pub mod audit;
 pub mod config;
+pub mod devices;
 pub mod enrolment;
 pub mod error;
 pub mod grants;
 pub mod ids;
 pub mod keys;
 pub mod models;
+pub mod readings;
 pub mod schema;
 pub mod second_factor;
 pub mod sessions;

@@ -141,3 +141,70 @@ diesel::table! {
 
 diesel::joinable!(sessions -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(sessions, users);
+
+diesel::table! {
+    devices (id) {
+        id -> BigInt,
+        organisation_id -> BigInt,
+        site_id -> BigInt,
+        serial -> Text,
+        kind -> Text,
+        gateway_id -> Nullable<BigInt>,
+        secret_hash -> Nullable<Binary>,
+        created_at_us -> BigInt,
+        revoked_at_us -> Nullable<BigInt>,
+        firmware_version -> Nullable<Text>,
+        battery_pct -> Nullable<Double>,
+        signal_dbm -> Nullable<Double>,
+        last_seen_at_us -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    readings (id) {
+        id -> BigInt,
+        device_id -> BigInt,
+        seq -> BigInt,
+        metric -> Text,
+        value -> Double,
+        measured_at_us -> BigInt,
+        received_at_us -> BigInt,
+    }
+}
+
+diesel::table! {
+    alert_rules (id) {
+        id -> BigInt,
+        site_id -> Nullable<BigInt>,
+        device_id -> Nullable<BigInt>,
+        name -> Text,
+        kind -> Text,
+        metric -> Text,
+        threshold -> Double,
+        hysteresis -> Double,
+        consecutive -> Integer,
+        silent_seconds -> BigInt,
+        notify_email -> Text,
+        created_at_us -> BigInt,
+    }
+}
+
+diesel::table! {
+    alerts (id) {
+        id -> BigInt,
+        rule_id -> BigInt,
+        device_id -> BigInt,
+        raised_at_us -> BigInt,
+        raised_value -> Nullable<Double>,
+        cleared_at_us -> Nullable<BigInt>,
+        cleared_value -> Nullable<Double>,
+        raise_notified_at_us -> Nullable<BigInt>,
+        clear_notified_at_us -> Nullable<BigInt>,
+        notify_attempts -> Integer,
+    }
+}
+
+diesel::joinable!(readings -> devices (device_id));
+diesel::joinable!(alerts -> alert_rules (rule_id));
+diesel::joinable!(alerts -> devices (device_id));
+diesel::allow_tables_to_appear_in_same_query!(devices, readings, alert_rules, alerts, sites);

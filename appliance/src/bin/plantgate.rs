@@ -13,11 +13,13 @@ use clap::{Parser, Subcommand};
 use appliance::audit::verify::verify;
 use appliance::audit::{self, Checkpoint, ExportFilter, ExportFormat};
 use appliance::config::Config;
+use appliance::devices::{Device, DeviceRequest};
 use appliance::enrolment::{self, FIRST_ADMIN, FIRST_ADMIN_VALIDITY_US};
 use appliance::error::{Error, Result};
 use appliance::grants::{Agent, Grant, GrantRequest, poke_firewall};
+use appliance::ids::SiteId;
 use appliance::keys::{SigningKey, VerifyingKey, private_key_path};
-use appliance::models::{Role, User};
+use appliance::models::{Organisation, Role, Site, User};
 use appliance::time::{format_us, parse_instant};
 use appliance::{Actor, Appliance, Audit, AuditEvent, Store};
 
@@ -70,6 +72,57 @@ enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// Add or list sites (plants), creating their organisation if it is new.
+    Site {
+        #[command(subcommand)]
+        command: SiteCommand,
+    },
+    /// Register field devices that post telemetry, and manage their secrets.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SiteCommand {
+    /// Prints the new site's id.
+    Add {
+        #[arg(long)]
+        organisation: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        location: String,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Register a device and print its secret, once.
+    Add {
+        #[arg(long)]
+        serial: String,
+        /// monitor, data_logger or gateway.
+        #[arg(long)]
+        kind: String,
+        /// The site id (see `plantgate site list`).
+        #[arg(long)]
+        site: i64,
+        /// The serial of the gateway this device posts through, if any.
+        #[arg(long)]
+        gateway: Option<String>,
+    },
+    /// Devices with their state: firmware, battery, signal, last seen.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a device's secret and print the new one, once; the old one stops working.
+    Rotate { serial: String },
+    /// Revoke a device's credential; it can no longer post.
+    Revoke { serial: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -390,7 +443,107 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Site { command } => site(command, config, &actor),
+        Command::Device { command } => device(command, config, &actor),
     }
+}
+
+#[allow(clippy::print_stdout)]
+fn site(command: SiteCommand, config: Config, actor: &Actor) -> Result<ExitCode> {
+    let app = Appliance::open(config, actor)?;
+    match command {
+        SiteCommand::Add {
+            organisation,
+            name,
+            location,
+        } => {
+            let existing =
+                Organisation::find_by_name(&mut *app.store.conn()?, organisation.trim())?;
+            let org = match existing {
+                Some(org) => org,
+                None => Organisation::create(&app.audit, actor, &organisation)?,
+            };
+            let site = Site::create(&app.audit, actor, org.id, &name, &location)?;
+            println!("{}", site.id.0);
+        }
+        SiteCommand::List => {
+            let mut conn = app.store.conn()?;
+            for org in Organisation::list(&mut conn)? {
+                for site in Site::list_for(&mut conn, org.id)? {
+                    println!("{:<6} {:<24} {}", site.id.0, org.name, site.name);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::print_stdout)] // the secret is printed once, on purpose
+fn device(command: DeviceCommand, config: Config, actor: &Actor) -> Result<ExitCode> {
+    let app = Appliance::open(config, actor)?;
+    match command {
+        DeviceCommand::Add {
+            serial,
+            kind,
+            site,
+            gateway,
+        } => {
+            let request = DeviceRequest {
+                serial,
+                kind: kind.parse()?,
+                site: SiteId(site),
+                gateway,
+            };
+            let (device, secret) = Device::register(&app.audit, actor, &request)?;
+            eprintln!(
+                "registered {} {} ({}); its secret is shown once, below:",
+                device.kind, device.serial, device.id
+            );
+            println!("{}", secret.reveal());
+        }
+        DeviceCommand::Rotate { serial } => {
+            let secret = Device::rotate_secret(&app.audit, actor, &serial)?;
+            eprintln!("new secret for {serial}; the old one no longer works:");
+            println!("{}", secret.reveal());
+        }
+        DeviceCommand::Revoke { serial } => {
+            let device = Device::revoke(&app.audit, actor, &serial)?;
+            println!("revoked the credential of {}", device.serial);
+        }
+        DeviceCommand::List { json } => {
+            let devices = Device::list(&mut *app.store.conn()?)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&devices)
+                        .map_err(|err| Error::invalid("output", err.to_string()))?
+                );
+            } else {
+                for d in devices {
+                    let seen = d
+                        .last_seen_at_us
+                        .map(format_us)
+                        .unwrap_or_else(|| "never".into());
+                    let state = if d.is_revoked() { "revoked" } else { "active" };
+                    println!(
+                        "{:<20} {:<12} site:{:<4} {:<8} firmware={} battery={} signal={} last_seen={seen}",
+                        d.serial,
+                        d.kind,
+                        d.site_id.0,
+                        state,
+                        d.firmware_version.as_deref().unwrap_or("-"),
+                        d.battery_pct
+                            .map(|b| format!("{b}%"))
+                            .unwrap_or_else(|| "-".into()),
+                        d.signal_dbm
+                            .map(|s| format!("{s}dBm"))
+                            .unwrap_or_else(|| "-".into()),
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[allow(clippy::print_stdout)]

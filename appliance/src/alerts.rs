@@ -1,0 +1,549 @@
+//! Alert rules and alerts: raised and cleared from readings and silence, never twice at once.
+//!
+//! Deciding is read-only ([`decide_for_readings`], [`decide_silent`]); applying
+//! ([`apply`]) re-checks inside the audited transaction, so concurrent deciders cannot raise
+//! the same alert twice: the partial unique index `alerts_one_active` allows one active
+//! alert per (rule, device). The notify columns of `alerts` are the email outbox.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use crate::audit::{Actor, Audit, AuditEvent, Outcome};
+use crate::devices::Device;
+use crate::error::{Error, Result};
+use crate::ids::{AlertId, AlertRuleId, DeviceId, SiteId};
+use crate::on_backend;
+use crate::readings::{is_metric_name, latest_values};
+use crate::schema::{alert_rules, alerts, devices};
+use crate::store::DbConnection;
+use crate::time::now_us;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertKind {
+    /// `consecutive` readings in a row above `threshold`; clears below threshold - hysteresis.
+    Above,
+    /// `consecutive` readings in a row below `threshold`; clears above threshold + hysteresis.
+    Below,
+    /// No reading for `silent_seconds`; clears with the next reading.
+    Silent,
+    /// A device-reported event (shock, tamper): a non-zero value raises, zero clears.
+    Event,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Above => "above",
+            AlertKind::Below => "below",
+            AlertKind::Silent => "silent",
+            AlertKind::Event => "event",
+        }
+    }
+}
+
+impl fmt::Display for AlertKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AlertKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<AlertKind> {
+        match s {
+            "above" => Ok(AlertKind::Above),
+            "below" => Ok(AlertKind::Below),
+            "silent" => Ok(AlertKind::Silent),
+            "event" => Ok(AlertKind::Event),
+            other => Err(Error::invalid(
+                "kind",
+                format!("{other:?} is not an alert kind; allowed: above, below, silent, event"),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]
+#[diesel(table_name = alert_rules)]
+pub struct AlertRule {
+    pub id: AlertRuleId,
+    pub site_id: Option<SiteId>,
+    pub device_id: Option<DeviceId>,
+    pub name: String,
+    pub kind: String,
+    pub metric: String,
+    pub threshold: f64,
+    pub hysteresis: f64,
+    pub consecutive: i32,
+    pub silent_seconds: i64,
+    pub notify_email: String,
+    pub created_at_us: i64,
+}
+
+/// Where a rule applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleScope {
+    Site(SiteId),
+    Device(DeviceId),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleRequest {
+    pub scope: RuleScope,
+    pub name: String,
+    pub kind: AlertKind,
+    pub metric: String,
+    pub threshold: f64,
+    pub hysteresis: f64,
+    pub consecutive: i32,
+    pub silent_seconds: i64,
+    /// Comma-separated addresses; empty for no email.
+    pub notify_email: String,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = alert_rules)]
+struct NewRule<'a> {
+    site_id: Option<SiteId>,
+    device_id: Option<DeviceId>,
+    name: &'a str,
+    kind: &'a str,
+    metric: &'a str,
+    threshold: f64,
+    hysteresis: f64,
+    consecutive: i32,
+    silent_seconds: i64,
+    notify_email: &'a str,
+    created_at_us: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]
+#[diesel(table_name = alerts)]
+pub struct Alert {
+    pub id: AlertId,
+    pub rule_id: AlertRuleId,
+    pub device_id: DeviceId,
+    pub raised_at_us: i64,
+    pub raised_value: Option<f64>,
+    pub cleared_at_us: Option<i64>,
+    pub cleared_value: Option<f64>,
+    pub raise_notified_at_us: Option<i64>,
+    pub clear_notified_at_us: Option<i64>,
+    pub notify_attempts: i32,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = alerts)]
+struct NewAlert {
+    rule_id: AlertRuleId,
+    device_id: DeviceId,
+    raised_at_us: i64,
+    raised_value: Option<f64>,
+}
+
+impl AlertRule {
+    pub fn kind(&self) -> Result<AlertKind> {
+        self.kind.parse()
+    }
+
+    /// Creates a rule, audited `alert.rule.created`.
+    pub fn create(audit: &Audit, actor: &Actor, request: &RuleRequest) -> Result<AlertRule> {
+        let name = request.name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(Error::invalid("name", "1 to 200 characters"));
+        }
+        match request.kind {
+            AlertKind::Silent if request.silent_seconds < 1 => {
+                return Err(Error::invalid("silent_seconds", "must be 1 or more"));
+            }
+            AlertKind::Silent => {}
+            _ if !is_metric_name(&request.metric) => {
+                return Err(Error::invalid(
+                    "metric",
+                    format!("{:?} is not a metric name", request.metric),
+                ));
+            }
+            _ => {}
+        }
+        if !request.threshold.is_finite()
+            || !request.hysteresis.is_finite()
+            || request.hysteresis < 0.0
+        {
+            return Err(Error::invalid(
+                "threshold",
+                "threshold must be finite and hysteresis 0 or more",
+            ));
+        }
+        if !(1..=1000).contains(&request.consecutive) {
+            return Err(Error::invalid("consecutive", "must be between 1 and 1000"));
+        }
+        let (site_id, device_id) = match request.scope {
+            RuleScope::Site(site) => (Some(site), None),
+            RuleScope::Device(device) => (None, Some(device)),
+        };
+        audit.record_with(|conn| {
+            let rule = on_backend!(conn, c => diesel::insert_into(alert_rules::table)
+                .values(NewRule {
+                    site_id,
+                    device_id,
+                    name,
+                    kind: request.kind.as_str(),
+                    metric: &request.metric,
+                    threshold: request.threshold,
+                    hysteresis: request.hysteresis,
+                    consecutive: request.consecutive,
+                    silent_seconds: request.silent_seconds,
+                    notify_email: request.notify_email.trim(),
+                    created_at_us: now_us(),
+                })
+                .returning(AlertRule::as_returning())
+                .get_result(c))
+            .map_err(|err| match err {
+                diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+                    _,
+                ) => Error::NotFound("site or device"),
+                other => other.into(),
+            })?;
+            let event = AuditEvent::new(actor.clone(), "alert.rule.created")
+                .target(rule.id)
+                .details(serde_json::to_value(&rule).unwrap_or_default());
+            Ok((rule, vec![event]))
+        })
+    }
+
+    pub fn list(conn: &mut DbConnection) -> Result<Vec<AlertRule>> {
+        Ok(alert_rules::table
+            .order(alert_rules::id)
+            .select(AlertRule::as_select())
+            .load(conn)?)
+    }
+}
+
+impl Alert {
+    pub fn list_for_device(conn: &mut DbConnection, device: DeviceId) -> Result<Vec<Alert>> {
+        Ok(alerts::table
+            .filter(alerts::device_id.eq(device))
+            .order(alerts::id)
+            .select(Alert::as_select())
+            .load(conn)?)
+    }
+}
+
+/// A change an evaluation wants; [`apply`] makes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlertChange {
+    Raise {
+        rule: AlertRuleId,
+        device: DeviceId,
+        value: Option<f64>,
+    },
+    Clear {
+        rule: AlertRuleId,
+        device: DeviceId,
+        value: Option<f64>,
+    },
+}
+
+/// Rules covering `device_ids` directly or through their site, with the devices they cover.
+fn rules_covering(
+    conn: &mut DbConnection,
+    device_ids: &[DeviceId],
+) -> Result<Vec<(AlertRule, DeviceId)>> {
+    let device_sites: Vec<(DeviceId, SiteId)> = devices::table
+        .filter(devices::id.eq_any(device_ids))
+        .select((devices::id, devices::site_id))
+        .load(conn)?;
+    let sites: BTreeSet<SiteId> = device_sites.iter().map(|(_, site)| *site).collect();
+    let rules: Vec<AlertRule> = alert_rules::table
+        .filter(
+            alert_rules::device_id
+                .eq_any(device_ids)
+                .or(alert_rules::site_id.eq_any(sites)),
+        )
+        .select(AlertRule::as_select())
+        .load(conn)?;
+    let mut pairs = Vec::new();
+    for rule in rules {
+        for (device, site) in &device_sites {
+            if rule.device_id == Some(*device) || rule.site_id == Some(*site) {
+                pairs.push((rule.clone(), *device));
+            }
+        }
+    }
+    Ok(pairs)
+}
+
+fn active_set(
+    conn: &mut DbConnection,
+    device_ids: &[DeviceId],
+) -> Result<BTreeSet<(AlertRuleId, DeviceId)>> {
+    Ok(alerts::table
+        .filter(alerts::device_id.eq_any(device_ids))
+        .filter(alerts::cleared_at_us.is_null())
+        .select((alerts::rule_id, alerts::device_id))
+        .load::<(AlertRuleId, DeviceId)>(conn)?
+        .into_iter()
+        .collect())
+}
+
+/// What the readings just stored for these (device, metrics) mean for alerts. Read-only.
+pub fn decide_for_readings(
+    conn: &mut DbConnection,
+    touched: &BTreeMap<DeviceId, BTreeSet<String>>,
+) -> Result<Vec<AlertChange>> {
+    let device_ids: Vec<DeviceId> = touched.keys().copied().collect();
+    let pairs = rules_covering(conn, &device_ids)?;
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let active = active_set(conn, &device_ids)?;
+    let mut changes = Vec::new();
+    for (rule, device) in pairs {
+        let is_active = active.contains(&(rule.id, device));
+        let kind = rule.kind()?;
+        if kind == AlertKind::Silent {
+            if is_active {
+                changes.push(AlertChange::Clear {
+                    rule: rule.id,
+                    device,
+                    value: None,
+                });
+            }
+            continue;
+        }
+        if !touched
+            .get(&device)
+            .is_some_and(|metrics| metrics.contains(&rule.metric))
+        {
+            continue;
+        }
+        let values = latest_values(conn, device, &rule.metric, i64::from(rule.consecutive))?;
+        let Some(&latest) = values.first() else {
+            continue;
+        };
+        let full = values.len() == usize::try_from(rule.consecutive).unwrap_or(usize::MAX);
+        let (raise, clear) = match kind {
+            AlertKind::Above => (
+                full && values.iter().all(|v| *v > rule.threshold),
+                latest < rule.threshold - rule.hysteresis,
+            ),
+            AlertKind::Below => (
+                full && values.iter().all(|v| *v < rule.threshold),
+                latest > rule.threshold + rule.hysteresis,
+            ),
+            AlertKind::Event => (latest != 0.0, latest == 0.0),
+            AlertKind::Silent => (false, false),
+        };
+        if !is_active && raise {
+            changes.push(AlertChange::Raise {
+                rule: rule.id,
+                device,
+                value: Some(latest),
+            });
+        } else if is_active && clear {
+            changes.push(AlertChange::Clear {
+                rule: rule.id,
+                device,
+                value: Some(latest),
+            });
+        }
+    }
+    Ok(changes)
+}
+
+/// Devices covered by a `silent` rule that have not been heard from for its
+/// `silent_seconds` (since registration, if never). Read-only.
+pub fn decide_silent(conn: &mut DbConnection, now_us: i64) -> Result<Vec<AlertChange>> {
+    let rules: Vec<AlertRule> = alert_rules::table
+        .filter(alert_rules::kind.eq(AlertKind::Silent.as_str()))
+        .select(AlertRule::as_select())
+        .load(conn)?;
+    let mut changes = Vec::new();
+    for rule in rules {
+        let mut query = devices::table
+            .filter(devices::revoked_at_us.is_null())
+            .into_boxed();
+        query = match (rule.device_id, rule.site_id) {
+            (Some(device), _) => query.filter(devices::id.eq(device)),
+            (None, Some(site)) => query.filter(devices::site_id.eq(site)),
+            (None, None) => continue,
+        };
+        let covered: Vec<Device> = query.select(Device::as_select()).load(conn)?;
+        let ids: Vec<DeviceId> = covered.iter().map(|d| d.id).collect();
+        let active = active_set(conn, &ids)?;
+        let limit_us = rule.silent_seconds.saturating_mul(1_000_000);
+        for device in covered {
+            let heard = device.last_seen_at_us.unwrap_or(device.created_at_us);
+            if now_us.saturating_sub(heard) >= limit_us && !active.contains(&(rule.id, device.id)) {
+                changes.push(AlertChange::Raise {
+                    rule: rule.id,
+                    device: device.id,
+                    value: None,
+                });
+            }
+        }
+    }
+    Ok(changes)
+}
+
+/// Makes the changes, each audited `alert.raised` or `alert.cleared`; a change another
+/// writer already made is skipped. Returns how many took effect.
+pub fn apply(audit: &Audit, actor: &Actor, changes: &[AlertChange]) -> Result<usize> {
+    if changes.is_empty() {
+        return Ok(0);
+    }
+    audit.record_with(|conn| {
+        let mut events = Vec::new();
+        let now = now_us();
+        for change in changes {
+            match *change {
+                AlertChange::Raise {
+                    rule,
+                    device,
+                    value,
+                } => {
+                    let inserted = on_backend!(conn, c => diesel::insert_into(alerts::table)
+                        .values(NewAlert { rule_id: rule, device_id: device, raised_at_us: now, raised_value: value })
+                        .on_conflict_do_nothing()
+                        .execute(c))?;
+                    if inserted == 1 {
+                        events.push(
+                            AuditEvent::new(actor.clone(), "alert.raised")
+                                .target(device)
+                                .details(serde_json::json!({ "rule": rule, "value": value })),
+                        );
+                    }
+                }
+                AlertChange::Clear {
+                    rule,
+                    device,
+                    value,
+                } => {
+                    let updated = diesel::update(
+                        alerts::table
+                            .filter(alerts::rule_id.eq(rule))
+                            .filter(alerts::device_id.eq(device))
+                            .filter(alerts::cleared_at_us.is_null()),
+                    )
+                    .set((
+                        alerts::cleared_at_us.eq(Some(now)),
+                        alerts::cleared_value.eq(value),
+                    ))
+                    .execute(conn)?;
+                    if updated == 1 {
+                        events.push(
+                            AuditEvent::new(actor.clone(), "alert.cleared")
+                                .target(device)
+                                .details(serde_json::json!({ "rule": rule, "value": value })),
+                        );
+                    }
+                }
+            }
+        }
+        Ok((events.len(), events))
+    })
+}
+
+/// An email the outbox still owes: the raise of an alert, or its clearing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingNotification {
+    pub alert: Alert,
+    pub rule: AlertRule,
+    pub device_serial: String,
+    /// False: the raise is owed. True: the raise went out and the clearing is owed.
+    pub cleared: bool,
+}
+
+impl PendingNotification {
+    pub fn recipients(&self) -> Vec<String> {
+        self.rule
+            .notify_email
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Alerts whose email is owed, oldest first, skipping ones that failed `max_attempts` times.
+pub fn pending_notifications(
+    conn: &mut DbConnection,
+    max_attempts: i32,
+) -> Result<Vec<PendingNotification>> {
+    let rows: Vec<(Alert, AlertRule, String)> = alerts::table
+        .inner_join(alert_rules::table)
+        .inner_join(devices::table)
+        .filter(alert_rules::notify_email.ne(""))
+        .filter(alerts::notify_attempts.lt(max_attempts))
+        .filter(
+            alerts::raise_notified_at_us
+                .is_null()
+                .or(alerts::cleared_at_us
+                    .is_not_null()
+                    .and(alerts::clear_notified_at_us.is_null())),
+        )
+        .order(alerts::id)
+        .limit(100)
+        .select((Alert::as_select(), AlertRule::as_select(), devices::serial))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(alert, rule, device_serial)| PendingNotification {
+            cleared: alert.raise_notified_at_us.is_some(),
+            alert,
+            rule,
+            device_serial,
+        })
+        .collect())
+}
+
+/// Records the outcome of one email, audited `notification.sent` or `notification.failed`.
+pub fn mark_notified(
+    audit: &Audit,
+    actor: &Actor,
+    pending: &PendingNotification,
+    outcome: std::result::Result<(), String>,
+) -> Result<()> {
+    let id = pending.alert.id;
+    audit.record_with(|conn| {
+        let target = alerts::table.find(id);
+        let event = match &outcome {
+            Ok(()) => {
+                if pending.cleared {
+                    diesel::update(target)
+                        .set(alerts::clear_notified_at_us.eq(Some(now_us())))
+                        .execute(conn)?;
+                } else {
+                    diesel::update(target)
+                        .set(alerts::raise_notified_at_us.eq(Some(now_us())))
+                        .execute(conn)?;
+                }
+                AuditEvent::new(actor.clone(), "notification.sent")
+            }
+            Err(reason) => {
+                diesel::update(target)
+                    .set(alerts::notify_attempts.eq(alerts::notify_attempts + 1))
+                    .execute(conn)?;
+                AuditEvent::new(actor.clone(), "notification.failed")
+                    .outcome(Outcome::Failure)
+                    .details(serde_json::json!({ "reason": reason }))
+            }
+        };
+        let event = event.target(id).details(serde_json::json!({
+            "channel": "email",
+            "to": pending.recipients(),
+            "event": if pending.cleared { "cleared" } else { "raised" },
+            "rule": pending.rule.id,
+            "device": pending.device_serial,
+            "reason": outcome.as_ref().err(),
+        }));
+        Ok(((), vec![event]))
+    })
+}

@@ -1,0 +1,356 @@
+//! The device registry: monitors, data loggers and gateways that post telemetry, and their
+//! credentials.
+//!
+//! A device secret is 32 random bytes from openssl's CSPRNG, shown once and stored as its
+//! SHA-256 only. A slow password hash (argon2) defends guessable human passwords; a 256-bit
+//! random secret cannot be guessed, so one SHA-256 is as strong and lets the ingest check
+//! every request without spending tens of milliseconds of CPU on it. The hash is unique,
+//! so a secret alone names its device.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use diesel::prelude::*;
+use serde::Serialize;
+
+use crate::audit::{Actor, Audit, AuditEvent};
+use crate::error::{Error, Result};
+pub use crate::ids::DeviceId;
+use crate::ids::{OrganisationId, SiteId};
+use crate::on_backend;
+use crate::schema::{devices, sites};
+use crate::store::DbConnection;
+use crate::time::now_us;
+
+const SECRET_PREFIX: &str = "pgd_";
+const MAX_SERIAL_LEN: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// A mold or machine monitor (cycle counts, cycle times, temperature).
+    Monitor,
+    DataLogger,
+    /// Relays readings for the devices registered behind it.
+    Gateway,
+}
+
+impl DeviceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Monitor => "monitor",
+            DeviceKind::DataLogger => "data_logger",
+            DeviceKind::Gateway => "gateway",
+        }
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeviceKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<DeviceKind> {
+        match s {
+            "monitor" => Ok(DeviceKind::Monitor),
+            "data_logger" | "data-logger" => Ok(DeviceKind::DataLogger),
+            "gateway" => Ok(DeviceKind::Gateway),
+            other => Err(Error::invalid(
+                "kind",
+                format!("{other:?} is not a device kind; allowed: monitor, data_logger, gateway"),
+            )),
+        }
+    }
+}
+
+/// A device row, without its secret hash.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]
+#[diesel(table_name = devices)]
+pub struct Device {
+    pub id: DeviceId,
+    pub organisation_id: OrganisationId,
+    pub site_id: SiteId,
+    pub serial: String,
+    pub kind: String,
+    pub gateway_id: Option<DeviceId>,
+    pub created_at_us: i64,
+    pub revoked_at_us: Option<i64>,
+    pub firmware_version: Option<String>,
+    pub battery_pct: Option<f64>,
+    pub signal_dbm: Option<f64>,
+    pub last_seen_at_us: Option<i64>,
+}
+
+/// A device secret as handed to a person or a device: shown once, never stored.
+#[derive(PartialEq, Eq)]
+pub struct DeviceSecret(String);
+
+impl DeviceSecret {
+    fn generate() -> Result<DeviceSecret> {
+        let mut bytes = [0u8; 32];
+        openssl::rand::rand_bytes(&mut bytes)?;
+        Ok(DeviceSecret(format!(
+            "{SECRET_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(bytes)
+        )))
+    }
+
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DeviceSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeviceSecret(..)")
+    }
+}
+
+/// The stored form of a secret.
+pub fn secret_hash(secret: &str) -> Vec<u8> {
+    openssl::sha::sha256(secret.as_bytes()).to_vec()
+}
+
+/// What `plantgate device add` asks for.
+#[derive(Debug, Clone)]
+pub struct DeviceRequest {
+    pub serial: String,
+    pub kind: DeviceKind,
+    pub site: SiteId,
+    /// The serial of the gateway this device sits behind, if any.
+    pub gateway: Option<String>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = devices)]
+struct NewDevice<'a> {
+    organisation_id: OrganisationId,
+    site_id: SiteId,
+    serial: &'a str,
+    kind: &'a str,
+    gateway_id: Option<DeviceId>,
+    secret_hash: Option<Vec<u8>>,
+    created_at_us: i64,
+}
+
+/// Serials are printable ASCII without spaces or MQTT topic characters (`/`, `+`, `#`).
+pub fn clean_serial(raw: &str) -> Result<String> {
+    let serial = raw.trim();
+    let valid = !serial.is_empty()
+        && serial.len() <= MAX_SERIAL_LEN
+        && serial
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '/' | '+' | '#'));
+    if valid {
+        Ok(serial.to_owned())
+    } else {
+        Err(Error::invalid(
+            "serial",
+            format!(
+                "{raw:?} is not a serial: 1-{MAX_SERIAL_LEN} printable ASCII characters, no spaces, '/', '+' or '#'"
+            ),
+        ))
+    }
+}
+
+impl Device {
+    pub fn kind(&self) -> Result<DeviceKind> {
+        self.kind.parse()
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at_us.is_some()
+    }
+
+    /// Whether this device may post readings on behalf of `other`: itself, or, for a
+    /// gateway, a device registered behind it.
+    pub fn may_post_for(&self, other: &Device) -> bool {
+        self.id == other.id
+            || (self.kind == DeviceKind::Gateway.as_str() && other.gateway_id == Some(self.id))
+    }
+
+    /// Registers a device and issues its secret, audited `device.enrolled` and
+    /// `device.credential.issued` in the same transaction.
+    pub fn register(
+        audit: &Audit,
+        actor: &Actor,
+        request: &DeviceRequest,
+    ) -> Result<(Device, DeviceSecret)> {
+        let serial = clean_serial(&request.serial)?;
+        let secret = DeviceSecret::generate()?;
+        let hash = secret_hash(secret.reveal());
+        let device = audit.record_with(|conn| {
+            let organisation: OrganisationId = sites::table
+                .find(request.site)
+                .select(sites::organisation_id)
+                .first(conn)
+                .optional()?
+                .ok_or(Error::NotFound("site"))?;
+            let gateway_id = match &request.gateway {
+                None => None,
+                Some(gateway) => {
+                    let gateway =
+                        Device::find_by_serial(conn, gateway)?.ok_or(Error::NotFound("gateway"))?;
+                    if gateway.kind()? != DeviceKind::Gateway {
+                        return Err(Error::invalid(
+                            "gateway",
+                            format!("{} is a {}, not a gateway", gateway.serial, gateway.kind),
+                        ));
+                    }
+                    if gateway.organisation_id != organisation {
+                        return Err(Error::invalid(
+                            "gateway",
+                            format!("{} belongs to another organisation", gateway.serial),
+                        ));
+                    }
+                    Some(gateway.id)
+                }
+            };
+            let device = on_backend!(conn, c => diesel::insert_into(devices::table)
+                .values(NewDevice {
+                    organisation_id: organisation,
+                    site_id: request.site,
+                    serial: &serial,
+                    kind: request.kind.as_str(),
+                    gateway_id,
+                    secret_hash: Some(hash.clone()),
+                    created_at_us: now_us(),
+                })
+                .returning(Device::as_returning())
+                .get_result(c))
+            .map_err(|err| match err {
+                diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                ) => Error::Conflict(format!("a device with serial {serial:?} already exists")),
+                other => other.into(),
+            })?;
+            let events = vec![
+                AuditEvent::new(actor.clone(), "device.enrolled")
+                    .target(device.id)
+                    .details(serde_json::json!({
+                        "serial": device.serial,
+                        "kind": device.kind,
+                        "site": device.site_id,
+                        "gateway": request.gateway,
+                    })),
+                AuditEvent::new(actor.clone(), "device.credential.issued")
+                    .target(device.id)
+                    .details(
+                        serde_json::json!({ "serial": device.serial, "credential": "secret" }),
+                    ),
+            ];
+            Ok((device, events))
+        })?;
+        Ok((device, secret))
+    }
+
+    /// Replaces a device's secret; the old one stops working at once.
+    pub fn rotate_secret(audit: &Audit, actor: &Actor, serial: &str) -> Result<DeviceSecret> {
+        let secret = DeviceSecret::generate()?;
+        let hash = secret_hash(secret.reveal());
+        audit.record_with(|conn| {
+            let device = Device::find_by_serial(conn, serial)?.ok_or(Error::NotFound("device"))?;
+            diesel::update(devices::table.find(device.id))
+                .set((
+                    devices::secret_hash.eq(Some(hash.clone())),
+                    devices::revoked_at_us.eq(None::<i64>),
+                ))
+                .execute(conn)?;
+            let event = AuditEvent::new(actor.clone(), "device.credential.rotated")
+                .target(device.id)
+                .details(serde_json::json!({ "serial": device.serial }));
+            Ok(((), vec![event]))
+        })?;
+        Ok(secret)
+    }
+
+    /// Revokes a device's credential: it can no longer post over HTTPS or MQTT.
+    pub fn revoke(audit: &Audit, actor: &Actor, serial: &str) -> Result<Device> {
+        audit.record_with(|conn| {
+            let device = Device::find_by_serial(conn, serial)?.ok_or(Error::NotFound("device"))?;
+            diesel::update(devices::table.find(device.id))
+                .set((
+                    devices::secret_hash.eq(None::<Vec<u8>>),
+                    devices::revoked_at_us.eq(Some(now_us())),
+                ))
+                .execute(conn)?;
+            let event = AuditEvent::new(actor.clone(), "device.credential.revoked")
+                .target(device.id)
+                .details(serde_json::json!({ "serial": device.serial }));
+            Ok((device, vec![event]))
+        })
+    }
+
+    pub fn find_by_serial(conn: &mut DbConnection, serial: &str) -> Result<Option<Device>> {
+        Ok(devices::table
+            .filter(devices::serial.eq(serial))
+            .select(Device::as_select())
+            .first(conn)
+            .optional()?)
+    }
+
+    /// The devices with these serials; unknown ones are simply absent.
+    pub fn find_by_serials(conn: &mut DbConnection, serials: &[&str]) -> Result<Vec<Device>> {
+        Ok(devices::table
+            .filter(devices::serial.eq_any(serials))
+            .select(Device::as_select())
+            .load(conn)?)
+    }
+
+    /// The unrevoked device whose secret this is, if any.
+    pub fn authenticate(conn: &mut DbConnection, secret: &str) -> Result<Option<Device>> {
+        if !secret.starts_with(SECRET_PREFIX) || secret.len() > 128 {
+            return Ok(None);
+        }
+        Ok(devices::table
+            .filter(devices::secret_hash.eq(secret_hash(secret)))
+            .filter(devices::revoked_at_us.is_null())
+            .select(Device::as_select())
+            .first(conn)
+            .optional()?)
+    }
+
+    pub fn list(conn: &mut DbConnection) -> Result<Vec<Device>> {
+        Ok(devices::table
+            .order(devices::serial)
+            .select(Device::as_select())
+            .load(conn)?)
+    }
+
+    pub fn list_for_site(conn: &mut DbConnection, site: SiteId) -> Result<Vec<Device>> {
+        Ok(devices::table
+            .filter(devices::site_id.eq(site))
+            .order(devices::serial)
+            .select(Device::as_select())
+            .load(conn)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_refuse_topic_characters_and_spaces() {
+        assert_eq!(clean_serial(" MM-0042 ").ok(), Some("MM-0042".to_owned()));
+        for bad in ["", "a b", "a/b", "a+", "#", &"x".repeat(65), "é"] {
+            assert!(clean_serial(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn secrets_are_random_and_hidden_from_debug() {
+        let a = DeviceSecret::generate().expect("secret");
+        let b = DeviceSecret::generate().expect("secret");
+        assert_ne!(a, b);
+        assert!(a.reveal().starts_with(SECRET_PREFIX));
+        assert_eq!(format!("{a:?}"), "DeviceSecret(..)");
+        assert_eq!(secret_hash(a.reveal()).len(), 32);
+    }
+}

@@ -1,0 +1,207 @@
+//! Telemetry readings: what devices report, stored once per (device, sequence number).
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::ids::DeviceId;
+use crate::schema::{devices, readings};
+use crate::store::DbConnection;
+
+/// Metrics every monitor and logger may report; any other name matching
+/// [`is_metric_name`] is a custom metric.
+pub const STANDARD_METRICS: [&str; 5] = [
+    "cycle_count",
+    "cycle_time_ms",
+    "temperature_c",
+    "battery_pct",
+    "shock_g",
+];
+
+const MAX_METRIC_LEN: usize = 64;
+/// SQLite allows 32766 bound values per statement; a reading binds 6.
+const INSERT_CHUNK: usize = 2000;
+
+/// Lowercase ASCII letters, digits, `_`, `.` and `-`, starting with a letter, at most 64.
+pub fn is_metric_name(name: &str) -> bool {
+    name.len() <= MAX_METRIC_LEN
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize)]
+#[diesel(table_name = readings)]
+pub struct Reading {
+    pub id: i64,
+    pub device_id: DeviceId,
+    pub seq: i64,
+    pub metric: String,
+    pub value: f64,
+    pub measured_at_us: i64,
+    pub received_at_us: i64,
+}
+
+/// A validated reading ready to store.
+#[derive(Debug, Clone, PartialEq, Insertable)]
+#[diesel(table_name = readings)]
+pub struct NewReading {
+    pub device_id: DeviceId,
+    pub seq: i64,
+    pub metric: String,
+    pub value: f64,
+    pub measured_at_us: i64,
+    pub received_at_us: i64,
+}
+
+impl NewReading {
+    pub fn validate(&self) -> Result<()> {
+        if !is_metric_name(&self.metric) {
+            return Err(Error::invalid(
+                "metric",
+                format!(
+                    "{:?} is not a metric name (1-{MAX_METRIC_LEN} of a-z 0-9 _ . -, starting with a letter)",
+                    self.metric
+                ),
+            ));
+        }
+        if !self.value.is_finite() {
+            return Err(Error::invalid("value", "must be a finite number"));
+        }
+        if self.seq < 0 {
+            return Err(Error::invalid("seq", "must be 0 or more"));
+        }
+        Ok(())
+    }
+}
+
+/// Stores `rows`, skipping any (device, seq) already stored; returns how many were new.
+/// Run it inside the caller's transaction.
+pub fn insert_new(conn: &mut DbConnection, rows: &[NewReading]) -> Result<usize> {
+    let mut stored = 0;
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        // diesel has no batched ON CONFLICT for SQLite; INSERT OR IGNORE is its equivalent.
+        stored += match conn {
+            DbConnection::Sqlite(c) => diesel::insert_or_ignore_into(readings::table)
+                .values(chunk)
+                .execute(c)?,
+            DbConnection::Postgres(c) => diesel::insert_into(readings::table)
+                .values(chunk)
+                .on_conflict_do_nothing()
+                .execute(c)?,
+        };
+    }
+    Ok(stored)
+}
+
+/// What a device reports about itself besides readings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceState {
+    pub firmware_version: Option<String>,
+    pub battery_pct: Option<f64>,
+    pub signal_dbm: Option<f64>,
+}
+
+/// Records that `device` was heard from at `seen_at_us`, with whatever state it reported.
+pub fn update_state(
+    conn: &mut DbConnection,
+    device: DeviceId,
+    seen_at_us: i64,
+    state: &DeviceState,
+) -> Result<()> {
+    diesel::update(devices::table.find(device))
+        .set(devices::last_seen_at_us.eq(seen_at_us))
+        .execute(conn)?;
+    if let Some(firmware) = &state.firmware_version {
+        diesel::update(devices::table.find(device))
+            .set(devices::firmware_version.eq(firmware))
+            .execute(conn)?;
+    }
+    if let Some(battery) = state.battery_pct {
+        diesel::update(devices::table.find(device))
+            .set(devices::battery_pct.eq(battery))
+            .execute(conn)?;
+    }
+    if let Some(signal) = state.signal_dbm {
+        diesel::update(devices::table.find(device))
+            .set(devices::signal_dbm.eq(signal))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Readings of one device, oldest first, optionally of one metric and in `[since, until)`.
+pub fn list(
+    conn: &mut DbConnection,
+    device: DeviceId,
+    metric: Option<&str>,
+    since_us: Option<i64>,
+    until_us: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Reading>> {
+    let mut query = readings::table
+        .filter(readings::device_id.eq(device))
+        .into_boxed();
+    if let Some(metric) = metric {
+        query = query.filter(readings::metric.eq(metric.to_owned()));
+    }
+    if let Some(since) = since_us {
+        query = query.filter(readings::measured_at_us.ge(since));
+    }
+    if let Some(until) = until_us {
+        query = query.filter(readings::measured_at_us.lt(until));
+    }
+    Ok(query
+        .order((readings::measured_at_us, readings::seq))
+        .limit(limit)
+        .select(Reading::as_select())
+        .load(conn)?)
+}
+
+/// The latest `n` values of a device's metric, newest first.
+pub fn latest_values(
+    conn: &mut DbConnection,
+    device: DeviceId,
+    metric: &str,
+    n: i64,
+) -> Result<Vec<f64>> {
+    Ok(readings::table
+        .filter(readings::device_id.eq(device))
+        .filter(readings::metric.eq(metric))
+        .order((readings::measured_at_us.desc(), readings::seq.desc()))
+        .limit(n)
+        .select(readings::value)
+        .load(conn)?)
+}
+
+pub fn count_for(conn: &mut DbConnection, device: DeviceId) -> Result<i64> {
+    Ok(readings::table
+        .filter(readings::device_id.eq(device))
+        .count()
+        .get_result(conn)?)
+}
+
+/// The stored sequence numbers of a device, ascending.
+pub fn seqs_for(conn: &mut DbConnection, device: DeviceId) -> Result<Vec<i64>> {
+    Ok(readings::table
+        .filter(readings::device_id.eq(device))
+        .order(readings::seq)
+        .select(readings::seq)
+        .load(conn)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_and_custom_metric_names_are_accepted_and_odd_ones_refused() {
+        for name in STANDARD_METRICS.iter().chain(&["mold.zone-2_temp"]) {
+            assert!(is_metric_name(name), "{name}");
+        }
+        for bad in ["", "Temp", "1x", "a b", "a/b", &"a".repeat(65)] {
+            assert!(!is_metric_name(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The device registry and alerts in the store, on both backends: secrets that work once
+//! issued and stop when revoked, gateways that speak only for their own devices, and alerts
+//! that are never active twice.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is a failed test
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use appliance::alerts::{self, AlertChange, AlertKind, AlertRule, RuleRequest, RuleScope};
+use appliance::devices::{Device, DeviceKind, DeviceRequest};
+use appliance::models::{Organisation, Site};
+use appliance::readings::{self, NewReading};
+use common::{Backend, TestAppliance, test_actor};
+use diesel::prelude::*;
+
+fn site(t: &TestAppliance) -> Site {
+    let org = Organisation::create(&t.app.audit, &test_actor(), "Plant").unwrap();
+    Site::create(&t.app.audit, &test_actor(), org.id, "Hall 1", "").unwrap()
+}
+
+fn request(serial: &str, kind: DeviceKind, site: &Site, gateway: Option<&str>) -> DeviceRequest {
+    DeviceRequest {
+        serial: serial.into(),
+        kind,
+        site: site.id,
+        gateway: gateway.map(str::to_owned),
+    }
+}
+
+fn a_secret_names_its_device_until_revoked_and_every_step_is_audited(backend: Backend) {
+    let t = TestAppliance::new(backend);
+    let site = site(&t);
+    let actor = test_actor();
+    let (device, secret) = Device::register(
+        &t.app.audit,
+        &actor,
+        &request("MM-1", DeviceKind::Monitor, &site, None),
+    )
+    .unwrap();
+    let mut conn = t.conn();
+    assert_eq!(
+        Device::authenticate(&mut conn, secret.reveal())
+            .unwrap()
+            .map(|d| d.id),
+        Some(device.id)
+    );
+    assert!(
+        Device::authenticate(&mut conn, "pgd_guess")
+            .unwrap()
+            .is_none()
+    );
+    let again = Device::register(
+        &t.app.audit,
+        &actor,
+        &request("MM-1", DeviceKind::Monitor, &site, None),
+    );
+    assert!(
+        matches!(again, Err(appliance::Error::Conflict(_))),
+        "{again:?}"
+    );
+
+    let rotated = Device::rotate_secret(&t.app.audit, &actor, "MM-1").unwrap();
+    assert!(
+        Device::authenticate(&mut conn, secret.reveal())
+            .unwrap()
+            .is_none(),
+        "old secret still works"
+    );
+    assert!(
+        Device::authenticate(&mut conn, rotated.reveal())
+            .unwrap()
+            .is_some()
+    );
+    Device::revoke(&t.app.audit, &actor, "MM-1").unwrap();
+    assert!(
+        Device::authenticate(&mut conn, rotated.reveal())
+            .unwrap()
+            .is_none(),
+        "revoked secret still works"
+    );
+
+    let actions: Vec<String> = appliance::schema::audit_log::table
+        .filter(appliance::schema::audit_log::action.like("device.%"))
+        .order(appliance::schema::audit_log::seq)
+        .select(appliance::schema::audit_log::action)
+        .load(&mut *conn)
+        .unwrap();
+    assert_eq!(
+        actions,
+        [
+            "device.enrolled",
+            "device.credential.issued",
+            "device.credential.rotated",
+            "device.credential.revoked"
+        ]
+    );
+    let details: Vec<String> = appliance::schema::audit_log::table
+        .select(appliance::schema::audit_log::details)
+        .load(&mut *conn)
+        .unwrap();
+    assert!(
+        !details
+            .iter()
+            .any(|d| d.contains(secret.reveal()) || d.contains(rotated.reveal())),
+        "a secret reached the audit log"
+    );
+}
+
+fn a_gateway_speaks_only_for_devices_registered_behind_it(backend: Backend) {
+    let t = TestAppliance::new(backend);
+    let site = site(&t);
+    let actor = test_actor();
+    let (gateway, _) = Device::register(
+        &t.app.audit,
+        &actor,
+        &request("GW-1", DeviceKind::Gateway, &site, None),
+    )
+    .unwrap();
+    let (behind, _) = Device::register(
+        &t.app.audit,
+        &actor,
+        &request("MM-2", DeviceKind::Monitor, &site, Some("GW-1")),
+    )
+    .unwrap();
+    let (alone, _) = Device::register(
+        &t.app.audit,
+        &actor,
+        &request("MM-3", DeviceKind::Monitor, &site, None),
+    )
+    .unwrap();
+    assert!(gateway.may_post_for(&behind));
+    assert!(!gateway.may_post_for(&alone));
+    assert!(!behind.may_post_for(&gateway));
+    let not_a_gateway = Device::register(
+        &t.app.audit,
+        &actor,
+        &request("MM-4", DeviceKind::Monitor, &site, Some("MM-3")),
+    );
+    assert!(
+        matches!(not_a_gateway, Err(appliance::Error::Invalid { .. })),
+        "{not_a_gateway:?}"
+    );
+}
+
+fn readings_are_stored_once_and_an_alert_is_never_active_twice(backend: Backend) {
+    let t = TestAppliance::new(backend);
+    let site = site(&t);
+    let actor = test_actor();
+    let (device, _) = Device::register(
+        &t.app.audit,
+        &actor,
+        &request("MM-5", DeviceKind::Monitor, &site, None),
+    )
+    .unwrap();
+    let rows: Vec<NewReading> = (1..=3)
+        .map(|seq| NewReading {
+            device_id: device.id,
+            seq,
+            metric: "temperature_c".into(),
+            value: 90.0,
+            measured_at_us: seq,
+            received_at_us: seq,
+        })
+        .collect();
+    let mut conn = t.conn();
+    assert_eq!(readings::insert_new(&mut conn, &rows).unwrap(), 3);
+    assert_eq!(readings::insert_new(&mut conn, &rows).unwrap(), 0);
+    assert_eq!(readings::count_for(&mut conn, device.id).unwrap(), 3);
+
+    let rule = AlertRule::create(
+        &t.app.audit,
+        &actor,
+        &RuleRequest {
+            scope: RuleScope::Device(device.id),
+            name: "hot".into(),
+            kind: AlertKind::Above,
+            metric: "temperature_c".into(),
+            threshold: 80.0,
+            hysteresis: 1.0,
+            consecutive: 3,
+            silent_seconds: 0,
+            notify_email: String::new(),
+        },
+    )
+    .unwrap();
+    let touched = BTreeMap::from([(device.id, BTreeSet::from(["temperature_c".to_owned()]))]);
+    let changes = alerts::decide_for_readings(&mut conn, &touched).unwrap();
+    assert_eq!(
+        changes,
+        [AlertChange::Raise {
+            rule: rule.id,
+            device: device.id,
+            value: Some(90.0)
+        }]
+    );
+    // Two deciders saw the same thing; only one alert becomes active.
+    assert_eq!(alerts::apply(&t.app.audit, &actor, &changes).unwrap(), 1);
+    assert_eq!(alerts::apply(&t.app.audit, &actor, &changes).unwrap(), 0);
+    assert!(
+        alerts::decide_for_readings(&mut conn, &touched)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+on_both_backends!(
+    a_secret_names_its_device_until_revoked_and_every_step_is_audited,
+    a_gateway_speaks_only_for_devices_registered_behind_it,
+    readings_are_stored_once_and_an_alert_is_never_active_twice,
+);

@@ -1,0 +1,122 @@
+//! `plantgate-ingest`: the device-side telemetry service. Run it as an unprivileged user;
+//! the firewall lets the device network, and only it, reach its ports.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use actix_web::{App, HttpServer, web};
+use appliance::config::Config;
+use appliance::tls::{acceptor, ensure_certificate};
+use appliance::{Actor, Appliance};
+use clap::Parser;
+use ingest::decode::Limits;
+use ingest::http::{AuthFailureLog, Shared};
+use ingest::writer::Writer;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "plantgate-ingest",
+    version,
+    about = "Plantgate's device telemetry ingest (HTTPS and MQTT over TLS)"
+)]
+struct Cli {
+    #[arg(long, env = "PLANTGATE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Audited authentication failures per minute; the rest are counted.
+const AUTH_FAILURES_PER_MINUTE: u32 = 20;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("plantgate-ingest: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    appliance::telemetry::init(&config.log);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("plantgate-ingest: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> Result<(), String> {
+    let app =
+        Appliance::open(config, &Actor::System("ingest".into())).map_err(|e| e.to_string())?;
+    let ingest = app.config.ingest.clone();
+    let paths = app.config.ingest_certificate();
+    let https_addr: std::net::SocketAddr =
+        ingest.https_listen.parse().map_err(|e| format!("{e}"))?;
+    let addresses = [https_addr.ip()];
+    if ensure_certificate(&paths, "localhost", &addresses).map_err(|e| e.to_string())? {
+        tracing::info!(cert = %paths.cert.display(), "made a self-signed ingest certificate");
+    }
+    let (poke, pokes) = std::sync::mpsc::channel();
+    ingest::notify::start(app.clone(), pokes).map_err(|e| e.to_string())?;
+    let writer = Writer::start(app.clone(), poke).map_err(|e| e.to_string())?;
+    let shared = Arc::new(Shared {
+        app: app.clone(),
+        writer,
+        limits: Limits {
+            max_body_bytes: ingest.max_body_bytes,
+            max_decoded_bytes: ingest.max_decoded_bytes,
+            max_batch_readings: ingest.max_batch_readings,
+            max_future_skew_us: ingest.max_future_skew_seconds.saturating_mul(1_000_000),
+        },
+        auth_failures: AuthFailureLog::new(AUTH_FAILURES_PER_MINUTE),
+    });
+
+    if let Some(mqtt_listen) = &ingest.mqtt_listen {
+        let mqtt_tls = acceptor(&paths).map_err(|e| e.to_string())?.build();
+        let std_listener =
+            std::net::TcpListener::bind(mqtt_listen).map_err(|e| format!("{mqtt_listen}: {e}"))?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| e.to_string())?;
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("ingest-mqtt".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        tracing::error!(error = %err, "MQTT runtime failed");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(std_listener) {
+                        Ok(listener) => ingest::mqtt::serve(listener, mqtt_tls, shared).await,
+                        Err(err) => tracing::error!(error = %err, "MQTT listener failed"),
+                    }
+                });
+            })
+            .map_err(|e| e.to_string())?;
+    }
+
+    let https_tls = acceptor(&paths).map_err(|e| e.to_string())?;
+    let data = web::Data::from(shared);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .configure(ingest::http::config)
+    })
+    .workers(ingest.http_workers)
+    .bind_openssl(https_addr, https_tls)
+    .map_err(|e| format!("{https_addr}: {e}"))?;
+    tracing::info!(https = %https_addr, mqtt = ?ingest.mqtt_listen, "plantgate-ingest listening");
+    actix_web::rt::System::new()
+        .block_on(async move { server.run().await })
+        .map_err(|e| e.to_string())
+}

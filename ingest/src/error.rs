@@ -1,0 +1,88 @@
+//! The ingest's one error type. Every refusal has a stable code and a message a device
+//! maker can act on; the mapping to HTTP status and JSON is here and nowhere else.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(
+        "missing or malformed Authorization header; send `Authorization: Bearer <device secret>`"
+    )]
+    MissingCredential,
+    #[error("the device secret is unknown or revoked")]
+    BadCredential,
+    #[error("unknown device {0:?}; register it with `plantgate device add`")]
+    UnknownDevice(String),
+    #[error(
+        "{credential} may not post for {device}: only for itself or, as a gateway, for devices registered behind it"
+    )]
+    ForeignDevice { credential: String, device: String },
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("the body is not valid gzip: {0}")]
+    BadGzip(String),
+    #[error("unsupported Content-Encoding {0:?}; allowed: gzip, identity")]
+    BadEncoding(String),
+    #[error("unsupported Content-Type {0:?}; send application/json")]
+    BadContentType(String),
+    #[error("the body is not UTF-8: {0}")]
+    InvalidUtf8(String),
+    #[error("the body is not a valid batch: {0}")]
+    BadJson(String),
+    #[error("reading {index}: {problem}")]
+    BadReading { index: usize, problem: String },
+    #[error("the batch has {count} readings; at most {limit} are allowed")]
+    TooManyReadings { count: usize, limit: usize },
+    #[error("the store is unavailable; nothing was stored, retry later")]
+    Unavailable,
+}
+
+impl IngestError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            IngestError::MissingCredential => "auth.missing_credential",
+            IngestError::BadCredential => "auth.invalid_credential",
+            IngestError::UnknownDevice(_) => "device.unknown",
+            IngestError::ForeignDevice { .. } => "device.forbidden",
+            IngestError::TooLarge { .. } => "body.too_large",
+            IngestError::BadGzip(_) => "body.bad_gzip",
+            IngestError::BadEncoding(_) => "body.bad_encoding",
+            IngestError::BadContentType(_) => "body.bad_content_type",
+            IngestError::InvalidUtf8(_) => "body.invalid_utf8",
+            IngestError::BadJson(_) => "body.invalid_json",
+            IngestError::BadReading { .. } => "reading.invalid",
+            IngestError::TooManyReadings { .. } => "batch.too_large",
+            IngestError::Unavailable => "store.unavailable",
+        }
+    }
+}
+
+impl ResponseError for IngestError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            IngestError::MissingCredential | IngestError::BadCredential => StatusCode::UNAUTHORIZED,
+            IngestError::ForeignDevice { .. } => StatusCode::FORBIDDEN,
+            IngestError::UnknownDevice(_) => StatusCode::NOT_FOUND,
+            IngestError::TooLarge { .. } | IngestError::TooManyReadings { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            IngestError::BadEncoding(_) | IngestError::BadContentType(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            IngestError::BadGzip(_) | IngestError::InvalidUtf8(_) | IngestError::BadJson(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            IngestError::BadReading { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            IngestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, IngestError::Unavailable) {
+            response.insert_header(("Retry-After", "5"));
+        }
+        response.json(serde_json::json!({ "error": self.code(), "message": self.to_string() }))
+    }
+}

@@ -1,0 +1,9 @@
+//! `plantgate-ingest`: device telemetry over HTTPS and MQTT over TLS, stored durably by one
+//! group-committing writer, with alerts and their email notifications.
+
+pub mod decode;
+pub mod error;
+pub mod http;
+pub mod mqtt;
+pub mod notify;
+pub mod writer;

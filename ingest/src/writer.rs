@@ -1,0 +1,201 @@
+//! The single writer: one thread that owns the store's write side and commits every
+//! concurrent request's readings together (group commit), then answers each request.
+//!
+//! A request is answered only after its transaction committed, so an acknowledged reading
+//! is durable (SQLite `synchronous = FULL`, PostgreSQL's default synchronous commit). After
+//! each commit the writer evaluates alerts for what it stored, and every
+//! `silent_check_seconds` it looks for silent devices: alerts have one writer too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use appliance::alerts::{self, AlertChange};
+use appliance::ids::DeviceId;
+use appliance::readings::{self, DeviceState, NewReading};
+use appliance::time::now_us;
+use appliance::{Actor, Appliance, Error};
+use diesel::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::decode::Accepted;
+
+/// How one request's readings fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Stored {
+    /// Readings in the request.
+    pub accepted: usize,
+    /// Newly stored; the rest were already stored (a retry) and were skipped.
+    pub stored: usize,
+}
+
+struct Job {
+    batch: Accepted,
+    reply: oneshot::Sender<Result<Stored, ()>>,
+}
+
+/// The handle request handlers hold. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Job({} readings)", self.batch.readings.len())
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread. `alerts_changed` is poked when alerts were raised or cleared.
+    pub fn start(
+        app: Appliance,
+        alerts_changed: std::sync::mpsc::Sender<()>,
+    ) -> std::io::Result<Writer> {
+        let (jobs, receiver) = mpsc::channel(1024);
+        std::thread::Builder::new()
+            .name("ingest-writer".into())
+            .spawn(move || run(app, receiver, alerts_changed))?;
+        Ok(Writer { jobs })
+    }
+
+    /// Stores the batch and returns once it is durable. An error means nothing was stored.
+    pub async fn store(&self, batch: Accepted) -> Result<Stored, ()> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(Job { batch, reply }).await.map_err(|_| ())?;
+        answer.await.map_err(|_| ())?
+    }
+}
+
+fn run(
+    app: Appliance,
+    mut receiver: mpsc::Receiver<Job>,
+    alerts_changed: std::sync::mpsc::Sender<()>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "writer cannot start");
+            return;
+        }
+    };
+    let max_readings = app.config.ingest.group_commit_readings;
+    let silent_every = Duration::from_secs(app.config.ingest.silent_check_seconds);
+    let actor = Actor::System("ingest".into());
+    let mut next_silent_check = Instant::now();
+    loop {
+        let wait = next_silent_check.saturating_duration_since(Instant::now());
+        let first = runtime.block_on(async { tokio::time::timeout(wait, receiver.recv()).await });
+        match first {
+            Ok(None) => return,
+            Ok(Some(job)) => {
+                let mut group = vec![job];
+                let mut count = group[0].batch.readings.len();
+                while count < max_readings {
+                    match receiver.try_recv() {
+                        Ok(job) => {
+                            count += job.batch.readings.len();
+                            group.push(job);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit_group(&app, &actor, group, &alerts_changed);
+            }
+            Err(_elapsed) => {}
+        }
+        if Instant::now() >= next_silent_check {
+            next_silent_check = Instant::now() + silent_every;
+            let changed = app
+                .store
+                .conn()
+                .and_then(|mut conn| alerts::decide_silent(&mut conn, now_us()))
+                .and_then(|changes| alerts::apply(&app.audit, &actor, &changes));
+            match changed {
+                Ok(0) => {}
+                Ok(_) => {
+                    let _ = alerts_changed.send(());
+                }
+                Err(err) => tracing::error!(error = %err, "silent-device check failed"),
+            }
+        }
+    }
+}
+
+fn commit_group(
+    app: &Appliance,
+    actor: &Actor,
+    group: Vec<Job>,
+    alerts_changed: &std::sync::mpsc::Sender<()>,
+) {
+    let seen_at = now_us();
+    let result = app.store.conn().and_then(|mut conn| {
+        conn.transaction(|conn| {
+            let mut outcomes = Vec::with_capacity(group.len());
+            let mut states: BTreeMap<DeviceId, DeviceState> = BTreeMap::new();
+            for job in &group {
+                let stored = readings::insert_new(conn, &job.batch.readings)?;
+                outcomes.push(Stored {
+                    accepted: job.batch.readings.len(),
+                    stored,
+                });
+                for reading in &job.batch.readings {
+                    states.entry(reading.device_id).or_default();
+                }
+                for (device, state) in &job.batch.states {
+                    let entry = states.entry(*device).or_default();
+                    if state.firmware_version.is_some() {
+                        entry.firmware_version.clone_from(&state.firmware_version);
+                    }
+                    entry.battery_pct = state.battery_pct.or(entry.battery_pct);
+                    entry.signal_dbm = state.signal_dbm.or(entry.signal_dbm);
+                }
+            }
+            for (device, state) in &states {
+                readings::update_state(conn, *device, seen_at, state)?;
+            }
+            Ok::<_, Error>(outcomes)
+        })
+    });
+    let mut touched: BTreeMap<DeviceId, BTreeSet<String>> = BTreeMap::new();
+    match result {
+        Ok(outcomes) => {
+            for (job, outcome) in group.into_iter().zip(outcomes) {
+                for NewReading {
+                    device_id, metric, ..
+                } in &job.batch.readings
+                {
+                    touched
+                        .entry(*device_id)
+                        .or_default()
+                        .insert(metric.clone());
+                }
+                for device in job.batch.states.keys() {
+                    touched.entry(*device).or_default();
+                }
+                let _ = job.reply.send(Ok(outcome));
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, jobs = group.len(), "group commit failed; nothing stored");
+            for job in group {
+                let _ = job.reply.send(Err(()));
+            }
+            return;
+        }
+    }
+    let changed = app
+        .store
+        .conn()
+        .and_then(|mut conn| alerts::decide_for_readings(&mut conn, &touched))
+        .and_then(|changes: Vec<AlertChange>| alerts::apply(&app.audit, actor, &changes));
+    match changed {
+        Ok(0) => {}
+        Ok(_) => {
+            let _ = alerts_changed.send(());
+        }
+        Err(err) => tracing::error!(error = %err, "alert evaluation failed"),
+    }
+}

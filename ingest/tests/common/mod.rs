@@ -1,0 +1,342 @@
+//! Test support: a fresh appliance per test on SQLite or PostgreSQL, the real
+//! `plantgate-ingest` binary as a child process, and the real clients (curl, mosquitto_pub).
+//!
+//! PostgreSQL is the server at `TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); each test gets its own database. An
+//! unreachable server fails the test: the PostgreSQL half never passes by skipping.
+#![allow(dead_code)] // each test binary uses part of this
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use appliance::config::Config;
+use appliance::devices::{Device, DeviceKind, DeviceRequest};
+use appliance::keys::SigningKey;
+use appliance::models::{Organisation, Site};
+use appliance::{Actor, Appliance};
+use diesel::{Connection, PgConnection, RunQueryDsl};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::$name($crate::common::Backend::Sqlite) } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::$name($crate::common::Backend::Postgres) } )*
+        }
+    };
+}
+
+pub fn admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn admin() -> PgConnection {
+    PgConnection::establish(&admin_url()).unwrap_or_else(|err| {
+        panic!("\n*** PostgreSQL is not reachable at {} ({err}); run scripts/test or set TEST_POSTGRES_URL\n", admin_url())
+    })
+}
+
+fn database_url(name: &str) -> String {
+    let mut url = url::Url::parse(&admin_url()).expect("TEST_POSTGRES_URL is a URL");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn actor() -> Actor {
+    Actor::System("test".into())
+}
+
+/// A registered device and its secret.
+pub struct TestDevice {
+    pub device: Device,
+    pub secret: String,
+}
+
+pub struct TestIngest {
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub app: Appliance,
+    pub site: Site,
+    pub https_port: u16,
+    pub mqtt_port: u16,
+    pub smtp_port: u16,
+    child: Option<Child>,
+    database: Option<String>,
+}
+
+impl TestIngest {
+    pub fn new(backend: Backend) -> TestIngest {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database = (backend == Backend::Postgres).then(|| {
+            static COUNTER: AtomicU32 = AtomicU32::new(0);
+            let name = format!(
+                "plantgate_ingest_test_{}_{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            diesel::sql_query(format!("CREATE DATABASE {name}"))
+                .execute(&mut admin())
+                .expect("create database");
+            name
+        });
+        let (https_port, mqtt_port, smtp_port) = (free_port(), free_port(), free_port());
+        let mut toml = format!(
+            "data_dir = {:?}\n",
+            dir.path().join("data").display().to_string()
+        );
+        if let Some(db) = &database {
+            toml.push_str(&format!("[store]\nurl = {:?}\n", database_url(db)));
+        }
+        toml.push_str(&format!(
+            "[log]\nlevel = \"warn\"\n[ingest]\nhttps_listen = \"127.0.0.1:{https_port}\"\n\
+             mqtt_listen = \"127.0.0.1:{mqtt_port}\"\nmax_body_bytes = 65536\nmax_decoded_bytes = 262144\n\
+             silent_check_seconds = 1\n[ingest.smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\n\
+             security = \"none\"\nfrom = \"plantgate@plant.example\"\n"
+        ));
+        let config_path = dir.path().join("plantgate.toml");
+        std::fs::write(&config_path, toml).expect("write config");
+        let config = Config::load(Some(&config_path)).expect("valid config");
+        config.prepare_data_dir().expect("data dir");
+        SigningKey::generate(&config.keys_dir()).expect("signing key");
+        let app = Appliance::open(config, &actor()).expect("open appliance");
+        let org = Organisation::create(&app.audit, &actor(), "Moulding Nord").expect("org");
+        let site = Site::create(&app.audit, &actor(), org.id, "Hall 3", "").expect("site");
+        TestIngest {
+            backend,
+            dir,
+            config_path,
+            app,
+            site,
+            https_port,
+            mqtt_port,
+            smtp_port,
+            child: None,
+            database,
+        }
+    }
+
+    pub fn register(&self, serial: &str, kind: DeviceKind, gateway: Option<&str>) -> TestDevice {
+        let (device, secret) = Device::register(
+            &self.app.audit,
+            &actor(),
+            &DeviceRequest {
+                serial: serial.into(),
+                kind,
+                site: self.site.id,
+                gateway: gateway.map(str::to_owned),
+            },
+        )
+        .expect("register device");
+        TestDevice {
+            device,
+            secret: secret.reveal().to_owned(),
+        }
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.app.config.ingest_certificate().cert
+    }
+
+    /// Starts `plantgate-ingest` and waits until both listeners accept connections.
+    pub fn start(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_plantgate-ingest"))
+            .env("PLANTGATE_CONFIG", &self.config_path)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn plantgate-ingest");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for port in [self.https_port, self.mqtt_port] {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!("plantgate-ingest exited at start: {status}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "plantgate-ingest did not start listening"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// `kill -9`, and waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+
+    /// Posts `body` with curl; returns (HTTP status, response body).
+    pub fn curl(&self, secret: &str, body: &[u8], extra: &[&str]) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(self.cert())
+        .args(["-H", &format!("Authorization: Bearer {secret}")])
+        .args(extra);
+        if !extra.iter().any(|arg| arg.starts_with("Content-Type")) {
+            cmd.args(["-H", "Content-Type: application/json"]);
+        }
+        cmd.args(["--data-binary", "@-"])
+            .arg(format!("https://127.0.0.1:{}/v1/readings", self.https_port))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("curl");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let body = body.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&body);
+        });
+        let output = child.wait_with_output().expect("curl output");
+        let _ = writer.join();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// Publishes with mosquitto_pub at QoS 1 over TLS.
+    pub fn mosquitto_pub(
+        &self,
+        username: &str,
+        secret: &str,
+        topic: &str,
+        message: &str,
+    ) -> Output {
+        Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.mqtt_port.to_string(),
+                "-q",
+                "1",
+            ])
+            .arg("--cafile")
+            .arg(self.cert())
+            .args([
+                "-u", username, "-P", secret, "-t", topic, "-m", message, "-i", username,
+            ])
+            .output()
+            .expect("mosquitto_pub")
+    }
+
+    pub fn stored_seqs(&self, device: &Device) -> Vec<i64> {
+        let mut conn = self.app.store.conn().expect("conn");
+        appliance::readings::seqs_for(&mut conn, device.id).expect("seqs")
+    }
+
+    pub fn stored_count(&self, device: &Device) -> i64 {
+        let mut conn = self.app.store.conn().expect("conn");
+        appliance::readings::count_for(&mut conn, device.id).expect("count")
+    }
+}
+
+impl Drop for TestIngest {
+    fn drop(&mut self) {
+        self.kill9();
+        if let Some(db) = &self.database {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                .execute(&mut admin());
+        }
+    }
+}
+
+/// A batch of `n` readings of `metric` with seqs from `first`.
+pub fn batch(device: Option<&str>, metric: &str, first: i64, n: i64, value: f64) -> String {
+    let readings: Vec<_> = (first..first + n)
+        .map(|seq| {
+            let mut r = serde_json::json!({ "metric": metric, "value": value, "ts": 1_767_225_600_000_i64 + seq, "seq": seq });
+            if let Some(device) = device {
+                r["device"] = device.into();
+            }
+            r
+        })
+        .collect();
+    serde_json::json!({ "readings": readings }).to_string()
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+/// curl against a port, for threads that do not hold the [`TestIngest`].
+pub struct Curl {
+    pub port: u16,
+    pub cert: PathBuf,
+}
+
+impl Curl {
+    pub fn post(&self, secret: &str, body: &[u8]) -> (u16, String) {
+        let mut child = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "60",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(&self.cert)
+            .args([
+                "-H",
+                &format!("Authorization: Bearer {secret}"),
+                "-H",
+                "Content-Type: application/json",
+            ])
+            .args(["--data-binary", "@-"])
+            .arg(format!("https://127.0.0.1:{}/v1/readings", self.port))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("curl");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(body);
+        }
+        let output = child.wait_with_output().expect("curl output");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+}
