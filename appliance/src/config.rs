@@ -52,6 +52,8 @@ pub struct WebConfig {
     pub max_body_bytes: usize,
     /// Roles that must use a second factor; they enrol one at their first login.
     pub second_factor_roles: Vec<String>,
+    /// REST API requests per minute, per token and per source address.
+    pub api_requests_per_minute: u32,
 }
 
 /// The appliance's two ports.
@@ -228,6 +230,7 @@ impl Default for WebConfig {
             logins_per_minute: 10,
             max_body_bytes: 64 * 1024,
             second_factor_roles: vec!["admin".to_owned()],
+            api_requests_per_minute: 600,
         }
     }
 }
@@ -682,7 +685,7 @@ impl Config {
                 ));
             }
         }
-        let ranges: [(&str, u32, std::ops::RangeInclusive<u32>); 6] = [
+        let ranges: [(&str, u32, std::ops::RangeInclusive<u32>); 7] = [
             (
                 "web.session_absolute_minutes",
                 web.session_absolute_minutes,
@@ -697,6 +700,11 @@ impl Config {
             ("web.lockout_minutes", web.lockout_minutes, 1..=24 * 60),
             ("web.password_min_chars", web.password_min_chars, 10..=128),
             ("web.logins_per_minute", web.logins_per_minute, 1..=10_000),
+            (
+                "web.api_requests_per_minute",
+                web.api_requests_per_minute,
+                1..=100_000,
+            ),
         ];
         for (key, value, range) in ranges {
             if !range.contains(&value) {

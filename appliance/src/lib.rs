@@ -20,6 +20,7 @@ pub mod store;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod tokens;
 
 use config::Config;
 use error::Result;

@@ -317,6 +317,14 @@ impl User {
             .collect())
     }
 
+    pub fn find_by_email(conn: &mut DbConnection, email: &str) -> Result<Option<User>> {
+        Ok(users::table
+            .filter(users::email.eq(email.trim().to_lowercase()))
+            .select(User::as_select())
+            .first(conn)
+            .optional()?)
+    }
+
     pub fn count_with_role(conn: &mut DbConnection, role: Role) -> Result<i64> {
         Ok(users::table
             .filter(users::role.eq(role.as_str()))

@@ -208,3 +208,20 @@ diesel::joinable!(readings -> devices (device_id));
 diesel::joinable!(alerts -> alert_rules (rule_id));
 diesel::joinable!(alerts -> devices (device_id));
 diesel::allow_tables_to_appear_in_same_query!(devices, readings, alert_rules, alerts, sites);
+
+diesel::table! {
+    api_tokens (id) {
+        id -> BigInt,
+        token_hash -> Binary,
+        user_id -> BigInt,
+        name -> Text,
+        scopes -> Text,
+        created_at_us -> BigInt,
+        expires_at_us -> BigInt,
+        revoked_at_us -> Nullable<BigInt>,
+        last_used_at_us -> Nullable<BigInt>,
+    }
+}
+
+diesel::joinable!(api_tokens -> users (user_id));
+diesel::allow_tables_to_appear_in_same_query!(api_tokens, users);

@@ -5,11 +5,11 @@
 //! changes state must come from the portal's own origin ([`same_origin_only`]) and, once
 //! signed in, carry the session's CSRF token.
 
+pub mod api;
 pub mod pages;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -37,8 +37,11 @@ pub struct AppState {
     /// Roles that must use a second factor.
     pub second_factor_roles: Vec<Role>,
     logins_per_minute: u32,
-    /// Login attempts per source address in the current minute.
-    throttle: Mutex<HashMap<IpAddr, (i64, u32)>>,
+    /// Attempts at a password or code, per source address.
+    logins: api::RateLimiter<IpAddr>,
+    pub api_requests_per_minute: u32,
+    pub api_by_address: api::RateLimiter<IpAddr>,
+    pub api_by_token: api::RateLimiter<i64>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -71,7 +74,10 @@ impl AppState {
                 .iter()
                 .filter_map(|r| r.parse().ok())
                 .collect(),
-            throttle: Mutex::new(HashMap::new()),
+            logins: api::RateLimiter::default(),
+            api_requests_per_minute: web.api_requests_per_minute,
+            api_by_address: api::RateLimiter::default(),
+            api_by_token: api::RateLimiter::default(),
             app,
             clock,
         }
@@ -84,21 +90,7 @@ impl AppState {
     /// Counts a login attempt from `source`; `Err(seconds)` when it is one too many. Locking
     /// out a victim by guessing needs this many tries per minute from each address.
     pub(crate) fn throttle_login(&self, source: IpAddr) -> Result<(), u64> {
-        let now = self.now();
-        let minute = now / 60_000_000;
-        let mut table = self
-            .throttle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        table.retain(|_, (window, _)| *window == minute);
-        let entry = table.entry(source).or_insert((minute, 0));
-        entry.1 += 1;
-        if entry.1 > self.logins_per_minute {
-            let seconds_left = 60 - (now / 1_000_000) % 60;
-            Err(u64::try_from(seconds_left).unwrap_or(60).max(1))
-        } else {
-            Ok(())
-        }
+        self.logins.hit(source, self.logins_per_minute, self.now())
     }
 }
 
@@ -128,6 +120,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route("/sessions/{id}/end", web::post().to(pages::end_session))
         .route("/audit", web::get().to(pages::audit_page))
         .route("/audit/export", web::get().to(pages::audit_export))
+        .configure(api::config)
         .default_service(web::to(pages::not_found));
 }
 
@@ -151,7 +144,9 @@ pub async fn same_origin_only(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let safe = matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS");
+    // The API authenticates with bearer tokens, which a browser never sends on its own.
+    let safe = matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS")
+        || req.path().starts_with("/api/");
     if !safe {
         let host = req.connection_info().host().to_owned();
         let origin = req

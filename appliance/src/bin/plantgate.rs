@@ -62,6 +62,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Issue, list and revoke REST API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Open, revoke and list firewall grants (pinholes from a requester to a device).
     Grant {
         #[command(subcommand)]
@@ -123,6 +128,29 @@ enum DeviceCommand {
     Rotate { serial: String },
     /// Revoke a device's credential; it can no longer post.
     Revoke { serial: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Issue a REST API token for a user (a service account); it is shown once.
+    Create {
+        /// The email of the user the token acts as.
+        #[arg(long)]
+        user: String,
+        /// What the token is for, e.g. the SIEM that uses it.
+        #[arg(long)]
+        name: String,
+        /// audit:read, users:read or grants:read; repeat for several.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+    },
+    List,
+    /// Revoke a token; its next request is refused.
+    Revoke {
+        id: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -421,6 +449,7 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Grant { command } => grant(command, config, &actor),
+        Command::Token { command } => token(command, config, &actor),
         Command::Agent { command } => {
             let app = Appliance::open(config, &actor)?;
             match command {
@@ -541,6 +570,62 @@ fn device(command: DeviceCommand, config: Config, actor: &Actor) -> Result<ExitC
                     );
                 }
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::print_stdout)]
+fn token(command: TokenCommand, config: Config, actor: &Actor) -> Result<ExitCode> {
+    use appliance::tokens;
+    let app = Appliance::open(config, actor)?;
+    let now = appliance::time::now_us();
+    match command {
+        TokenCommand::Create {
+            user,
+            name,
+            scopes,
+            days,
+        } => {
+            let owner = User::find_by_email(&mut *app.store.conn()?, &user)?
+                .ok_or(Error::NotFound("user"))?;
+            let (secret, token) =
+                tokens::create(&app.audit, actor, &owner, &name, &scopes, days, now)?;
+            eprintln!(
+                "token {} for {} ({}), valid until {}; shown once:",
+                token.id,
+                owner.email,
+                token.scopes,
+                format_us(token.expires_at_us)
+            );
+            println!("{}", secret.reveal());
+        }
+        TokenCommand::List => {
+            println!(
+                "{:<5} {:<8} {:<24} {:<32} {:<27} STATE",
+                "ID", "USER", "NAME", "SCOPES", "EXPIRES"
+            );
+            for t in tokens::list(&mut *app.store.conn()?)? {
+                let state = if t.revoked_at_us.is_some() {
+                    "revoked"
+                } else if t.expires_at_us <= now {
+                    "expired"
+                } else {
+                    "live"
+                };
+                println!(
+                    "{:<5} {:<8} {:<24} {:<32} {:<27} {state}",
+                    t.id,
+                    t.user_id.0,
+                    t.name,
+                    t.scopes,
+                    format_us(t.expires_at_us)
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            tokens::revoke(&app.audit, actor, id, now)?;
+            println!("token {id} revoked");
         }
     }
     Ok(ExitCode::SUCCESS)

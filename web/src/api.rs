@@ -1,0 +1,418 @@
+//! The REST API under `/api/v1`: JSON, bearer tokens with scopes, errors in one shape
+//! (`{"error": code, "message": ...}`), rate limits per token and per address, and an
+//! OpenAPI 3 document generated from the handlers by utoipa.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use actix_web::http::StatusCode;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
+use appliance::audit::export::{self, ExportFilter};
+use appliance::models::{Role, User};
+use appliance::time::{format_us, parse_instant};
+use appliance::tokens::{self, ApiToken};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::AppState;
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api/v1")
+            // Malformed parameters get the API's error shape too, not actix's plain text.
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|err, _| ApiError::Invalid(err.to_string()).into()),
+            )
+            .route("/openapi.json", web::get().to(openapi))
+            .route("/me", web::get().to(me))
+            .route("/users", web::get().to(users))
+            .route("/audit", web::get().to(audit))
+            .default_service(web::to(|| async {
+                Err::<HttpResponse, ApiError>(ApiError::NotFound)
+            })),
+    );
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Plantgate API", version = "1", description = "The appliance's REST API. Authenticate with `Authorization: Bearer pgt_...`."),
+    paths(me, users, audit),
+    components(schemas(Me, UserItem, AuditItem, AuditPage, ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+/// Every API error, as `{"error": code, "message": ...}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("send Authorization: Bearer followed by an API token")]
+    MissingToken,
+    #[error("the token is unknown, expired or revoked")]
+    InvalidToken,
+    #[error("the token lacks the scope {0}")]
+    MissingScope(&'static str),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no such resource")]
+    NotFound,
+    #[error("too many requests; retry in {0} seconds")]
+    RateLimited(u64),
+    #[error("the appliance could not answer; the event was logged")]
+    Internal,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable machine-readable code, such as `auth.invalid_token`.
+    error: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::MissingToken => "auth.missing_token",
+            ApiError::InvalidToken => "auth.invalid_token",
+            ApiError::MissingScope(_) => "auth.missing_scope",
+            ApiError::Invalid(_) => "request.invalid",
+            ApiError::NotFound => "request.not_found",
+            ApiError::RateLimited(_) => "rate.limited",
+            ApiError::Internal => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MissingToken | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ApiError::MissingScope(_) => StatusCode::FORBIDDEN,
+            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::RateLimited(seconds) = self {
+            response.insert_header(("Retry-After", seconds.to_string()));
+        }
+        if matches!(self, ApiError::MissingToken | ApiError::InvalidToken) {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        response.json(ErrorBody {
+            error: self.code(),
+            message: self.to_string(),
+        })
+    }
+}
+
+impl From<appliance::Error> for ApiError {
+    fn from(err: appliance::Error) -> Self {
+        match err {
+            appliance::Error::Invalid { field, problem } => {
+                ApiError::Invalid(format!("{field}: {problem}"))
+            }
+            appliance::Error::NotFound(_) => ApiError::NotFound,
+            other => {
+                tracing::error!(error = %other, "api request failed");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl From<actix_web::error::BlockingError> for ApiError {
+    fn from(_: actix_web::error::BlockingError) -> Self {
+        ApiError::Internal
+    }
+}
+
+/// Requests per minute, counted per key; the minute is the state clock's.
+#[derive(Debug)]
+pub struct RateLimiter<K> {
+    counts: Mutex<HashMap<K, (i64, u32)>>,
+}
+
+impl<K> Default for RateLimiter<K> {
+    fn default() -> Self {
+        RateLimiter {
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> RateLimiter<K> {
+    /// Counts one request; `Err(seconds to wait)` past `per_minute`.
+    pub fn hit(&self, key: K, per_minute: u32, now_us: i64) -> Result<(), u64> {
+        let minute = now_us / 60_000_000;
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        counts.retain(|_, (window, _)| *window == minute);
+        let entry = counts.entry(key).or_insert((minute, 0));
+        entry.1 += 1;
+        if entry.1 > per_minute {
+            Err(u64::try_from(60 - (now_us / 1_000_000) % 60)
+                .unwrap_or(60)
+                .max(1))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// An API request with a live token, within its rate limits.
+#[derive(Debug, Clone)]
+pub struct ApiCaller {
+    pub token: ApiToken,
+    pub user: User,
+    pub role: Role,
+}
+
+impl ApiCaller {
+    fn require(&self, scope: &'static str) -> Result<(), ApiError> {
+        if self.token.allows(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::MissingScope(scope))
+        }
+    }
+}
+
+impl FromRequest for ApiCaller {
+    type Error = actix_web::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let secret = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|s| s.trim().to_owned());
+        let address: Option<IpAddr> = req.peer_addr().map(|a| a.ip());
+        Box::pin(async move {
+            let Some(state) = state else {
+                return Err(ApiError::Internal.into());
+            };
+            let now = state.now();
+            let per_minute = state.api_requests_per_minute;
+            if let Some(address) = address {
+                state
+                    .api_by_address
+                    .hit(address, per_minute, now)
+                    .map_err(ApiError::RateLimited)?;
+            }
+            let Some(secret) = secret else {
+                return Err(ApiError::MissingToken.into());
+            };
+            let found = {
+                let state = state.clone();
+                web::block(move || {
+                    tokens::authenticate(&mut *state.app.store.conn()?, &secret, now)
+                })
+                .await
+                .map_err(ApiError::from)?
+            };
+            let Some((token, user)) = found.map_err(ApiError::from)? else {
+                return Err(ApiError::InvalidToken.into());
+            };
+            state
+                .api_by_token
+                .hit(token.id, per_minute, now)
+                .map_err(ApiError::RateLimited)?;
+            let role = user.role().map_err(ApiError::from)?;
+            Ok(ApiCaller { token, user, role })
+        })
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    user_id: i64,
+    email: String,
+    role: String,
+    organisation_id: i64,
+    token_name: String,
+    scopes: Vec<String>,
+    token_expires: String,
+}
+
+/// The token's owner and what the token may do.
+#[utoipa::path(get, path = "/api/v1/me", responses(
+    (status = 200, body = Me), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)
+), security(("bearer" = [])))]
+async fn me(caller: ApiCaller) -> HttpResponse {
+    HttpResponse::Ok().json(Me {
+        user_id: caller.user.id.0,
+        email: caller.user.email.clone(),
+        role: caller.role.to_string(),
+        organisation_id: caller.user.organisation_id.0,
+        token_name: caller.token.name.clone(),
+        scopes: caller.token.scopes.split(',').map(str::to_owned).collect(),
+        token_expires: format_us(caller.token.expires_at_us),
+    })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserItem {
+    id: i64,
+    name: String,
+    email: String,
+    role: String,
+}
+
+/// The users of the caller's own organisation; other organisations are invisible.
+#[utoipa::path(get, path = "/api/v1/users", responses(
+    (status = 200, body = [UserItem]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)
+), security(("bearer" = ["users:read"])))]
+async fn users(state: web::Data<AppState>, caller: ApiCaller) -> Result<HttpResponse, ApiError> {
+    caller.require("users:read")?;
+    let organisation = caller.user.organisation_id;
+    let listing = web::block(move || User::list_all(&mut *state.app.store.conn()?)).await??;
+    let items: Vec<UserItem> = listing
+        .into_iter()
+        .filter(|l| l.user.organisation_id == organisation)
+        .map(|l| UserItem {
+            id: l.user.id.0,
+            name: l.user.name,
+            email: l.user.email,
+            role: l.user.role,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(items))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AuditParams {
+    /// RFC 3339 time or date; records at or after it.
+    since: Option<String>,
+    /// Records before it.
+    until: Option<String>,
+    /// An action code, or a prefix ending in `.`.
+    action: Option<String>,
+    actor: Option<String>,
+    target: Option<String>,
+    /// success, failure or denied.
+    outcome: Option<String>,
+    /// Records older than this sequence number (the previous page's `next_before`).
+    before: Option<i64>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditItem {
+    seq: i64,
+    time: String,
+    actor_kind: String,
+    actor_id: String,
+    source: String,
+    action: String,
+    target: String,
+    outcome: String,
+    details: serde_json::Value,
+    hash: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    records: Vec<AuditItem>,
+    /// Pass as `before` for the next, older page; absent on the last page.
+    next_before: Option<i64>,
+}
+
+/// The audit log, newest first, filtered and paged.
+#[utoipa::path(get, path = "/api/v1/audit", params(AuditParams), responses(
+    (status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)
+), security(("bearer" = ["audit:read"])))]
+async fn audit(
+    state: web::Data<AppState>,
+    caller: ApiCaller,
+    params: web::Query<AuditParams>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require("audit:read")?;
+    if !matches!(caller.role, Role::Admin | Role::Auditor) {
+        return Err(ApiError::MissingScope(
+            "audit:read (for an administrator or auditor)",
+        ));
+    }
+    let params = params.into_inner();
+    let instant = |raw: &Option<String>| {
+        raw.as_deref()
+            .map(parse_instant)
+            .transpose()
+            .map_err(ApiError::Invalid)
+    };
+    if let Some(outcome) = &params.outcome
+        && !matches!(outcome.as_str(), "success" | "failure" | "denied")
+    {
+        return Err(ApiError::Invalid(format!(
+            "outcome {outcome:?} is not success, failure or denied"
+        )));
+    }
+    let filter = ExportFilter {
+        since_us: instant(&params.since)?,
+        until_us: instant(&params.until)?,
+        actor: params.actor,
+        action: params.action,
+        target: params.target,
+        outcome: params.outcome,
+    };
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::Invalid("limit: between 1 and 1000".into()));
+    }
+    let before = params.before;
+    let records =
+        web::block(move || export::page(&mut *state.app.store.conn()?, &filter, before, limit + 1))
+            .await??;
+    let next_before = (records.len() as i64 > limit).then(|| records[limit as usize - 1].seq);
+    let records = records
+        .into_iter()
+        .take(limit as usize)
+        .map(|r| AuditItem {
+            seq: r.seq,
+            time: format_us(r.occurred_at_us),
+            details: serde_json::from_str(&r.details)
+                .unwrap_or(serde_json::Value::String(r.details)),
+            actor_kind: r.actor_kind,
+            actor_id: r.actor_id,
+            source: r.source,
+            action: r.action,
+            target: r.target,
+            outcome: r.outcome,
+            hash: hex::encode(&r.hash),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(AuditPage {
+        records,
+        next_before,
+    }))
+}
