@@ -134,7 +134,9 @@ pub fn security_headers() -> DefaultHeaders {
         ))
         .add(("X-Content-Type-Options", "nosniff"))
         .add(("X-Frame-Options", "DENY"))
-        .add(("Referrer-Policy", "no-referrer"))
+        // `same-origin`, not `no-referrer`: with the latter browsers send `Origin: null` on form
+        // posts, and the origin check below could not tell the portal's own forms apart.
+        .add(("Referrer-Policy", "same-origin"))
         .add(("Cache-Control", "no-store"))
 }
 
