@@ -1062,7 +1062,7 @@ fn a_real_browser_walks_setup_login_second_factor_logout_and_login_again() {
     }
     let profile = portal.dir.path().join("chromium-profile");
     let shots = screenshot_dir();
-    let result = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
         let mut caps = serde_json::Map::new();
         caps.insert("goog:chromeOptions".into(), serde_json::json!({
             "binary": "/usr/bin/chromium",
@@ -1137,5 +1137,4 @@ fn a_real_browser_walks_setup_login_second_factor_logout_and_login_again() {
     });
     let _ = driver.kill();
     let _ = driver.wait();
-    result
 }
