@@ -315,7 +315,10 @@ impl Rollout {
         if request.failure_threshold_pct > 100 {
             return Err(Error::invalid(
                 "failure_threshold_pct",
-                format!("{} is not a percentage (0-100)", request.failure_threshold_pct),
+                format!(
+                    "{} is not a percentage (0-100)",
+                    request.failure_threshold_pct
+                ),
             ));
         }
         audit.record_with(|conn| {
@@ -342,18 +345,19 @@ impl Rollout {
                 Selection::Serials(serials) => {
                     let mut chosen = Vec::new();
                     for serial in serials {
-                        let device = candidates
-                            .iter()
-                            .find(|d| &d.serial == serial)
-                            .ok_or_else(|| {
-                                Error::invalid(
-                                    "serial",
-                                    format!(
-                                        "{serial} is not an active device of model {}",
-                                        fw.model
-                                    ),
-                                )
-                            })?;
+                        let device =
+                            candidates
+                                .iter()
+                                .find(|d| &d.serial == serial)
+                                .ok_or_else(|| {
+                                    Error::invalid(
+                                        "serial",
+                                        format!(
+                                            "{serial} is not an active device of model {}",
+                                            fw.model
+                                        ),
+                                    )
+                                })?;
                         if !chosen.contains(device) {
                             chosen.push(device.clone());
                         }
@@ -409,13 +413,26 @@ impl Rollout {
 
     /// Pauses (`running` -> `paused`) or resumes (`paused` -> `running`) a rollout, audited.
     /// A rollout stopped by its failure threshold stays stopped.
-    pub fn set_paused(audit: &Audit, actor: &Actor, id: RolloutId, paused: bool) -> Result<Rollout> {
+    pub fn set_paused(
+        audit: &Audit,
+        actor: &Actor,
+        id: RolloutId,
+        paused: bool,
+    ) -> Result<Rollout> {
         audit.record_with(|conn| {
             let rollout = Rollout::find(conn, id)?.ok_or(Error::NotFound("rollout"))?;
             let (from, to, action) = if paused {
-                (RolloutState::Running, RolloutState::Paused, "firmware.rollout.paused")
+                (
+                    RolloutState::Running,
+                    RolloutState::Paused,
+                    "firmware.rollout.paused",
+                )
             } else {
-                (RolloutState::Paused, RolloutState::Running, "firmware.rollout.resumed")
+                (
+                    RolloutState::Paused,
+                    RolloutState::Running,
+                    "firmware.rollout.resumed",
+                )
             };
             if rollout.state() != from {
                 return Err(Error::Conflict(format!(
@@ -505,7 +522,11 @@ fn membership(
 
 impl Offer {
     /// The firmware `device` may fetch now: it is in a running rollout of it and of its model.
-    pub fn find(conn: &mut DbConnection, device: &Device, firmware: FirmwareId) -> Result<Option<Offer>> {
+    pub fn find(
+        conn: &mut DbConnection,
+        device: &Device,
+        firmware: FirmwareId,
+    ) -> Result<Option<Offer>> {
         Ok(membership(conn, device, firmware)?
             .filter(|offer| offer.rollout.state() == RolloutState::Running))
     }
@@ -551,18 +572,16 @@ impl Offer {
         }
         let actor = Actor::Device(device.serial.clone());
         audit.record_with(|conn| {
-            let offer = membership(conn, device, firmware_id)?
-                .ok_or(Error::NotFound("firmware offer"))?;
+            let offer =
+                membership(conn, device, firmware_id)?.ok_or(Error::NotFound("firmware offer"))?;
             let now = now_us();
-            diesel::update(
-                firmware_rollout_devices::table.find((offer.rollout.id, device.id)),
-            )
-            .set((
-                firmware_rollout_devices::status.eq(status.as_str()),
-                firmware_rollout_devices::detail.eq(detail),
-                firmware_rollout_devices::updated_at_us.eq(now),
-            ))
-            .execute(conn)?;
+            diesel::update(firmware_rollout_devices::table.find((offer.rollout.id, device.id)))
+                .set((
+                    firmware_rollout_devices::status.eq(status.as_str()),
+                    firmware_rollout_devices::detail.eq(detail),
+                    firmware_rollout_devices::updated_at_us.eq(now),
+                ))
+                .execute(conn)?;
             if status == DeviceStatus::Updated {
                 diesel::update(devices::table.find(device.id))
                     .set(devices::firmware_version.eq(&offer.firmware.version))
@@ -611,17 +630,20 @@ impl Offer {
                         .execute(conn)?;
                     state = RolloutState::Stopped;
                     events.push(
-                        AuditEvent::new(Actor::System("rollout".into()), "firmware.rollout.stopped")
-                            .target(offer.rollout.id)
-                            .outcome(Outcome::Failure)
-                            .details(serde_json::json!({
-                                "firmware": offer.firmware.id,
-                                "failed": failed,
-                                "devices": statuses.len(),
-                                "failure_threshold_pct": threshold,
-                                "reason": reason,
-                                "last_failure": device.serial,
-                            })),
+                        AuditEvent::new(
+                            Actor::System("rollout".into()),
+                            "firmware.rollout.stopped",
+                        )
+                        .target(offer.rollout.id)
+                        .outcome(Outcome::Failure)
+                        .details(serde_json::json!({
+                            "firmware": offer.firmware.id,
+                            "failed": failed,
+                            "devices": statuses.len(),
+                            "failure_threshold_pct": threshold,
+                            "reason": reason,
+                            "last_failure": device.serial,
+                        })),
                     );
                 }
             }

@@ -218,10 +218,7 @@ async fn get_payload(
         .insert_header((header::ACCEPT_RANGES, "bytes"))
         .insert_header((header::ETAG, format!("\"{sha256}\"")));
     if status == StatusCode::PARTIAL_CONTENT {
-        response.insert_header((
-            header::CONTENT_RANGE,
-            format!("bytes {start}-{end}/{size}"),
-        ));
+        response.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}")));
     }
     let stream = futures_util::stream::try_unfold((file, len), |(file, left)| async move {
         if left == 0 {

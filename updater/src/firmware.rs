@@ -168,15 +168,14 @@ fn upload_inner(
         progress,
     )?;
     let manifest = &verified.manifest;
-    let payload = manifest.payloads.first().ok_or_else(|| Rejection::Malformed {
-        expected: "firmware bundle",
-        problem: "no payload".into(),
-    })?;
-    let file_name = format!(
-        "{model}-{}-{}.pgb",
-        manifest.version,
-        &payload.sha256[..16]
-    );
+    let payload = manifest
+        .payloads
+        .first()
+        .ok_or_else(|| Rejection::Malformed {
+            expected: "firmware bundle",
+            problem: "no payload".into(),
+        })?;
+    let file_name = format!("{model}-{}-{}.pgb", manifest.version, &payload.sha256[..16]);
     let stored_path = dir.join(&file_name);
     copy.persist_noclobber(&stored_path)
         .map_err(|err| UpdaterError::io(&stored_path)(err.error))?;

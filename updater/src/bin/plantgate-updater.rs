@@ -8,19 +8,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use appliance::config::Config;
+use appliance::firmware::{
+    DeviceStatus, Firmware, FirmwareId, Rollout, RolloutId, RolloutRequest, Selection,
+};
+use appliance::time::format_us;
 use appliance::{Actor, Appliance};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use updater::bundle::{self, BundleSpec};
 use updater::config::{SYSTEM_UPDATER_CONFIG, UpdaterConfig};
+use updater::firmware;
 use updater::manifest::{APPLIANCE_TARGET, parse_time};
 use updater::pki::{self, signer_from_args};
 use updater::progress::Progress;
-use appliance::firmware::{
-    DeviceStatus, Firmware, FirmwareId, Rollout, RolloutId, RolloutRequest, Selection,
-};
-use appliance::time::format_us;
-use updater::firmware;
 use updater::trust::{self, TrustSet, TrustStore};
 use updater::{Updater, UpdaterError};
 
