@@ -46,7 +46,8 @@ impl Vendor {
         let work = t.dir.path().join("vendor");
         std::fs::create_dir_all(&work).unwrap();
         let shipped = work.join("anchors.pgtrust");
-        let set = trust::anchor_set_envelope(1, 1, now(), &[anchor.cert.clone()]).unwrap();
+        let set =
+            trust::anchor_set_envelope(1, 1, now(), std::slice::from_ref(&anchor.cert)).unwrap();
         trust::write_anchor_set(&set, &shipped).unwrap();
         let (anchors, _) = TrustSet::from_body(&set.body).unwrap();
         Vendor {
