@@ -84,6 +84,8 @@ pub struct Device {
     pub battery_pct: Option<f64>,
     pub signal_dbm: Option<f64>,
     pub last_seen_at_us: Option<i64>,
+    /// The model, for firmware bundles that target `device:MODEL`.
+    pub model: Option<String>,
 }
 
 /// A device secret as handed to a person or a device: shown once, never stored.
@@ -124,6 +126,8 @@ pub struct DeviceRequest {
     pub site: SiteId,
     /// The serial of the gateway this device sits behind, if any.
     pub gateway: Option<String>,
+    /// The device's model, which decides the firmware it may receive.
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Insertable)]
@@ -136,6 +140,7 @@ struct NewDevice<'a> {
     gateway_id: Option<DeviceId>,
     secret_hash: Option<Vec<u8>>,
     created_at_us: i64,
+    model: Option<&'a str>,
 }
 
 /// Serials are printable ASCII without spaces or MQTT topic characters (`/`, `+`, `#`).
@@ -182,6 +187,11 @@ impl Device {
         request: &DeviceRequest,
     ) -> Result<(Device, DeviceSecret)> {
         let serial = clean_serial(&request.serial)?;
+        let model = request
+            .model
+            .as_deref()
+            .map(crate::firmware::clean_model)
+            .transpose()?;
         let secret = DeviceSecret::generate()?;
         let hash = secret_hash(secret.reveal());
         let device = audit.record_with(|conn| {
@@ -220,6 +230,7 @@ impl Device {
                     gateway_id,
                     secret_hash: Some(hash.clone()),
                     created_at_us: now_us(),
+                    model: model.as_deref(),
                 })
                 .returning(Device::as_returning())
                 .get_result(c))
@@ -238,6 +249,7 @@ impl Device {
                         "kind": device.kind,
                         "site": device.site_id,
                         "gateway": request.gateway,
+                        "model": device.model,
                     })),
                 AuditEvent::new(actor.clone(), "device.credential.issued")
                     .target(device.id)

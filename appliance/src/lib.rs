@@ -8,6 +8,7 @@ pub mod config;
 pub mod devices;
 pub mod enrolment;
 pub mod error;
+pub mod firmware;
 pub mod grants;
 pub mod ids;
 pub mod keys;

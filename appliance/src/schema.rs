@@ -157,6 +157,7 @@ diesel::table! {
         battery_pct -> Nullable<Double>,
         signal_dbm -> Nullable<Double>,
         last_seen_at_us -> Nullable<BigInt>,
+        model -> Nullable<Text>,
     }
 }
 
@@ -225,3 +226,51 @@ diesel::table! {
 
 diesel::joinable!(api_tokens -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(api_tokens, users);
+
+diesel::table! {
+    firmware (id) {
+        id -> BigInt,
+        model -> Text,
+        version -> Text,
+        security_version -> BigInt,
+        file_name -> Text,
+        payload_offset -> BigInt,
+        payload_size -> BigInt,
+        payload_sha256 -> Text,
+        signed_by -> Text,
+        uploaded_at_us -> BigInt,
+    }
+}
+
+diesel::table! {
+    firmware_rollouts (id) {
+        id -> BigInt,
+        firmware_id -> BigInt,
+        selection -> Text,
+        failure_threshold_pct -> Integer,
+        state -> Text,
+        stop_reason -> Nullable<Text>,
+        created_at_us -> BigInt,
+        updated_at_us -> BigInt,
+    }
+}
+
+diesel::table! {
+    firmware_rollout_devices (rollout_id, device_id) {
+        rollout_id -> BigInt,
+        device_id -> BigInt,
+        status -> Text,
+        detail -> Text,
+        updated_at_us -> BigInt,
+    }
+}
+
+diesel::joinable!(firmware_rollouts -> firmware (firmware_id));
+diesel::joinable!(firmware_rollout_devices -> firmware_rollouts (rollout_id));
+diesel::joinable!(firmware_rollout_devices -> devices (device_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    firmware,
+    firmware_rollouts,
+    firmware_rollout_devices,
+    devices
+);

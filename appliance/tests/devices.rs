@@ -25,6 +25,7 @@ fn request(serial: &str, kind: DeviceKind, site: &Site, gateway: Option<&str>) -
         kind,
         site: site.id,
         gateway: gateway.map(str::to_owned),
+        model: None,
     }
 }
 

@@ -55,6 +55,7 @@ fn main() {
                 kind: DeviceKind::Monitor,
                 site: site.id,
                 gateway: None,
+                model: None,
             };
             Device::register(&app.audit, &actor, &request)
                 .expect("device")

@@ -34,6 +34,14 @@ pub enum IngestError {
     BadReading { index: usize, problem: String },
     #[error("the batch has {count} readings; at most {limit} are allowed")]
     TooManyReadings { count: usize, limit: usize },
+    #[error(
+        "no such firmware is offered to this device: it is not in a running rollout of it, or not of its model"
+    )]
+    FirmwareNotOffered,
+    #[error("the range is outside the payload's {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("the status report is not acceptable: {0}")]
+    BadStatus(String),
     #[error("the store is unavailable; nothing was stored, retry later")]
     Unavailable,
 }
@@ -53,6 +61,9 @@ impl IngestError {
             IngestError::BadJson(_) => "body.invalid_json",
             IngestError::BadReading { .. } => "reading.invalid",
             IngestError::TooManyReadings { .. } => "batch.too_large",
+            IngestError::FirmwareNotOffered => "firmware.not_offered",
+            IngestError::RangeNotSatisfiable { .. } => "range.not_satisfiable",
+            IngestError::BadStatus(_) => "firmware.bad_status",
             IngestError::Unavailable => "store.unavailable",
         }
     }
@@ -63,7 +74,10 @@ impl ResponseError for IngestError {
         match self {
             IngestError::MissingCredential | IngestError::BadCredential => StatusCode::UNAUTHORIZED,
             IngestError::ForeignDevice { .. } => StatusCode::FORBIDDEN,
-            IngestError::UnknownDevice(_) => StatusCode::NOT_FOUND,
+            IngestError::UnknownDevice(_) | IngestError::FirmwareNotOffered => {
+                StatusCode::NOT_FOUND
+            }
+            IngestError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             IngestError::TooLarge { .. } | IngestError::TooManyReadings { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -73,7 +87,9 @@ impl ResponseError for IngestError {
             IngestError::BadGzip(_) | IngestError::InvalidUtf8(_) | IngestError::BadJson(_) => {
                 StatusCode::BAD_REQUEST
             }
-            IngestError::BadReading { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            IngestError::BadReading { .. } | IngestError::BadStatus(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             IngestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -82,6 +98,9 @@ impl ResponseError for IngestError {
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self, IngestError::Unavailable) {
             response.insert_header(("Retry-After", "5"));
+        }
+        if let IngestError::RangeNotSatisfiable { size } = self {
+            response.insert_header(("Content-Range", format!("bytes */{size}")));
         }
         response.json(serde_json::json!({ "error": self.code(), "message": self.to_string() }))
     }

@@ -68,6 +68,7 @@ impl AuthFailureLog {
 /// The ingest's routes; tests use this same table.
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/readings", web::post().to(post_readings))
+        .configure(crate::firmware::config)
         .route("/healthz", web::get().to(health));
 }
 
@@ -75,7 +76,7 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-fn bearer(req: &HttpRequest) -> Result<String, IngestError> {
+pub(crate) fn bearer(req: &HttpRequest) -> Result<String, IngestError> {
     req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())

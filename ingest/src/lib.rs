@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod error;
+pub mod firmware;
 pub mod http;
 pub mod mqtt;
 pub mod notify;

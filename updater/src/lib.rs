@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod config;
 pub mod container;
 pub mod error;
+pub mod firmware;
 mod fsutil;
 pub mod health;
 pub mod manifest;

@@ -57,6 +57,16 @@ pub fn check_header(
     trust: &TrustSet,
     policy: &Policy,
 ) -> Result<(Envelope, Manifest, Vec<String>, u64)> {
+    check_header_with(path, trust, &|manifest| check_policy(manifest, policy))
+}
+
+/// As [`check_header`], with the manifest's claims judged by `claims` (the appliance's
+/// [`check_policy`], or a device model's policy for firmware).
+pub fn check_header_with(
+    path: &Path,
+    trust: &TrustSet,
+    claims: &dyn Fn(&Manifest) -> Result<(), Rejection>,
+) -> Result<(Envelope, Manifest, Vec<String>, u64)> {
     let file = File::open(path).map_err(UpdaterError::io(path))?;
     let file_len = file.metadata().map_err(UpdaterError::io(path))?.len();
     let envelope = Envelope::read(&mut BufReader::new(file), Kind::Bundle)?;
@@ -66,7 +76,7 @@ pub fn check_header(
     let manifest = Manifest::parse(&envelope.body)?;
     let created_at = manifest.created_at_unix().unwrap_or(i64::MAX);
     let report = trust.verify(&envelope.body, &envelope.signatures, created_at)?;
-    check_policy(&manifest, policy)?;
+    claims(&manifest)?;
     let expected_len = envelope
         .header_len()
         .checked_add(manifest.payload_total().unwrap_or(u64::MAX))
@@ -91,26 +101,32 @@ pub fn check_header(
     Ok((envelope, manifest, report.anchors, offset))
 }
 
-/// The manifest's claims against the box.
-pub fn check_policy(manifest: &Manifest, policy: &Policy) -> Result<(), Rejection> {
-    if manifest.product != policy.product || manifest.target != policy.target {
+/// Product, target and freshness: the checks every bundle passes, for the appliance or a
+/// device model alike.
+pub fn check_target_and_freshness(
+    manifest: &Manifest,
+    product: &str,
+    target: &str,
+    now: i64,
+) -> Result<(), Rejection> {
+    if manifest.product != product || manifest.target != target {
         return Err(Rejection::WrongTarget {
-            expected: format!("{} {}", policy.product, policy.target),
+            expected: format!("{product} {target}"),
             found: format!("{} {}", manifest.product, manifest.target),
         });
     }
     let created_at = manifest.created_at_unix().unwrap_or(i64::MAX);
     let expires_at = manifest.expires_at_unix().unwrap_or(i64::MIN);
-    if created_at > policy.now + MAX_CLOCK_SKEW_SECS {
+    if created_at > now + MAX_CLOCK_SKEW_SECS {
         return Err(Rejection::NotYetValid {
             created_at: manifest.created_at.clone(),
-            now: format_time(policy.now),
+            now: format_time(now),
         });
     }
-    if policy.now >= expires_at {
+    if now >= expires_at {
         return Err(Rejection::Expired {
             expires_at: manifest.expires_at.clone(),
-            now: format_time(policy.now),
+            now: format_time(now),
         });
     }
     let days = (expires_at - created_at) / 86_400;
@@ -120,6 +136,12 @@ pub fn check_policy(manifest: &Manifest, policy: &Policy) -> Result<(), Rejectio
             max_days: MAX_VALIDITY_DAYS,
         });
     }
+    Ok(())
+}
+
+/// The manifest's claims against the box.
+pub fn check_policy(manifest: &Manifest, policy: &Policy) -> Result<(), Rejection> {
+    check_target_and_freshness(manifest, &policy.product, &policy.target, policy.now)?;
     if !manifest.hardware.contains(&policy.hardware) {
         return Err(Rejection::WrongHardware {
             actual: policy.hardware.clone(),
@@ -163,7 +185,22 @@ pub fn verify_bundle(
     policy: &Policy,
     progress: &dyn Progress,
 ) -> Result<VerifiedBundle> {
-    let (_, manifest, signed_by, offset) = check_header(path, trust, policy)?;
+    verify_bundle_with(
+        path,
+        trust,
+        &|manifest| check_policy(manifest, policy),
+        progress,
+    )
+}
+
+/// As [`verify_bundle`], with the manifest's claims judged by `claims`.
+pub fn verify_bundle_with(
+    path: &Path,
+    trust: &TrustSet,
+    claims: &dyn Fn(&Manifest) -> Result<(), Rejection>,
+    progress: &dyn Progress,
+) -> Result<VerifiedBundle> {
+    let (_, manifest, signed_by, offset) = check_header_with(path, trust, claims)?;
     let mut file = File::open(path).map_err(UpdaterError::io(path))?;
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
         .map_err(UpdaterError::io(path))?;

@@ -162,3 +162,85 @@ fn health_exits_nonzero_and_names_the_failed_check() {
         stdout(&out)
     );
 }
+
+#[test]
+fn firmware_is_uploaded_verified_and_rolled_out_from_the_command_line() {
+    use appliance::devices::{Device, DeviceKind, DeviceRequest};
+    use appliance::models::{Organisation, Site};
+
+    let vendor = Vendor::new(1, "firmware vendor");
+    let tb = TestBox::new(Backend::Sqlite, &vendor, 1);
+    let app = &tb.t.app;
+    let org = Organisation::create(&app.audit, &common::test_actor(), "Plant").unwrap();
+    let site = Site::create(&app.audit, &common::test_actor(), org.id, "Hall", "").unwrap();
+    for serial in ["MX-1", "MX-2"] {
+        Device::register(
+            &app.audit,
+            &common::test_actor(),
+            &DeviceRequest {
+                serial: serial.into(),
+                kind: DeviceKind::Monitor,
+                site: site.id,
+                gateway: None,
+                model: Some("MX-100".into()),
+            },
+        )
+        .unwrap();
+    }
+    let payload = payload_file(&tb.work, "fw.bin", 50_000, 7);
+    let mut firmware = spec("2.0.0", 1, &payload);
+    firmware.target = "device:MX-100".into();
+    firmware.hardware = vec!["MX-100".into()];
+    firmware.payloads = vec![("firmware".into(), payload.clone())];
+    let good = make_bundle(&firmware, &tb.work.join("fw.pgb"), &[&vendor.signers[0]]);
+    firmware.expires_at = now() - 60;
+    firmware.created_at = now() - 10 * DAY;
+    let expired = make_bundle(&firmware, &tb.work.join("old.pgb"), &[&vendor.signers[0]]);
+
+    let out = tb
+        .cli()
+        .args(["firmware", "upload", "--model", "MX-100"])
+        .arg(&expired)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+
+    let run = |args: &[&str]| {
+        let out = tb.cli().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let stored = run(&[
+        "firmware",
+        "upload",
+        "--model",
+        "MX-100",
+        &good.display().to_string(),
+    ]);
+    assert!(
+        stored.starts_with("stored firmware 1: MX-100 version 2.0.0"),
+        "{stored}"
+    );
+    assert!(run(&["firmware", "list"]).contains("MX-100"));
+    let id = run(&[
+        "firmware",
+        "rollout",
+        "create",
+        "--firmware",
+        "1",
+        "--serial",
+        "MX-2",
+        "--failure-threshold-pct",
+        "10",
+    ]);
+    assert_eq!(id.trim(), "1");
+    let list = run(&["firmware", "rollout", "list"]);
+    assert!(
+        list.contains("serials running threshold=10% devices=1"),
+        "{list}"
+    );
+    assert!(list.contains("MX-2") && !list.contains("MX-1 "), "{list}");
+    assert!(run(&["firmware", "rollout", "pause", "1"]).contains("paused"));
+    assert!(run(&["firmware", "rollout", "resume", "1"]).contains("running"));
+}

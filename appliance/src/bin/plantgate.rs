@@ -118,6 +118,9 @@ enum DeviceCommand {
         /// The serial of the gateway this device posts through, if any.
         #[arg(long)]
         gateway: Option<String>,
+        /// The device's model: it receives firmware bundles for `device:MODEL`.
+        #[arg(long)]
+        model: Option<String>,
     },
     /// Devices with their state: firmware, battery, signal, last seen.
     List {
@@ -516,12 +519,14 @@ fn device(command: DeviceCommand, config: Config, actor: &Actor) -> Result<ExitC
             kind,
             site,
             gateway,
+            model,
         } => {
             let request = DeviceRequest {
                 serial,
                 kind: kind.parse()?,
                 site: SiteId(site),
                 gateway,
+                model,
             };
             let (device, secret) = Device::register(&app.audit, actor, &request)?;
             eprintln!(
@@ -555,11 +560,12 @@ fn device(command: DeviceCommand, config: Config, actor: &Actor) -> Result<ExitC
                         .unwrap_or_else(|| "never".into());
                     let state = if d.is_revoked() { "revoked" } else { "active" };
                     println!(
-                        "{:<20} {:<12} site:{:<4} {:<8} firmware={} battery={} signal={} last_seen={seen}",
+                        "{:<20} {:<12} site:{:<4} {:<8} model={} firmware={} battery={} signal={} last_seen={seen}",
                         d.serial,
                         d.kind,
                         d.site_id.0,
                         state,
+                        d.model.as_deref().unwrap_or("-"),
                         d.firmware_version.as_deref().unwrap_or("-"),
                         d.battery_pct
                             .map(|b| format!("{b}%"))

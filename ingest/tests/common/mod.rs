@@ -138,6 +138,17 @@ impl TestIngest {
     }
 
     pub fn register(&self, serial: &str, kind: DeviceKind, gateway: Option<&str>) -> TestDevice {
+        self.register_model(serial, kind, gateway, None)
+    }
+
+    /// Registers a device of a model (for firmware).
+    pub fn register_model(
+        &self,
+        serial: &str,
+        kind: DeviceKind,
+        gateway: Option<&str>,
+        model: Option<&str>,
+    ) -> TestDevice {
         let (device, secret) = Device::register(
             &self.app.audit,
             &actor(),
@@ -146,6 +157,7 @@ impl TestIngest {
                 kind,
                 site: self.site.id,
                 gateway: gateway.map(str::to_owned),
+                model: model.map(str::to_owned),
             },
         )
         .expect("register device");

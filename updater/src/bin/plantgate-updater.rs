@@ -8,15 +8,20 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use appliance::config::Config;
+use appliance::firmware::{
+    DeviceStatus, Firmware, FirmwareId, Rollout, RolloutId, RolloutRequest, Selection,
+};
+use appliance::time::format_us;
 use appliance::{Actor, Appliance};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use updater::bundle::{self, BundleSpec};
 use updater::config::{SYSTEM_UPDATER_CONFIG, UpdaterConfig};
+use updater::firmware;
 use updater::manifest::{APPLIANCE_TARGET, parse_time};
 use updater::pki::{self, signer_from_args};
 use updater::progress::Progress;
-use updater::trust::{self, TrustSet};
+use updater::trust::{self, TrustSet, TrustStore};
 use updater::{Updater, UpdaterError};
 
 #[derive(Debug, Parser)]
@@ -56,6 +61,54 @@ enum Command {
     Health,
     /// Box: slots, boot environment, versions, floor and trust.
     Status,
+    /// Box: firmware for field devices, and its staged rollouts.
+    #[command(subcommand)]
+    Firmware(FirmwareCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum FirmwareCommand {
+    /// Verify a firmware bundle for a device model (target `device:MODEL`) and store it.
+    Upload {
+        bundle: PathBuf,
+        #[arg(long)]
+        model: String,
+    },
+    /// Stored firmware.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Staged rollouts: create, list, pause, resume.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Offer a stored firmware to a share of its model's devices, or to listed serials.
+    Create {
+        #[arg(long)]
+        firmware: i64,
+        /// This share (1-100) of the model's active devices.
+        #[arg(long, conflicts_with = "serials", required_unless_present = "serials")]
+        percent: Option<u8>,
+        /// Exactly this device; repeat for a group.
+        #[arg(long = "serial")]
+        serials: Vec<String>,
+        /// Stop the rollout once more than this share (0-100) of its devices failed.
+        #[arg(long, default_value_t = 20)]
+        failure_threshold_pct: u8,
+    },
+    /// Rollouts with each device's status.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop offering the firmware for now.
+    Pause { id: i64 },
+    /// Offer it again after a pause.
+    Resume { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -286,6 +339,7 @@ fn run(cli: Cli) -> Result<ExitCode, UpdaterError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Health => health(&cli.config, &cli.updater_config),
+        Command::Firmware(command) => firmware_command(command, &cli.config, &cli.updater_config),
         Command::Status => {
             let updater = open_box(&cli.config, &cli.updater_config)?;
             let status = updater.status()?;
@@ -316,6 +370,136 @@ fn run(cli: Cli) -> Result<ExitCode, UpdaterError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn cli_actor() -> Actor {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    Actor::System(format!("cli:uid={uid}"))
+}
+
+fn json_out(value: &impl serde::Serialize) -> Result<String, UpdaterError> {
+    serde_json::to_string_pretty(value).map_err(|err| UpdaterError::Usage(err.to_string()))
+}
+
+#[allow(clippy::print_stdout)]
+fn firmware_command(
+    command: FirmwareCommand,
+    config: &Option<PathBuf>,
+    updater_config: &Path,
+) -> Result<ExitCode, UpdaterError> {
+    let actor = cli_actor();
+    let app_config = Config::load(config.as_deref()).map_err(appliance::Error::Config)?;
+    let app = Appliance::open(app_config, &actor)?;
+    match command {
+        FirmwareCommand::Upload { bundle, model } => {
+            let updater_config = UpdaterConfig::load(updater_config)?;
+            let trust = TrustStore {
+                shipped: updater_config.trust_anchors.clone(),
+                rotations: app.config.data_dir.join("updater").join("trust"),
+            };
+            let stored = firmware::upload(
+                &app,
+                &trust,
+                &updater_config.product,
+                &actor,
+                &bundle,
+                &model,
+                &Bar::default(),
+            )?;
+            println!(
+                "stored firmware {}: {} version {} (security version {}), {} bytes, sha256 {}, signed by {}",
+                stored.id.0,
+                stored.model,
+                stored.version,
+                stored.security_version,
+                stored.payload_size,
+                stored.payload_sha256,
+                stored.signed_by
+            );
+        }
+        FirmwareCommand::List { json } => {
+            let all = Firmware::list(&mut *app.store.conn()?)?;
+            if json {
+                println!("{}", json_out(&all)?);
+            } else {
+                for fw in all {
+                    println!(
+                        "{:<5} {:<20} {:<12} security={} size={} sha256={} uploaded={}",
+                        fw.id.0,
+                        fw.model,
+                        fw.version,
+                        fw.security_version,
+                        fw.payload_size,
+                        fw.payload_sha256,
+                        format_us(fw.uploaded_at_us)
+                    );
+                }
+            }
+        }
+        FirmwareCommand::Rollout(RolloutCommand::Create {
+            firmware,
+            percent,
+            serials,
+            failure_threshold_pct,
+        }) => {
+            let selection = match percent {
+                Some(pct) => Selection::Percent(pct),
+                None => Selection::Serials(serials),
+            };
+            let rollout = Rollout::create(
+                &app.audit,
+                &actor,
+                &RolloutRequest {
+                    firmware: FirmwareId(firmware),
+                    selection,
+                    failure_threshold_pct,
+                },
+            )?;
+            println!("{}", rollout.id.0);
+        }
+        FirmwareCommand::Rollout(RolloutCommand::List { json }) => {
+            let all = Rollout::list(&mut *app.store.conn()?)?;
+            if json {
+                println!("{}", json_out(&all)?);
+            } else {
+                for summary in all {
+                    let r = &summary.rollout;
+                    println!(
+                        "rollout {} firmware {} ({} {}) {} {} threshold={}% devices={} updated={} failed={}{}",
+                        r.id.0,
+                        summary.firmware.id.0,
+                        summary.firmware.model,
+                        summary.firmware.version,
+                        r.selection,
+                        r.state,
+                        r.failure_threshold_pct,
+                        summary.devices.len(),
+                        summary.count(DeviceStatus::Updated),
+                        summary.count(DeviceStatus::Failed),
+                        r.stop_reason
+                            .as_deref()
+                            .map(|reason| format!(" ({reason})"))
+                            .unwrap_or_default()
+                    );
+                    for (serial, status, detail) in &summary.devices {
+                        println!("  {serial:<20} {status:<12} {detail}");
+                    }
+                }
+            }
+        }
+        FirmwareCommand::Rollout(RolloutCommand::Pause { id }) => {
+            let rollout = Rollout::set_paused(&app.audit, &actor, RolloutId(id), true)?;
+            println!("rollout {} is {}", rollout.id.0, rollout.state);
+        }
+        FirmwareCommand::Rollout(RolloutCommand::Resume { id }) => {
+            let rollout = Rollout::set_paused(&app.audit, &actor, RolloutId(id), false)?;
+            println!("rollout {} is {}", rollout.id.0, rollout.state);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn open_box(config: &Option<PathBuf>, updater_config: &Path) -> Result<Updater, UpdaterError> {
