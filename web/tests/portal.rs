@@ -1049,12 +1049,15 @@ fn a_real_browser_walks_setup_login_second_factor_logout_and_login_again() {
     }
     let portal = Portal::start("second_factor_roles = [\"admin\"]");
     let driver_port = free_port();
-    let mut driver = Command::new("/usr/bin/chromedriver")
-        .arg(format!("--port={driver_port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed on drop, so a failed assertion does not leave chromedriver running.
+    let _driver = KillOnDrop(
+        Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={driver_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", driver_port)).is_err() {
         assert!(Instant::now() < deadline, "chromedriver did not start");
@@ -1135,6 +1138,13 @@ fn a_real_browser_walks_setup_login_second_factor_logout_and_login_again() {
         shot("7-signed-in-with-totp").await;
         browser.close().await.unwrap();
     });
-    let _ = driver.kill();
-    let _ = driver.wait();
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
