@@ -246,15 +246,24 @@ pub fn login(
     })
 }
 
-/// Lifts a lockout before it runs out.
-pub fn unlock(audit: &Audit, actor: &Actor, user: UserId) -> Result<()> {
+/// Lifts a lockout before it runs out. `user` must belong to `organisation`.
+pub fn unlock(
+    audit: &Audit,
+    actor: &Actor,
+    organisation: crate::ids::OrganisationId,
+    user: UserId,
+) -> Result<()> {
     audit.record_with(|conn| {
-        let updated = diesel::update(users::table.find(user))
-            .set((
-                users::failed_logins.eq(0),
-                users::locked_until_us.eq(None::<i64>),
-            ))
-            .execute(conn)?;
+        let updated = diesel::update(
+            users::table
+                .find(user)
+                .filter(users::organisation_id.eq(organisation)),
+        )
+        .set((
+            users::failed_logins.eq(0),
+            users::locked_until_us.eq(None::<i64>),
+        ))
+        .execute(conn)?;
         if updated == 0 {
             return Err(Error::NotFound("user"));
         }
@@ -262,6 +271,69 @@ pub fn unlock(audit: &Audit, actor: &Actor, user: UserId) -> Result<()> {
             (),
             vec![AuditEvent::new(actor.clone(), "auth.account.unlocked").target(user)],
         ))
+    })
+}
+
+/// A user as an administrator's list shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = users)]
+pub struct Account {
+    pub id: UserId,
+    pub organisation_id: crate::ids::OrganisationId,
+    pub name: String,
+    pub email: String,
+    pub role: String,
+    pub disabled_at_us: Option<i64>,
+    pub locked_until_us: Option<i64>,
+    pub expires_at_us: Option<i64>,
+}
+
+/// The accounts of one organisation, by email.
+pub fn accounts_of(
+    conn: &mut DbConnection,
+    organisation: crate::ids::OrganisationId,
+) -> Result<Vec<Account>> {
+    Ok(users::table
+        .filter(users::organisation_id.eq(organisation))
+        .order(users::email)
+        .select(Account::as_select())
+        .load(conn)?)
+}
+
+/// Disables or re-enables `user`, which must belong to `organisation` (anything else is "not
+/// found", so ids of other organisations reveal nothing). Disabling ends every session.
+pub fn set_disabled(
+    audit: &Audit,
+    actor: &Actor,
+    organisation: crate::ids::OrganisationId,
+    user: UserId,
+    disabled: bool,
+    now: i64,
+) -> Result<()> {
+    audit.record_with(|conn| {
+        let target = users::table
+            .find(user)
+            .filter(users::organisation_id.eq(organisation));
+        let updated = diesel::update(target)
+            .set(users::disabled_at_us.eq(if disabled { Some(now) } else { None }))
+            .execute(conn)?;
+        if updated == 0 {
+            return Err(Error::NotFound("user"));
+        }
+        let ended = if disabled {
+            crate::sessions::end_all(conn, user, None, "user disabled", now)?
+        } else {
+            0
+        };
+        let action = if disabled {
+            "user.disabled"
+        } else {
+            "user.enabled"
+        };
+        let event = AuditEvent::new(actor.clone(), action)
+            .target(user)
+            .details(serde_json::json!({ "sessions_ended": ended }));
+        Ok(((), vec![event]))
     })
 }
 

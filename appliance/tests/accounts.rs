@@ -146,7 +146,7 @@ fn five_failures_lock_the_account_until_the_lockout_ends_or_an_admin_unlocks(bac
         login("Wrong-password-1", now + 20 * MINUTE);
     }
     assert!(login(PASSWORD, now + 21 * MINUTE).user.is_none());
-    accounts::unlock(&t.app.audit, &test_actor(), user.id).unwrap();
+    accounts::unlock(&t.app.audit, &test_actor(), user.organisation_id, user.id).unwrap();
     assert!(
         login(PASSWORD, now + 21 * MINUTE).user.is_some(),
         "unlock did not lift the lockout"

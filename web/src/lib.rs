@@ -118,6 +118,9 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route("/logout", web::post().to(pages::logout))
         .route("/sessions", web::get().to(pages::sessions_page))
         .route("/sessions/{id}/end", web::post().to(pages::end_session))
+        .route("/users", web::get().to(pages::users_page))
+        .route("/users", web::post().to(pages::create_user))
+        .route("/users/{id}/{change}", web::post().to(pages::change_user))
         .route("/audit", web::get().to(pages::audit_page))
         .route("/audit/export", web::get().to(pages::audit_export))
         .configure(api::config)
@@ -265,6 +268,7 @@ pub struct Nav {
     pub role: String,
     pub csrf: String,
     pub can_audit: bool,
+    pub can_manage: bool,
 }
 
 /// A request from a signed-in user: the session is valid at the state's clock.
@@ -292,6 +296,7 @@ impl SignedIn {
             role: self.role.to_string(),
             csrf: self.csrf.clone(),
             can_audit: matches!(self.role, Role::Admin | Role::Auditor),
+            can_manage: self.role == Role::Admin,
         }
     }
 

@@ -946,3 +946,199 @@ fn futures_stream(
 ) -> impl futures_util::Stream<Item = Result<web::Bytes, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
+
+struct AccountRow {
+    id: i64,
+    name: String,
+    email: String,
+    role: String,
+    status: &'static str,
+    disabled: bool,
+    locked: bool,
+}
+
+#[derive(Template)]
+#[template(path = "users.html")]
+struct UsersPage {
+    signed_in: Option<Nav>,
+    csrf: String,
+    rows: Vec<AccountRow>,
+    problem: Option<String>,
+    name: String,
+    email: String,
+}
+
+fn admin_only(user: &SignedIn) -> Result<(), WebError> {
+    if user.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(WebError::Forbidden(
+            "Managing users is for administrators.".into(),
+        ))
+    }
+}
+
+async fn users_page_with(
+    state: &web::Data<AppState>,
+    user: &SignedIn,
+    problem: Option<String>,
+    name: String,
+    email: String,
+) -> Page {
+    let (org, now) = (user.user.organisation_id, state.now());
+    let accounts = {
+        let state = state.clone();
+        web::block(move || accounts::accounts_of(&mut *state.app.store.conn()?, org)).await??
+    };
+    let rows = accounts
+        .into_iter()
+        .map(|a| {
+            let locked = a.locked_until_us.is_some_and(|until| until > now);
+            let status = if a.disabled_at_us.is_some() {
+                "disabled"
+            } else if a.expires_at_us.is_some_and(|at| at <= now) {
+                "expired"
+            } else if locked {
+                "locked"
+            } else {
+                "active"
+            };
+            AccountRow {
+                id: a.id.0,
+                name: a.name,
+                email: a.email,
+                role: a.role,
+                status,
+                disabled: a.disabled_at_us.is_some(),
+                locked,
+            }
+        })
+        .collect();
+    let page = UsersPage {
+        signed_in: Some(user.nav()),
+        csrf: user.csrf.clone(),
+        rows,
+        problem: problem.clone(),
+        name,
+        email,
+    };
+    let body = page
+        .render()
+        .map_err(|err| WebError::Internal(err.to_string()))?;
+    let status = if problem.is_some() {
+        actix_web::http::StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        actix_web::http::StatusCode::OK
+    };
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(body))
+}
+
+pub async fn users_page(state: web::Data<AppState>, user: SignedIn) -> Page {
+    admin_only(&user)?;
+    users_page_with(&state, &user, None, String::new(), String::new()).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NewUserForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// Creates a user in the administrator's own organisation, with a first password.
+pub async fn create_user(
+    state: web::Data<AppState>,
+    user: SignedIn,
+    form: web::Form<NewUserForm>,
+) -> Page {
+    admin_only(&user)?;
+    user.check_csrf(&form.csrf)?;
+    let form = form.into_inner();
+    let (name, email) = (form.name.clone(), form.email.clone());
+    let created = {
+        let state = state.clone();
+        let admin = user.clone();
+        web::block(move || -> appliance::error::Result<()> {
+            let role: Role = form.role.parse()?;
+            // Check the password first, so a refused one leaves no half-made account.
+            state.policy.check(&form.password, &form.email)?;
+            let actor = Actor::User(admin.user.id);
+            let created = appliance::models::User::create(
+                &state.app.audit,
+                &actor,
+                admin.user.organisation_id,
+                &form.name,
+                &form.email,
+                role,
+            )?;
+            accounts::set_password(
+                &state.app.audit,
+                &actor,
+                &created,
+                &form.password,
+                state.policy,
+                state.now(),
+            )
+        })
+        .await?
+    };
+    match created {
+        Ok(()) => Ok(see_other("/users")),
+        Err(appliance::Error::Invalid { field, problem }) => {
+            users_page_with(
+                &state,
+                &user,
+                Some(format!("{field}: {problem}")),
+                name,
+                email,
+            )
+            .await
+        }
+        Err(appliance::Error::Conflict(problem)) => {
+            users_page_with(&state, &user, Some(problem), name, email).await
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// Disables, enables or unlocks a user of the administrator's own organisation; any other
+/// id is "not found".
+pub async fn change_user(
+    state: web::Data<AppState>,
+    user: SignedIn,
+    path: web::Path<(i64, String)>,
+    form: web::Form<CsrfForm>,
+) -> Page {
+    admin_only(&user)?;
+    user.check_csrf(&form.csrf)?;
+    let (target, change) = path.into_inner();
+    let target = appliance::models::UserId(target);
+    if target == user.user.id && change == "disable" {
+        return Err(WebError::BadRequest(
+            "You cannot disable your own account.".into(),
+        ));
+    }
+    let (org, now, actor) = (
+        user.user.organisation_id,
+        state.now(),
+        Actor::User(user.user.id),
+    );
+    let audit = state.app.audit.clone();
+    web::block(move || match change.as_str() {
+        "disable" => accounts::set_disabled(&audit, &actor, org, target, true, now),
+        "enable" => accounts::set_disabled(&audit, &actor, org, target, false, now),
+        "unlock" => accounts::unlock(&audit, &actor, org, target),
+        _ => Err(appliance::Error::NotFound("action")),
+    })
+    .await??;
+    Ok(see_other("/users"))
+}
