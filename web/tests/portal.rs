@@ -1039,7 +1039,7 @@ fn screenshot_dir() -> PathBuf {
 }
 
 #[test]
-fn a_real_browser_walks_setup_login_second_factor_logout_and_login_again() {
+fn a_real_browser_walks_setup_login_second_factor_logout_login_and_creates_a_user() {
     use fantoccini::{ClientBuilder, Locator};
     for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
         assert!(
@@ -1136,6 +1136,16 @@ fn a_real_browser_walks_setup_login_second_factor_logout_and_login_again() {
         submit_then(welcome).await;
         assert!(browser.source().await.unwrap().contains("Welcome, Ada Admin"), "login with the second factor failed");
         shot("7-signed-in-with-totp").await;
+
+        browser.find(Locator::LinkText("Users")).await.unwrap().click().await.unwrap();
+        browser.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("form[action='/users']")).await.unwrap();
+        fill("name", "Tom Tech".into()).await;
+        fill("email", "tom@vendor.example".into()).await;
+        browser.find(Locator::Css("select[name=role] option[value=technician]")).await.unwrap().click().await.unwrap();
+        fill("password", "Schalt-Schrank-2026".into()).await;
+        browser.find(Locator::Css("form[action='/users'] button[type=submit]")).await.unwrap().click().await.unwrap();
+        browser.wait().at_most(Duration::from_secs(20)).for_element(Locator::XPath("//td[text()='tom@vendor.example']")).await.expect("the new user is listed");
+        shot("8-user-created").await;
         browser.close().await.unwrap();
     });
 }
