@@ -110,6 +110,8 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             "/login/second-factor",
             web::post().to(pages::second_factor_submit),
         )
+        .route("/account/password", web::get().to(pages::password_form))
+        .route("/account/password", web::post().to(pages::password_submit))
         .route("/account/second-factor", web::get().to(pages::enrol_form))
         .route(
             "/account/second-factor",

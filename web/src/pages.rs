@@ -1142,3 +1142,124 @@ pub async fn change_user(
     .await??;
     Ok(see_other("/users"))
 }
+
+#[derive(Template)]
+#[template(path = "password.html")]
+struct PasswordPage {
+    signed_in: Option<Nav>,
+    csrf: String,
+    problem: Option<String>,
+    done: bool,
+    min_chars: u32,
+}
+
+pub async fn password_form(state: web::Data<AppState>, user: SignedIn) -> Page {
+    html(&PasswordPage {
+        signed_in: Some(user.nav()),
+        csrf: user.csrf.clone(),
+        problem: None,
+        done: false,
+        min_chars: state.policy.min_chars,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PasswordForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    current: String,
+    #[serde(default)]
+    new: String,
+}
+
+/// Changes one's own password: the current one is checked first, and every session ends,
+/// this one included, which is replaced by a fresh one.
+pub async fn password_submit(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    user: SignedIn,
+    form: web::Form<PasswordForm>,
+) -> Page {
+    user.check_csrf(&form.csrf)?;
+    throttle(&state, &req).await?;
+    let form = form.into_inner();
+    let (now, source) = (state.now(), source(&req));
+    let changed = {
+        let state = state.clone();
+        let user = user.clone();
+        web::block(
+            move || -> appliance::error::Result<Result<sessions::SessionToken, String>> {
+                let check = accounts::login(
+                    &state.app.audit,
+                    &user.user.email,
+                    &form.current,
+                    &source,
+                    now,
+                    state.lockout,
+                )?;
+                if check.user.is_none() {
+                    return Ok(Err("The current password is wrong.".to_owned()));
+                }
+                match accounts::set_password(
+                    &state.app.audit,
+                    &Actor::User(user.user.id),
+                    &user.user,
+                    &form.new,
+                    state.policy,
+                    now,
+                ) {
+                    Err(appliance::Error::Invalid { problem, .. }) => return Ok(Err(problem)),
+                    other => other?,
+                }
+                sessions::end_all(
+                    &mut *state.app.store.conn()?,
+                    user.user.id,
+                    None,
+                    "password changed",
+                    now,
+                )?;
+                let (token, _) = sessions::start(
+                    &mut *state.app.store.conn()?,
+                    user.user.id,
+                    &user.session.source,
+                    &user.session.user_agent,
+                    now,
+                    SecondFactor::Done,
+                )?;
+                Ok(Ok(token))
+            },
+        )
+        .await??
+    };
+    match changed {
+        Ok(token) => {
+            let page = PasswordPage {
+                signed_in: Some(user.nav()),
+                csrf: crate::csrf_token(token.reveal()),
+                problem: None,
+                done: true,
+                min_chars: state.policy.min_chars,
+            };
+            let body = page
+                .render()
+                .map_err(|err| WebError::Internal(err.to_string()))?;
+            Ok(HttpResponse::Ok()
+                .cookie(session_cookie(&token, state.limits))
+                .content_type("text/html; charset=utf-8")
+                .body(body))
+        }
+        Err(problem) => {
+            let page = PasswordPage {
+                signed_in: Some(user.nav()),
+                csrf: user.csrf.clone(),
+                problem: Some(problem),
+                done: false,
+                min_chars: state.policy.min_chars,
+            };
+            Ok(HttpResponse::UnprocessableEntity()
+                .content_type("text/html; charset=utf-8")
+                .body(page.render().unwrap_or_default()))
+        }
+    }
+}

@@ -1319,3 +1319,47 @@ fn an_admin_manages_users_of_their_own_organisation_only() {
             && actions.contains(&"auth.account.unlocked".to_owned())
     );
 }
+
+#[test]
+fn changing_the_password_needs_the_current_one_and_ends_every_session() {
+    let portal = Portal::start("logins_per_minute = 100");
+    portal.setup_admin();
+    portal.login("laptop", EMAIL, PASSWORD);
+    portal.login("phone", EMAIL, PASSWORD);
+    let csrf = portal.csrf("laptop");
+    let change = |current: &str, new: &str| {
+        portal.post(
+            Some("laptop"),
+            "/account/password",
+            &[("csrf", &csrf), ("current", current), ("new", new)],
+        )
+    };
+    assert_eq!(change("Wrong-password-1", "Neue-Schraube-88").status, 422);
+    let weak = change(PASSWORD, "password1234");
+    assert_eq!(weak.status, 422);
+    assert!(weak.body.contains("common"), "{}", weak.body);
+    assert!(
+        portal.get(Some("phone"), "/").body.contains("Welcome"),
+        "a refused change ended sessions"
+    );
+
+    let done = change(PASSWORD, "Neue-Schraube-88");
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("Your password is changed"));
+    assert_eq!(
+        portal.get(Some("phone"), "/").header("location"),
+        Some("/login"),
+        "another session survived the change"
+    );
+    assert!(
+        portal.get(Some("laptop"), "/").body.contains("Welcome"),
+        "the changing session was not renewed"
+    );
+    assert_eq!(portal.login("old", EMAIL, PASSWORD).status, 401);
+    assert_eq!(portal.login("new", EMAIL, "Neue-Schraube-88").status, 303);
+    assert!(
+        portal
+            .actions()
+            .contains(&"auth.password.changed".to_owned())
+    );
+}
