@@ -54,6 +54,9 @@ pub struct WebConfig {
     pub second_factor_roles: Vec<String>,
     /// REST API requests per minute, per token and per source address.
     pub api_requests_per_minute: u32,
+    /// Sensitive actions (users, certificates, firewall, firmware) ask for the password again
+    /// when it was last given longer ago than this.
+    pub reauthenticate_seconds: u32,
 }
 
 /// The appliance's two ports.
@@ -231,6 +234,7 @@ impl Default for WebConfig {
             max_body_bytes: 64 * 1024,
             second_factor_roles: vec!["admin".to_owned()],
             api_requests_per_minute: 600,
+            reauthenticate_seconds: 600,
         }
     }
 }
@@ -685,7 +689,7 @@ impl Config {
                 ));
             }
         }
-        let ranges: [(&str, u32, std::ops::RangeInclusive<u32>); 7] = [
+        let ranges: [(&str, u32, std::ops::RangeInclusive<u32>); 8] = [
             (
                 "web.session_absolute_minutes",
                 web.session_absolute_minutes,
@@ -704,6 +708,11 @@ impl Config {
                 "web.api_requests_per_minute",
                 web.api_requests_per_minute,
                 1..=100_000,
+            ),
+            (
+                "web.reauthenticate_seconds",
+                web.reauthenticate_seconds,
+                1..=3600,
             ),
         ];
         for (key, value, range) in ranges {

@@ -127,6 +127,7 @@ diesel::table! {
         ended_at_us -> Nullable<BigInt>,
         end_reason -> Nullable<Text>,
         second_factor -> Text,
+        authenticated_at_us -> Nullable<BigInt>,
     }
 }
 

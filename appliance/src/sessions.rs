@@ -64,6 +64,29 @@ pub struct Session {
     /// `done`, or `pending` (the second factor is still to be checked), or `enrol` (one
     /// must be enrolled first). Only a `done` session reaches the portal's pages.
     pub second_factor: String,
+    /// The last confirmation of the password after login, if any.
+    pub authenticated_at_us: Option<i64>,
+}
+
+impl Session {
+    /// When the user last proved who they are in this session.
+    pub fn last_authenticated_us(&self) -> i64 {
+        self.authenticated_at_us
+            .unwrap_or(self.created_at_us)
+            .max(self.created_at_us)
+    }
+}
+
+/// Records that the user just confirmed their password (and second factor) again.
+pub fn confirm_authentication(audit: &Audit, session: &Session, now: i64) -> Result<()> {
+    audit.record_with(|conn| {
+        diesel::update(sessions::table.find(session.id))
+            .set(sessions::authenticated_at_us.eq(now))
+            .execute(conn)?;
+        let event = AuditEvent::new(Actor::User(session.user_id), "auth.reauthenticated")
+            .target(format!("session:{}", session.id));
+        Ok(((), vec![event]))
+    })
 }
 
 /// Where a new session stands with the second factor.

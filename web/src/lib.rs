@@ -40,6 +40,7 @@ pub struct AppState {
     /// Attempts at a password or code, per source address.
     logins: api::RateLimiter<IpAddr>,
     pub api_requests_per_minute: u32,
+    pub reauthenticate_us: i64,
     pub api_by_address: api::RateLimiter<IpAddr>,
     pub api_by_token: api::RateLimiter<i64>,
 }
@@ -76,6 +77,7 @@ impl AppState {
                 .collect(),
             logins: api::RateLimiter::default(),
             api_requests_per_minute: web.api_requests_per_minute,
+            reauthenticate_us: i64::from(web.reauthenticate_seconds) * 1_000_000,
             api_by_address: api::RateLimiter::default(),
             api_by_token: api::RateLimiter::default(),
             app,
@@ -110,6 +112,8 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             "/login/second-factor",
             web::post().to(pages::second_factor_submit),
         )
+        .route("/account/confirm", web::get().to(pages::confirm_form))
+        .route("/account/confirm", web::post().to(pages::confirm_submit))
         .route("/account/password", web::get().to(pages::password_form))
         .route("/account/password", web::post().to(pages::password_submit))
         .route("/account/second-factor", web::get().to(pages::enrol_form))
@@ -302,6 +306,20 @@ impl SignedIn {
         }
     }
 
+    /// For sensitive actions: the password must have been given recently, or the user is
+    /// sent to confirm it, and back afterwards.
+    pub fn require_recent_authentication(
+        &self,
+        state: &AppState,
+        confirm: &'static str,
+    ) -> Result<(), NeedsLogin> {
+        if state.now() - self.session.last_authenticated_us() <= state.reauthenticate_us {
+            Ok(())
+        } else {
+            Err(NeedsLogin(confirm))
+        }
+    }
+
     pub fn check_csrf(&self, presented: &str) -> Result<(), WebError> {
         if presented.len() == self.csrf.len()
             && openssl::memcmp::eq(presented.as_bytes(), self.csrf.as_bytes())
@@ -316,10 +334,10 @@ impl SignedIn {
     }
 }
 
-/// Why a page needs a (complete) sign-in first: answered with a redirect to the step that
-/// is missing, the login page or the second factor.
+/// Why a page needs a (complete or recent) sign-in first: answered with a redirect to the
+/// step that is missing: the login page, the second factor, or confirming the password.
 #[derive(Debug)]
-pub struct NeedsLogin(&'static str);
+pub struct NeedsLogin(pub &'static str);
 
 impl std::fmt::Display for NeedsLogin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

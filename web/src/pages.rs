@@ -1035,8 +1035,14 @@ async fn users_page_with(
         .body(body))
 }
 
+/// Where a sensitive page sends a user whose password is not fresh.
+const CONFIRM_FOR_USERS: &str = "/account/confirm?next=users";
+
 pub async fn users_page(state: web::Data<AppState>, user: SignedIn) -> Page {
     admin_only(&user)?;
+    if let Err(confirm) = user.require_recent_authentication(&state, CONFIRM_FOR_USERS) {
+        return Ok(actix_web::ResponseError::error_response(&confirm));
+    }
     users_page_with(&state, &user, None, String::new(), String::new()).await
 }
 
@@ -1062,6 +1068,9 @@ pub async fn create_user(
 ) -> Page {
     admin_only(&user)?;
     user.check_csrf(&form.csrf)?;
+    if let Err(confirm) = user.require_recent_authentication(&state, CONFIRM_FOR_USERS) {
+        return Ok(actix_web::ResponseError::error_response(&confirm));
+    }
     let form = form.into_inner();
     let (name, email) = (form.name.clone(), form.email.clone());
     let created = {
@@ -1120,6 +1129,9 @@ pub async fn change_user(
 ) -> Page {
     admin_only(&user)?;
     user.check_csrf(&form.csrf)?;
+    if let Err(confirm) = user.require_recent_authentication(&state, CONFIRM_FOR_USERS) {
+        return Ok(actix_web::ResponseError::error_response(&confirm));
+    }
     let (target, change) = path.into_inner();
     let target = appliance::models::UserId(target);
     if target == user.user.id && change == "disable" {
@@ -1262,4 +1274,113 @@ pub async fn password_submit(
                 .body(page.render().unwrap_or_default()))
         }
     }
+}
+
+#[derive(Template)]
+#[template(path = "confirm.html")]
+struct ConfirmPage {
+    signed_in: Option<Nav>,
+    csrf: String,
+    next: String,
+    needs_code: bool,
+    problem: Option<&'static str>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ConfirmQuery {
+    #[serde(default)]
+    next: String,
+}
+
+/// Pages one may be sent back to after confirming: a fixed list, so `next` cannot point
+/// anywhere else.
+fn confirm_target(next: &str) -> &'static str {
+    match next {
+        "users" => "/users",
+        _ => "/",
+    }
+}
+
+pub async fn confirm_form(
+    state: web::Data<AppState>,
+    user: SignedIn,
+    query: web::Query<ConfirmQuery>,
+) -> Page {
+    let needs_code = {
+        let (state, id) = (state.clone(), user.user.id);
+        web::block(move || second_factor::is_enrolled(&mut *state.app.store.conn()?, id)).await??
+    };
+    html(&ConfirmPage {
+        signed_in: Some(user.nav()),
+        csrf: user.csrf.clone(),
+        next: query.next.clone(),
+        needs_code,
+        problem: None,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ConfirmForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    next: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    code: String,
+}
+
+/// Checks the password (and the second factor, when enrolled) again, and records it.
+/// Failures count toward the lockout like any login.
+pub async fn confirm_submit(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    user: SignedIn,
+    form: web::Form<ConfirmForm>,
+) -> Page {
+    user.check_csrf(&form.csrf)?;
+    throttle(&state, &req).await?;
+    let form = form.into_inner();
+    let (now, source) = (state.now(), source(&req));
+    let (confirmed, needs_code) = {
+        let state = state.clone();
+        let user = user.clone();
+        let (password, code) = (form.password.clone(), form.code.clone());
+        web::block(move || -> appliance::error::Result<(bool, bool)> {
+            let needs_code =
+                second_factor::is_enrolled(&mut *state.app.store.conn()?, user.user.id)?;
+            let password_ok = accounts::login(
+                &state.app.audit,
+                &user.user.email,
+                &password,
+                &source,
+                now,
+                state.lockout,
+            )?
+            .user
+            .is_some();
+            let code_ok = !needs_code
+                || (password_ok
+                    && second_factor::check(&state.app.audit, user.user.id, &code, &source, now)?);
+            if password_ok && code_ok {
+                sessions::confirm_authentication(&state.app.audit, &user.session, now)?;
+            }
+            Ok((password_ok && code_ok, needs_code))
+        })
+        .await??
+    };
+    if confirmed {
+        return Ok(see_other(confirm_target(&form.next)));
+    }
+    let page = ConfirmPage {
+        signed_in: Some(user.nav()),
+        csrf: user.csrf.clone(),
+        next: form.next,
+        needs_code,
+        problem: Some("That did not match; try again."),
+    };
+    Ok(HttpResponse::Unauthorized()
+        .content_type("text/html; charset=utf-8")
+        .body(page.render().unwrap_or_default()))
 }

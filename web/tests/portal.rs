@@ -1363,3 +1363,71 @@ fn changing_the_password_needs_the_current_one_and_ends_every_session() {
             .contains(&"auth.password.changed".to_owned())
     );
 }
+
+#[test]
+fn sensitive_pages_ask_for_the_password_again_once_it_is_stale() {
+    let portal = Portal::start("reauthenticate_seconds = 1\nlogins_per_minute = 100");
+    portal.setup_admin();
+    portal.login("admin", EMAIL, PASSWORD);
+    assert_eq!(
+        portal.get(Some("admin"), "/users").status,
+        200,
+        "a fresh login had to confirm"
+    );
+    let csrf = portal.csrf("admin");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        portal.get(Some("admin"), "/users").header("location"),
+        Some("/account/confirm?next=users")
+    );
+    let add = portal.post(
+        Some("admin"),
+        "/users",
+        &[
+            ("csrf", &csrf),
+            ("name", "Tom"),
+            ("email", "tom@vendor.example"),
+            ("role", "viewer"),
+            ("password", PASSWORD),
+        ],
+    );
+    assert_eq!(add.header("location"), Some("/account/confirm?next=users"));
+    assert!(
+        appliance::models::User::find_by_email(
+            &mut portal.app.store.conn().unwrap(),
+            "tom@vendor.example"
+        )
+        .unwrap()
+        .is_none(),
+        "a stale session changed users"
+    );
+
+    let confirm = |password: &str| {
+        portal.post(
+            Some("admin"),
+            "/account/confirm",
+            &[("csrf", &csrf), ("next", "users"), ("password", password)],
+        )
+    };
+    assert_eq!(confirm("Wrong-password-1").status, 401);
+    let ok = confirm(PASSWORD);
+    assert_eq!((ok.status, ok.header("location")), (303, Some("/users")));
+    assert_eq!(portal.get(Some("admin"), "/users").status, 200);
+    // `next` names a page from a fixed list; anything else goes home.
+    std::thread::sleep(Duration::from_millis(1500));
+    let elsewhere = portal.post(
+        Some("admin"),
+        "/account/confirm",
+        &[
+            ("csrf", &csrf),
+            ("next", "https://evil.example/"),
+            ("password", PASSWORD),
+        ],
+    );
+    assert_eq!(elsewhere.header("location"), Some("/"));
+    assert!(
+        portal
+            .actions()
+            .contains(&"auth.reauthenticated".to_owned())
+    );
+}
