@@ -133,8 +133,13 @@ pub fn install_certificate(
     {
         return Err(tls_error("key", "does not belong to the certificate"));
     }
+    if let Some(dir) = paths.key.parent() {
+        fs::create_dir_all(dir).map_err(|err| tls_error(&dir.display().to_string(), err))?;
+    }
     write_private(&paths.key, key_pem)?;
-    fs::write(&paths.cert, cert_pem)
+    let tmp = paths.cert.with_extension("crt.tmp");
+    fs::write(&tmp, cert_pem)
+        .and_then(|()| fs::rename(&tmp, &paths.cert))
         .map_err(|err| tls_error(&paths.cert.display().to_string(), err))?;
     Ok(leaf)
 }

@@ -494,7 +494,58 @@ fn checkpoints_reach_syslog(backend: Backend) {
     );
 }
 
+fn tls_install_replaces_the_portal_certificate_only_with_its_own_key(backend: Backend) {
+    let t = TestAppliance::new(backend);
+    let dir = t.dir.path();
+    let (cert, key) =
+        appliance::tls::self_signed("plantgate.plant.example", &[]).expect("certificate");
+    let (_, other_key) = appliance::tls::self_signed("other", &[]).expect("other key");
+    std::fs::write(dir.join("new.crt"), &cert).expect("write");
+    std::fs::write(dir.join("new.key"), &key).expect("write");
+    std::fs::write(dir.join("wrong.key"), &other_key).expect("write");
+    let installed = t.app.config.data_dir.join("tls/portal.crt");
+
+    let refused = t
+        .cli()
+        .args(["tls", "install", "--cert"])
+        .arg(dir.join("new.crt"))
+        .arg("--key")
+        .arg(dir.join("wrong.key"))
+        .output()
+        .expect("run");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("does not belong to the certificate"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!installed.exists(), "a refused certificate was written");
+
+    let ok = t
+        .cli()
+        .args(["tls", "install", "--cert"])
+        .arg(dir.join("new.crt"))
+        .arg("--key")
+        .arg(dir.join("new.key"))
+        .output()
+        .expect("run");
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(
+        stdout(&ok).contains("plantgate.plant.example"),
+        "{}",
+        stdout(&ok)
+    );
+    assert_eq!(std::fs::read(&installed).expect("installed"), cert);
+    let export = t
+        .cli()
+        .args(["audit", "export", "--action", "tls."])
+        .output()
+        .expect("export");
+    assert!(stdout(&export).contains("tls.certificate.replaced"));
+}
+
 on_both_backends!(
+    tls_install_replaces_the_portal_certificate_only_with_its_own_key,
     init_prints_the_enrolment_token_once,
     init_audits_what_it_creates,
     commands_before_init_say_to_run_init,

@@ -62,6 +62,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Replace the portal's TLS certificate and key.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// Issue, list and revoke REST API tokens.
     Token {
         #[command(subcommand)]
@@ -131,6 +136,18 @@ enum DeviceCommand {
     Rotate { serial: String },
     /// Revoke a device's credential; it can no longer post.
     Revoke { serial: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Install a certificate (PEM, leaf first, then any chain) and its key for the portal.
+    /// Nothing is written unless the key belongs to the certificate.
+    Install {
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -453,6 +470,37 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
         }
         Command::Grant { command } => grant(command, config, &actor),
         Command::Token { command } => token(command, config, &actor),
+        Command::Tls {
+            command: TlsCommand::Install { cert, key },
+        } => {
+            let app = Appliance::open(config, &actor)?;
+            let read = |path: &PathBuf| {
+                std::fs::read(path)
+                    .map_err(|err| Error::invalid("file", format!("{}: {err}", path.display())))
+            };
+            let paths = appliance::tls::CertificatePaths::in_dir(
+                &app.config.data_dir.join("tls"),
+                "portal",
+            );
+            let leaf = appliance::tls::install_certificate(&paths, &read(&cert)?, &read(&key)?)?;
+            let subject = format!(
+                "{:?}",
+                leaf.subject_name()
+                    .entries()
+                    .map(|e| e.data().to_string())
+                    .collect::<Vec<_>>()
+            );
+            let expires = leaf.not_after().to_string();
+            app.audit.record(
+                AuditEvent::new(actor, "tls.certificate.replaced")
+                    .target("tls:portal")
+                    .details(serde_json::json!({ "subject": subject, "not_after": expires })),
+            )?;
+            println!(
+                "installed the portal certificate for {subject}, valid until {expires}; restart plantgate-web to use it"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Agent { command } => {
             let app = Appliance::open(config, &actor)?;
             match command {
