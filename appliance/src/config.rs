@@ -707,7 +707,7 @@ impl Config {
             (
                 "web.api_requests_per_minute",
                 web.api_requests_per_minute,
-                1..=100_000,
+                1..=1_000_000,
             ),
             (
                 "web.reauthenticate_seconds",

@@ -1,0 +1,261 @@
+//! The portal harness shared by the tests and the load benchmark: the real `plantgate-web`
+//! binary on free ports, driven by `curl`.
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use appliance::config::Config;
+use appliance::enrolment::{self, FIRST_ADMIN};
+use appliance::keys::SigningKey;
+use appliance::{Actor, Appliance};
+
+pub const PASSWORD: &str = "Vierkant-Schraube-77";
+pub const EMAIL: &str = "ada@plant.example";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Portal {
+    pub dir: tempfile::TempDir,
+    pub https: u16,
+    pub http: u16,
+    pub token: String,
+    pub app: Appliance,
+    child: Child,
+}
+
+/// A response as curl saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Portal {
+    /// A portal where no role needs a second factor, unless `web_settings` says otherwise;
+    /// the second factor has tests of its own.
+    pub fn start(web_settings: &str) -> Portal {
+        let second_factor = if web_settings.contains("second_factor_roles") {
+            ""
+        } else {
+            "second_factor_roles = []"
+        };
+        let web_settings = format!("{web_settings}\n{second_factor}");
+        let dir = tempfile::tempdir().unwrap();
+        let (https, http) = (free_port(), free_port());
+        let config_path = dir.path().join("plantgate.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "data_dir = {:?}\n[log]\nlevel = \"warn\"\n[web]\nhttps_listen = \"127.0.0.1:{https}\"\n\
+                 http_listen = \"127.0.0.1:{http}\"\nhost_name = \"localhost\"\n{web_settings}\n",
+                dir.path().join("data").display().to_string()
+            ),
+        )
+        .unwrap();
+        let config = Config::load(Some(&config_path)).unwrap();
+        config.prepare_data_dir().unwrap();
+        SigningKey::generate(&config.keys_dir()).unwrap();
+        let app = Appliance::open(config, &Actor::System("test".into())).unwrap();
+        let (token, _) = enrolment::issue(
+            &app.audit,
+            &Actor::System("test".into()),
+            FIRST_ADMIN,
+            3_600_000_000,
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_plantgate-web"))
+            .env("PLANTGATE_CONFIG", &config_path)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start plantgate-web");
+        let portal = Portal {
+            dir,
+            https,
+            http,
+            token: token.reveal().to_owned(),
+            app,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", https)).is_err() {
+            assert!(Instant::now() < deadline, "plantgate-web did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        portal
+    }
+
+    pub fn origin(&self) -> String {
+        format!("https://127.0.0.1:{}", self.https)
+    }
+
+    pub fn jar(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.cookies"))
+    }
+
+    /// `curl` against the portal; `jar` keeps cookies between calls like a browser.
+    pub fn curl(&self, jar: Option<&str>, args: &[&str]) -> Reply {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sk", "-i", "--max-time", "20"]);
+        if let Some(jar) = jar {
+            let jar = self.jar(jar);
+            cmd.arg("-b").arg(&jar).arg("-c").arg(&jar);
+        }
+        let output = cmd
+            .args(args)
+            .output()
+            .expect("curl (apt-get install curl)");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+            .collect();
+        Reply {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    }
+
+    pub fn get(&self, jar: Option<&str>, path: &str) -> Reply {
+        self.curl(jar, &[&format!("{}{path}", self.origin())])
+    }
+
+    /// A form post from the portal's own page (Origin set, as a browser does).
+    pub fn post(&self, jar: Option<&str>, path: &str, fields: &[(&str, &str)]) -> Reply {
+        let origin = format!("Origin: {}", self.origin());
+        let mut args: Vec<String> = vec!["-H".into(), origin, format!("{}{path}", self.origin())];
+        for (k, v) in fields {
+            args.push("--data-urlencode".into());
+            args.push(format!("{k}={v}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.curl(jar, &args)
+    }
+
+    pub fn setup_admin(&self) {
+        let reply = self.post(
+            None,
+            "/setup",
+            &[
+                ("token", &self.token),
+                ("organisation", "Moulding Plant Nord"),
+                ("name", "Ada Admin"),
+                ("email", EMAIL),
+                ("password", PASSWORD),
+            ],
+        );
+        assert_eq!(reply.status, 303, "{}", reply.body);
+    }
+
+    pub fn login(&self, jar: &str, email: &str, password: &str) -> Reply {
+        self.post(
+            Some(jar),
+            "/login",
+            &[("email", email), ("password", password)],
+        )
+    }
+
+    /// The CSRF token from a signed-in page.
+    pub fn csrf(&self, jar: &str) -> String {
+        let page = self.get(Some(jar), "/sessions");
+        let at = page
+            .body
+            .find("name=\"csrf\" value=\"")
+            .expect("csrf field")
+            + 19;
+        page.body[at..at + 64].to_owned()
+    }
+
+    pub fn actions(&self) -> Vec<String> {
+        let mut actions = Vec::new();
+        let mut conn = self.app.store.conn().unwrap();
+        appliance::audit::export::for_each_record(&mut conn, &Default::default(), |r| {
+            actions.push(r.action);
+            Ok(true)
+        })
+        .unwrap();
+        actions
+    }
+
+    pub fn s_client(&self, args: &[&str]) -> String {
+        let output = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{}", self.https)])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr)
+    }
+}
+
+impl Drop for Portal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Portal {
+    /// A token for the first administrator with `scopes`, issued `age_days` ago for `days`.
+    pub fn token(&self, scopes: &[&str], days: u32, age_days: i64) -> (String, i64) {
+        let user =
+            appliance::models::User::find_by_email(&mut self.app.store.conn().unwrap(), EMAIL)
+                .unwrap()
+                .unwrap();
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        let issued = appliance::time::now_us() - age_days * 86_400_000_000;
+        let (secret, token) = appliance::tokens::create(
+            &self.app.audit,
+            &Actor::System("test".into()),
+            &user,
+            "siem",
+            &scopes,
+            days,
+            issued,
+        )
+        .unwrap();
+        (secret.reveal().to_owned(), token.id)
+    }
+
+    pub fn api(&self, token: Option<&str>, path: &str) -> (u16, serde_json::Value) {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+        let mut args = vec![format!("{}{path}", self.origin())];
+        if let Some(auth) = &auth {
+            args.insert(0, auth.clone());
+            args.insert(0, "-H".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let reply = self.curl(None, &args);
+        (
+            reply.status,
+            serde_json::from_str(&reply.body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+}
