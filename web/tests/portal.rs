@@ -1183,3 +1183,88 @@ fn sensitive_pages_ask_for_the_password_again_once_it_is_stale() {
             .contains(&"auth.reauthenticated".to_owned())
     );
 }
+
+#[test]
+fn every_page_answers_every_role_as_the_permission_table_says() {
+    use appliance::models::{Organisation, Role, User};
+    let portal = Portal::start("logins_per_minute = 1000");
+    portal.setup_admin();
+    let actor = Actor::System("test".into());
+    let org = Organisation::list(&mut portal.app.store.conn().unwrap())
+        .unwrap()
+        .remove(0);
+    let roles = [
+        Role::Approver,
+        Role::Technician,
+        Role::Viewer,
+        Role::Auditor,
+    ];
+    for role in roles {
+        let email = format!("{role}@plant.example");
+        let user =
+            User::create(&portal.app.audit, &actor, org.id, "Someone", &email, role).unwrap();
+        appliance::accounts::set_password(
+            &portal.app.audit,
+            &actor,
+            &user,
+            PASSWORD,
+            appliance::accounts::PasswordPolicy { min_chars: 12 },
+            0,
+        )
+        .unwrap();
+        assert_eq!(portal.login(role.as_str(), &email, PASSWORD).status, 303);
+    }
+    portal.login("admin", EMAIL, PASSWORD);
+
+    // The table: what each kind of caller gets. 303 is the way to the login page.
+    const OK: u16 = 200;
+    const LOGIN: u16 = 303;
+    const NO: u16 = 403;
+    #[rustfmt::skip]
+    let table: [(&str, [u16; 6]); 8] = [
+        //                          anonymous admin approver technician viewer auditor
+        ("/",                       [LOGIN, OK, OK, OK, OK, OK]),
+        ("/sessions",               [LOGIN, OK, OK, OK, OK, OK]),
+        ("/account/password",       [LOGIN, OK, OK, OK, OK, OK]),
+        ("/account/second-factor",  [LOGIN, OK, OK, OK, OK, OK]),
+        ("/users",                  [LOGIN, OK, NO, NO, NO, NO]),
+        ("/audit",                  [LOGIN, OK, NO, NO, NO, OK]),
+        ("/audit/export",           [LOGIN, OK, NO, NO, NO, OK]),
+        ("/anything/else",          [404, 404, 404, 404, 404, 404]),
+    ];
+    let callers: [Option<&str>; 6] = [
+        None,
+        Some("admin"),
+        Some("approver"),
+        Some("technician"),
+        Some("viewer"),
+        Some("auditor"),
+    ];
+    for (path, expected) in table {
+        for (caller, want) in callers.iter().zip(expected) {
+            let reply = portal.get(*caller, path);
+            assert_eq!(reply.status, want, "{path} as {caller:?}");
+            if want == LOGIN {
+                assert_eq!(
+                    reply.header("location"),
+                    Some("/login"),
+                    "{path} as {caller:?}"
+                );
+            }
+        }
+    }
+    // Posting to what one may not see is refused the same way.
+    let csrf = portal.csrf("technician");
+    let post = portal.post(
+        Some("technician"),
+        "/users",
+        &[
+            ("csrf", &csrf),
+            ("name", "X"),
+            ("email", "x@y.example"),
+            ("role", "admin"),
+            ("password", PASSWORD),
+        ],
+    );
+    assert_eq!(post.status, 403, "a technician created a user");
+}
