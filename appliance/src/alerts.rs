@@ -413,6 +413,7 @@ pub fn apply(audit: &Audit, actor: &Actor, changes: &[AlertChange]) -> Result<us
                         .on_conflict_do_nothing()
                         .execute(c))?;
                     if inserted == 1 {
+                        enqueue_alert_change(conn, rule, device, "raised", value, now)?;
                         events.push(
                             AuditEvent::new(actor.clone(), "alert.raised")
                                 .target(device)
@@ -437,6 +438,7 @@ pub fn apply(audit: &Audit, actor: &Actor, changes: &[AlertChange]) -> Result<us
                     ))
                     .execute(conn)?;
                     if updated == 1 {
+                        enqueue_alert_change(conn, rule, device, "cleared", value, now)?;
                         events.push(
                             AuditEvent::new(actor.clone(), "alert.cleared")
                                 .target(device)
@@ -448,6 +450,43 @@ pub fn apply(audit: &Audit, actor: &Actor, changes: &[AlertChange]) -> Result<us
         }
         Ok((events.len(), events))
     })
+}
+
+/// Queues the raise or clearing of the active-or-just-cleared alert of (rule, device) for
+/// the site's data connectors, in the caller's transaction.
+fn enqueue_alert_change(
+    conn: &mut DbConnection,
+    rule: AlertRuleId,
+    device: DeviceId,
+    state: &str,
+    value: Option<f64>,
+    at_us: i64,
+) -> Result<()> {
+    let rule_row: AlertRule = alert_rules::table
+        .find(rule)
+        .select(AlertRule::as_select())
+        .first(conn)?;
+    let alert_id: AlertId = alerts::table
+        .filter(alerts::rule_id.eq(rule))
+        .filter(alerts::device_id.eq(device))
+        .order(alerts::id.desc())
+        .select(alerts::id)
+        .first(conn)?;
+    crate::connectors::enqueue_alert(
+        conn,
+        &crate::connectors::AlertOut {
+            state,
+            alert_id: alert_id.0,
+            rule_id: rule.0,
+            rule: &rule_row.name,
+            kind: &rule_row.kind,
+            metric: &rule_row.metric,
+            device,
+            value,
+            at_us,
+        },
+    )?;
+    Ok(())
 }
 
 /// An email the outbox still owes: the raise of an alert, or its clearing.

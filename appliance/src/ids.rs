@@ -37,3 +37,4 @@ id_type!(UserId, "user");
 id_type!(DeviceId, "device");
 id_type!(AlertRuleId, "alert_rule");
 id_type!(AlertId, "alert");
+id_type!(ConnectorId, "connector");

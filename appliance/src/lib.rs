@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod alerts;
 pub mod audit;
 pub mod config;
+pub mod connectors;
 pub mod devices;
 pub mod enrolment;
 pub mod error;

@@ -60,6 +60,7 @@ fn run(config: Config) -> Result<(), String> {
     }
     let (poke, pokes) = std::sync::mpsc::channel();
     ingest::notify::start(app.clone(), pokes).map_err(|e| e.to_string())?;
+    ingest::deliver::start(app.clone()).map_err(|e| e.to_string())?;
     let writer = Writer::start(app.clone(), poke).map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared {
         app: app.clone(),

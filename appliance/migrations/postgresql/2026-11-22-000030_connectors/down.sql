@@ -1,0 +1,2 @@
+DROP TABLE connector_deliveries;
+DROP TABLE connectors;
