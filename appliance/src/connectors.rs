@@ -22,8 +22,8 @@ use serde::Serialize;
 
 use crate::audit::{Actor, Audit, AuditEvent, Outcome};
 use crate::error::{AuditError, Error, Result};
-use crate::on_backend;
 use crate::ids::{ConnectorId, DeviceId, SiteId};
+use crate::on_backend;
 use crate::readings::NewReading;
 use crate::schema::{connector_deliveries, connectors, devices, sites};
 use crate::store::DbConnection;
@@ -114,7 +114,10 @@ impl SealingKey {
     /// The secret sealed in `sealed`; an error if it was sealed under another key or altered.
     pub fn open(&self, sealed: &[u8]) -> Result<String> {
         if sealed.len() < NONCE_LEN + TAG_LEN {
-            return Err(key_error(&self.path, "a sealed connector secret is too short"));
+            return Err(key_error(
+                &self.path,
+                "a sealed connector secret is too short",
+            ));
         }
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let (data, tag) = rest.split_at(rest.len() - TAG_LEN);
@@ -220,7 +223,12 @@ pub fn check_url(raw: &str) -> Result<url::Url> {
                 "must be https (plain http is allowed to loopback only)",
             ));
         }
-        other => return Err(Error::invalid("url", format!("scheme {other:?} is not https"))),
+        other => {
+            return Err(Error::invalid(
+                "url",
+                format!("scheme {other:?} is not https"),
+            ));
+        }
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(Error::invalid(
@@ -445,8 +453,9 @@ pub fn enqueue_readings(conn: &mut DbConnection, rows: &[&NewReading]) -> Result
     let mut queued = 0;
     for (connector, site) in wanted {
         if let Some(readings) = by_site.get(&site) {
-            let body = serde_json::json!({ "type": "readings", "site": site.0, "readings": readings })
-                .to_string();
+            let body =
+                serde_json::json!({ "type": "readings", "site": site.0, "readings": readings })
+                    .to_string();
             enqueue(conn, connector, "readings", &body)?;
             queued += 1;
         }
@@ -605,7 +614,11 @@ mod tests {
         let mut sealed = key.seal("pgwh_abc")?;
         assert_eq!(again.open(&sealed)?, "pgwh_abc");
         let other = tempfile::tempdir().map_err(|err| key_error(Path::new("tmp"), err))?;
-        assert!(SealingKey::load_or_create(other.path())?.open(&sealed).is_err());
+        assert!(
+            SealingKey::load_or_create(other.path())?
+                .open(&sealed)
+                .is_err()
+        );
         let last = sealed.len() - 1;
         sealed[last] ^= 1;
         assert!(key.open(&sealed).is_err());

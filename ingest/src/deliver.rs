@@ -132,13 +132,12 @@ async fn send(
     delivery: &Delivery,
 ) -> Result<(), String> {
     let client = client?;
-    let secret = key.open(&connector.secret_sealed).map_err(|e| e.to_string())?;
-    let signature = connectors::signature_header(
-        &secret,
-        now_us() / 1_000_000,
-        delivery.body.as_bytes(),
-    )
-    .map_err(|e| e.to_string())?;
+    let secret = key
+        .open(&connector.secret_sealed)
+        .map_err(|e| e.to_string())?;
+    let signature =
+        connectors::signature_header(&secret, now_us() / 1_000_000, delivery.body.as_bytes())
+            .map_err(|e| e.to_string())?;
     let response = client
         .post(&connector.url)
         .insert_header(("Content-Type", "application/json"))

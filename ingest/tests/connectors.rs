@@ -24,7 +24,8 @@ struct Receiver {
 
 impl Receiver {
     fn start(port: u16, cert: &Path, key: &Path, secret: &str, out: &Path) -> Receiver {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/webhook_receiver.py");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/webhook_receiver.py");
         let child = Command::new("/usr/bin/python3")
             .arg(script)
             .arg(port.to_string())
@@ -164,22 +165,31 @@ fn a_receiver_that_was_down_gets_every_event_signed_and_in_order(backend: Backen
     assert!(failures >= 2, "failed attempts are audited, got {failures}");
 
     let _receiver = Receiver::start(port, &cert, &key, &secret, &out);
-    wait_until("not everything arrived after the receiver came back", &out, |r| {
-        reading_seqs(r).len() >= 7 && r.iter().any(|x| x["event"] == "alert")
-    });
+    wait_until(
+        "not everything arrived after the receiver came back",
+        &out,
+        |r| reading_seqs(r).len() >= 7 && r.iter().any(|x| x["event"] == "alert"),
+    );
     let records = received(&out);
     assert!(
         records.iter().all(|r| r["ok"] == true),
         "every delivery carries a valid signature: {records:#?}"
     );
-    assert_eq!(reading_seqs(&records), [1, 2, 3, 4, 5, 6, 7], "in order, once each");
+    assert_eq!(
+        reading_seqs(&records),
+        [1, 2, 3, 4, 5, 6, 7],
+        "in order, once each"
+    );
     let alert = records.iter().find(|r| r["event"] == "alert").unwrap();
     assert_eq!(alert["body"]["state"], "raised");
     assert_eq!(alert["body"]["device"], "MM-HOOK");
     assert_eq!(alert["body"]["rule"], "mold too hot");
     let log = connectors::deliveries(&mut t.app.store.conn().unwrap(), connector.id).unwrap();
     assert!(log.iter().all(|d| d.delivered_at_us.is_some()), "{log:#?}");
-    assert!(log.iter().any(|d| d.attempts > 1), "some were retried: {log:#?}");
+    assert!(
+        log.iter().any(|d| d.attempts > 1),
+        "some were retried: {log:#?}"
+    );
 }
 
 on_both_backends!(a_receiver_that_was_down_gets_every_event_signed_and_in_order);

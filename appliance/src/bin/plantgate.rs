@@ -13,14 +13,15 @@ use clap::{Parser, Subcommand};
 use appliance::audit::verify::verify;
 use appliance::audit::{self, Checkpoint, ExportFilter, ExportFormat};
 use appliance::config::Config;
+use appliance::connectors::{self, Connector, ConnectorRequest, SealingKey};
 use appliance::devices::{Device, DeviceRequest};
 use appliance::enrolment::{self, FIRST_ADMIN, FIRST_ADMIN_VALIDITY_US};
 use appliance::error::{Error, Result};
 use appliance::grants::{Agent, Grant, GrantRequest, poke_firewall};
-use appliance::connectors::{self, Connector, ConnectorRequest, SealingKey};
 use appliance::ids::{ConnectorId, SiteId};
 use appliance::keys::{SigningKey, VerifyingKey, private_key_path};
 use appliance::models::{Organisation, Role, Site, User};
+use appliance::readings;
 use appliance::time::{format_us, parse_instant};
 use appliance::{Actor, Appliance, Audit, AuditEvent, Store};
 
@@ -83,10 +84,41 @@ enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// Export stored readings.
+    Readings {
+        #[command(subcommand)]
+        command: ReadingsCommand,
+    },
     /// Data connectors: signed webhooks that receive a site's readings and/or alerts.
     Connector {
         #[command(subcommand)]
         command: ConnectorCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReadingsCommand {
+    /// Stream readings as CSV or JSONL, oldest first, with no row cap; the export is audited.
+    Export {
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
+        /// Only this site's devices (see `plantgate site list`).
+        #[arg(long)]
+        site: Option<i64>,
+        /// Only this device, by serial.
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        metric: Option<String>,
+        /// Only readings measured at or after this time (2026-11-22 or 2026-11-22T08:00:00Z).
+        #[arg(long, value_parser = parse_instant)]
+        since: Option<i64>,
+        /// Only readings measured before this time.
+        #[arg(long, value_parser = parse_instant)]
+        until: Option<i64>,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -485,6 +517,68 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
         Command::Site { command } => site(command, config, &actor),
         Command::Device { command } => device(command, config, &actor),
         Command::Connector { command } => connector(command, config, &actor),
+        Command::Readings {
+            command:
+                ReadingsCommand::Export {
+                    format,
+                    site,
+                    device,
+                    metric,
+                    since,
+                    until,
+                    output,
+                },
+        } => {
+            let app = Appliance::open(config, &actor)?;
+            let mut conn = app.store.conn()?;
+            let device_id = match &device {
+                Some(serial) => Some(
+                    Device::find_by_serial(&mut conn, serial)?
+                        .ok_or(Error::NotFound("device"))?
+                        .id,
+                ),
+                None => None,
+            };
+            if let Some(metric) = &metric
+                && !readings::is_metric_name(metric)
+            {
+                return Err(Error::invalid(
+                    "metric",
+                    format!("{metric:?} is not a metric name"),
+                ));
+            }
+            let filter = readings::ExportFilter {
+                site: site.map(SiteId),
+                device: device_id,
+                metric: metric.clone(),
+                since_us: since,
+                until_us: until,
+            };
+            let count = match &output {
+                Some(path) => {
+                    let file = std::fs::File::create(path).map_err(|err| {
+                        Error::invalid("output", format!("{}: {err}", path.display()))
+                    })?;
+                    readings::export(&mut conn, &filter, format, file)?
+                }
+                None => readings::export(&mut conn, &filter, format, std::io::stdout().lock())?,
+            };
+            drop(conn);
+            app.audit
+                .record(
+                    AuditEvent::new(actor, "readings.exported").details(serde_json::json!({
+                        "format": format!("{format:?}").to_lowercase(),
+                        "site": site,
+                        "device": device,
+                        "metric": metric,
+                        "since": since.map(format_us),
+                        "until": until.map(format_us),
+                        "readings": count,
+                        "output": output.map(|p| p.display().to_string()),
+                    })),
+                )?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -500,12 +594,13 @@ fn connector(command: ConnectorCommand, config: Config, actor: &Actor) -> Result
             alerts,
             ca_file,
         } => {
-            let ca_pem = match ca_file {
-                Some(path) => Some(std::fs::read_to_string(&path).map_err(|err| {
-                    Error::invalid("ca", format!("{}: {err}", path.display()))
-                })?),
-                None => None,
-            };
+            let ca_pem =
+                match ca_file {
+                    Some(path) => Some(std::fs::read_to_string(&path).map_err(|err| {
+                        Error::invalid("ca", format!("{}: {err}", path.display()))
+                    })?),
+                    None => None,
+                };
             let key = SealingKey::load_or_create(&app.config.keys_dir())?;
             let request = ConnectorRequest {
                 site: SiteId(site),
@@ -544,7 +639,11 @@ fn connector(command: ConnectorCommand, config: Config, actor: &Actor) -> Result
                         (true, false) => "readings",
                         _ => "alerts",
                     };
-                    let state = if c.removed_at_us.is_some() { "removed" } else { "active" };
+                    let state = if c.removed_at_us.is_some() {
+                        "removed"
+                    } else {
+                        "active"
+                    };
                     println!(
                         "{:<5} site:{:<4} {:<20} {:<16} {:<8} owed={owed} dead={dead} {}",
                         c.id.0, c.site_id.0, c.name, events, state, c.url
