@@ -234,7 +234,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    device_certificates (id) {
+        id -> BigInt,
+        device_id -> BigInt,
+        fingerprint -> Binary,
+        issued_at_us -> BigInt,
+        not_after_us -> BigInt,
+        revoked_at_us -> Nullable<BigInt>,
+    }
+}
+
 diesel::joinable!(readings -> devices (device_id));
+diesel::joinable!(device_certificates -> devices (device_id));
 diesel::joinable!(connector_deliveries -> connectors (connector_id));
 diesel::joinable!(alerts -> alert_rules (rule_id));
 diesel::joinable!(alerts -> devices (device_id));
@@ -245,5 +257,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     alerts,
     sites,
     connectors,
-    connector_deliveries
+    connector_deliveries,
+    device_certificates
 );

@@ -36,6 +36,9 @@ pub enum IngestError {
     TooManyReadings { count: usize, limit: usize },
     #[error("the store is unavailable; nothing was stored, retry later")]
     Unavailable,
+    /// A certificate enrolment was refused: bad token, unknown device, bad CSR.
+    #[error("enrolment refused: {0}")]
+    Enrolment(String),
 }
 
 impl IngestError {
@@ -54,6 +57,7 @@ impl IngestError {
             IngestError::BadReading { .. } => "reading.invalid",
             IngestError::TooManyReadings { .. } => "batch.too_large",
             IngestError::Unavailable => "store.unavailable",
+            IngestError::Enrolment(_) => "enrolment.refused",
         }
     }
 }
@@ -75,6 +79,7 @@ impl ResponseError for IngestError {
             }
             IngestError::BadReading { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             IngestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Enrolment(_) => StatusCode::BAD_REQUEST,
         }
     }
 

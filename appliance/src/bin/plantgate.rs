@@ -14,6 +14,7 @@ use appliance::audit::verify::verify;
 use appliance::audit::{self, Checkpoint, ExportFilter, ExportFormat};
 use appliance::config::Config;
 use appliance::connectors::{self, Connector, ConnectorRequest, SealingKey};
+use appliance::device_ca;
 use appliance::devices::{Device, DeviceRequest};
 use appliance::enrolment::{self, FIRST_ADMIN, FIRST_ADMIN_VALIDITY_US};
 use appliance::error::{Error, Result};
@@ -194,6 +195,11 @@ enum DeviceCommand {
     Rotate { serial: String },
     /// Revoke a device's credential; it can no longer post.
     Revoke { serial: String },
+    /// Issue a one-time token with which the device enrols a CSR for a client certificate
+    /// (`POST /v1/enrol` on the ingest); printed once.
+    EnrolToken { serial: String },
+    /// Revoke every client certificate of a device; the ingest refuses them at once.
+    RevokeCertificates { serial: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -736,6 +742,15 @@ fn device(command: DeviceCommand, config: Config, actor: &Actor) -> Result<ExitC
         DeviceCommand::Revoke { serial } => {
             let device = Device::revoke(&app.audit, actor, &serial)?;
             println!("revoked the credential of {}", device.serial);
+        }
+        DeviceCommand::EnrolToken { serial } => {
+            let token = device_ca::issue_enrolment_token(&app.audit, actor, &serial)?;
+            eprintln!("one-time enrolment token for {serial}, valid 7 days, shown once:");
+            println!("{}", token.reveal());
+        }
+        DeviceCommand::RevokeCertificates { serial } => {
+            let count = device_ca::revoke_certificates(&app.audit, actor, &serial)?;
+            println!("revoked {count} certificate(s) of {serial}");
         }
         DeviceCommand::List { json } => {
             let devices = Device::list(&mut *app.store.conn()?)?;

@@ -1,2 +1,3 @@
+DROP TABLE device_certificates;
 DROP TABLE connector_deliveries;
 DROP TABLE connectors;

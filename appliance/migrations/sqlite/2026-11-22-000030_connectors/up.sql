@@ -34,3 +34,15 @@ CREATE TABLE connector_deliveries (
 );
 CREATE INDEX connector_deliveries_owed ON connector_deliveries (connector_id, id)
     WHERE delivered_at_us IS NULL AND dead_at_us IS NULL;
+
+-- Client certificates issued by the device CA (whose key is in {data_dir}/keys/, never
+-- here). A certificate is accepted only while its fingerprint is here, unrevoked, unexpired.
+CREATE TABLE device_certificates (
+    id            INTEGER PRIMARY KEY,
+    device_id     BIGINT NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+    fingerprint   BLOB NOT NULL UNIQUE,
+    issued_at_us  BIGINT NOT NULL,
+    not_after_us  BIGINT NOT NULL,
+    revoked_at_us BIGINT
+);
+CREATE INDEX device_certificates_device ON device_certificates (device_id);
