@@ -179,6 +179,46 @@ pub fn latest_values(
         .load(conn)?)
 }
 
+/// Up to `n` (value, measured_at_us) of a device's metric measured before `before_us` (or
+/// at all), newest first.
+pub fn latest_points(
+    conn: &mut DbConnection,
+    device: DeviceId,
+    metric: &str,
+    before_us: Option<i64>,
+    n: i64,
+) -> Result<Vec<(f64, i64)>> {
+    let mut query = readings::table
+        .filter(readings::device_id.eq(device))
+        .filter(readings::metric.eq(metric.to_owned()))
+        .into_boxed();
+    if let Some(before) = before_us {
+        query = query.filter(readings::measured_at_us.lt(before));
+    }
+    Ok(query
+        .order((readings::measured_at_us.desc(), readings::seq.desc()))
+        .limit(n)
+        .select((readings::value, readings::measured_at_us))
+        .load(conn)?)
+}
+
+/// Every (value, measured_at_us) of a device's metric measured at or after `since_us`,
+/// newest first.
+pub fn points_since(
+    conn: &mut DbConnection,
+    device: DeviceId,
+    metric: &str,
+    since_us: i64,
+) -> Result<Vec<(f64, i64)>> {
+    Ok(readings::table
+        .filter(readings::device_id.eq(device))
+        .filter(readings::metric.eq(metric))
+        .filter(readings::measured_at_us.ge(since_us))
+        .order((readings::measured_at_us.desc(), readings::seq.desc()))
+        .select((readings::value, readings::measured_at_us))
+        .load(conn)?)
+}
+
 pub fn count_for(conn: &mut DbConnection, device: DeviceId) -> Result<i64> {
     Ok(readings::table
         .filter(readings::device_id.eq(device))

@@ -186,6 +186,8 @@ diesel::table! {
         silent_seconds -> BigInt,
         notify_email -> Text,
         created_at_us -> BigInt,
+        measure -> Text,
+        for_seconds -> BigInt,
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use appliance::alerts::{AlertKind, AlertRule, RuleRequest, RuleScope};
+use appliance::alerts::{AlertKind, AlertRule, Measure, RuleRequest, RuleScope};
 use appliance::connectors::{self, Connector, ConnectorRequest, SealingKey};
 use appliance::devices::DeviceKind;
 use appliance::schema::audit_log;
@@ -136,6 +136,8 @@ fn a_receiver_that_was_down_gets_every_event_signed_and_in_order(backend: Backen
             consecutive: 1,
             silent_seconds: 0,
             notify_email: String::new(),
+            measure: Measure::Value,
+            for_seconds: 0,
         },
     )
     .unwrap();

@@ -46,3 +46,9 @@ CREATE TABLE device_certificates (
     revoked_at_us BIGINT
 );
 CREATE INDEX device_certificates_device ON device_certificates (device_id);
+
+-- Threshold rules (above/below) over a measure, `value` or `rate` (change per minute between
+-- consecutive readings), held `consecutive` readings in a row or, when for_seconds > 0, for
+-- that long. Checked by AlertRule::create.
+ALTER TABLE alert_rules ADD COLUMN measure TEXT NOT NULL DEFAULT 'value';
+ALTER TABLE alert_rules ADD COLUMN for_seconds BIGINT NOT NULL DEFAULT 0;
