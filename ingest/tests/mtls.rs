@@ -1,6 +1,7 @@
 //! Mutual TLS with Plantgate's device CA, driven by tools nobody here wrote: `openssl req`
 //! makes the key and CSR, `curl` enrols it with a one-time token, posts readings with the
-//! client certificate, renews it, and is refused once the certificates are revoked.
+//! client certificate, renews it, `mosquitto_pub` publishes with it, and both are refused
+//! once the certificates are revoked.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is a failed test
 
 mod common;
@@ -143,8 +144,38 @@ fn a_device_enrols_posts_with_its_certificate_renews_and_is_refused_once_revoked
     std::fs::write(&stranger_key, stranger_key_pem).unwrap();
     let foreign_ca = with_cert(&stranger, &stranger_key);
     let foreign_ca: Vec<&str> = foreign_ca.iter().map(String::as_str).collect();
-    let (status, _) = curl(&t, "/v1/readings", &foreign_ca, &reading(3));
+    let (status, _) = curl(&t, "/v1/readings", &foreign_ca, &reading(9));
     assert_eq!(status, 0, "no HTTP status: the handshake was refused");
+
+    // MQTT with the same certificate: mosquitto_pub, no password.
+    let mqtt = |cert: &Path, key: &Path, seq: i64| {
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &t.mqtt_port.to_string(), "-q", "1"])
+            .arg("--cafile")
+            .arg(t.cert())
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .args([
+                "-u",
+                "MM-CERT",
+                "-i",
+                "MM-CERT",
+                "-t",
+                "plantgate/MM-CERT/readings",
+            ])
+            .args(["-m", &reading(seq)])
+            .output()
+            .expect("mosquitto_pub")
+    };
+    let published = mqtt(&new_cert, &new_key, 3);
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    assert_eq!(t.stored_seqs(&monitor.device), [1, 2, 3]);
 
     let revoked = device_ca::revoke_certificates(&t.app.audit, &actor(), "MM-CERT").unwrap();
     assert_eq!(revoked, 2);
@@ -154,7 +185,11 @@ fn a_device_enrols_posts_with_its_certificate_renews_and_is_refused_once_revoked
         let (status, _) = enrol(&t, auth, "MM-CERT", &new_csr);
         assert_eq!(status, 401, "a revoked certificate cannot renew itself");
     }
-    assert_eq!(t.stored_seqs(&monitor.device), [1, 2]);
+    assert!(
+        !mqtt(&new_cert, &new_key, 6).status.success(),
+        "revoked over MQTT too"
+    );
+    assert_eq!(t.stored_seqs(&monitor.device), [1, 2, 3]);
     // The bearer secret still works alongside.
     let (status, reply) = t.curl(&monitor.secret, reading(5).as_bytes(), &[]);
     assert_eq!(status, 200, "{reply}");

@@ -78,7 +78,9 @@ fn run(config: Config) -> Result<(), String> {
     });
 
     if let Some(mqtt_listen) = &ingest.mqtt_listen {
-        let mqtt_tls = acceptor(&paths).map_err(|e| e.to_string())?.build();
+        let mut mqtt_tls = acceptor(&paths).map_err(|e| e.to_string())?;
+        request_device_certificates(&mut mqtt_tls, &shared.device_ca).map_err(|e| e.to_string())?;
+        let mqtt_tls = mqtt_tls.build();
         let std_listener =
             std::net::TcpListener::bind(mqtt_listen).map_err(|e| format!("{mqtt_listen}: {e}"))?;
         std_listener
