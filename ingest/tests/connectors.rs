@@ -1,7 +1,7 @@
 //! Data connectors end to end: readings posted with curl and an alert they raise reach a
 //! real HTTPS receiver (Python's http.server over TLS, checking the HMAC signature as a
-//! customer would), in order, even across the receiver being down and `plantgate-ingest`
-//! being killed with SIGKILL meanwhile.
+//! customer would), in order, even across the receiver being down for 30 s and
+//! `plantgate-ingest` being killed with SIGKILL meanwhile.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is a failed test
 
 mod common;
@@ -158,7 +158,7 @@ fn a_receiver_that_was_down_gets_every_event_signed_and_in_order(backend: Backen
     post(&t, &monitor.secret, 7, 95.0); // raises the alert
     t.kill9(); // the outbox is in the store, not in the process
     t.start();
-    std::thread::sleep(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(30)); // down for 30 s, as a maintenance window might be
     let failures: i64 = audit_log::table
         .filter(audit_log::action.eq("connector.delivery.failed"))
         .count()
