@@ -21,7 +21,7 @@ use openssl::symm::{Cipher, decrypt_aead, encrypt_aead};
 use serde::Serialize;
 
 use crate::audit::{Actor, Audit, AuditEvent, Outcome};
-use crate::error::{AuditError, Error, Result};
+use crate::error::{Error, Result};
 use crate::ids::{ConnectorId, DeviceId, SiteId};
 use crate::on_backend;
 use crate::readings::NewReading;
@@ -54,10 +54,10 @@ impl std::fmt::Debug for SealingKey {
 }
 
 fn key_error(path: &Path, problem: impl std::fmt::Display) -> Error {
-    Error::Audit(AuditError::Key {
+    Error::Key {
         path: path.to_owned(),
         problem: problem.to_string(),
-    })
+    }
 }
 
 impl SealingKey {

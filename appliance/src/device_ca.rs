@@ -27,7 +27,7 @@ use openssl::x509::{X509, X509NameBuilder, X509Req};
 use crate::audit::{Actor, Audit, AuditEvent};
 use crate::devices::Device;
 use crate::enrolment::{self, EnrolmentToken};
-use crate::error::{AuditError, Error, Result};
+use crate::error::{Error, Result};
 use crate::ids::DeviceId;
 use crate::schema::device_certificates;
 use crate::store::DbConnection;
@@ -41,10 +41,10 @@ pub const CERTIFICATE_DAYS: u32 = 365;
 pub const TOKEN_VALIDITY_US: i64 = 7 * 24 * 3600 * 1_000_000;
 
 fn ca_error(path: &Path, problem: impl std::fmt::Display) -> Error {
-    Error::Audit(AuditError::Key {
+    Error::Key {
         path: path.to_owned(),
         problem: problem.to_string(),
-    })
+    }
 }
 
 pub struct DeviceCa {
