@@ -626,6 +626,13 @@ mod tests {
     }
 
     #[test]
+    fn retries_wait_one_second_doubling_up_to_the_cap() {
+        let waits: Vec<i64> = (1..=6).map(|n| backoff_us(n, 10) / 1_000_000).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(backoff_us(1000, 300), 300_000_000);
+    }
+
+    #[test]
     fn only_https_or_loopback_http_is_accepted() {
         assert!(check_url("https://erp.example/hook").is_ok());
         assert!(check_url("http://127.0.0.1:8080/hook").is_ok());
