@@ -17,7 +17,7 @@ use crate::devices::Device;
 use crate::error::{Error, Result};
 use crate::ids::{AlertId, AlertRuleId, DeviceId, SiteId};
 use crate::on_backend;
-use crate::readings::{is_metric_name, latest_values};
+use crate::readings::{is_metric_name, latest_points, latest_values, points_since};
 use crate::schema::{alert_rules, alerts, devices};
 use crate::store::DbConnection;
 use crate::time::now_us;
@@ -45,6 +45,41 @@ impl AlertKind {
         }
     }
 }
+
+/// What a threshold rule compares: the reading itself, or its rate of change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Measure {
+    Value,
+    /// Change per minute between a reading and the one before it (by measured time).
+    Rate,
+}
+
+impl Measure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Measure::Value => "value",
+            Measure::Rate => "rate",
+        }
+    }
+}
+
+impl FromStr for Measure {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Measure> {
+        match s {
+            "value" => Ok(Measure::Value),
+            "rate" => Ok(Measure::Rate),
+            other => Err(Error::invalid(
+                "measure",
+                format!("{other:?} is not a measure; allowed: value, rate"),
+            )),
+        }
+    }
+}
+
+/// The longest "for X" a rule may ask for.
+pub const MAX_FOR_SECONDS: i64 = 24 * 3600;
 
 impl fmt::Display for AlertKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -83,6 +118,8 @@ pub struct AlertRule {
     pub silent_seconds: i64,
     pub notify_email: String,
     pub created_at_us: i64,
+    pub measure: String,
+    pub for_seconds: i64,
 }
 
 /// Where a rule applies.
@@ -104,6 +141,11 @@ pub struct RuleRequest {
     pub silent_seconds: i64,
     /// Comma-separated addresses; empty for no email.
     pub notify_email: String,
+    /// For above/below: compare the value or its rate of change per minute.
+    pub measure: Measure,
+    /// For above/below: when above 0, the condition must hold this long instead of
+    /// `consecutive` readings in a row.
+    pub for_seconds: i64,
 }
 
 #[derive(Debug, Insertable)]
@@ -120,6 +162,8 @@ struct NewRule<'a> {
     silent_seconds: i64,
     notify_email: &'a str,
     created_at_us: i64,
+    measure: &'a str,
+    for_seconds: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]
@@ -149,6 +193,10 @@ struct NewAlert {
 impl AlertRule {
     pub fn kind(&self) -> Result<AlertKind> {
         self.kind.parse()
+    }
+
+    pub fn measure(&self) -> Result<Measure> {
+        self.measure.parse()
     }
 
     /// Creates a rule, audited `alert.rule.created`.
@@ -182,6 +230,19 @@ impl AlertRule {
         if !(1..=1000).contains(&request.consecutive) {
             return Err(Error::invalid("consecutive", "must be between 1 and 1000"));
         }
+        if !(0..=MAX_FOR_SECONDS).contains(&request.for_seconds) {
+            return Err(Error::invalid(
+                "for_seconds",
+                format!("must be between 0 and {MAX_FOR_SECONDS}"),
+            ));
+        }
+        let threshold_rule = matches!(request.kind, AlertKind::Above | AlertKind::Below);
+        if !threshold_rule && (request.measure != Measure::Value || request.for_seconds != 0) {
+            return Err(Error::invalid(
+                "measure",
+                "a rate of change or a duration applies to above and below rules only",
+            ));
+        }
         let (site_id, device_id) = match request.scope {
             RuleScope::Site(site) => (Some(site), None),
             RuleScope::Device(device) => (None, Some(device)),
@@ -200,6 +261,8 @@ impl AlertRule {
                     silent_seconds: request.silent_seconds,
                     notify_email: request.notify_email.trim(),
                     created_at_us: now_us(),
+                    measure: request.measure.as_str(),
+                    for_seconds: request.for_seconds,
                 })
                 .returning(AlertRule::as_returning())
                 .get_result(c))
@@ -323,22 +386,46 @@ pub fn decide_for_readings(
         {
             continue;
         }
-        let values = latest_values(conn, device, &rule.metric, i64::from(rule.consecutive))?;
-        let Some(&latest) = values.first() else {
-            continue;
-        };
-        let full = values.len() == usize::try_from(rule.consecutive).unwrap_or(usize::MAX);
-        let (raise, clear) = match kind {
-            AlertKind::Above => (
-                full && values.iter().all(|v| *v > rule.threshold),
-                latest < rule.threshold - rule.hysteresis,
-            ),
-            AlertKind::Below => (
-                full && values.iter().all(|v| *v < rule.threshold),
-                latest > rule.threshold + rule.hysteresis,
-            ),
-            AlertKind::Event => (latest != 0.0, latest == 0.0),
-            AlertKind::Silent => (false, false),
+        let (raise, clear, latest) = match kind {
+            AlertKind::Above | AlertKind::Below => {
+                let series = threshold_series(conn, &rule, device)?;
+                let Some(&(latest, latest_at)) = series.first() else {
+                    continue;
+                };
+                let beyond = |v: f64| match kind {
+                    AlertKind::Above => v > rule.threshold,
+                    _ => v < rule.threshold,
+                };
+                let back = match kind {
+                    AlertKind::Above => latest < rule.threshold - rule.hysteresis,
+                    _ => latest > rule.threshold + rule.hysteresis,
+                };
+                let held = if rule.for_seconds > 0 {
+                    // Every point in the window is beyond, and so was the last one at or
+                    // before its start: the condition has lasted the whole window.
+                    let start = latest_at - rule.for_seconds.saturating_mul(1_000_000);
+                    series
+                        .iter()
+                        .take_while(|(_, at)| *at >= start)
+                        .all(|(v, _)| beyond(*v))
+                        && series
+                            .iter()
+                            .find(|(_, at)| *at <= start)
+                            .is_some_and(|(v, _)| beyond(*v))
+                } else {
+                    let n = usize::try_from(rule.consecutive).unwrap_or(usize::MAX);
+                    series.len() >= n && series.iter().take(n).all(|(v, _)| beyond(*v))
+                };
+                (held, back, latest)
+            }
+            AlertKind::Event => {
+                let values = latest_values(conn, device, &rule.metric, 1)?;
+                let Some(&latest) = values.first() else {
+                    continue;
+                };
+                (latest != 0.0, latest == 0.0, latest)
+            }
+            AlertKind::Silent => continue,
         };
         if !is_active && raise {
             changes.push(AlertChange::Raise {
@@ -355,6 +442,52 @@ pub fn decide_for_readings(
         }
     }
     Ok(changes)
+}
+
+/// The measure a threshold rule compares, newest first, as (measure, measured_at_us): enough
+/// points for `consecutive` in a row, or for its `for_seconds` window plus the point before.
+fn threshold_series(
+    conn: &mut DbConnection,
+    rule: &AlertRule,
+    device: DeviceId,
+) -> Result<Vec<(f64, i64)>> {
+    let rate = rule.measure()? == Measure::Rate;
+    let extra = if rate { 1 } else { 0 };
+    let points = if rule.for_seconds > 0 {
+        let newest = latest_points(conn, device, &rule.metric, None, 1)?;
+        let Some(&(_, latest_at)) = newest.first() else {
+            return Ok(Vec::new());
+        };
+        let start = latest_at - rule.for_seconds.saturating_mul(1_000_000);
+        let mut points = points_since(conn, device, &rule.metric, start)?;
+        points.extend(latest_points(
+            conn,
+            device,
+            &rule.metric,
+            Some(start),
+            1 + extra,
+        )?);
+        points
+    } else {
+        latest_points(
+            conn,
+            device,
+            &rule.metric,
+            None,
+            i64::from(rule.consecutive) + extra,
+        )?
+    };
+    if !rate {
+        return Ok(points);
+    }
+    Ok(points
+        .windows(2)
+        .filter(|w| w[0].1 > w[1].1)
+        .map(|w| {
+            let minutes = (w[0].1 - w[1].1) as f64 / 60_000_000.0;
+            ((w[0].0 - w[1].0) / minutes, w[0].1)
+        })
+        .collect())
 }
 
 /// Devices covered by a `silent` rule that have not been heard from for its
@@ -413,6 +546,7 @@ pub fn apply(audit: &Audit, actor: &Actor, changes: &[AlertChange]) -> Result<us
                         .on_conflict_do_nothing()
                         .execute(c))?;
                     if inserted == 1 {
+                        enqueue_alert_change(conn, rule, device, "raised", value, now)?;
                         events.push(
                             AuditEvent::new(actor.clone(), "alert.raised")
                                 .target(device)
@@ -437,6 +571,7 @@ pub fn apply(audit: &Audit, actor: &Actor, changes: &[AlertChange]) -> Result<us
                     ))
                     .execute(conn)?;
                     if updated == 1 {
+                        enqueue_alert_change(conn, rule, device, "cleared", value, now)?;
                         events.push(
                             AuditEvent::new(actor.clone(), "alert.cleared")
                                 .target(device)
@@ -448,6 +583,43 @@ pub fn apply(audit: &Audit, actor: &Actor, changes: &[AlertChange]) -> Result<us
         }
         Ok((events.len(), events))
     })
+}
+
+/// Queues the raise or clearing of the active-or-just-cleared alert of (rule, device) for
+/// the site's data connectors, in the caller's transaction.
+fn enqueue_alert_change(
+    conn: &mut DbConnection,
+    rule: AlertRuleId,
+    device: DeviceId,
+    state: &str,
+    value: Option<f64>,
+    at_us: i64,
+) -> Result<()> {
+    let rule_row: AlertRule = alert_rules::table
+        .find(rule)
+        .select(AlertRule::as_select())
+        .first(conn)?;
+    let alert_id: AlertId = alerts::table
+        .filter(alerts::rule_id.eq(rule))
+        .filter(alerts::device_id.eq(device))
+        .order(alerts::id.desc())
+        .select(alerts::id)
+        .first(conn)?;
+    crate::connectors::enqueue_alert(
+        conn,
+        &crate::connectors::AlertOut {
+            state,
+            alert_id: alert_id.0,
+            rule_id: rule.0,
+            rule: &rule_row.name,
+            kind: &rule_row.kind,
+            metric: &rule_row.metric,
+            device,
+            value,
+            at_us,
+        },
+    )?;
+    Ok(())
 }
 
 /// An email the outbox still owes: the raise of an alert, or its clearing.

@@ -123,6 +123,28 @@ pub struct IngestConfig {
     pub certificate: Option<PathBuf>,
     pub private_key: Option<PathBuf>,
     pub smtp: SmtpConfig,
+    pub connectors: ConnectorsConfig,
+}
+
+/// Webhook delivery: a failed attempt is retried after 1 s, doubling up to
+/// `max_backoff_seconds`; after `max_attempts` the delivery is dead-lettered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectorsConfig {
+    pub max_attempts: i32,
+    pub max_backoff_seconds: u64,
+    /// One attempt's limit: connect, TLS, request and response.
+    pub timeout_seconds: u64,
+}
+
+impl Default for ConnectorsConfig {
+    fn default() -> Self {
+        ConnectorsConfig {
+            max_attempts: 20,
+            max_backoff_seconds: 300,
+            timeout_seconds: 10,
+        }
+    }
 }
 
 /// Where alert emails go out. `security`: `none` (loopback tests only), `starttls` or `tls`.
@@ -288,6 +310,7 @@ impl Default for IngestConfig {
             certificate: None,
             private_key: None,
             smtp: SmtpConfig::default(),
+            connectors: ConnectorsConfig::default(),
         }
     }
 }
@@ -586,6 +609,28 @@ impl Config {
                 "ingest.certificate",
                 format!("{:?}", ingest.certificate),
                 "set ingest.certificate and ingest.private_key together, or neither",
+            ));
+        }
+        let connectors = &ingest.connectors;
+        if !(1..=1000).contains(&connectors.max_attempts) {
+            return Err(ConfigError::new(
+                "ingest.connectors.max_attempts",
+                connectors.max_attempts,
+                "must be between 1 and 1000",
+            ));
+        }
+        if !(1..=86_400).contains(&connectors.max_backoff_seconds) {
+            return Err(ConfigError::new(
+                "ingest.connectors.max_backoff_seconds",
+                connectors.max_backoff_seconds,
+                "must be between 1 and 86400",
+            ));
+        }
+        if !(1..=300).contains(&connectors.timeout_seconds) {
+            return Err(ConfigError::new(
+                "ingest.connectors.timeout_seconds",
+                connectors.timeout_seconds,
+                "must be between 1 and 300",
             ));
         }
         let smtp = &ingest.smtp;

@@ -25,6 +25,9 @@ pub enum Error {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// A key or certificate kept outside the store (connector sealing key, device CA).
+    #[error("{path}: {problem}")]
+    Key { path: PathBuf, problem: String },
     #[error("{what} is missing; run `plantgate init` first ({path})")]
     NotInitialised { what: &'static str, path: PathBuf },
 }
@@ -81,6 +84,7 @@ impl Error {
             Error::Invalid { .. } => "request.invalid",
             Error::NotFound(_) => "request.not_found",
             Error::Conflict(_) => "request.conflict",
+            Error::Key { .. } => "appliance.key",
             Error::NotInitialised { .. } => "appliance.not_initialised",
         }
     }

@@ -39,3 +39,4 @@ id_type!(AlertRuleId, "alert_rule");
 id_type!(AlertId, "alert");
 id_type!(FirmwareId, "firmware");
 id_type!(RolloutId, "rollout");
+id_type!(ConnectorId, "connector");

@@ -5,6 +5,8 @@ pub mod accounts;
 pub mod alerts;
 pub mod audit;
 pub mod config;
+pub mod connectors;
+pub mod device_ca;
 pub mod devices;
 pub mod enrolment;
 pub mod error;

@@ -3,10 +3,14 @@
 use diesel::prelude::*;
 use serde::Serialize;
 
+use crate::audit::ExportFormat;
+use crate::audit::export::neutralise_formula;
 use crate::error::{Error, Result};
-use crate::ids::DeviceId;
+use crate::ids::{DeviceId, SiteId};
+use crate::on_backend;
 use crate::schema::{devices, readings};
 use crate::store::DbConnection;
+use crate::time::format_us;
 
 /// Metrics every monitor and logger may report; any other name matching
 /// [`is_metric_name`] is a custom metric.
@@ -175,6 +179,46 @@ pub fn latest_values(
         .load(conn)?)
 }
 
+/// Up to `n` (value, measured_at_us) of a device's metric measured before `before_us` (or
+/// at all), newest first.
+pub fn latest_points(
+    conn: &mut DbConnection,
+    device: DeviceId,
+    metric: &str,
+    before_us: Option<i64>,
+    n: i64,
+) -> Result<Vec<(f64, i64)>> {
+    let mut query = readings::table
+        .filter(readings::device_id.eq(device))
+        .filter(readings::metric.eq(metric.to_owned()))
+        .into_boxed();
+    if let Some(before) = before_us {
+        query = query.filter(readings::measured_at_us.lt(before));
+    }
+    Ok(query
+        .order((readings::measured_at_us.desc(), readings::seq.desc()))
+        .limit(n)
+        .select((readings::value, readings::measured_at_us))
+        .load(conn)?)
+}
+
+/// Every (value, measured_at_us) of a device's metric measured at or after `since_us`,
+/// newest first.
+pub fn points_since(
+    conn: &mut DbConnection,
+    device: DeviceId,
+    metric: &str,
+    since_us: i64,
+) -> Result<Vec<(f64, i64)>> {
+    Ok(readings::table
+        .filter(readings::device_id.eq(device))
+        .filter(readings::metric.eq(metric))
+        .filter(readings::measured_at_us.ge(since_us))
+        .order((readings::measured_at_us.desc(), readings::seq.desc()))
+        .select((readings::value, readings::measured_at_us))
+        .load(conn)?)
+}
+
 pub fn count_for(conn: &mut DbConnection, device: DeviceId) -> Result<i64> {
     Ok(readings::table
         .filter(readings::device_id.eq(device))
@@ -189,6 +233,127 @@ pub fn seqs_for(conn: &mut DbConnection, device: DeviceId) -> Result<Vec<i64>> {
         .order(readings::seq)
         .select(readings::seq)
         .load(conn)?)
+}
+
+/// Which readings an export holds; every field narrows it. Times are `[since, until)` on
+/// the time the device measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExportFilter {
+    pub site: Option<SiteId>,
+    pub device: Option<DeviceId>,
+    pub metric: Option<String>,
+    pub since_us: Option<i64>,
+    pub until_us: Option<i64>,
+}
+
+pub const CSV_HEADER: [&str; 7] = [
+    "device",
+    "seq",
+    "metric",
+    "value",
+    "measured_at",
+    "measured_at_us",
+    "received_at_us",
+];
+
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    device: &'a str,
+    seq: i64,
+    metric: &'a str,
+    value: f64,
+    measured_at: String,
+    measured_at_us: i64,
+    received_at_us: i64,
+}
+
+/// Calls `visit` with each reading `filter` selects and its device's serial, in time order,
+/// through one cursor (nothing is collected, so there is no row cap); returns how many.
+pub fn for_each_reading(
+    conn: &mut DbConnection,
+    filter: &ExportFilter,
+    mut visit: impl FnMut(&str, &Reading) -> Result<()>,
+) -> Result<u64> {
+    let mut seen = 0;
+    on_backend!(conn, c => {
+        let mut query = readings::table
+            .inner_join(devices::table)
+            .select((devices::serial, Reading::as_select()))
+            .order((readings::measured_at_us, readings::device_id, readings::seq))
+            .into_boxed();
+        if let Some(site) = filter.site {
+            query = query.filter(devices::site_id.eq(site));
+        }
+        if let Some(device) = filter.device {
+            query = query.filter(readings::device_id.eq(device));
+        }
+        if let Some(metric) = &filter.metric {
+            query = query.filter(readings::metric.eq(metric.clone()));
+        }
+        if let Some(since) = filter.since_us {
+            query = query.filter(readings::measured_at_us.ge(since));
+        }
+        if let Some(until) = filter.until_us {
+            query = query.filter(readings::measured_at_us.lt(until));
+        }
+        for row in query.load_iter::<(String, Reading), diesel::connection::DefaultLoadingMode>(c)? {
+            let (serial, reading) = row?;
+            seen += 1;
+            visit(&serial, &reading)?;
+        }
+    });
+    Ok(seen)
+}
+
+/// Streams the readings `filter` selects to `out` and returns how many it wrote. In CSV,
+/// text cells a spreadsheet would run as a formula are prefixed with `'` (OWASP's
+/// CSV-injection advice); numbers stay numbers.
+pub fn export(
+    conn: &mut DbConnection,
+    filter: &ExportFilter,
+    format: ExportFormat,
+    out: impl std::io::Write,
+) -> Result<u64> {
+    use std::io::Write as _;
+    let failed = |err: &dyn std::fmt::Display| Error::invalid("output", err.to_string());
+    match format {
+        ExportFormat::Csv => {
+            let mut w = csv::Writer::from_writer(out);
+            w.write_record(CSV_HEADER).map_err(|e| failed(&e))?;
+            let count = for_each_reading(conn, filter, |serial, r| {
+                w.write_record([
+                    &*neutralise_formula(serial),
+                    &r.seq.to_string(),
+                    &*neutralise_formula(&r.metric),
+                    &r.value.to_string(),
+                    &format_us(r.measured_at_us),
+                    &r.measured_at_us.to_string(),
+                    &r.received_at_us.to_string(),
+                ])
+                .map_err(|e| failed(&e))
+            })?;
+            w.flush().map_err(|e| failed(&e))?;
+            Ok(count)
+        }
+        ExportFormat::Jsonl => {
+            let mut out = std::io::BufWriter::new(out);
+            let count = for_each_reading(conn, filter, |serial, r| {
+                let line = JsonLine {
+                    device: serial,
+                    seq: r.seq,
+                    metric: &r.metric,
+                    value: r.value,
+                    measured_at: format_us(r.measured_at_us),
+                    measured_at_us: r.measured_at_us,
+                    received_at_us: r.received_at_us,
+                };
+                serde_json::to_writer(&mut out, &line).map_err(|e| failed(&e))?;
+                out.write_all(b"\n").map_err(|e| failed(&e))
+            })?;
+            out.flush().map_err(|e| failed(&e))?;
+            Ok(count)
+        }
+    }
 }
 
 #[cfg(test)]

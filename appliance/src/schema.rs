@@ -188,6 +188,8 @@ diesel::table! {
         silent_seconds -> BigInt,
         notify_email -> Text,
         created_at_us -> BigInt,
+        measure -> Text,
+        for_seconds -> BigInt,
     }
 }
 
@@ -206,10 +208,52 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    connectors (id) {
+        id -> BigInt,
+        site_id -> BigInt,
+        name -> Text,
+        url -> Text,
+        send_readings -> Bool,
+        send_alerts -> Bool,
+        secret_sealed -> Binary,
+        ca_pem -> Nullable<Text>,
+        created_at_us -> BigInt,
+        removed_at_us -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    connector_deliveries (id) {
+        id -> BigInt,
+        connector_id -> BigInt,
+        kind -> Text,
+        body -> Text,
+        created_at_us -> BigInt,
+        attempts -> Integer,
+        next_attempt_at_us -> BigInt,
+        delivered_at_us -> Nullable<BigInt>,
+        dead_at_us -> Nullable<BigInt>,
+        last_error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    device_certificates (id) {
+        id -> BigInt,
+        device_id -> BigInt,
+        fingerprint -> Binary,
+        issued_at_us -> BigInt,
+        not_after_us -> BigInt,
+        revoked_at_us -> Nullable<BigInt>,
+    }
+}
+
 diesel::joinable!(readings -> devices (device_id));
+diesel::joinable!(device_certificates -> devices (device_id));
+diesel::joinable!(connector_deliveries -> connectors (connector_id));
 diesel::joinable!(alerts -> alert_rules (rule_id));
 diesel::joinable!(alerts -> devices (device_id));
-diesel::allow_tables_to_appear_in_same_query!(devices, readings, alert_rules, alerts, sites);
 
 diesel::table! {
     api_tokens (id) {
@@ -274,4 +318,15 @@ diesel::allow_tables_to_appear_in_same_query!(
     firmware_rollouts,
     firmware_rollout_devices,
     devices
+);
+
+diesel::allow_tables_to_appear_in_same_query!(
+    devices,
+    readings,
+    alert_rules,
+    alerts,
+    sites,
+    connectors,
+    connector_deliveries,
+    device_certificates
 );

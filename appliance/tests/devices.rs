@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use appliance::alerts::{self, AlertChange, AlertKind, AlertRule, RuleRequest, RuleScope};
+use appliance::alerts::{self, AlertChange, AlertKind, AlertRule, Measure, RuleRequest, RuleScope};
 use appliance::devices::{Device, DeviceKind, DeviceRequest};
 use appliance::models::{Organisation, Site};
 use appliance::readings::{self, NewReading};
@@ -182,6 +182,8 @@ fn readings_are_stored_once_and_an_alert_is_never_active_twice(backend: Backend)
             consecutive: 3,
             silent_seconds: 0,
             notify_email: String::new(),
+            measure: Measure::Value,
+            for_seconds: 0,
         },
     )
     .unwrap();
@@ -205,7 +207,121 @@ fn readings_are_stored_once_and_an_alert_is_never_active_twice(backend: Backend)
     );
 }
 
+fn rate_of_change_and_for_x_minutes_raise_only_when_they_hold(backend: Backend) {
+    let t = TestAppliance::new(backend);
+    let actor = test_actor();
+    let site = site(&t);
+    let register = |serial: &str| {
+        Device::register(
+            &t.app.audit,
+            &actor,
+            &request(serial, DeviceKind::Monitor, &site, None),
+        )
+        .unwrap()
+        .0
+    };
+    let (steady, dipping) = (register("MM-STEADY"), register("MM-DIP"));
+    let rule = |name: &str, measure, for_seconds, threshold| RuleRequest {
+        scope: RuleScope::Site(site.id),
+        name: name.into(),
+        kind: AlertKind::Above,
+        metric: if measure == Measure::Rate {
+            "heat_c"
+        } else {
+            "mold_c"
+        }
+        .into(),
+        threshold,
+        hysteresis: 0.0,
+        consecutive: 1,
+        silent_seconds: 0,
+        notify_email: String::new(),
+        measure,
+        for_seconds,
+    };
+    let rising = AlertRule::create(
+        &t.app.audit,
+        &actor,
+        &rule("rising fast", Measure::Rate, 0, 10.0),
+    )
+    .unwrap();
+    let hot = AlertRule::create(
+        &t.app.audit,
+        &actor,
+        &rule("hot 5 min", Measure::Value, 300, 80.0),
+    )
+    .unwrap();
+    assert!(
+        AlertRule::create(
+            &t.app.audit,
+            &actor,
+            &RuleRequest {
+                kind: AlertKind::Event,
+                ..rule("bad", Measure::Rate, 0, 1.0)
+            }
+        )
+        .is_err(),
+        "a rate applies to thresholds only"
+    );
+    let mut conn = t.conn();
+    let mut seq = 0;
+    let mut feed = |device: &Device, metric: &str, points: &[(i64, f64)]| {
+        let rows: Vec<NewReading> = points
+            .iter()
+            .map(|&(minute_s, value)| {
+                seq += 1;
+                NewReading {
+                    device_id: device.id,
+                    seq,
+                    metric: metric.into(),
+                    value,
+                    measured_at_us: minute_s * 1_000_000,
+                    received_at_us: 0,
+                }
+            })
+            .collect();
+        readings::insert_new(&mut conn, &rows).unwrap();
+        let touched = BTreeMap::from([(device.id, BTreeSet::from([metric.to_owned()]))]);
+        alerts::decide_for_readings(&mut conn, &touched).unwrap()
+    };
+    let raised = |rule: &AlertRule, device: &Device, value: f64| {
+        vec![AlertChange::Raise {
+            rule: rule.id,
+            device: device.id,
+            value: Some(value),
+        }]
+    };
+
+    // 20 -> 25 in a minute is 5/min; 25 -> 45 is 20/min, above 10/min.
+    assert!(feed(&steady, "heat_c", &[(0, 20.0), (60, 25.0)]).is_empty());
+    assert_eq!(
+        feed(&steady, "heat_c", &[(120, 45.0)]),
+        raised(&rising, &steady, 20.0)
+    );
+
+    // Above 80 for 4 minutes is not yet 5 minutes; at 6 minutes it is.
+    assert!(feed(&steady, "mold_c", &[(0, 85.0), (120, 90.0), (240, 88.0)]).is_empty());
+    assert_eq!(
+        feed(&steady, "mold_c", &[(360, 86.0)]),
+        raised(&hot, &steady, 86.0)
+    );
+    // A dip inside the window restarts the clock.
+    assert!(
+        feed(
+            &dipping,
+            "mold_c",
+            &[(0, 85.0), (120, 70.0), (240, 85.0), (400, 85.0)]
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        feed(&dipping, "mold_c", &[(560, 85.0)]),
+        raised(&hot, &dipping, 85.0)
+    );
+}
+
 on_both_backends!(
+    rate_of_change_and_for_x_minutes_raise_only_when_they_hold,
     a_secret_names_its_device_until_revoked_and_every_step_is_audited,
     a_gateway_speaks_only_for_devices_registered_behind_it,
     readings_are_stored_once_and_an_alert_is_never_active_twice,

@@ -44,6 +44,9 @@ pub enum IngestError {
     BadStatus(String),
     #[error("the store is unavailable; nothing was stored, retry later")]
     Unavailable,
+    /// A certificate enrolment was refused: bad token, unknown device, bad CSR.
+    #[error("enrolment refused: {0}")]
+    Enrolment(String),
 }
 
 impl IngestError {
@@ -65,6 +68,7 @@ impl IngestError {
             IngestError::RangeNotSatisfiable { .. } => "range.not_satisfiable",
             IngestError::BadStatus(_) => "firmware.bad_status",
             IngestError::Unavailable => "store.unavailable",
+            IngestError::Enrolment(_) => "enrolment.refused",
         }
     }
 }
@@ -91,6 +95,7 @@ impl ResponseError for IngestError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             IngestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Enrolment(_) => StatusCode::BAD_REQUEST,
         }
     }
 

@@ -4,6 +4,7 @@ use std::sync::Mutex;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
+use appliance::device_ca::{self, DeviceCa};
 use appliance::devices::Device;
 use appliance::time::now_us;
 use appliance::{Actor, Appliance, AuditEvent, Outcome};
@@ -19,6 +20,54 @@ pub struct Shared {
     pub writer: Writer,
     pub limits: Limits,
     pub auth_failures: AuthFailureLog,
+    pub device_ca: DeviceCa,
+}
+
+/// The client certificate (DER) the TLS handshake verified against the device CA, put in
+/// the connection's data by [`peer_certificate`].
+#[derive(Debug, Clone)]
+pub struct PeerCertificate(pub Vec<u8>);
+
+/// For `HttpServer::on_connect`: keeps the verified client certificate, if one was sent.
+pub fn peer_certificate(connection: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
+    if let Some(tls) = connection
+        .downcast_ref::<actix_tls::accept::openssl::TlsStream<actix_web::rt::net::TcpStream>>()
+        && let Some(cert) = tls.ssl().peer_certificate()
+        && let Ok(der) = cert.to_der()
+    {
+        data.insert(PeerCertificate(der));
+    }
+}
+
+/// How a request proved who sent it.
+enum Credential {
+    Secret(String),
+    Certificate(Vec<u8>),
+}
+
+/// A bearer secret if there is one, else the client certificate.
+fn credential(req: &HttpRequest) -> Result<Credential, IngestError> {
+    match bearer(req) {
+        Ok(secret) => Ok(Credential::Secret(secret)),
+        Err(missing) => req
+            .conn_data::<PeerCertificate>()
+            .map(|cert| Credential::Certificate(cert.0.clone()))
+            .ok_or(missing),
+    }
+}
+
+fn authenticate(
+    conn: &mut appliance::DbConnection,
+    credential: &Credential,
+) -> Result<Option<Device>, IngestError> {
+    match credential {
+        Credential::Secret(secret) => Device::authenticate(conn, secret),
+        Credential::Certificate(der) => device_ca::authenticate(conn, der),
+    }
+    .map_err(|err| {
+        tracing::error!(error = %err, "credential lookup failed");
+        IngestError::Unavailable
+    })
 }
 
 /// Audits authentication failures, at most `per_minute` a minute, so that a flood of bad
@@ -69,6 +118,7 @@ impl AuthFailureLog {
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/readings", web::post().to(post_readings))
         .configure(crate::firmware::config)
+        .route("/v1/enrol", web::post().to(post_enrol))
         .route("/healthz", web::get().to(health));
 }
 
@@ -113,7 +163,7 @@ async fn post_readings(
     payload: web::Payload,
     shared: web::Data<Shared>,
 ) -> Result<HttpResponse, IngestError> {
-    let secret = bearer(&req)?;
+    let credential = credential(&req)?;
     let gzipped = check_headers(&req)?;
     let limits = shared.limits;
     let body = payload
@@ -138,10 +188,7 @@ async fn post_readings(
             tracing::error!(error = %err, "no store connection");
             IngestError::Unavailable
         })?;
-        let sender = Device::authenticate(&mut conn, &secret).map_err(|err| {
-            tracing::error!(error = %err, "credential lookup failed");
-            IngestError::Unavailable
-        })?;
+        let sender = authenticate(&mut conn, &credential)?;
         let Some(sender) = sender else {
             drop(conn);
             worker
@@ -171,5 +218,86 @@ async fn post_readings(
         "accepted": outcome.accepted,
         "stored": outcome.stored,
         "duplicates": outcome.accepted - outcome.stored,
+    })))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrolRequest {
+    serial: String,
+    /// A PEM certificate signing request; only its public key is used.
+    csr: String,
+}
+
+/// `POST /v1/enrol`: with `Authorization: Bearer {enrolment token}`, the first certificate;
+/// with the device's current client certificate instead, a renewal.
+async fn post_enrol(
+    req: HttpRequest,
+    body: web::Json<EnrolRequest>,
+    shared: web::Data<Shared>,
+) -> Result<HttpResponse, IngestError> {
+    let credential = credential(&req)?;
+    let source = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let request = body.into_inner();
+    let worker = shared.clone();
+    let issued = web::block(move || {
+        let refused = |err: appliance::Error| match err {
+            appliance::Error::Invalid { .. }
+            | appliance::Error::NotFound(_)
+            | appliance::Error::Conflict(_) => IngestError::Enrolment(err.to_string()),
+            other => {
+                tracing::error!(error = %other, "enrolment failed");
+                IngestError::Unavailable
+            }
+        };
+        let app = &worker.app;
+        match credential {
+            Credential::Secret(token) => device_ca::enrol(
+                &app.audit,
+                &worker.device_ca,
+                &request.serial,
+                &token,
+                request.csr.as_bytes(),
+            )
+            .map(|(_, cert)| cert)
+            .inspect_err(|_| {
+                worker
+                    .auth_failures
+                    .record(app, &source, "enrol", Some(&request.serial));
+            })
+            .map_err(refused),
+            Credential::Certificate(_) => {
+                let mut conn = app.store.conn().map_err(|_| IngestError::Unavailable)?;
+                let device = authenticate(&mut conn, &credential)?;
+                drop(conn);
+                let Some(device) = device.filter(|d| d.serial == request.serial) else {
+                    worker
+                        .auth_failures
+                        .record(app, &source, "enrol", Some(&request.serial));
+                    return Err(IngestError::BadCredential);
+                };
+                device_ca::renew(
+                    &app.audit,
+                    &worker.device_ca,
+                    &device,
+                    request.csr.as_bytes(),
+                )
+                .map_err(refused)
+            }
+        }
+    })
+    .await
+    .map_err(|_| IngestError::Unavailable)??;
+    let pem = |bytes: Option<Vec<u8>>| {
+        bytes
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or(IngestError::Unavailable)
+    };
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "certificate": pem(issued.to_pem().ok())?,
+        "ca": pem(shared.device_ca.cert_pem().ok())?,
     })))
 }

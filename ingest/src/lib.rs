@@ -2,6 +2,7 @@
 //! group-committing writer, with alerts and their email notifications.
 
 pub mod decode;
+pub mod deliver;
 pub mod error;
 pub mod firmware;
 pub mod http;

@@ -1,7 +1,7 @@
 //! MQTT 3.1.1 over TLS, with packets decoded and encoded by the `mqttbytes` crate.
 //!
 //! Only what a telemetry device needs: CONNECT with the device serial as username and its
-//! secret as password, PUBLISH at QoS 0 or 1 to `plantgate/{serial}/readings` (the payload
+//! secret as password (or a client certificate from the device CA), PUBLISH at QoS 0 or 1 to `plantgate/{serial}/readings` (the payload
 //! is the same JSON batch as over HTTPS), PINGREQ and DISCONNECT. Complete PUBLISH packets
 //! that arrive together are stored in one batch, and their PUBACKs are written only after
 //! the writer reported the batch durable. A publish to a topic the device may not use, a
@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use appliance::device_ca;
 use appliance::devices::Device;
 use appliance::time::now_us;
 use bytes::BytesMut;
@@ -132,8 +133,30 @@ async fn connection(
         let _ = send(&mut stream, &mut out).await;
         return Err("only MQTT 3.1.1 is served".into());
     }
-    let sender = match connect.login {
-        Some(login) => {
+    let certificate = stream
+        .ssl()
+        .peer_certificate()
+        .and_then(|c| c.to_der().ok());
+    let sender = match (certificate, connect.login) {
+        // A client certificate from the device CA names the device; a username, if sent,
+        // must agree with it.
+        (Some(der), login) => {
+            let worker = shared.clone();
+            let username = login.map(|l| l.username);
+            let claimed = username.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut conn = worker.app.store.conn().ok()?;
+                device_ca::authenticate(&mut conn, &der)
+                    .ok()
+                    .flatten()
+                    .filter(|device| claimed.as_ref().is_none_or(|u| *u == device.serial))
+            })
+            .await
+            .ok()
+            .flatten()
+            .ok_or(username)
+        }
+        (None, Some(login)) => {
             let worker = shared.clone();
             let username = login.username.clone();
             tokio::task::spawn_blocking(move || {
@@ -148,7 +171,7 @@ async fn connection(
             .flatten()
             .ok_or(Some(username))
         }
-        None => Err(None),
+        (None, None) => Err(None),
     };
     let sender = match sender {
         Ok(sender) => sender,

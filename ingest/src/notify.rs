@@ -107,10 +107,24 @@ pub fn compose(from: &str, pending: &PendingNotification) -> Result<Message, Str
     let condition = match rule.kind.as_str() {
         "silent" => format!("no data for {} s", rule.silent_seconds),
         "event" => format!("device reported {}", rule.metric),
-        kind => format!(
-            "{} {kind} {} for {} reading(s) in a row",
-            rule.metric, rule.threshold, rule.consecutive
-        ),
+        kind => {
+            let measure = if rule.measure == "rate" {
+                format!("{} change per minute", rule.metric)
+            } else {
+                rule.metric.clone()
+            };
+            if rule.for_seconds > 0 {
+                format!(
+                    "{measure} {kind} {} for {} s",
+                    rule.threshold, rule.for_seconds
+                )
+            } else {
+                format!(
+                    "{measure} {kind} {} for {} reading(s) in a row",
+                    rule.threshold, rule.consecutive
+                )
+            }
+        }
     };
     let body = format!(
         "Alert {what}.\n\nRule: {} ({condition})\nDevice: {}\nValue: {}\nAt: {}\nAlert id: {}\n",

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use appliance::alerts::{self, AlertChange};
+use appliance::connectors;
 use appliance::ids::DeviceId;
 use appliance::readings::{self, DeviceState, NewReading};
 use appliance::time::now_us;
@@ -135,8 +136,14 @@ fn commit_group(
         conn.transaction(|conn| {
             let mut outcomes = Vec::with_capacity(group.len());
             let mut states: BTreeMap<DeviceId, DeviceState> = BTreeMap::new();
+            let mut for_connectors: Vec<&NewReading> = Vec::new();
             for job in &group {
                 let stored = readings::insert_new(conn, &job.batch.readings)?;
+                // A retried batch stored nothing new and is not sent again. A batch that is
+                // partly a retry is sent whole: receivers deduplicate on (device, seq).
+                if stored > 0 {
+                    for_connectors.extend(job.batch.readings.iter());
+                }
                 outcomes.push(Stored {
                     accepted: job.batch.readings.len(),
                     stored,
@@ -156,6 +163,7 @@ fn commit_group(
             for (device, state) in &states {
                 readings::update_state(conn, *device, seen_at, state)?;
             }
+            connectors::enqueue_readings(conn, &for_connectors)?;
             Ok::<_, Error>(outcomes)
         })
     });

@@ -102,6 +102,8 @@ fn a_hot_mold_emails_once_clears_with_hysteresis_and_silence_raises_no_data(back
         consecutive: 2,
         silent_seconds,
         notify_email: "maintenance@plant.example".into(),
+        measure: appliance::alerts::Measure::Value,
+        for_seconds: 0,
     };
     let hot = AlertRule::create(
         &t.app.audit,

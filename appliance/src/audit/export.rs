@@ -220,7 +220,7 @@ pub fn export(
     }
 }
 
-fn neutralise_formula(cell: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn neutralise_formula(cell: &str) -> std::borrow::Cow<'_, str> {
     if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{cell}").into()
     } else {

@@ -13,13 +13,16 @@ use clap::{Parser, Subcommand};
 use appliance::audit::verify::verify;
 use appliance::audit::{self, Checkpoint, ExportFilter, ExportFormat};
 use appliance::config::Config;
+use appliance::connectors::{self, Connector, ConnectorRequest, SealingKey};
+use appliance::device_ca;
 use appliance::devices::{Device, DeviceRequest};
 use appliance::enrolment::{self, FIRST_ADMIN, FIRST_ADMIN_VALIDITY_US};
 use appliance::error::{Error, Result};
 use appliance::grants::{Agent, Grant, GrantRequest, poke_firewall};
-use appliance::ids::SiteId;
+use appliance::ids::{ConnectorId, SiteId};
 use appliance::keys::{SigningKey, VerifyingKey, private_key_path};
 use appliance::models::{Organisation, Role, Site, User};
+use appliance::readings;
 use appliance::time::{format_us, parse_instant};
 use appliance::{Actor, Appliance, Audit, AuditEvent, Store};
 
@@ -92,6 +95,75 @@ enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// Export stored readings.
+    Readings {
+        #[command(subcommand)]
+        command: ReadingsCommand,
+    },
+    /// Data connectors: signed webhooks that receive a site's readings and/or alerts.
+    Connector {
+        #[command(subcommand)]
+        command: ConnectorCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReadingsCommand {
+    /// Stream readings as CSV or JSONL, oldest first, with no row cap; the export is audited.
+    Export {
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
+        /// Only this site's devices (see `plantgate site list`).
+        #[arg(long)]
+        site: Option<i64>,
+        /// Only this device, by serial.
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        metric: Option<String>,
+        /// Only readings measured at or after this time (2026-11-22 or 2026-11-22T08:00:00Z).
+        #[arg(long, value_parser = parse_instant)]
+        since: Option<i64>,
+        /// Only readings measured before this time.
+        #[arg(long, value_parser = parse_instant)]
+        until: Option<i64>,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectorCommand {
+    /// Add a connector and print its signing secret, once.
+    Add {
+        /// The site id (see `plantgate site list`).
+        #[arg(long)]
+        site: i64,
+        #[arg(long)]
+        name: String,
+        /// An https:// URL (http:// only to a loopback address).
+        #[arg(long)]
+        url: String,
+        /// Send readings.
+        #[arg(long)]
+        readings: bool,
+        /// Send alerts raised and cleared.
+        #[arg(long)]
+        alerts: bool,
+        /// PEM file of CA certificates to trust for this endpoint, besides the system's.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+    },
+    /// Connectors, removed ones included, with how many deliveries each still owes.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a connector; what it still owed is dead-lettered.
+    Remove { id: i64 },
+    /// The delivery log of one connector, oldest first.
+    Deliveries { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +208,11 @@ enum DeviceCommand {
     Rotate { serial: String },
     /// Revoke a device's credential; it can no longer post.
     Revoke { serial: String },
+    /// Issue a one-time token with which the device enrols a CSR for a client certificate
+    /// (`POST /v1/enrol` on the ingest); printed once.
+    EnrolToken { serial: String },
+    /// Revoke every client certificate of a device; the ingest refuses them at once.
+    RevokeCertificates { serial: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -525,7 +602,163 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
         }
         Command::Site { command } => site(command, config, &actor),
         Command::Device { command } => device(command, config, &actor),
+        Command::Connector { command } => connector(command, config, &actor),
+        Command::Readings {
+            command:
+                ReadingsCommand::Export {
+                    format,
+                    site,
+                    device,
+                    metric,
+                    since,
+                    until,
+                    output,
+                },
+        } => {
+            let app = Appliance::open(config, &actor)?;
+            let mut conn = app.store.conn()?;
+            let device_id = match &device {
+                Some(serial) => Some(
+                    Device::find_by_serial(&mut conn, serial)?
+                        .ok_or(Error::NotFound("device"))?
+                        .id,
+                ),
+                None => None,
+            };
+            if let Some(metric) = &metric
+                && !readings::is_metric_name(metric)
+            {
+                return Err(Error::invalid(
+                    "metric",
+                    format!("{metric:?} is not a metric name"),
+                ));
+            }
+            let filter = readings::ExportFilter {
+                site: site.map(SiteId),
+                device: device_id,
+                metric: metric.clone(),
+                since_us: since,
+                until_us: until,
+            };
+            let count = match &output {
+                Some(path) => {
+                    let file = std::fs::File::create(path).map_err(|err| {
+                        Error::invalid("output", format!("{}: {err}", path.display()))
+                    })?;
+                    readings::export(&mut conn, &filter, format, file)?
+                }
+                None => readings::export(&mut conn, &filter, format, std::io::stdout().lock())?,
+            };
+            drop(conn);
+            app.audit
+                .record(
+                    AuditEvent::new(actor, "readings.exported").details(serde_json::json!({
+                        "format": format!("{format:?}").to_lowercase(),
+                        "site": site,
+                        "device": device,
+                        "metric": metric,
+                        "since": since.map(format_us),
+                        "until": until.map(format_us),
+                        "readings": count,
+                        "output": output.map(|p| p.display().to_string()),
+                    })),
+                )?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+#[allow(clippy::print_stdout)] // the secret is printed once, on purpose
+fn connector(command: ConnectorCommand, config: Config, actor: &Actor) -> Result<ExitCode> {
+    let app = Appliance::open(config, actor)?;
+    match command {
+        ConnectorCommand::Add {
+            site,
+            name,
+            url,
+            readings,
+            alerts,
+            ca_file,
+        } => {
+            let ca_pem =
+                match ca_file {
+                    Some(path) => Some(std::fs::read_to_string(&path).map_err(|err| {
+                        Error::invalid("ca", format!("{}: {err}", path.display()))
+                    })?),
+                    None => None,
+                };
+            let key = SealingKey::load_or_create(&app.config.keys_dir())?;
+            let request = ConnectorRequest {
+                site: SiteId(site),
+                name,
+                url,
+                send_readings: readings,
+                send_alerts: alerts,
+                ca_pem,
+            };
+            let (connector, secret) = Connector::add(&app.audit, actor, &key, &request)?;
+            eprintln!(
+                "added {} {} -> {}; its signing secret is shown once, below:",
+                connector.id, connector.name, connector.url
+            );
+            println!("{}", secret.reveal());
+        }
+        ConnectorCommand::List { json } => {
+            let mut conn = app.store.conn()?;
+            let all = Connector::list(&mut conn)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&all)
+                        .map_err(|err| Error::invalid("output", err.to_string()))?
+                );
+            } else {
+                for c in all {
+                    let log = connectors::deliveries(&mut conn, c.id)?;
+                    let owed = log
+                        .iter()
+                        .filter(|d| d.delivered_at_us.is_none() && d.dead_at_us.is_none())
+                        .count();
+                    let dead = log.iter().filter(|d| d.dead_at_us.is_some()).count();
+                    let events = match (c.send_readings, c.send_alerts) {
+                        (true, true) => "readings+alerts",
+                        (true, false) => "readings",
+                        _ => "alerts",
+                    };
+                    let state = if c.removed_at_us.is_some() {
+                        "removed"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<5} site:{:<4} {:<20} {:<16} {:<8} owed={owed} dead={dead} {}",
+                        c.id.0, c.site_id.0, c.name, events, state, c.url
+                    );
+                }
+            }
+        }
+        ConnectorCommand::Remove { id } => {
+            let c = Connector::remove(&app.audit, actor, ConnectorId(id))?;
+            println!("removed connector {} {}", c.id.0, c.name);
+        }
+        ConnectorCommand::Deliveries { id } => {
+            for d in connectors::deliveries(&mut *app.store.conn()?, ConnectorId(id))? {
+                let state = match (d.delivered_at_us, d.dead_at_us) {
+                    (Some(at), _) => format!("delivered {}", format_us(at)),
+                    (None, Some(at)) => format!("dead {}", format_us(at)),
+                    (None, None) => format!("owed, next {}", format_us(d.next_attempt_at_us)),
+                };
+                println!(
+                    "{:<8} {:<8} attempts={:<3} {state} {}",
+                    d.id,
+                    d.kind,
+                    d.attempts,
+                    d.last_error.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[allow(clippy::print_stdout)]
@@ -591,6 +824,15 @@ fn device(command: DeviceCommand, config: Config, actor: &Actor) -> Result<ExitC
         DeviceCommand::Revoke { serial } => {
             let device = Device::revoke(&app.audit, actor, &serial)?;
             println!("revoked the credential of {}", device.serial);
+        }
+        DeviceCommand::EnrolToken { serial } => {
+            let token = device_ca::issue_enrolment_token(&app.audit, actor, &serial)?;
+            eprintln!("one-time enrolment token for {serial}, valid 7 days, shown once:");
+            println!("{}", token.reveal());
+        }
+        DeviceCommand::RevokeCertificates { serial } => {
+            let count = device_ca::revoke_certificates(&app.audit, actor, &serial)?;
+            println!("revoked {count} certificate(s) of {serial}");
         }
         DeviceCommand::List { json } => {
             let devices = Device::list(&mut *app.store.conn()?)?;

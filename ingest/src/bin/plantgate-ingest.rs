@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use actix_web::{App, HttpServer, web};
 use appliance::config::Config;
+use appliance::device_ca::DeviceCa;
 use appliance::tls::{acceptor, ensure_certificate};
 use appliance::{Actor, Appliance};
 use clap::Parser;
@@ -58,8 +59,10 @@ fn run(config: Config) -> Result<(), String> {
     if ensure_certificate(&paths, "localhost", &addresses).map_err(|e| e.to_string())? {
         tracing::info!(cert = %paths.cert.display(), "made a self-signed ingest certificate");
     }
+    let device_ca = DeviceCa::load_or_create(&app.config.keys_dir()).map_err(|e| e.to_string())?;
     let (poke, pokes) = std::sync::mpsc::channel();
     ingest::notify::start(app.clone(), pokes).map_err(|e| e.to_string())?;
+    ingest::deliver::start(app.clone()).map_err(|e| e.to_string())?;
     let writer = Writer::start(app.clone(), poke).map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared {
         app: app.clone(),
@@ -71,10 +74,13 @@ fn run(config: Config) -> Result<(), String> {
             max_future_skew_us: ingest.max_future_skew_seconds.saturating_mul(1_000_000),
         },
         auth_failures: AuthFailureLog::new(AUTH_FAILURES_PER_MINUTE),
+        device_ca,
     });
 
     if let Some(mqtt_listen) = &ingest.mqtt_listen {
-        let mqtt_tls = acceptor(&paths).map_err(|e| e.to_string())?.build();
+        let mut mqtt_tls = acceptor(&paths).map_err(|e| e.to_string())?;
+        request_device_certificates(&mut mqtt_tls, &shared.device_ca).map_err(|e| e.to_string())?;
+        let mqtt_tls = mqtt_tls.build();
         let std_listener =
             std::net::TcpListener::bind(mqtt_listen).map_err(|e| format!("{mqtt_listen}: {e}"))?;
         std_listener
@@ -105,13 +111,15 @@ fn run(config: Config) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
 
-    let https_tls = acceptor(&paths).map_err(|e| e.to_string())?;
+    let mut https_tls = acceptor(&paths).map_err(|e| e.to_string())?;
+    request_device_certificates(&mut https_tls, &shared.device_ca).map_err(|e| e.to_string())?;
     let data = web::Data::from(shared);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .configure(ingest::http::config)
     })
+    .on_connect(ingest::http::peer_certificate)
     .workers(ingest.http_workers)
     .bind_openssl(https_addr, https_tls)
     .map_err(|e| format!("{https_addr}: {e}"))?;
@@ -119,4 +127,24 @@ fn run(config: Config) -> Result<(), String> {
     actix_web::rt::System::new()
         .block_on(async move { server.run().await })
         .map_err(|e| e.to_string())
+}
+
+/// Asks clients for a certificate from the device CA, optionally: a client without one
+/// authenticates by bearer secret, one with a certificate from any other issuer is refused
+/// in the handshake.
+fn request_device_certificates(
+    tls: &mut openssl::ssl::SslAcceptorBuilder,
+    ca: &DeviceCa,
+) -> Result<(), openssl::error::ErrorStack> {
+    tls.set_ca_file(ca.cert_path())?;
+    let ca_cert = openssl::x509::X509::from_pem(
+        &ca.cert_pem()
+            .map_err(|_| openssl::error::ErrorStack::get())?,
+    )?;
+    let mut names = openssl::stack::Stack::new()?;
+    names.push(ca_cert.subject_name().to_owned()?)?;
+    tls.set_client_ca_list(names);
+    tls.set_verify(openssl::ssl::SslVerifyMode::PEER);
+    tls.set_session_id_context(b"plantgate-ingest")?;
+    Ok(())
 }

@@ -1,0 +1,643 @@
+//! Data connectors: per-site HTTPS endpoints that receive readings and/or alerts.
+//!
+//! Every event a connector is owed is a row of `connector_deliveries` (the outbox), written
+//! in the same transaction as the readings or alert it carries, so nothing is lost to a
+//! crash. `plantgate-ingest` sends them in id order per connector, signed with HMAC-SHA256
+//! over `"{timestamp}.{body}"` ([`signature_header`]). The per-connector secret must stay
+//! usable to sign, so it is sealed with AES-256-GCM under [`SealingKey`], a key kept in
+//! `{data_dir}/keys/` outside the store: a copy of the database alone reveals no secret.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use diesel::prelude::*;
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::sign::Signer;
+use openssl::symm::{Cipher, decrypt_aead, encrypt_aead};
+use serde::Serialize;
+
+use crate::audit::{Actor, Audit, AuditEvent, Outcome};
+use crate::error::{Error, Result};
+use crate::ids::{ConnectorId, DeviceId, SiteId};
+use crate::on_backend;
+use crate::readings::NewReading;
+use crate::schema::{connector_deliveries, connectors, devices, sites};
+use crate::store::DbConnection;
+use crate::time::now_us;
+
+/// The header carrying `t={unix seconds},v1={hex HMAC-SHA256(secret, "{t}.{body}")}`.
+pub const SIGNATURE_HEADER: &str = "Plantgate-Signature";
+const SEALING_FILE: &str = "connector-sealing.key";
+const SEAL_AAD: &[u8] = b"plantgate connector secret v1";
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+const MAX_NAME_LEN: usize = 64;
+const MAX_URL_LEN: usize = 2048;
+
+/// The AES-256 key that seals connector secrets, in `{keys_dir}/connector-sealing.key`
+/// (mode 0600), made on first use.
+pub struct SealingKey {
+    key: [u8; 32],
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealingKey")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn key_error(path: &Path, problem: impl std::fmt::Display) -> Error {
+    Error::Key {
+        path: path.to_owned(),
+        problem: problem.to_string(),
+    }
+}
+
+impl SealingKey {
+    /// Loads the key, or makes it if there is none yet. Two processes racing to make it
+    /// both end up with the one that was written first.
+    pub fn load_or_create(keys_dir: &Path) -> Result<SealingKey> {
+        let path = keys_dir.join(SEALING_FILE);
+        if !path.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(keys_dir)
+                .map_err(|err| key_error(keys_dir, err))?;
+            let mut key = [0u8; 32];
+            openssl::rand::rand_bytes(&mut key)?;
+            let written = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut file| {
+                    file.write_all(hex::encode(key).as_bytes())?;
+                    file.sync_all()
+                });
+            match written {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(err) => return Err(key_error(&path, err)),
+            }
+        }
+        let text = fs::read_to_string(&path).map_err(|err| key_error(&path, err))?;
+        let bytes = hex::decode(text.trim()).map_err(|err| key_error(&path, err))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| key_error(&path, "not 32 bytes of hex"))?;
+        Ok(SealingKey { key, path })
+    }
+
+    fn seal(&self, secret: &str) -> Result<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        openssl::rand::rand_bytes(&mut nonce)?;
+        let mut tag = [0u8; TAG_LEN];
+        let sealed = encrypt_aead(
+            Cipher::aes_256_gcm(),
+            &self.key,
+            Some(&nonce),
+            SEAL_AAD,
+            secret.as_bytes(),
+            &mut tag,
+        )?;
+        Ok([&nonce[..], &sealed, &tag].concat())
+    }
+
+    /// The secret sealed in `sealed`; an error if it was sealed under another key or altered.
+    pub fn open(&self, sealed: &[u8]) -> Result<String> {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
+            return Err(key_error(
+                &self.path,
+                "a sealed connector secret is too short",
+            ));
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (data, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let plain = decrypt_aead(
+            Cipher::aes_256_gcm(),
+            &self.key,
+            Some(nonce),
+            SEAL_AAD,
+            data,
+            tag,
+        )
+        .map_err(|_| key_error(&self.path, "a connector secret does not open with this key"))?;
+        String::from_utf8(plain).map_err(|err| key_error(&self.path, err))
+    }
+}
+
+/// `t={unix_seconds},v1={hex HMAC-SHA256(secret, "{unix_seconds}.{body}")}`.
+pub fn signature_header(secret: &str, unix_seconds: i64, body: &[u8]) -> Result<String> {
+    let key = PKey::hmac(secret.as_bytes())?;
+    let mut signer = Signer::new(MessageDigest::sha256(), &key)?;
+    signer.update(format!("{unix_seconds}.").as_bytes())?;
+    signer.update(body)?;
+    Ok(format!(
+        "t={unix_seconds},v1={}",
+        hex::encode(signer.sign_to_vec()?)
+    ))
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize)]
+#[diesel(table_name = connectors)]
+pub struct Connector {
+    pub id: ConnectorId,
+    pub site_id: SiteId,
+    pub name: String,
+    pub url: String,
+    pub send_readings: bool,
+    pub send_alerts: bool,
+    #[serde(skip)]
+    pub secret_sealed: Vec<u8>,
+    #[serde(skip)]
+    pub ca_pem: Option<String>,
+    pub created_at_us: i64,
+    pub removed_at_us: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectorRequest {
+    pub site: SiteId,
+    pub name: String,
+    pub url: String,
+    pub send_readings: bool,
+    pub send_alerts: bool,
+    /// PEM certificates to trust for this endpoint besides the system's (an in-house CA).
+    pub ca_pem: Option<String>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = connectors)]
+struct NewConnector<'a> {
+    site_id: SiteId,
+    name: &'a str,
+    url: &'a str,
+    send_readings: bool,
+    send_alerts: bool,
+    secret_sealed: &'a [u8],
+    ca_pem: Option<&'a str>,
+    created_at_us: i64,
+}
+
+/// A connector's signing secret, shown once at creation. `Debug` hides it.
+pub struct ConnectorSecret(String);
+
+impl std::fmt::Debug for ConnectorSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectorSecret(..)")
+    }
+}
+
+impl ConnectorSecret {
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+}
+
+/// HTTPS anywhere; plain HTTP only to a loopback address (tests and local relays).
+pub fn check_url(raw: &str) -> Result<url::Url> {
+    if raw.len() > MAX_URL_LEN {
+        return Err(Error::invalid("url", format!("longer than {MAX_URL_LEN}")));
+    }
+    let url = url::Url::parse(raw).map_err(|err| Error::invalid("url", err.to_string()))?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => return Err(Error::invalid("url", "has no host")),
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(Error::invalid(
+                "url",
+                "must be https (plain http is allowed to loopback only)",
+            ));
+        }
+        other => {
+            return Err(Error::invalid(
+                "url",
+                format!("scheme {other:?} is not https"),
+            ));
+        }
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::invalid(
+            "url",
+            "must not carry credentials; the signature authenticates",
+        ));
+    }
+    Ok(url)
+}
+
+impl Connector {
+    /// Adds a connector and returns it with its secret, which is shown only now.
+    pub fn add(
+        audit: &Audit,
+        actor: &Actor,
+        key: &SealingKey,
+        request: &ConnectorRequest,
+    ) -> Result<(Connector, ConnectorSecret)> {
+        let name = request.name.trim();
+        if name.is_empty() || name.len() > MAX_NAME_LEN {
+            return Err(Error::invalid(
+                "name",
+                format!("must be 1 to {MAX_NAME_LEN} characters"),
+            ));
+        }
+        let url = check_url(request.url.trim())?;
+        if !request.send_readings && !request.send_alerts {
+            return Err(Error::invalid(
+                "events",
+                "a connector must receive readings, alerts or both",
+            ));
+        }
+        if let Some(pem) = &request.ca_pem {
+            let certs = openssl::x509::X509::stack_from_pem(pem.as_bytes())
+                .map_err(|err| Error::invalid("ca", format!("not PEM certificates: {err}")))?;
+            if certs.is_empty() {
+                return Err(Error::invalid("ca", "holds no certificate"));
+            }
+        }
+        let mut raw = [0u8; 32];
+        openssl::rand::rand_bytes(&mut raw)?;
+        let secret = ConnectorSecret(format!("pgwh_{}", hex::encode(raw)));
+        let sealed = key.seal(secret.reveal())?;
+        let connector = audit.record_with(|conn| {
+            let site_exists = sites::table
+                .find(request.site)
+                .count()
+                .get_result::<i64>(conn)?;
+            if site_exists == 0 {
+                return Err(Error::NotFound("site"));
+            }
+            let connector = on_backend!(conn, c => diesel::insert_into(connectors::table)
+                .values(NewConnector {
+                    site_id: request.site,
+                    name,
+                    url: url.as_str(),
+                    send_readings: request.send_readings,
+                    send_alerts: request.send_alerts,
+                    secret_sealed: &sealed,
+                    ca_pem: request.ca_pem.as_deref(),
+                    created_at_us: now_us(),
+                })
+                .returning(Connector::as_returning())
+                .get_result(c))?;
+            let event = AuditEvent::new(actor.clone(), "connector.added")
+                .target(connector.id)
+                .details(serde_json::json!({
+                    "site": request.site, "name": name, "url": url.as_str(),
+                    "readings": request.send_readings, "alerts": request.send_alerts,
+                }));
+            Ok((connector, vec![event]))
+        })?;
+        Ok((connector, secret))
+    }
+
+    /// Stops deliveries to a connector; what it was still owed is dead-lettered.
+    pub fn remove(audit: &Audit, actor: &Actor, id: ConnectorId) -> Result<Connector> {
+        audit.record_with(|conn| {
+            let now = now_us();
+            let updated = diesel::update(
+                connectors::table
+                    .find(id)
+                    .filter(connectors::removed_at_us.is_null()),
+            )
+            .set(connectors::removed_at_us.eq(Some(now)))
+            .execute(conn)?;
+            if updated == 0 {
+                return Err(Error::NotFound("active connector"));
+            }
+            let dropped = diesel::update(owed().filter(connector_deliveries::connector_id.eq(id)))
+                .set((
+                    connector_deliveries::dead_at_us.eq(Some(now)),
+                    connector_deliveries::last_error.eq(Some("connector removed")),
+                ))
+                .execute(conn)?;
+            let connector = connectors::table
+                .find(id)
+                .select(Connector::as_select())
+                .first(conn)?;
+            let event = AuditEvent::new(actor.clone(), "connector.removed")
+                .target(id)
+                .details(serde_json::json!({ "name": connector.name, "undelivered": dropped }));
+            Ok((connector, vec![event]))
+        })
+    }
+
+    /// Every connector, removed ones included, by id.
+    pub fn list(conn: &mut DbConnection) -> Result<Vec<Connector>> {
+        Ok(connectors::table
+            .order(connectors::id)
+            .select(Connector::as_select())
+            .load(conn)?)
+    }
+
+    pub fn active(conn: &mut DbConnection) -> Result<Vec<Connector>> {
+        Ok(connectors::table
+            .filter(connectors::removed_at_us.is_null())
+            .order(connectors::id)
+            .select(Connector::as_select())
+            .load(conn)?)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize)]
+#[diesel(table_name = connector_deliveries)]
+pub struct Delivery {
+    pub id: i64,
+    pub connector_id: ConnectorId,
+    pub kind: String,
+    pub body: String,
+    pub created_at_us: i64,
+    pub attempts: i32,
+    pub next_attempt_at_us: i64,
+    pub delivered_at_us: Option<i64>,
+    pub dead_at_us: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = connector_deliveries)]
+struct NewDelivery<'a> {
+    connector_id: ConnectorId,
+    kind: &'a str,
+    body: &'a str,
+    created_at_us: i64,
+    next_attempt_at_us: i64,
+}
+
+type Owed = diesel::dsl::Filter<
+    diesel::dsl::Filter<
+        connector_deliveries::table,
+        diesel::dsl::IsNull<connector_deliveries::delivered_at_us>,
+    >,
+    diesel::dsl::IsNull<connector_deliveries::dead_at_us>,
+>;
+
+fn owed() -> Owed {
+    connector_deliveries::table
+        .filter(connector_deliveries::delivered_at_us.is_null())
+        .filter(connector_deliveries::dead_at_us.is_null())
+}
+
+fn enqueue(conn: &mut DbConnection, connector: ConnectorId, kind: &str, body: &str) -> Result<()> {
+    let now = now_us();
+    diesel::insert_into(connector_deliveries::table)
+        .values(NewDelivery {
+            connector_id: connector,
+            kind,
+            body,
+            created_at_us: now,
+            next_attempt_at_us: now,
+        })
+        .execute(conn)?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ReadingOut<'a> {
+    device: &'a str,
+    seq: i64,
+    metric: &'a str,
+    value: f64,
+    measured_at_us: i64,
+}
+
+/// Queues `rows` for every connector of their sites that receives readings: one delivery
+/// per (connector, group commit). Run it inside the transaction that stores the readings.
+pub fn enqueue_readings(conn: &mut DbConnection, rows: &[&NewReading]) -> Result<usize> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let wanted: Vec<(ConnectorId, SiteId)> = connectors::table
+        .filter(connectors::removed_at_us.is_null())
+        .filter(connectors::send_readings.eq(true))
+        .select((connectors::id, connectors::site_id))
+        .load(conn)?;
+    if wanted.is_empty() {
+        return Ok(0);
+    }
+    let mut ids: Vec<DeviceId> = rows.iter().map(|r| r.device_id).collect();
+    ids.sort();
+    ids.dedup();
+    let known: HashMap<DeviceId, (SiteId, String)> = devices::table
+        .filter(devices::id.eq_any(&ids))
+        .select((devices::id, devices::site_id, devices::serial))
+        .load::<(DeviceId, SiteId, String)>(conn)?
+        .into_iter()
+        .map(|(id, site, serial)| (id, (site, serial)))
+        .collect();
+    let mut by_site: BTreeMap<SiteId, Vec<ReadingOut>> = BTreeMap::new();
+    for r in rows {
+        if let Some((site, serial)) = known.get(&r.device_id) {
+            by_site.entry(*site).or_default().push(ReadingOut {
+                device: serial,
+                seq: r.seq,
+                metric: &r.metric,
+                value: r.value,
+                measured_at_us: r.measured_at_us,
+            });
+        }
+    }
+    let mut queued = 0;
+    for (connector, site) in wanted {
+        if let Some(readings) = by_site.get(&site) {
+            let body =
+                serde_json::json!({ "type": "readings", "site": site.0, "readings": readings })
+                    .to_string();
+            enqueue(conn, connector, "readings", &body)?;
+            queued += 1;
+        }
+    }
+    Ok(queued)
+}
+
+/// What an alert delivery says.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertOut<'a> {
+    pub state: &'a str,
+    pub alert_id: i64,
+    pub rule_id: i64,
+    pub rule: &'a str,
+    pub kind: &'a str,
+    pub metric: &'a str,
+    pub device: DeviceId,
+    pub value: Option<f64>,
+    pub at_us: i64,
+}
+
+/// Queues an alert's raise or clearing for the connectors of the device's site.
+pub fn enqueue_alert(conn: &mut DbConnection, alert: &AlertOut<'_>) -> Result<usize> {
+    let (site, serial): (SiteId, String) = devices::table
+        .find(alert.device)
+        .select((devices::site_id, devices::serial))
+        .first(conn)?;
+    let wanted: Vec<ConnectorId> = connectors::table
+        .filter(connectors::removed_at_us.is_null())
+        .filter(connectors::send_alerts.eq(true))
+        .filter(connectors::site_id.eq(site))
+        .select(connectors::id)
+        .load(conn)?;
+    let mut body = serde_json::json!({ "type": "alert", "site": site.0, "device": serial });
+    if let (Some(object), Ok(serde_json::Value::Object(fields))) =
+        (body.as_object_mut(), serde_json::to_value(alert))
+    {
+        for (k, v) in fields {
+            if k != "device" {
+                object.insert(k, v);
+            }
+        }
+    }
+    let body = body.to_string();
+    for connector in &wanted {
+        enqueue(conn, *connector, "alert", &body)?;
+    }
+    Ok(wanted.len())
+}
+
+/// The oldest delivery each active connector still owes, if it is due at `now`. Only the
+/// head of each connector's queue is offered, so a connector receives events in order.
+pub fn due(conn: &mut DbConnection, now: i64) -> Result<Vec<(Connector, Delivery)>> {
+    let mut out = Vec::new();
+    for connector in Connector::active(conn)? {
+        let head = owed()
+            .filter(connector_deliveries::connector_id.eq(connector.id))
+            .order(connector_deliveries::id)
+            .select(Delivery::as_select())
+            .first(conn)
+            .optional()?;
+        if let Some(delivery) = head
+            && delivery.next_attempt_at_us <= now
+        {
+            out.push((connector, delivery));
+        }
+    }
+    Ok(out)
+}
+
+/// The outbox rows of one connector, oldest first (the delivery log).
+pub fn deliveries(conn: &mut DbConnection, connector: ConnectorId) -> Result<Vec<Delivery>> {
+    Ok(connector_deliveries::table
+        .filter(connector_deliveries::connector_id.eq(connector))
+        .order(connector_deliveries::id)
+        .select(Delivery::as_select())
+        .load(conn)?)
+}
+
+pub fn mark_delivered(conn: &mut DbConnection, delivery: &Delivery) -> Result<()> {
+    diesel::update(connector_deliveries::table.find(delivery.id))
+        .set((
+            connector_deliveries::delivered_at_us.eq(Some(now_us())),
+            connector_deliveries::attempts.eq(delivery.attempts + 1),
+            connector_deliveries::last_error.eq(None::<String>),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The wait before attempt `attempts + 1`: 1 s, doubling, at most `max_backoff_seconds`.
+pub fn backoff_us(attempts: i32, max_backoff_seconds: u64) -> i64 {
+    let exponent = attempts.clamp(1, 30) - 1;
+    let seconds = (1u64 << exponent).min(max_backoff_seconds.max(1));
+    i64::try_from(seconds).unwrap_or(i64::MAX / 1_000_000) * 1_000_000
+}
+
+/// Records a failed attempt, audited: retried after a backoff, or dead-lettered once it has
+/// failed `max_attempts` times (the next event then goes ahead).
+pub fn mark_failed(
+    audit: &Audit,
+    actor: &Actor,
+    delivery: &Delivery,
+    reason: &str,
+    max_attempts: i32,
+    max_backoff_seconds: u64,
+) -> Result<()> {
+    let attempts = delivery.attempts + 1;
+    let now = now_us();
+    let dead = attempts >= max_attempts;
+    audit.record_with(|conn| {
+        diesel::update(connector_deliveries::table.find(delivery.id))
+            .set((
+                connector_deliveries::attempts.eq(attempts),
+                connector_deliveries::next_attempt_at_us
+                    .eq(now + backoff_us(attempts, max_backoff_seconds)),
+                connector_deliveries::dead_at_us.eq(dead.then_some(now)),
+                connector_deliveries::last_error.eq(Some(reason)),
+            ))
+            .execute(conn)?;
+        let action = if dead {
+            "connector.delivery.dead_lettered"
+        } else {
+            "connector.delivery.failed"
+        };
+        let event = AuditEvent::new(actor.clone(), action)
+            .target(delivery.connector_id)
+            .outcome(Outcome::Failure)
+            .details(serde_json::json!({
+                "delivery": delivery.id, "attempt": attempts, "reason": reason,
+            }));
+        Ok(((), vec![event]))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_hmac_sha256_over_timestamp_dot_body() -> Result<()> {
+        // Cross-checked with: printf '1700000000.{}' | openssl dgst -sha256 -hmac k
+        let header = signature_header("k", 1_700_000_000, b"{}")?;
+        assert_eq!(
+            header,
+            "t=1700000000,v1=c6ef4734033cee2367414a0939385eca0397754aa7a59716da7463a9298b5146"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_sealed_secret_opens_only_with_its_key_and_unaltered() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|err| key_error(Path::new("tmp"), err))?;
+        let key = SealingKey::load_or_create(dir.path())?;
+        let again = SealingKey::load_or_create(dir.path())?;
+        let mut sealed = key.seal("pgwh_abc")?;
+        assert_eq!(again.open(&sealed)?, "pgwh_abc");
+        let other = tempfile::tempdir().map_err(|err| key_error(Path::new("tmp"), err))?;
+        assert!(
+            SealingKey::load_or_create(other.path())?
+                .open(&sealed)
+                .is_err()
+        );
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        assert!(key.open(&sealed).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn retries_wait_one_second_doubling_up_to_the_cap() {
+        let waits: Vec<i64> = (1..=6).map(|n| backoff_us(n, 10) / 1_000_000).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(backoff_us(1000, 300), 300_000_000);
+    }
+
+    #[test]
+    fn only_https_or_loopback_http_is_accepted() {
+        assert!(check_url("https://erp.example/hook").is_ok());
+        assert!(check_url("http://127.0.0.1:8080/hook").is_ok());
+        assert!(check_url("http://erp.example/hook").is_err());
+        assert!(check_url("ftp://erp.example/").is_err());
+        assert!(check_url("https://u:p@erp.example/").is_err());
+    }
+}
