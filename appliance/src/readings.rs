@@ -163,6 +163,39 @@ pub fn list(
         .load(conn)?)
 }
 
+/// One page of a device's readings in storage order: up to `limit` with an id above `after`
+/// (the previous page's last id), optionally of one metric and measured in `[since, until)`.
+pub fn page(
+    conn: &mut DbConnection,
+    device: DeviceId,
+    metric: Option<&str>,
+    since_us: Option<i64>,
+    until_us: Option<i64>,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Reading>> {
+    let mut query = readings::table
+        .filter(readings::device_id.eq(device))
+        .into_boxed();
+    if let Some(metric) = metric {
+        query = query.filter(readings::metric.eq(metric.to_owned()));
+    }
+    if let Some(since) = since_us {
+        query = query.filter(readings::measured_at_us.ge(since));
+    }
+    if let Some(until) = until_us {
+        query = query.filter(readings::measured_at_us.lt(until));
+    }
+    if let Some(after) = after {
+        query = query.filter(readings::id.gt(after));
+    }
+    Ok(query
+        .order(readings::id)
+        .limit(limit)
+        .select(Reading::as_select())
+        .load(conn)?)
+}
+
 /// The latest `n` values of a device's metric, newest first.
 pub fn latest_values(
     conn: &mut DbConnection,

@@ -29,6 +29,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             .route("/me", web::get().to(me))
             .route("/users", web::get().to(users))
             .route("/audit", web::get().to(audit))
+            .route("/readings", web::get().to(readings))
             .default_service(web::to(|| async {
                 Err::<HttpResponse, ApiError>(ApiError::NotFound)
             })),
@@ -38,8 +39,8 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Plantgate API", version = "1", description = "The appliance's REST API. Authenticate with `Authorization: Bearer pgt_...`."),
-    paths(me, users, audit),
-    components(schemas(Me, UserItem, AuditItem, AuditPage, ErrorBody)),
+    paths(me, users, audit, readings),
+    components(schemas(Me, UserItem, AuditItem, AuditPage, ReadingItem, ReadingsPage, ErrorBody)),
     modifiers(&BearerAuth)
 )]
 #[derive(Debug)]
@@ -310,9 +311,11 @@ async fn users(state: web::Data<AppState>, caller: ApiCaller) -> Result<HttpResp
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct AuditParams {
-    /// RFC 3339 time or date; records at or after it.
+    /// RFC 3339 time (a date alone also works); records at or after it.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// Records before it.
+    #[param(format = DateTime)]
     until: Option<String>,
     /// An action code, or a prefix ending in `.`.
     action: Option<String>,
@@ -323,6 +326,7 @@ pub struct AuditParams {
     /// Records older than this sequence number (the previous page's `next_before`).
     before: Option<i64>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -414,5 +418,113 @@ async fn audit(
     Ok(HttpResponse::Ok().json(AuditPage {
         records,
         next_before,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ReadingsParams {
+    /// The device's serial.
+    device: String,
+    /// Only this metric, such as `temperature_c`.
+    metric: Option<String>,
+    /// RFC 3339 time (a date alone also works); readings measured at or after it.
+    #[param(format = DateTime)]
+    since: Option<String>,
+    /// Readings measured before it.
+    #[param(format = DateTime)]
+    until: Option<String>,
+    /// Readings stored after this id (the previous page's `next_after`).
+    after: Option<i64>,
+    /// Page size, 1 to 5000 (default 500).
+    #[param(minimum = 1, maximum = 5000)]
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadingItem {
+    id: i64,
+    seq: i64,
+    metric: String,
+    value: f64,
+    measured_at: String,
+    received_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadingsPage {
+    device: String,
+    readings: Vec<ReadingItem>,
+    /// Pass as `after` for the next page; absent on the last page.
+    next_after: Option<i64>,
+}
+
+/// A device's readings, paged in storage order. Devices of other organisations are not found.
+#[utoipa::path(get, path = "/api/v1/readings", params(ReadingsParams), responses(
+    (status = 200, body = ReadingsPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)
+), security(("bearer" = ["readings:read"])))]
+async fn readings(
+    state: web::Data<AppState>,
+    caller: ApiCaller,
+    params: web::Query<ReadingsParams>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require("readings:read")?;
+    let params = params.into_inner();
+    let instant = |raw: &Option<String>| {
+        raw.as_deref()
+            .map(parse_instant)
+            .transpose()
+            .map_err(ApiError::Invalid)
+    };
+    let (since, until) = (instant(&params.since)?, instant(&params.until)?);
+    let limit = params.limit.unwrap_or(500);
+    if !(1..=5000).contains(&limit) {
+        return Err(ApiError::Invalid("limit: between 1 and 5000".into()));
+    }
+    let organisation = caller.user.organisation_id;
+    let (serial, metric, after) = (params.device, params.metric, params.after);
+    let found = web::block(
+        move || -> appliance::error::Result<Option<(String, Vec<appliance::readings::Reading>)>> {
+            let mut conn = state.app.store.conn()?;
+            let Some(device) = appliance::devices::Device::find_by_serial(&mut conn, &serial)?
+            else {
+                return Ok(None);
+            };
+            if device.organisation_id != organisation {
+                return Ok(None);
+            }
+            let page = appliance::readings::page(
+                &mut conn,
+                device.id,
+                metric.as_deref(),
+                since,
+                until,
+                after,
+                limit + 1,
+            )?;
+            Ok(Some((device.serial, page)))
+        },
+    )
+    .await??;
+    let Some((device, rows)) = found else {
+        return Err(ApiError::NotFound);
+    };
+    let next_after = (rows.len() as i64 > limit).then(|| rows[limit as usize - 1].id);
+    let readings = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(|r| ReadingItem {
+            id: r.id,
+            seq: r.seq,
+            metric: r.metric,
+            value: r.value,
+            measured_at: format_us(r.measured_at_us),
+            received_at: format_us(r.received_at_us),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(ReadingsPage {
+        device,
+        readings,
+        next_after,
     }))
 }

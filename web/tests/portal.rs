@@ -737,7 +737,12 @@ fn the_openapi_document_is_generated_from_the_handlers() {
         doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
         "{doc}"
     );
-    for path in ["/api/v1/me", "/api/v1/users", "/api/v1/audit"] {
+    for path in [
+        "/api/v1/me",
+        "/api/v1/users",
+        "/api/v1/audit",
+        "/api/v1/readings",
+    ] {
         assert!(
             doc["paths"][path]["get"].is_object(),
             "{path} missing: {doc}"
@@ -753,7 +758,11 @@ fn the_openapi_document_is_generated_from_the_handlers() {
 fn schemathesis_finds_no_server_error_in_the_api() {
     let portal = Portal::start("api_requests_per_minute = 100000");
     portal.setup_admin();
-    let (token, _) = portal.token(&["audit:read", "users:read", "grants:read"], 30, 0);
+    let (token, _) = portal.token(
+        &["audit:read", "users:read", "grants:read", "readings:read"],
+        30,
+        0,
+    );
     let output = Command::new("schemathesis")
         .args(["run", &format!("{}/api/v1/openapi.json", portal.origin())])
         .args([
@@ -776,9 +785,9 @@ fn schemathesis_finds_no_server_error_in_the_api() {
         output.status.success(),
         "schemathesis found a problem:\n{text}"
     );
-    // Every documented operation was exercised (me, users, audit).
+    // Every documented operation was exercised (me, users, audit, readings).
     assert!(
-        text.contains("3 selected / 3 total") && text.contains("passed"),
+        text.contains("4 selected / 4 total") && text.contains("passed"),
         "schemathesis did not test the endpoints:\n{text}"
     );
 }
@@ -1267,4 +1276,113 @@ fn every_page_answers_every_role_as_the_permission_table_says() {
         ],
     );
     assert_eq!(post.status, 403, "a technician created a user");
+}
+
+#[test]
+fn readings_are_paged_through_the_api_for_the_callers_own_devices() {
+    use appliance::devices::{Device, DeviceKind, DeviceRequest};
+    use appliance::models::{Organisation, Site};
+    use appliance::readings::{NewReading, insert_new};
+    let portal = Portal::start("");
+    portal.setup_admin();
+    let actor = Actor::System("test".into());
+    let own = Organisation::list(&mut portal.app.store.conn().unwrap())
+        .unwrap()
+        .remove(0);
+    let other = Organisation::create(&portal.app.audit, &actor, "Other Plant").unwrap();
+    let t0 = 1_795_334_400_000_000;
+    for (org, serial) in [(own.id, "MM-1"), (other.id, "MM-9")] {
+        let site = Site::create(&portal.app.audit, &actor, org, "Hall 3", "").unwrap();
+        let request = DeviceRequest {
+            serial: serial.into(),
+            kind: DeviceKind::Monitor,
+            site: site.id,
+            gateway: None,
+            model: None,
+        };
+        let (device, _) = Device::register(&portal.app.audit, &actor, &request).unwrap();
+        let rows: Vec<NewReading> = (1..=1200)
+            .map(|i| NewReading {
+                device_id: device.id,
+                seq: i,
+                metric: if i % 2 == 0 {
+                    "temperature_c".into()
+                } else {
+                    "cycle_count".into()
+                },
+                value: i as f64,
+                measured_at_us: t0 + i * 1_000_000,
+                received_at_us: t0 + i * 1_000_000,
+            })
+            .collect();
+        insert_new(&mut portal.app.store.conn().unwrap(), &rows).unwrap();
+    }
+    let (token, _) = portal.token(&["readings:read"], 30, 0);
+
+    let mut seqs = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (status, page) = portal.api(
+            Some(&token),
+            &format!("/api/v1/readings?device=MM-1&limit=500{after}"),
+        );
+        assert_eq!(status, 200, "{page}");
+        seqs.extend(
+            page["readings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["seq"].as_i64().unwrap()),
+        );
+        match page["next_after"].as_i64() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seqs,
+        (1..=1200).collect::<Vec<_>>(),
+        "pages skipped or repeated readings"
+    );
+
+    let (_, temps) = portal.api(
+        Some(&token),
+        "/api/v1/readings?device=MM-1&metric=temperature_c&limit=5000",
+    );
+    assert_eq!(temps["readings"].as_array().unwrap().len(), 600);
+    // t0 is 2026-11-22T08:00:00Z; measured in [t0 + 100 s, t0 + 200 s) are seq 100 to 199.
+    let (_, window) = portal.api(Some(&token), "/api/v1/readings?device=MM-1&since=2026-11-22T08:01:40Z&until=2026-11-22T08:03:20Z&limit=5000");
+    assert_eq!(
+        window["readings"].as_array().unwrap().len(),
+        100,
+        "{window}"
+    );
+
+    assert_eq!(
+        portal.api(Some(&token), "/api/v1/readings?device=MM-9").0,
+        404,
+        "another organisation's device was readable"
+    );
+    assert_eq!(
+        portal.api(Some(&token), "/api/v1/readings?device=NOPE").0,
+        404
+    );
+    assert_eq!(
+        portal
+            .api(Some(&token), "/api/v1/readings?device=MM-1&limit=0")
+            .0,
+        400
+    );
+    assert_eq!(
+        portal.api(Some(&token), "/api/v1/readings").0,
+        400,
+        "a missing device was accepted"
+    );
+    let (no_scope, _) = portal.token(&["users:read"], 30, 0);
+    assert_eq!(
+        portal
+            .api(Some(&no_scope), "/api/v1/readings?device=MM-1")
+            .0,
+        403
+    );
 }
