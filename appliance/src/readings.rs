@@ -135,34 +135,6 @@ pub fn update_state(
     Ok(())
 }
 
-/// Readings of one device, oldest first, optionally of one metric and in `[since, until)`.
-pub fn list(
-    conn: &mut DbConnection,
-    device: DeviceId,
-    metric: Option<&str>,
-    since_us: Option<i64>,
-    until_us: Option<i64>,
-    limit: i64,
-) -> Result<Vec<Reading>> {
-    let mut query = readings::table
-        .filter(readings::device_id.eq(device))
-        .into_boxed();
-    if let Some(metric) = metric {
-        query = query.filter(readings::metric.eq(metric.to_owned()));
-    }
-    if let Some(since) = since_us {
-        query = query.filter(readings::measured_at_us.ge(since));
-    }
-    if let Some(until) = until_us {
-        query = query.filter(readings::measured_at_us.lt(until));
-    }
-    Ok(query
-        .order((readings::measured_at_us, readings::seq))
-        .limit(limit)
-        .select(Reading::as_select())
-        .load(conn)?)
-}
-
 /// One page of a device's readings in storage order: up to `limit` with an id above `after`
 /// (the previous page's last id), optionally of one metric and measured in `[since, until)`.
 pub fn page(
