@@ -30,6 +30,41 @@ pub struct Config {
     pub firewall: FirewallConfig,
     pub ingest: IngestConfig,
     pub web: WebConfig,
+    /// Remote access with approval: request expiry, the site signals and key switches.
+    pub access: AccessConfig,
+    /// The relay every email goes out through: alerts, access requests, invitations.
+    pub smtp: SmtpConfig,
+}
+
+/// Remote access with approval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// A request nobody decided on expires after this many hours.
+    pub pending_hours: u32,
+    /// How often the portal ends expired sessions and drives the signals, in seconds.
+    pub tick_seconds: u64,
+    /// The portal's address as people reach it, for links in emails. Unset:
+    /// `https://{web.host_name}`.
+    pub portal_url: Option<String>,
+    /// "Remote access active": a command run as `COMMAND... on|off SITE_ID SITE_NAME`
+    /// whenever a site's signal changes (and at start), such as a script that lights a lamp.
+    pub signal_command: Vec<String>,
+    /// "Remote access active": an HTTPS URL (or HTTP to loopback) that receives
+    /// `{"site_id":..,"site":..,"active":..}` as a POST whenever a site's signal changes.
+    pub signal_webhook: Option<String>,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            pending_hours: 24,
+            tick_seconds: 1,
+            portal_url: None,
+            signal_command: Vec::new(),
+            signal_webhook: None,
+        }
+    }
 }
 
 /// The portal and API.
@@ -122,7 +157,6 @@ pub struct IngestConfig {
     /// Certificate and key; unset: `{data_dir}/tls/ingest.crt` and `.key`, self-signed at start.
     pub certificate: Option<PathBuf>,
     pub private_key: Option<PathBuf>,
-    pub smtp: SmtpConfig,
     pub connectors: ConnectorsConfig,
 }
 
@@ -217,6 +251,8 @@ impl Default for Config {
             firewall: FirewallConfig::default(),
             ingest: IngestConfig::default(),
             web: WebConfig::default(),
+            access: AccessConfig::default(),
+            smtp: SmtpConfig::default(),
         }
     }
 }
@@ -309,7 +345,6 @@ impl Default for IngestConfig {
             http_workers: 2,
             certificate: None,
             private_key: None,
-            smtp: SmtpConfig::default(),
             connectors: ConnectorsConfig::default(),
         }
     }
@@ -519,6 +554,7 @@ impl Config {
             ));
         }
         self.validate_ingest()?;
+        self.validate_mail_and_access()?;
         self.validate_web()?;
         if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             return Err(ConfigError::new(
@@ -633,32 +669,79 @@ impl Config {
                 "must be between 1 and 300",
             ));
         }
-        let smtp = &ingest.smtp;
+        Ok(())
+    }
+
+    fn validate_mail_and_access(&self) -> Result<(), ConfigError> {
+        let smtp = &self.smtp;
         if smtp.port == 0 {
-            return Err(ConfigError::new("ingest.smtp.port", 0, "must be 1-65535"));
+            return Err(ConfigError::new("smtp.port", 0, "must be 1-65535"));
         }
         if !(1..=1000).contains(&smtp.max_attempts) {
             return Err(ConfigError::new(
-                "ingest.smtp.max_attempts",
+                "smtp.max_attempts",
                 smtp.max_attempts,
                 "must be between 1 and 1000",
             ));
         }
         if smtp.from.parse::<url::Url>().is_ok() || !smtp.from.contains('@') {
             return Err(ConfigError::new(
-                "ingest.smtp.from",
+                "smtp.from",
                 format!("{:?}", smtp.from),
                 "not an email address",
             ));
         }
         if smtp.username.is_some() != smtp.password.is_some() {
             return Err(ConfigError::new(
-                "ingest.smtp.username",
+                "smtp.username",
                 format!("{:?}", smtp.username),
-                "set ingest.smtp.username and ingest.smtp.password together, or neither",
+                "set smtp.username and smtp.password together, or neither",
             ));
         }
+        let access = &self.access;
+        if !(1..=24 * 30).contains(&access.pending_hours) {
+            return Err(ConfigError::new(
+                "access.pending_hours",
+                access.pending_hours,
+                "must be between 1 and 720",
+            ));
+        }
+        if !(1..=60).contains(&access.tick_seconds) {
+            return Err(ConfigError::new(
+                "access.tick_seconds",
+                access.tick_seconds,
+                "must be between 1 and 60",
+            ));
+        }
+        if let Some(url) = &access.portal_url
+            && !url::Url::parse(url).is_ok_and(|u| u.scheme() == "https" && u.host().is_some())
+        {
+            return Err(ConfigError::new(
+                "access.portal_url",
+                format!("{url:?}"),
+                "an https:// address, such as https://plantgate.example.com",
+            ));
+        }
+        if let Some(url) = &access.signal_webhook {
+            crate::connectors::check_url(url).map_err(|problem| {
+                ConfigError::new(
+                    "access.signal_webhook",
+                    format!("{url:?}"),
+                    problem.to_string(),
+                )
+            })?;
+        }
         Ok(())
+    }
+
+    /// What links in emails start with.
+    pub fn portal_url(&self) -> String {
+        self.access
+            .portal_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", self.web.host_name))
+            .trim_end_matches('/')
+            .to_owned()
     }
 
     /// The ingest listener's certificate and key.
@@ -818,8 +901,8 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.store.url = self.store_target().ok().map(|target| target.redacted());
-        if shown.ingest.smtp.password.is_some() {
-            shown.ingest.smtp.password = Some("REDACTED".to_owned());
+        if shown.smtp.password.is_some() {
+            shown.smtp.password = Some("REDACTED".to_owned());
         }
         toml::to_string(&shown).unwrap_or_else(|err| format!("# cannot render config: {err}"))
     }

@@ -63,39 +63,49 @@ pub fn issue(
     purpose: &str,
     validity_us: i64,
 ) -> Result<(EnrolmentToken, PendingToken)> {
+    audit.record_with(|conn| {
+        let (token, pending, event) = issue_in(conn, actor, purpose, validity_us)?;
+        Ok(((token, pending), vec![event]))
+    })
+}
+
+/// [`issue`] inside the caller's transaction; returns the audit event to record with it.
+pub fn issue_in(
+    conn: &mut DbConnection,
+    actor: &Actor,
+    purpose: &str,
+    validity_us: i64,
+) -> Result<(EnrolmentToken, PendingToken, AuditEvent)> {
     let mut bytes = [0u8; 32];
     openssl::rand::rand_bytes(&mut bytes)?;
     let token = URL_SAFE_NO_PAD.encode(bytes);
     let hash = token_hash(&token);
-    let pending = audit.record_with(|conn| {
-        let now = now_us();
-        let revoked = diesel::update(
-            enrolment_tokens::table
-                .filter(enrolment_tokens::purpose.eq(purpose))
-                .filter(enrolment_tokens::used_at_us.is_null())
-                .filter(enrolment_tokens::revoked_at_us.is_null()),
-        )
-        .set(enrolment_tokens::revoked_at_us.eq(now))
+    let now = now_us();
+    let revoked = diesel::update(
+        enrolment_tokens::table
+            .filter(enrolment_tokens::purpose.eq(purpose))
+            .filter(enrolment_tokens::used_at_us.is_null())
+            .filter(enrolment_tokens::revoked_at_us.is_null()),
+    )
+    .set(enrolment_tokens::revoked_at_us.eq(now))
+    .execute(conn)?;
+    diesel::insert_into(enrolment_tokens::table)
+        .values((
+            enrolment_tokens::token_hash.eq(&hash),
+            enrolment_tokens::purpose.eq(purpose),
+            enrolment_tokens::created_at_us.eq(now),
+            enrolment_tokens::expires_at_us.eq(now + validity_us),
+        ))
         .execute(conn)?;
-        diesel::insert_into(enrolment_tokens::table)
-            .values((
-                enrolment_tokens::token_hash.eq(&hash),
-                enrolment_tokens::purpose.eq(purpose),
-                enrolment_tokens::created_at_us.eq(now),
-                enrolment_tokens::expires_at_us.eq(now + validity_us),
-            ))
-            .execute(conn)?;
-        let pending = pending(conn, purpose)?.ok_or(Error::NotFound("enrolment token"))?;
-        let event = AuditEvent::new(actor.clone(), "enrolment.token.issued")
-            .target(format!("enrolment:{}", pending.id))
-            .details(serde_json::json!({
-                "purpose": purpose,
-                "expires": format_us(pending.expires_at_us),
-                "replaced_pending": revoked,
-            }));
-        Ok((pending, vec![event]))
-    })?;
-    Ok((EnrolmentToken(token), pending))
+    let pending = pending(conn, purpose)?.ok_or(Error::NotFound("enrolment token"))?;
+    let event = AuditEvent::new(actor.clone(), "enrolment.token.issued")
+        .target(format!("enrolment:{}", pending.id))
+        .details(serde_json::json!({
+            "purpose": purpose,
+            "expires": format_us(pending.expires_at_us),
+            "replaced_pending": revoked,
+        }));
+    Ok((EnrolmentToken(token), pending, event))
 }
 
 /// Marks `token` used if it is pending for `purpose`. The caller's change and this commit

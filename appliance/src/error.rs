@@ -25,6 +25,9 @@ pub enum Error {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// The caller may see the thing but not do this to it.
+    #[error("{0}")]
+    Forbidden(String),
     /// A key or certificate kept outside the store (connector sealing key, device CA).
     #[error("{path}: {problem}")]
     Key { path: PathBuf, problem: String },
@@ -84,6 +87,7 @@ impl Error {
             Error::Invalid { .. } => "request.invalid",
             Error::NotFound(_) => "request.not_found",
             Error::Conflict(_) => "request.conflict",
+            Error::Forbidden(_) => "request.forbidden",
             Error::Key { .. } => "appliance.key",
             Error::NotInitialised { .. } => "appliance.not_initialised",
         }

@@ -292,6 +292,17 @@ pub struct GrantRequest {
     pub dnat_port: Option<u16>,
 }
 
+/// A [`GrantRequest`] that passed every check, ready to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidGrant {
+    pub requester: Ipv4Addr,
+    pub device: Ipv4Addr,
+    pub agent: Agent,
+    pub reason: String,
+    pub duration_seconds: u64,
+    pub dnat_port: Option<u16>,
+}
+
 /// One (requester, device, protocol, port) that a live grant opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pinhole {
@@ -348,6 +359,19 @@ impl Grant {
         config: &Config,
         request: &GrantRequest,
     ) -> Result<Grant> {
+        let valid = Grant::validate(&mut *audit.store().conn()?, config, request)?;
+        audit.record_with(|conn| {
+            let (grant, event) = Grant::insert(conn, actor, &valid, now_us())?;
+            Ok((grant, vec![event]))
+        })
+    }
+
+    /// Every check [`Grant::open`] makes, without storing anything.
+    pub fn validate(
+        conn: &mut DbConnection,
+        config: &Config,
+        request: &GrantRequest,
+    ) -> Result<ValidGrant> {
         let requester: Ipv4Addr = request.requester.trim().parse().map_err(|_| {
             Error::invalid(
                 "requester",
@@ -399,9 +423,7 @@ impl Grant {
                 "say why access is needed (1-500 characters)",
             ));
         }
-        let mut conn = audit.store().conn()?;
-        let agent = Agent::find(&mut conn, &request.agent)?;
-        drop(conn);
+        let agent = Agent::find(conn, &request.agent)?;
         check_port_count(&agent.ports, config)?;
         if let Some(port) = request.dnat_port {
             let config_ports = &config.firewall;
@@ -424,79 +446,106 @@ impl Grant {
                 ));
             }
         }
-        let now = now_us();
+        Ok(ValidGrant {
+            requester,
+            device,
+            agent,
+            reason: reason.to_owned(),
+            duration_seconds: request.duration_seconds,
+            dnat_port: request.dnat_port,
+        })
+    }
+
+    /// Stores a validated grant inside the caller's transaction, and returns the audit
+    /// event to record with it. Fails if the forwarded uplink port is taken.
+    pub fn insert(
+        conn: &mut DbConnection,
+        actor: &Actor,
+        valid: &ValidGrant,
+        now: i64,
+    ) -> Result<(Grant, AuditEvent)> {
+        let (requester, device, agent) = (valid.requester, valid.device, &valid.agent);
         let expires = now.saturating_add(
-            i64::try_from(request.duration_seconds)
+            i64::try_from(valid.duration_seconds)
                 .unwrap_or(i64::MAX)
                 .saturating_mul(1_000_000),
         );
-        audit.record_with(|conn| {
-            if let Some(port) = request.dnat_port {
-                let taken: i64 = firewall_grants::table
-                    .filter(firewall_grants::dnat_port.eq(i32::from(port)))
-                    .filter(firewall_grants::closed_at_us.is_null())
-                    .filter(firewall_grants::revoked_at_us.is_null())
-                    .filter(firewall_grants::expires_at_us.gt(now))
-                    .count()
-                    .get_result(conn)?;
-                if taken > 0 {
-                    return Err(Error::Conflict(format!(
-                        "uplink port {port} already forwards for another live grant"
-                    )));
-                }
+        if let Some(port) = valid.dnat_port {
+            let taken: i64 = firewall_grants::table
+                .filter(firewall_grants::dnat_port.eq(i32::from(port)))
+                .filter(firewall_grants::closed_at_us.is_null())
+                .filter(firewall_grants::revoked_at_us.is_null())
+                .filter(firewall_grants::expires_at_us.gt(now))
+                .count()
+                .get_result(conn)?;
+            if taken > 0 {
+                return Err(Error::Conflict(format!(
+                    "uplink port {port} already forwards for another live grant"
+                )));
             }
-            let grant = on_backend!(conn, c => diesel::insert_into(firewall_grants::table)
-                .values((
-                    firewall_grants::requester_addr.eq(requester.to_string()),
-                    firewall_grants::device_addr.eq(device.to_string()),
-                    firewall_grants::agent.eq(&agent.name),
-                    firewall_grants::ports.eq(agent.ports.to_string()),
-                    firewall_grants::reason.eq(reason),
-                    firewall_grants::created_by.eq(format!("{}:{}", actor.kind(), actor.id())),
-                    firewall_grants::created_at_us.eq(now),
-                    firewall_grants::expires_at_us.eq(expires),
-                    firewall_grants::dnat_port.eq(request.dnat_port.map(i32::from)),
-                ))
-                .returning(Grant::as_returning())
-                .get_result(c))?;
-            let event = AuditEvent::new(actor.clone(), "grant.created")
-                .target(grant.target())
-                .details(serde_json::json!({
-                    "requester": grant.requester_addr,
-                    "device": grant.device_addr,
-                    "agent": grant.agent,
-                    "ports": grant.ports,
-                    "expires": format_us(grant.expires_at_us),
-                    "dnat_port": grant.dnat_port,
-                    "reason": grant.reason,
-                }));
-            Ok((grant, vec![event]))
-        })
+        }
+        let grant = on_backend!(conn, c => diesel::insert_into(firewall_grants::table)
+            .values((
+                firewall_grants::requester_addr.eq(requester.to_string()),
+                firewall_grants::device_addr.eq(device.to_string()),
+                firewall_grants::agent.eq(&agent.name),
+                firewall_grants::ports.eq(agent.ports.to_string()),
+                firewall_grants::reason.eq(&valid.reason),
+                firewall_grants::created_by.eq(format!("{}:{}", actor.kind(), actor.id())),
+                firewall_grants::created_at_us.eq(now),
+                firewall_grants::expires_at_us.eq(expires),
+                firewall_grants::dnat_port.eq(valid.dnat_port.map(i32::from)),
+            ))
+            .returning(Grant::as_returning())
+            .get_result(c))?;
+        let event = AuditEvent::new(actor.clone(), "grant.created")
+            .target(grant.target())
+            .details(serde_json::json!({
+                "requester": grant.requester_addr,
+                "device": grant.device_addr,
+                "agent": grant.agent,
+                "ports": grant.ports,
+                "expires": format_us(grant.expires_at_us),
+                "dnat_port": grant.dnat_port,
+                "reason": grant.reason,
+            }));
+        Ok((grant, event))
     }
 
     /// Revokes a live grant. The firewall cuts its connections when poked or at its next
     /// reconcile.
     pub fn revoke(audit: &Audit, actor: &Actor, id: i64, reason: &str) -> Result<Grant> {
         audit.record_with(|conn| {
-            let grant = Grant::find(conn, id)?;
-            if grant.revoked_at_us.is_some()
-                || grant.closed_at_us.is_some()
-                || grant.expires_at_us <= now_us()
-            {
-                return Err(Error::Conflict(format!("grant {id} has already ended")));
-            }
-            diesel::update(firewall_grants::table.find(id))
-                .set((
-                    firewall_grants::revoked_at_us.eq(now_us()),
-                    firewall_grants::revoked_by.eq(format!("{}:{}", actor.kind(), actor.id())),
-                ))
-                .execute(conn)?;
-            let grant = Grant::find(conn, id)?;
-            let event = AuditEvent::new(actor.clone(), "grant.revoked")
-                .target(grant.target())
-                .details(serde_json::json!({ "reason": reason.trim() }));
+            let (grant, event) = Grant::revoke_in(conn, actor, id, reason)?;
             Ok((grant, vec![event]))
         })
+    }
+
+    /// [`Grant::revoke`] inside the caller's transaction.
+    pub fn revoke_in(
+        conn: &mut DbConnection,
+        actor: &Actor,
+        id: i64,
+        reason: &str,
+    ) -> Result<(Grant, AuditEvent)> {
+        let grant = Grant::find(conn, id)?;
+        if grant.revoked_at_us.is_some()
+            || grant.closed_at_us.is_some()
+            || grant.expires_at_us <= now_us()
+        {
+            return Err(Error::Conflict(format!("grant {id} has already ended")));
+        }
+        diesel::update(firewall_grants::table.find(id))
+            .set((
+                firewall_grants::revoked_at_us.eq(now_us()),
+                firewall_grants::revoked_by.eq(format!("{}:{}", actor.kind(), actor.id())),
+            ))
+            .execute(conn)?;
+        let grant = Grant::find(conn, id)?;
+        let event = AuditEvent::new(actor.clone(), "grant.revoked")
+            .target(grant.target())
+            .details(serde_json::json!({ "reason": reason.trim() }));
+        Ok((grant, event))
     }
 
     pub fn find(conn: &mut DbConnection, id: i64) -> Result<Grant> {

@@ -1,6 +1,7 @@
 //! Plantgate's core library: configuration, the store, the tamper-evident audit log, and
 //! the domain model. `web`, `firewall` and `updater` build on it; it knows none of them.
 
+pub mod access;
 pub mod accounts;
 pub mod alerts;
 pub mod audit;
@@ -14,6 +15,7 @@ pub mod firmware;
 pub mod grants;
 pub mod ids;
 pub mod keys;
+pub mod mail;
 pub mod models;
 pub mod readings;
 pub mod schema;

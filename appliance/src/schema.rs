@@ -5,6 +5,7 @@ diesel::table! {
         id -> BigInt,
         name -> Text,
         created_at_us -> BigInt,
+        disabled_at_us -> Nullable<BigInt>,
     }
 }
 
@@ -34,6 +35,7 @@ diesel::table! {
         expires_at_us -> Nullable<BigInt>,
         totp_secret -> Nullable<Text>,
         totp_last_step -> Nullable<BigInt>,
+        site_id -> Nullable<BigInt>,
     }
 }
 
@@ -330,3 +332,100 @@ diesel::allow_tables_to_appear_in_same_query!(
     connector_deliveries,
     device_certificates
 );
+
+diesel::table! {
+    site_policies (site_id) {
+        site_id -> BigInt,
+        approval_required -> Bool,
+        max_minutes -> Integer,
+        allowed_hours -> Text,
+        timezone -> Text,
+        requester_may_extend -> Bool,
+        declared_networks -> Text,
+        device_allowlist -> Text,
+        remote_enabled -> Bool,
+        signal_on -> Bool,
+        updated_at_us -> BigInt,
+    }
+}
+
+diesel::table! {
+    site_approvers (site_id, user_id) {
+        site_id -> BigInt,
+        user_id -> BigInt,
+    }
+}
+
+diesel::table! {
+    machines (id) {
+        id -> BigInt,
+        organisation_id -> BigInt,
+        site_id -> BigInt,
+        name -> Text,
+        address -> Text,
+        agents -> Text,
+        created_at_us -> BigInt,
+        removed_at_us -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    access_requests (id) {
+        id -> BigInt,
+        organisation_id -> BigInt,
+        site_id -> BigInt,
+        machine_id -> BigInt,
+        agent -> Text,
+        requester_id -> BigInt,
+        requester_addr -> Text,
+        address_declared -> Bool,
+        requested_seconds -> BigInt,
+        reason -> Text,
+        state -> Text,
+        created_at_us -> BigInt,
+        pending_until_us -> BigInt,
+        decided_by -> Nullable<BigInt>,
+        decided_at_us -> Nullable<BigInt>,
+        decision_reason -> Nullable<Text>,
+        approved_seconds -> Nullable<BigInt>,
+        grant_id -> Nullable<BigInt>,
+        ended_at_us -> Nullable<BigInt>,
+        end_reason -> Nullable<Text>,
+        ended_by -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    mail_outbox (id) {
+        id -> BigInt,
+        recipient -> Text,
+        subject -> Text,
+        body -> Text,
+        about -> Text,
+        created_at_us -> BigInt,
+        next_attempt_at_us -> BigInt,
+        attempts -> Integer,
+        sent_at_us -> Nullable<BigInt>,
+        failed_at_us -> Nullable<BigInt>,
+        last_error -> Nullable<Text>,
+    }
+}
+
+diesel::joinable!(access_requests -> machines (machine_id));
+diesel::joinable!(access_requests -> sites (site_id));
+diesel::joinable!(access_requests -> users (requester_id));
+diesel::joinable!(machines -> sites (site_id));
+diesel::joinable!(site_approvers -> users (user_id));
+diesel::joinable!(site_approvers -> sites (site_id));
+diesel::joinable!(site_policies -> sites (site_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    access_requests,
+    machines,
+    sites,
+    site_approvers,
+    site_policies,
+    firewall_grants,
+);
+diesel::allow_tables_to_appear_in_same_query!(users, access_requests);
+diesel::allow_tables_to_appear_in_same_query!(users, site_approvers);
+diesel::allow_tables_to_appear_in_same_query!(users, machines);

@@ -24,8 +24,8 @@ pub fn start(app: Appliance, pokes: Receiver<()>) -> std::io::Result<()> {
 
 fn run(app: Appliance, pokes: Receiver<()>) {
     let actor = Actor::System("ingest".into());
-    let Some(transport) = transport(&app.config.ingest.smtp) else {
-        tracing::warn!("ingest.smtp.host is not set: alert emails stay in the outbox");
+    let Some(transport) = transport(&app.config.smtp) else {
+        tracing::warn!("smtp.host is not set: alert emails stay in the outbox");
         return;
     };
     loop {
@@ -59,7 +59,7 @@ fn transport(smtp: &SmtpConfig) -> Option<SmtpTransport> {
 
 fn send_owed(app: &Appliance, actor: &Actor, transport: &SmtpTransport) {
     let owed = app.store.conn().and_then(|mut conn| {
-        alerts::pending_notifications(&mut conn, app.config.ingest.smtp.max_attempts)
+        alerts::pending_notifications(&mut conn, app.config.smtp.max_attempts)
     });
     let owed = match owed {
         Ok(owed) => owed,
@@ -69,7 +69,7 @@ fn send_owed(app: &Appliance, actor: &Actor, transport: &SmtpTransport) {
         }
     };
     for pending in owed {
-        let outcome = compose(&app.config.ingest.smtp.from, &pending).and_then(|message| {
+        let outcome = compose(&app.config.smtp.from, &pending).and_then(|message| {
             transport
                 .send(&message)
                 .map(|_| ())
@@ -134,9 +134,7 @@ pub fn compose(from: &str, pending: &PendingNotification) -> Result<Message, Str
         format_us(at),
         pending.alert.id,
     );
-    let from: Mailbox = from
-        .parse()
-        .map_err(|err| format!("ingest.smtp.from: {err}"))?;
+    let from: Mailbox = from.parse().map_err(|err| format!("smtp.from: {err}"))?;
     let mut builder = Message::builder().from(from).subject(subject);
     let recipients = pending.recipients();
     if recipients.is_empty() {

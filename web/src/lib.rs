@@ -7,6 +7,8 @@
 
 pub mod api;
 pub mod pages;
+pub mod remote;
+pub mod worker;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -43,6 +45,8 @@ pub struct AppState {
     pub reauthenticate_us: i64,
     pub api_by_address: api::RateLimiter<IpAddr>,
     pub api_by_token: api::RateLimiter<i64>,
+    /// Wakes the remote-access worker after a change, so emails and signals follow at once.
+    pub worker: worker::Worker,
 }
 
 impl std::fmt::Debug for AppState {
@@ -80,6 +84,7 @@ impl AppState {
             reauthenticate_us: i64::from(web.reauthenticate_seconds) * 1_000_000,
             api_by_address: api::RateLimiter::default(),
             api_by_token: api::RateLimiter::default(),
+            worker: worker::Worker::default(),
             app,
             clock,
         }
@@ -129,6 +134,15 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route("/users/{id}/{change}", web::post().to(pages::change_user))
         .route("/audit", web::get().to(pages::audit_page))
         .route("/audit/export", web::get().to(pages::audit_export))
+        .route(
+            "/invite/{user}/{token}",
+            web::get().to(pages::invitation_form),
+        )
+        .route(
+            "/invite/{user}/{token}",
+            web::post().to(pages::invitation_submit),
+        )
+        .configure(remote::config)
         .configure(api::config)
         .default_service(web::to(pages::not_found));
 }
@@ -205,6 +219,7 @@ impl From<appliance::Error> for WebError {
             }
             appliance::Error::NotFound(_) => WebError::NotFound,
             appliance::Error::Conflict(message) => WebError::BadRequest(message),
+            appliance::Error::Forbidden(message) => WebError::Forbidden(message),
             other => {
                 tracing::error!(error = %other, code = other.code(), "request failed");
                 WebError::Internal(other.code().to_owned())
@@ -275,6 +290,9 @@ pub struct Nav {
     pub csrf: String,
     pub can_audit: bool,
     pub can_manage: bool,
+    pub can_see_sites: bool,
+    /// "Remote access active at ..." lines, shown on every page.
+    pub banners: Vec<String>,
 }
 
 /// A request from a signed-in user: the session is valid at the state's clock.
@@ -285,6 +303,8 @@ pub struct SignedIn {
     pub session: Session,
     /// Ties forms to this session; see [`SignedIn::check_csrf`].
     pub csrf: String,
+    /// Remote sessions active now at the user's sites, for the banner.
+    pub banners: Vec<String>,
 }
 
 /// The form token of a session: derived from its secret id, so a page that cannot read
@@ -303,6 +323,8 @@ impl SignedIn {
             csrf: self.csrf.clone(),
             can_audit: matches!(self.role, Role::Admin | Role::Auditor),
             can_manage: self.role == Role::Admin,
+            can_see_sites: matches!(self.role, Role::Admin | Role::Approver),
+            banners: self.banners.clone(),
         }
     }
 
@@ -378,18 +400,28 @@ fn resume_session(req: &HttpRequest) -> Extracted<SignedIn> {
         let resumed = {
             let state = state.clone();
             let token = token.clone();
-            web::block(move || sessions::resume(&state.app.audit, &token, now, limits))
-                .await
-                .map_err(WebError::from)?
+            web::block(move || -> appliance::error::Result<_> {
+                let resumed = sessions::resume(&state.app.audit, &token, now, limits)?;
+                let banners = match &resumed {
+                    Ok((_, user)) => {
+                        appliance::access::banners(&mut *state.app.store.conn()?, user)?
+                    }
+                    Err(_) => Vec::new(),
+                };
+                Ok(resumed.map(|ok| (ok, banners)))
+            })
+            .await
+            .map_err(WebError::from)?
         };
         match resumed.map_err(WebError::from)? {
-            Ok((session, user)) => {
+            Ok(((session, user), banners)) => {
                 let role = user.role().map_err(WebError::from)?;
                 Ok(SignedIn {
                     csrf: csrf_token(&token),
                     user,
                     role,
                     session,
+                    banners,
                 })
             }
             Err(_) => Err(NeedsLogin("/login").into()),

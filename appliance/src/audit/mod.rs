@@ -47,6 +47,13 @@ pub enum Actor {
     System(String),
 }
 
+impl fmt::Display for Actor {
+    /// `user:3`, `system:firewall`: how records name who ended something.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind(), self.id())
+    }
+}
+
 impl Actor {
     pub fn kind(&self) -> &'static str {
         match self {

@@ -112,7 +112,7 @@ impl TestIngest {
         toml.push_str(&format!(
             "[log]\nlevel = \"warn\"\n[ingest]\nhttps_listen = \"127.0.0.1:{https_port}\"\n\
              mqtt_listen = \"127.0.0.1:{mqtt_port}\"\nmax_body_bytes = 65536\nmax_decoded_bytes = 262144\n\
-             silent_check_seconds = 1\n[ingest.smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\n\
+             silent_check_seconds = 1\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\n\
              security = \"none\"\nfrom = \"plantgate@plant.example\"\n"
         ));
         let config_path = dir.path().join("plantgate.toml");

@@ -87,7 +87,10 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     let acceptor = tls::acceptor(&paths).map_err(|e| e.to_string())?;
     let clock: portal::Clock = Arc::new(appliance::time::now_us);
-    let state = actix_web::web::Data::new(AppState::new(app.clone(), clock));
+    let mut state = AppState::new(app.clone(), clock);
+    state.worker = portal::worker::start(app.clone())
+        .map_err(|e| format!("cannot start the access worker: {e}"))?;
+    let state = actix_web::web::Data::new(state);
     let body_limit = config.web.max_body_bytes;
 
     let https = HttpServer::new(move || {

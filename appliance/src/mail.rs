@@ -1,0 +1,172 @@
+//! Email: the outbox every notice goes through, and the SMTP relay it is sent to.
+//!
+//! A notice is written to `mail_outbox` in the same transaction as the change it tells of,
+//! so an acknowledged change never loses its email to a crash. The portal's mailer sends
+//! what is due, retries with backoff, and audits every outcome (`mail.sent`, `mail.failed`).
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{Message, SmtpTransport, Transport};
+
+use crate::audit::{Actor, Audit, AuditEvent, Outcome};
+use crate::config::{SmtpConfig, SmtpSecurity};
+use crate::error::Result;
+use crate::schema::mail_outbox;
+use crate::store::DbConnection;
+
+/// An email owed.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = mail_outbox)]
+pub struct OwedMail {
+    pub id: i64,
+    pub recipient: String,
+    pub subject: String,
+    pub body: String,
+    pub about: String,
+    pub attempts: i32,
+}
+
+/// Queues an email inside the caller's transaction.
+pub fn enqueue(
+    conn: &mut DbConnection,
+    recipient: &str,
+    subject: &str,
+    body: &str,
+    about: &str,
+    now: i64,
+) -> Result<()> {
+    diesel::insert_into(mail_outbox::table)
+        .values((
+            mail_outbox::recipient.eq(recipient),
+            mail_outbox::subject.eq(subject),
+            mail_outbox::body.eq(body),
+            mail_outbox::about.eq(about),
+            mail_outbox::created_at_us.eq(now),
+            mail_outbox::next_attempt_at_us.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Emails due now, oldest first.
+pub fn due(conn: &mut DbConnection, now: i64, limit: i64) -> Result<Vec<OwedMail>> {
+    Ok(mail_outbox::table
+        .filter(mail_outbox::sent_at_us.is_null())
+        .filter(mail_outbox::failed_at_us.is_null())
+        .filter(mail_outbox::next_attempt_at_us.le(now))
+        .order(mail_outbox::id)
+        .limit(limit)
+        .select(OwedMail::as_select())
+        .load(conn)?)
+}
+
+/// Records the outcome of one attempt: sent, retried later (backoff doubling from 15 s to
+/// 15 min), or given up after `max_attempts`. Audited.
+pub fn record_attempt(
+    audit: &Audit,
+    actor: &Actor,
+    mail: &OwedMail,
+    outcome: std::result::Result<(), String>,
+    max_attempts: i32,
+    now: i64,
+) -> Result<()> {
+    audit.record_with(|conn| {
+        let attempts = mail.attempts + 1;
+        let row = mail_outbox::table.find(mail.id);
+        let event = match &outcome {
+            Ok(()) => {
+                diesel::update(row)
+                    .set((
+                        mail_outbox::sent_at_us.eq(now),
+                        mail_outbox::attempts.eq(attempts),
+                    ))
+                    .execute(conn)?;
+                AuditEvent::new(actor.clone(), "mail.sent")
+            }
+            Err(reason) => {
+                let backoff_us = 15_000_000_i64 << attempts.clamp(0, 6);
+                let gave_up = attempts >= max_attempts;
+                diesel::update(row)
+                    .set((
+                        mail_outbox::attempts.eq(attempts),
+                        mail_outbox::last_error.eq(reason),
+                        mail_outbox::next_attempt_at_us.eq(now + backoff_us),
+                        mail_outbox::failed_at_us.eq(gave_up.then_some(now)),
+                    ))
+                    .execute(conn)?;
+                AuditEvent::new(actor.clone(), "mail.failed").outcome(Outcome::Failure)
+            }
+        };
+        let event = event.target(&mail.about).details(serde_json::json!({
+            "to": mail.recipient,
+            "subject": mail.subject,
+            "attempt": attempts,
+            "error": outcome.as_ref().err(),
+        }));
+        Ok(((), vec![event]))
+    })
+}
+
+/// The relay, or `None` when `smtp.host` is unset (emails stay in the outbox).
+pub fn transport(smtp: &SmtpConfig) -> Option<SmtpTransport> {
+    let host = smtp.host.as_deref()?;
+    let builder = match smtp.security {
+        SmtpSecurity::None => Some(SmtpTransport::builder_dangerous(host)),
+        SmtpSecurity::Starttls => SmtpTransport::starttls_relay(host).ok(),
+        SmtpSecurity::Tls => SmtpTransport::relay(host).ok(),
+    };
+    let Some(mut builder) = builder else {
+        tracing::error!(host, "cannot set up TLS for the SMTP relay");
+        return None;
+    };
+    builder = builder
+        .port(smtp.port)
+        .timeout(Some(Duration::from_secs(30)));
+    if let (Some(user), Some(password)) = (&smtp.username, &smtp.password) {
+        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    Some(builder.build())
+}
+
+/// Sends everything due through `transport`; returns how many were sent.
+pub fn send_due(
+    audit: &Audit,
+    actor: &Actor,
+    smtp: &SmtpConfig,
+    transport: &SmtpTransport,
+    now: i64,
+) -> Result<usize> {
+    let owed = due(&mut *audit.store().conn()?, now, 100)?;
+    let mut sent = 0;
+    for mail in owed {
+        let outcome = compose(&smtp.from, &mail).and_then(|message| {
+            transport
+                .send(&message)
+                .map(|_| ())
+                .map_err(|err| err.to_string())
+        });
+        match &outcome {
+            Ok(()) => sent += 1,
+            Err(reason) => tracing::warn!(mail = mail.id, %reason, "email failed"),
+        }
+        record_attempt(audit, actor, &mail, outcome, smtp.max_attempts, now)?;
+    }
+    Ok(sent)
+}
+
+fn compose(from: &str, mail: &OwedMail) -> std::result::Result<Message, String> {
+    let from: Mailbox = from.parse().map_err(|err| format!("smtp.from: {err}"))?;
+    let to: Mailbox = mail
+        .recipient
+        .parse()
+        .map_err(|err| format!("recipient {:?}: {err}", mail.recipient))?;
+    Message::builder()
+        .from(from)
+        .to(to)
+        .subject(&mail.subject)
+        .body(mail.body.clone())
+        .map_err(|err| err.to_string())
+}
