@@ -303,7 +303,17 @@ fn plant(t: &Topology) -> Plant {
     }
 }
 
-fn start_portal(t: &Topology) -> Child {
+/// Killed on drop, so a failed assertion does not leave the portal running.
+struct Portal(Child);
+
+impl Drop for Portal {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_portal(t: &Topology) -> Portal {
     let firewall = PathBuf::from(env!("CARGO_BIN_EXE_plantgate-firewall"));
     let web = firewall.with_file_name("plantgate-web");
     assert!(
@@ -311,13 +321,15 @@ fn start_portal(t: &Topology) -> Child {
         "\n\n*** {} is missing: build it first (`cargo build -p plantgate-web`; scripts/test builds the whole workspace).\n",
         web.display()
     );
-    let child = Command::new("ip")
-        .args(["netns", "exec", &t.appliance_ns])
-        .arg(&web)
-        .env("PLANTGATE_CONFIG", &t.config_path)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start plantgate-web");
+    let portal = Portal(
+        Command::new("ip")
+            .args(["netns", "exec", &t.appliance_ns])
+            .arg(&web)
+            .env("PLANTGATE_CONFIG", &t.config_path)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start plantgate-web"),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let up = Command::new("ip")
@@ -336,7 +348,7 @@ fn start_portal(t: &Topology) -> Child {
             .status()
             .is_ok_and(|s| s.success());
         if up {
-            return child;
+            return portal;
         }
         assert!(Instant::now() < deadline, "plantgate-web did not come up");
         std::thread::sleep(Duration::from_millis(100));
@@ -360,12 +372,7 @@ fn wait_for_signal(file: &std::path::Path, line: &str) {
         // The hook runs as `lamp on|off SITE_ID SITE_NAME`; look at this site's last line.
         let text = std::fs::read_to_string(file).unwrap_or_default();
         let site = line.split_whitespace().nth(1);
-        if text
-            .lines()
-            .filter(|l| l.split_whitespace().nth(1) == site)
-            .last()
-            == Some(line)
-        {
+        if text.lines().rfind(|l| l.split_whitespace().nth(1) == site) == Some(line) {
             return;
         }
         assert!(
@@ -401,7 +408,7 @@ fn request_approve_connect_revoke_key_switch_and_deny_across_processes() {
     t.start_daemon();
     let smtp = SmtpServer::start(&a);
     let p = plant(&t);
-    let mut portal = start_portal(&t);
+    let portal = start_portal(&t);
     let site = p.site_a.id.0;
     wait_for_signal(&signal, &format!("off {site}"));
 
@@ -637,8 +644,7 @@ fn request_approve_connect_revoke_key_switch_and_deny_across_processes() {
             "{expected} not audited: {actions:?}"
         );
     }
-    let _ = portal.kill();
-    let _ = portal.wait();
+    drop(portal);
     drop(smtp);
     let _ = p.bert;
 }

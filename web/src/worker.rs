@@ -108,10 +108,10 @@ fn drive_signals(app: &Appliance, driven: &mut HashMap<SiteId, bool>, now: i64) 
             .conn()
             .and_then(|mut c| access::SitePolicy::of(&mut c, site.id))
             .map(|p| p.signal_on);
-        if outcome.is_err() || recorded_on.as_ref().ok() != Some(&on) {
-            if let Err(err) = access::record_signal(&app.audit, &site, on, outcome.clone(), now) {
-                tracing::error!(error = %err, "cannot record the signal");
-            }
+        if (outcome.is_err() || recorded_on.as_ref().ok() != Some(&on))
+            && let Err(err) = access::record_signal(&app.audit, &site, on, outcome.clone(), now)
+        {
+            tracing::error!(error = %err, "cannot record the signal");
         }
         if outcome.is_ok() {
             driven.insert(site.id, on);
