@@ -1326,6 +1326,79 @@ fn close_in(
     Ok(events)
 }
 
+/// The technician adds `minutes` to their own live session, where the site's policy lets
+/// requesters extend; the whole session stays within the site's longest session.
+#[allow(clippy::too_many_arguments)]
+pub fn extend(
+    audit: &Audit,
+    user: &User,
+    id: i64,
+    minutes: &str,
+    source: &str,
+    now: i64,
+) -> Result<AccessRequest> {
+    let actor = Actor::User(user.id);
+    audit.record_with(|conn| {
+        let request = visible_request(conn, user, id)?;
+        if request.requester_id != user.id {
+            return Err(Error::Forbidden(
+                "only the technician who asked can extend a session".into(),
+            ));
+        }
+        if request.state()? != State::Approved {
+            return Err(Error::Conflict(format!(
+                "request {id} is {}, not a live session",
+                request.state
+            )));
+        }
+        let policy = SitePolicy::of(conn, request.site_id)?;
+        if !policy.requester_may_extend {
+            return Err(Error::Forbidden(
+                "this site does not let technicians extend sessions; ask again".into(),
+            ));
+        }
+        if !policy.remote_enabled {
+            return Err(Error::Conflict(
+                "remote access is switched off at this site (key switch)".into(),
+            ));
+        }
+        policy.check_hours(now)?;
+        let grant_id = request
+            .grant_id
+            .ok_or_else(|| Error::Conflict(format!("request {id} has no grant")))?;
+        let grant = Grant::find(conn, grant_id)?;
+        let started = request.decided_at_us.unwrap_or(grant.created_at_us);
+        let ceiling = started + i64::from(policy.max_minutes) * 60 * MICROS;
+        let room = (ceiling - grant.expires_at_us).max(0) / (60 * MICROS);
+        let added: i64 = minutes
+            .trim()
+            .parse()
+            .ok()
+            .filter(|m| (1..=room).contains(m))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "duration",
+                    format!(
+                        "{minutes:?}: sessions at this site last at most {} minutes; up to {room} can be added",
+                        policy.max_minutes
+                    ),
+                )
+            })?;
+        let expires = grant.expires_at_us + added * 60 * MICROS;
+        let (_, grant_event) = Grant::extend_in(conn, &actor, grant_id, expires)?;
+        diesel::update(access_requests::table.find(id))
+            .set(access_requests::approved_seconds.eq(
+                request.approved_seconds.unwrap_or(0) + added * 60,
+            ))
+            .execute(conn)?;
+        let event = AuditEvent::new(actor.clone(), "access.extended")
+            .source(source)
+            .target(request.target())
+            .details(serde_json::json!({ "minutes": added, "until": format_us(expires) }));
+        Ok((AccessRequest::find(conn, id)?, vec![grant_event, event]))
+    })
+}
+
 /// Turns a site's "remote access enabled" key switch on or off. Off cuts every session of
 /// the site at once and refuses approvals until it is on again. `by` is the approver who
 /// turned it, or `None` for the hardware switch. Returns how many sessions were cut.

@@ -548,6 +548,36 @@ impl Grant {
         Ok((grant, event))
     }
 
+    /// Moves a live grant's expiry later, inside the caller's transaction; the firewall
+    /// refreshes the pinholes' timeouts at its next reconcile.
+    pub fn extend_in(
+        conn: &mut DbConnection,
+        actor: &Actor,
+        id: i64,
+        expires_at_us: i64,
+    ) -> Result<(Grant, AuditEvent)> {
+        let grant = Grant::find(conn, id)?;
+        if grant.revoked_at_us.is_some()
+            || grant.closed_at_us.is_some()
+            || grant.expires_at_us <= now_us()
+        {
+            return Err(Error::Conflict(format!("grant {id} has already ended")));
+        }
+        if expires_at_us <= grant.expires_at_us {
+            return Err(Error::invalid("expires", "an extension must end later"));
+        }
+        diesel::update(firewall_grants::table.find(id))
+            .set(firewall_grants::expires_at_us.eq(expires_at_us))
+            .execute(conn)?;
+        let event = AuditEvent::new(actor.clone(), "grant.extended")
+            .target(grant.target())
+            .details(serde_json::json!({
+                "from": format_us(grant.expires_at_us),
+                "to": format_us(expires_at_us),
+            }));
+        Ok((Grant::find(conn, id)?, event))
+    }
+
     pub fn find(conn: &mut DbConnection, id: i64) -> Result<Grant> {
         firewall_grants::table
             .find(id)

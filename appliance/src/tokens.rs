@@ -17,7 +17,13 @@ use crate::store::DbConnection;
 use crate::time::format_us;
 
 /// What a token may do.
-pub const SCOPES: [&str; 4] = ["audit:read", "users:read", "grants:read", "readings:read"];
+pub const SCOPES: [&str; 5] = [
+    "audit:read",
+    "users:read",
+    "grants:read",
+    "readings:read",
+    "access:read",
+];
 pub const MAX_DAYS: u32 = 366;
 const PREFIX: &str = "pgt_";
 

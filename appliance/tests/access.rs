@@ -731,7 +731,48 @@ fn a_contractor_is_invited_to_one_site(backend: Backend) {
     assert_eq!(view.request.state().unwrap(), State::Ended);
 }
 
+fn a_technician_extends_only_where_the_policy_allows_and_within_its_maximum(backend: Backend) {
+    let p = plant(backend);
+    let (audit, actor, config) = (&p.t.app.audit, test_actor(), &p.t.app.config);
+    let request = p.ask(&p.tech, &p.press, "s7", "30").unwrap();
+    p.approve(&p.ann, request.id).unwrap();
+    let extend =
+        |who: &User, minutes: &str| access::extend(audit, who, request.id, minutes, FROM, now_us());
+    let before = p.footprint();
+    assert!(
+        matches!(extend(&p.tech, "10"), Err(Error::Forbidden(_))),
+        "the policy does not allow it"
+    );
+    let mut allows = policy("192.168.50.0/28");
+    allows.requester_may_extend = true;
+    SitePolicy::set(audit, &actor, config, &p.site_a, &allows).unwrap();
+    let before = (before.0, before.1, before.2 + 1);
+    assert!(
+        matches!(extend(&p.ann, "10"), Err(Error::Forbidden(_))),
+        "only the requester"
+    );
+    assert!(
+        matches!(extend(&p.tech, "31"), Err(Error::Invalid { .. })),
+        "past the 60-minute maximum"
+    );
+    assert!(matches!(extend(&p.tech, "0"), Err(Error::Invalid { .. })));
+    assert_eq!(p.footprint(), before);
+    let grant_before = Grant::live(&mut p.t.conn(), now_us()).unwrap().remove(0);
+    let extended = extend(&p.tech, "30").unwrap();
+    assert_eq!(extended.approved_seconds, Some(3600));
+    let grant_after = Grant::find(&mut p.t.conn(), grant_before.id).unwrap();
+    assert_eq!(
+        grant_after.expires_at_us - grant_before.expires_at_us,
+        30 * 60_000_000
+    );
+    assert!(
+        matches!(extend(&p.tech, "1"), Err(Error::Invalid { .. })),
+        "nothing left to add"
+    );
+}
+
 on_both_backends!(
+    a_technician_extends_only_where_the_policy_allows_and_within_its_maximum,
     the_flow_approves_emails_and_opens_exactly_one_grant,
     bad_input_is_refused_and_changes_nothing,
     nobody_approves_their_own_request,

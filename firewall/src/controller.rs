@@ -183,15 +183,23 @@ impl Controller {
         summary: &mut Summary,
     ) -> Result<()> {
         let (in_kernel, forwards_in_kernel) = listing.map(nft::elements).unwrap_or_default();
+        // An element whose timeout runs out well before its grant does belongs to a grant
+        // that was extended: it is deleted and added again, in the same transaction.
+        let extended = |key: &Pinhole, timed: &TimedPinhole| matches!(in_kernel.get(key), Some(Some(left)) if left + EXTENDED_SLACK_SECONDS < u64::from(timed.timeout_seconds));
         let add: Vec<TimedPinhole> = wanted
             .pinholes
             .iter()
-            .filter(|(key, _)| !in_kernel.contains(*key))
+            .filter(|(key, timed)| !in_kernel.contains_key(*key) || extended(key, timed))
             .map(|(_, timed)| *timed)
             .collect();
         let delete: Vec<Pinhole> = in_kernel
-            .iter()
-            .filter(|key| !wanted.pinholes.contains_key(*key))
+            .keys()
+            .filter(|key| {
+                wanted
+                    .pinholes
+                    .get(*key)
+                    .is_none_or(|timed| extended(key, timed))
+            })
             .copied()
             .collect();
         let add_forwards: Vec<PortForward> = wanted
@@ -327,6 +335,9 @@ pub struct Desired {
     pub pinholes: BTreeMap<Pinhole, TimedPinhole>,
     pub forwards: BTreeMap<ForwardKey, PortForward>,
 }
+
+/// How much later than the kernel's timeout a grant may end before its element is renewed.
+const EXTENDED_SLACK_SECONDS: u64 = 5;
 
 pub fn desired(live: &[Grant], now: i64) -> Result<Desired> {
     let mut wanted = Desired::default();

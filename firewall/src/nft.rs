@@ -1,6 +1,6 @@
 //! Applying and reading the table through `nft -j`, via the nftables crate.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use appliance::grants::{Pinhole, Protocol};
@@ -94,13 +94,15 @@ pub fn shape(listing: &Value) -> Value {
 }
 
 /// The keys of the grants set and of the forward-address map, as the kernel holds them now.
-pub fn elements(listing: &Value) -> (BTreeSet<Pinhole>, BTreeSet<ForwardKey>) {
+/// The grant elements in a listing, each with the seconds its timeout has left (when the
+/// kernel reports it), and the forwarded addresses.
+pub fn elements(listing: &Value) -> (BTreeMap<Pinhole, Option<u64>>, BTreeSet<ForwardKey>) {
     let objects = listing
         .get("nftables")
         .and_then(Value::as_array)
         .into_iter()
         .flatten();
-    let mut pinholes = BTreeSet::new();
+    let mut pinholes = BTreeMap::new();
     let mut forwards = BTreeSet::new();
     for body in objects.filter_map(|o| o.get("set").or_else(|| o.get("map"))) {
         let name = body.get("name").and_then(Value::as_str);
@@ -116,6 +118,10 @@ pub fn elements(listing: &Value) -> (BTreeSet<Pinhole>, BTreeSet<ForwardKey>) {
             } else {
                 elem
             };
+            let expires = key
+                .get("elem")
+                .and_then(|e| e.get("expires"))
+                .and_then(Value::as_u64);
             let key = key.get("elem").and_then(|e| e.get("val")).unwrap_or(key);
             let parts: Vec<&Value> = key
                 .get("concat")
@@ -131,12 +137,15 @@ pub fn elements(listing: &Value) -> (BTreeSet<Pinhole>, BTreeSet<ForwardKey>) {
                         proto(protocol),
                         port_of(port),
                     ) {
-                        pinholes.insert(Pinhole {
-                            requester,
-                            device,
-                            protocol,
-                            port,
-                        });
+                        pinholes.insert(
+                            Pinhole {
+                                requester,
+                                device,
+                                protocol,
+                                port,
+                            },
+                            expires,
+                        );
                     }
                 }
                 (Some(FORWARD_ADDRS), [requester, protocol, port]) => {

@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -552,4 +553,91 @@ fn the_dry_run_text_and_the_applied_json_are_the_same_ruleset() {
     );
     // The port forward is in both maps, so the text and JSON agree on DNAT too.
     assert!(from_json.contains("10.99.1.3 . tcp . 10102"), "{from_json}");
+}
+
+#[test]
+fn an_extended_grant_outlives_its_first_expiry_without_dropping_the_stream() {
+    let mut t = Topology::new();
+    t.listen(&t.device_ns.clone(), &[102]);
+    t.start_daemon();
+    let grant = t.open_grant(REQUESTER, DEVICE, "s7", 4).expect("grant");
+    let u = t.uplink_ns.clone();
+    let mut stream = t.stream(&u, REQUESTER, DEVICE, 102);
+    let mut lines = BufReader::new(stream.stdout.take().expect("stdout")).lines();
+    let flowing = wait_for_bytes(&mut lines, 30);
+    assert!(
+        flowing.last().is_some_and(|(_, total)| *total >= 30),
+        "the stream never flowed"
+    );
+
+    // What the portal's "Extend" does: a later expiry in the store, then a poke.
+    t.app
+        .audit
+        .record_with(|conn| {
+            let (_, event) = appliance::grants::Grant::extend_in(
+                conn,
+                &test_actor(),
+                grant.id,
+                grant.expires_at_us + 60_000_000,
+            )?;
+            Ok(((), vec![event]))
+        })
+        .expect("extend");
+    t.poke().expect("poke");
+    // The kernel's element now runs as long as the grant does.
+    let listing = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.appliance_ns,
+            "nft",
+            "-j",
+            "list",
+            "table",
+            "inet",
+            "plantgate",
+        ])
+        .output()
+        .expect("nft");
+    let listing: serde_json::Value = serde_json::from_slice(&listing.stdout).expect("nft json");
+    let (pinholes, _) = firewall::nft::elements(&listing);
+    let left: Vec<Option<u64>> = pinholes.values().copied().collect();
+    assert!(
+        matches!(left.as_slice(), [Some(seconds)] if *seconds > 50),
+        "the pinhole's timeout was not renewed: {left:?}"
+    );
+    // Past the first expiry, the stream still flows and new connections still open.
+    let reader = std::thread::spawn(move || {
+        lines
+            .map_while(Result::ok)
+            .filter_map(|l| {
+                l.split("RECV ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next()?.parse::<u128>().ok())
+            })
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_secs(7));
+    let _ = stream.kill();
+    let _ = stream.wait();
+    let first_expiry = u128::try_from(grant.expires_at_us).unwrap();
+    let after = reader
+        .join()
+        .unwrap()
+        .into_iter()
+        .filter(|at| *at > first_expiry + 2_000_000)
+        .count();
+    assert!(
+        after > 10,
+        "the established stream stopped at the first expiry ({after} reads after it)"
+    );
+    assert!(
+        t.connect_from(&u, REQUESTER, DEVICE, 102).is_some(),
+        "the extended grant is closed"
+    );
+    assert!(
+        t.audit()
+            .iter()
+            .any(|(action, _, _)| action == "grant.extended")
+    );
 }

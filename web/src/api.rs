@@ -30,6 +30,8 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             .route("/users", web::get().to(users))
             .route("/audit", web::get().to(audit))
             .route("/readings", web::get().to(readings))
+            .route("/machines", web::get().to(machines))
+            .route("/access-requests", web::get().to(access_requests))
             .default_service(web::to(|| async {
                 Err::<HttpResponse, ApiError>(ApiError::NotFound)
             })),
@@ -39,8 +41,8 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Plantgate API", version = "1", description = "The appliance's REST API. Authenticate with `Authorization: Bearer pgt_...`."),
-    paths(me, users, audit, readings),
-    components(schemas(Me, UserItem, AuditItem, AuditPage, ReadingItem, ReadingsPage, ErrorBody)),
+    paths(me, users, audit, readings, machines, access_requests),
+    components(schemas(Me, UserItem, AuditItem, AuditPage, ReadingItem, ReadingsPage, MachineItem, AgentItem, AccessRequestItem, ErrorBody)),
     modifiers(&BearerAuth)
 )]
 #[derive(Debug)]
@@ -527,4 +529,152 @@ async fn readings(
         readings,
         next_after,
     }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentItem {
+    name: String,
+    label: String,
+    /// Such as `tcp/102` or `tcp/44818,udp/2222`.
+    ports: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MachineItem {
+    id: i64,
+    site_id: i64,
+    site: String,
+    name: String,
+    /// Its address on the device network.
+    address: String,
+    agents: Vec<AgentItem>,
+}
+
+/// The machines on the device network at the sites the caller can see, with their device
+/// agents.
+#[utoipa::path(get, path = "/api/v1/machines", responses(
+    (status = 200, body = [MachineItem]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)
+), security(("bearer" = ["access:read"])))]
+async fn machines(state: web::Data<AppState>, caller: ApiCaller) -> Result<HttpResponse, ApiError> {
+    caller.require("access:read")?;
+    let user = caller.user.clone();
+    let items = web::block(move || -> appliance::error::Result<Vec<MachineItem>> {
+        let mut conn = state.app.store.conn()?;
+        let agents = appliance::grants::Agent::all(&mut conn)?;
+        let mut items = Vec::new();
+        for site in appliance::access::sites_for(&mut conn, &user)? {
+            for machine in appliance::access::Machine::of_site(&mut conn, site.id)? {
+                items.push(MachineItem {
+                    id: machine.id,
+                    site_id: site.id.0,
+                    site: site.name.clone(),
+                    agents: machine
+                        .agent_names()
+                        .iter()
+                        .filter_map(|name| agents.iter().find(|a| a.name == *name))
+                        .map(|a| AgentItem {
+                            name: a.name.clone(),
+                            label: a.label.clone(),
+                            ports: a.ports.to_string(),
+                        })
+                        .collect(),
+                    name: machine.name,
+                    address: machine.address,
+                });
+            }
+        }
+        Ok(items)
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(items))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AccessRequestParams {
+    /// `open` (pending and approved, the default) or `all`.
+    state: Option<String>,
+    /// At most this many, newest first: 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessRequestItem {
+    id: i64,
+    /// pending, approved, denied, expired, cancelled or ended.
+    state: String,
+    site_id: i64,
+    site: String,
+    machine_id: i64,
+    machine: String,
+    device_addr: String,
+    agent: String,
+    requester: String,
+    requester_email: String,
+    requester_addr: String,
+    reason: String,
+    requested_minutes: i64,
+    created_at: String,
+    decided_by: Option<String>,
+    decided_at: Option<String>,
+    expires_at: Option<String>,
+    ended_at: Option<String>,
+    end_reason: Option<String>,
+}
+
+/// Remote-access requests the caller may see: their own, their sites' as an approver, and
+/// their organisation's as an administrator.
+#[utoipa::path(get, path = "/api/v1/access-requests", params(AccessRequestParams), responses(
+    (status = 200, body = [AccessRequestItem]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)
+), security(("bearer" = ["access:read"])))]
+async fn access_requests(
+    state: web::Data<AppState>,
+    caller: ApiCaller,
+    params: web::Query<AccessRequestParams>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require("access:read")?;
+    let show = match params.state.as_deref() {
+        None | Some("open") => appliance::access::Show::Open,
+        Some("all") => appliance::access::Show::All,
+        Some(other) => {
+            return Err(ApiError::Invalid(format!(
+                "state: {other:?} is not open or all"
+            )));
+        }
+    };
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::Invalid("limit: between 1 and 1000".into()));
+    }
+    let user = caller.user.clone();
+    let views = web::block(move || {
+        appliance::access::visible(&mut *state.app.store.conn()?, &user, show, limit)
+    })
+    .await??;
+    let items: Vec<AccessRequestItem> = views
+        .into_iter()
+        .map(|v| AccessRequestItem {
+            id: v.request.id,
+            state: v.request.state,
+            site_id: v.request.site_id.0,
+            site: v.site,
+            machine_id: v.request.machine_id,
+            machine: v.machine,
+            device_addr: v.device_addr,
+            agent: v.request.agent,
+            requester: v.requester,
+            requester_email: v.requester_email,
+            requester_addr: v.request.requester_addr,
+            reason: v.request.reason,
+            requested_minutes: v.request.requested_seconds / 60,
+            created_at: format_us(v.request.created_at_us),
+            decided_by: v.decided_by_name,
+            decided_at: v.request.decided_at_us.map(format_us),
+            expires_at: v.expires_at_us.map(format_us),
+            ended_at: v.request.ended_at_us.map(format_us),
+            end_reason: v.request.end_reason,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(items))
 }

@@ -25,6 +25,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route("/access/{id}/approve", web::post().to(approve))
         .route("/access/{id}/deny", web::post().to(deny))
         .route("/access/{id}/end", web::post().to(end))
+        .route("/access/{id}/extend", web::post().to(extend))
         .route("/sites", web::get().to(sites_page))
         .route("/sites", web::post().to(create_site))
         .route("/sites/{id}", web::get().to(site_page))
@@ -296,6 +297,7 @@ struct RequestPage {
     may_decide: bool,
     may_revoke: bool,
     own_request_as_approver: bool,
+    may_extend: bool,
     approved_minutes: i64,
     requested_minutes: i64,
     problem: Option<String>,
@@ -308,11 +310,12 @@ async fn request_page_with(
     problem: Option<String>,
 ) -> Page {
     let (app, account, now) = (state.app.clone(), user.user.clone(), state.now());
-    let (view, approver) = blocking(move || {
+    let (view, approver, extendable) = blocking(move || {
         let mut conn = app.store.conn()?;
         let view = access::find_visible(&mut conn, &account, id)?;
         let approver = access::is_approver(&mut conn, &account, view.request.site_id)?;
-        Ok((view, approver))
+        let extendable = SitePolicy::of(&mut conn, view.request.site_id)?.requester_may_extend;
+        Ok((view, approver, extendable))
     })
     .await?;
     let r = &view.request;
@@ -334,6 +337,7 @@ async fn request_page_with(
             .unwrap_or(0),
         may_decide: approver && !is_requester && state_now == State::Pending,
         own_request_as_approver: approver && is_requester && state_now == State::Pending,
+        may_extend: extendable && is_requester && state_now == State::Approved,
         may_revoke: (approver || user.role == Role::Admin)
             && !is_requester
             && state_now == State::Approved,
@@ -459,6 +463,38 @@ pub async fn end(
                 .unwrap_or_else(|| format!("/access/{id}"));
             Ok(see_other(&back))
         }
+        Err(err) => {
+            let problem = problem_of(err)?;
+            request_page_with(&state, &user, id, Some(problem)).await
+        }
+    }
+}
+
+/// The technician adds minutes to their own live session, where the site allows it.
+pub async fn extend(
+    state: web::Data<AppState>,
+    user: SignedIn,
+    req: HttpRequest,
+    path: web::Path<i64>,
+    form: web::Form<DecisionForm>,
+) -> Page {
+    user.check_csrf(&form.csrf)?;
+    let id = path.into_inner();
+    let (app, account, from, now, minutes) = (
+        state.app.clone(),
+        user.user.clone(),
+        source(&req),
+        state.now(),
+        form.minutes.clone(),
+    );
+    let extended =
+        web::block(move || access::extend(&app.audit, &account, id, &minutes, &from, now)).await?;
+    match extended {
+        Ok(_) => {
+            after_change(&state).await;
+            Ok(see_other(&format!("/access/{id}")))
+        }
+        Err(appliance::Error::Forbidden(why)) => Err(WebError::Forbidden(why)),
         Err(err) => {
             let problem = problem_of(err)?;
             request_page_with(&state, &user, id, Some(problem)).await

@@ -1127,7 +1127,8 @@ fn changing_the_password_needs_the_current_one_and_ends_every_session() {
 
 #[test]
 fn sensitive_pages_ask_for_the_password_again_once_it_is_stale() {
-    let portal = Portal::start("reauthenticate_seconds = 1\nlogins_per_minute = 100");
+    // Long enough that a login and the next page fit inside it on a loaded machine.
+    let portal = Portal::start("reauthenticate_seconds = 5\nlogins_per_minute = 100");
     portal.setup_admin();
     portal.login("admin", EMAIL, PASSWORD);
     assert_eq!(
@@ -1136,7 +1137,7 @@ fn sensitive_pages_ask_for_the_password_again_once_it_is_stale() {
         "a fresh login had to confirm"
     );
     let csrf = portal.csrf("admin");
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(5500));
     assert_eq!(
         portal.get(Some("admin"), "/users").header("location"),
         Some("/account/confirm?next=users")

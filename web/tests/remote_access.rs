@@ -469,3 +469,93 @@ fn a_real_browser_walks_request_approval_banner_and_revoke() {
         );
     }
 }
+
+#[test]
+fn the_api_lists_machines_and_the_requests_the_caller_may_see() {
+    let portal = Portal::start("");
+    portal.setup_admin();
+    let org = organisation(&portal);
+    let actor = appliance::Actor::System("test".into());
+    let (audit, config) = (&portal.app.audit, &portal.app.config);
+    let policy = |allowlist: &str| access::PolicyChange {
+        approval_required: true,
+        max_minutes: "60".into(),
+        device_allowlist: allowlist.into(),
+        ..Default::default()
+    };
+    let hall_a = Site::create(audit, &actor, org.id, "Hall A", "").unwrap();
+    let hall_b = Site::create(audit, &actor, org.id, "Hall B", "").unwrap();
+    SitePolicy::set(audit, &actor, config, &hall_a, &policy("192.168.50.10/32")).unwrap();
+    SitePolicy::set(audit, &actor, config, &hall_b, &policy("192.168.50.20/32")).unwrap();
+    let press = Machine::add(
+        audit,
+        &actor,
+        config,
+        &hall_a,
+        "Press 1",
+        "192.168.50.10",
+        &["s7".into(), "vnc".into()],
+    )
+    .unwrap();
+    let tom = person(&portal, &org, "Tom", Role::Technician);
+    let ann = person(&portal, &org, "Ann", Role::Approver);
+    let carla = person(&portal, &org, "Carla", Role::Approver);
+    access::set_approver(audit, &actor, &hall_a, ann.id, true).unwrap();
+    access::set_approver(audit, &actor, &hall_b, carla.id, true).unwrap();
+    let new = access::NewRequest {
+        machine_id: press.id,
+        agent: "vnc".into(),
+        minutes: "15".into(),
+        reason: "HMI frozen".into(),
+        declared_address: String::new(),
+    };
+    let request = access::request(
+        audit,
+        config,
+        &tom,
+        "10.1.0.5",
+        &new,
+        appliance::time::now_us(),
+    )
+    .unwrap();
+    let token_for = |user: &User| {
+        let (secret, _) = appliance::tokens::create(
+            audit,
+            &actor,
+            user,
+            "script",
+            &["access:read".into()],
+            30,
+            appliance::time::now_us(),
+        )
+        .unwrap();
+        secret.reveal().to_owned()
+    };
+
+    let (status, machines) = portal.api(Some(&token_for(&tom)), "/api/v1/machines");
+    assert_eq!(status, 200, "{machines}");
+    assert_eq!(machines[0]["name"], "Press 1");
+    assert_eq!(machines[0]["address"], "192.168.50.10");
+    assert_eq!(machines[0]["agents"][1]["ports"], "tcp/5900");
+
+    let (status, seen) = portal.api(Some(&token_for(&ann)), "/api/v1/access-requests");
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen.as_array().unwrap().len(), 1);
+    assert_eq!(seen[0]["id"], request.id);
+    assert_eq!(seen[0]["state"], "pending");
+    assert_eq!(seen[0]["requester_addr"], "10.1.0.5");
+    // An approver of another site sees none of it.
+    let (_, unseen) = portal.api(
+        Some(&token_for(&carla)),
+        "/api/v1/access-requests?state=all",
+    );
+    assert_eq!(unseen, serde_json::json!([]));
+    // Bad parameters get the API's error shape; a token without the scope gets 403.
+    let (status, error) = portal.api(
+        Some(&token_for(&ann)),
+        "/api/v1/access-requests?state=maybe",
+    );
+    assert_eq!(status, 400, "{error}");
+    let (other, _) = portal.token(&["audit:read"], 30, 0);
+    assert_eq!(portal.api(Some(&other), "/api/v1/machines").0, 403);
+}
