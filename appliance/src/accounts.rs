@@ -146,6 +146,17 @@ pub struct LoginResult {
 
 /// Checks `email` and `password` at `now` and records the attempt. A locked, disabled or
 /// expired account is refused even with the right password.
+/// True when the user's organisation is disabled.
+fn organisation_disabled(audit: &Audit, user: UserId) -> Result<bool> {
+    let disabled: Option<Option<i64>> = users::table
+        .inner_join(organisations::table)
+        .filter(users::id.eq(user))
+        .select(organisations::disabled_at_us)
+        .first(&mut *audit.store().conn()?)
+        .optional()?;
+    Ok(disabled.flatten().is_some())
+}
+
 pub fn login(
     audit: &Audit,
     email: &str,
@@ -179,8 +190,11 @@ pub fn login(
         password,
     ) && account.password_hash.is_some();
     let actor = Actor::User(account.id);
+    let organisation_disabled = organisation_disabled(audit, account.id)?;
     let refusal = if account.disabled_at_us.is_some() {
         Some("account disabled")
+    } else if organisation_disabled {
+        Some("organisation disabled")
     } else if account.expires_at_us.is_some_and(|at| at <= now) {
         Some("account expired")
     } else if account.locked_until_us.is_some_and(|until| until > now) {

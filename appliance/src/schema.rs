@@ -144,6 +144,7 @@ diesel::table! {
 
 diesel::joinable!(sessions -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(sessions, users);
+diesel::allow_tables_to_appear_in_same_query!(sessions, organisations);
 
 diesel::table! {
     devices (id) {

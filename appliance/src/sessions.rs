@@ -159,19 +159,20 @@ pub fn resume(
     limits: SessionLimits,
 ) -> Result<std::result::Result<(Session, User), Rejected>> {
     let mut conn = audit.store().conn()?;
-    let found: Option<(Session, User, Option<i64>, Option<i64>)> = sessions::table
-        .inner_join(users::table)
+    let found: Option<(Session, User, Option<i64>, Option<i64>, Option<i64>)> = sessions::table
+        .inner_join(users::table.inner_join(crate::schema::organisations::table))
         .filter(sessions::token_hash.eq(hash(token)))
         .select((
             Session::as_select(),
             User::as_select(),
             users::disabled_at_us,
             users::expires_at_us,
+            crate::schema::organisations::disabled_at_us,
         ))
         .first(&mut *conn)
         .optional()?;
     drop(conn);
-    let Some((session, user, disabled, expires)) = found else {
+    let Some((session, user, disabled, expires, organisation_disabled)) = found else {
         return Ok(Err(Rejected::Unknown));
     };
     if session.ended_at_us.is_some() {
@@ -181,7 +182,10 @@ pub fn resume(
         Some((Rejected::AbsoluteLimit, "absolute limit"))
     } else if now - session.last_seen_us >= limits.idle_us {
         Some((Rejected::IdleLimit, "idle limit"))
-    } else if disabled.is_some() || expires.is_some_and(|at| at <= now) {
+    } else if disabled.is_some()
+        || organisation_disabled.is_some()
+        || expires.is_some_and(|at| at <= now)
+    {
         Some((Rejected::UserCannotLogIn, "account disabled or expired"))
     } else {
         None

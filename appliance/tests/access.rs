@@ -771,7 +771,68 @@ fn a_technician_extends_only_where_the_policy_allows_and_within_its_maximum(back
     );
 }
 
+fn disabling_the_organisation_ends_its_remote_sessions_and_logins(backend: Backend) {
+    let p = plant(backend);
+    let (audit, config) = (&p.t.app.audit, &p.t.app.config);
+    appliance::accounts::set_password(
+        audit,
+        &test_actor(),
+        &p.tech,
+        "Nockenwelle-Zahnrad-42",
+        PasswordPolicy { min_chars: 12 },
+        0,
+    )
+    .unwrap();
+    let request = p.ask(&p.tech, &p.press, "s7", "30").unwrap();
+    p.approve(&p.ann, request.id).unwrap();
+    Organisation::set_disabled(audit, &test_actor(), p.tech.organisation_id, true, now_us())
+        .unwrap();
+    access::tick(audit, config, now_us()).unwrap();
+    let view = access::find_visible(&mut p.t.conn(), &p.ann, request.id).unwrap();
+    assert_eq!(view.request.state, "ended");
+    assert!(
+        Grant::find(&mut p.t.conn(), view.request.grant_id.unwrap())
+            .unwrap()
+            .revoked_at_us
+            .is_some()
+    );
+    let lockout = appliance::accounts::Lockout {
+        attempts: 5,
+        minutes: 15,
+    };
+    let login = appliance::accounts::login(
+        audit,
+        &p.tech.email,
+        "Nockenwelle-Zahnrad-42",
+        "x",
+        now_us(),
+        lockout,
+    )
+    .unwrap();
+    assert!(login.user.is_none());
+    assert_eq!(login.reason, "organisation disabled");
+    Organisation::set_disabled(
+        audit,
+        &test_actor(),
+        p.tech.organisation_id,
+        false,
+        now_us(),
+    )
+    .unwrap();
+    let login = appliance::accounts::login(
+        audit,
+        &p.tech.email,
+        "Nockenwelle-Zahnrad-42",
+        "x",
+        now_us(),
+        lockout,
+    )
+    .unwrap();
+    assert!(login.user.is_some());
+}
+
 on_both_backends!(
+    disabling_the_organisation_ends_its_remote_sessions_and_logins,
     a_technician_extends_only_where_the_policy_allows_and_within_its_maximum,
     the_flow_approves_emails_and_opens_exactly_one_grant,
     bad_input_is_refused_and_changes_nothing,

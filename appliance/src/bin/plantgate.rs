@@ -85,6 +85,12 @@ enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// Disable or enable an organisation: disabled, its users cannot sign in and its
+    /// remote sessions end.
+    Organisation {
+        #[command(subcommand)]
+        command: OrganisationCommand,
+    },
     /// Add or list sites (plants), creating their organisation if it is new.
     Site {
         #[command(subcommand)]
@@ -164,6 +170,13 @@ enum ConnectorCommand {
     Remove { id: i64 },
     /// The delivery log of one connector, oldest first.
     Deliveries { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+enum OrganisationCommand {
+    Disable { name: String },
+    Enable { name: String },
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -600,6 +613,7 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Organisation { command } => organisation(command, config, &actor),
         Command::Site { command } => site(command, config, &actor),
         Command::Device { command } => device(command, config, &actor),
         Command::Connector { command } => connector(command, config, &actor),
@@ -755,6 +769,34 @@ fn connector(command: ConnectorCommand, config: Config, actor: &Actor) -> Result
                     d.attempts,
                     d.last_error.as_deref().unwrap_or("")
                 );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::print_stdout)]
+fn organisation(command: OrganisationCommand, config: Config, actor: &Actor) -> Result<ExitCode> {
+    let app = Appliance::open(config, actor)?;
+    let find = |name: &str| -> Result<Organisation> {
+        Organisation::find_by_name(&mut *app.store.conn()?, name.trim())?
+            .ok_or(appliance::Error::NotFound("organisation"))
+    };
+    let now = appliance::time::now_us();
+    match command {
+        OrganisationCommand::Disable { name } => {
+            let ended = Organisation::set_disabled(&app.audit, actor, find(&name)?.id, true, now)?;
+            println!(
+                "disabled; {ended} portal sessions ended; remote sessions end within a second (the portal's worker) or at the next `plantgate-web` start"
+            );
+        }
+        OrganisationCommand::Enable { name } => {
+            Organisation::set_disabled(&app.audit, actor, find(&name)?.id, false, now)?;
+            println!("enabled");
+        }
+        OrganisationCommand::List => {
+            for org in Organisation::list(&mut *app.store.conn()?)? {
+                println!("{:<6} {}", org.id.0, org.name);
             }
         }
     }
