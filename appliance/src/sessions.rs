@@ -159,7 +159,9 @@ pub fn resume(
     limits: SessionLimits,
 ) -> Result<std::result::Result<(Session, User), Rejected>> {
     let mut conn = audit.store().conn()?;
-    let found: Option<(Session, User, Option<i64>, Option<i64>, Option<i64>)> = sessions::table
+    // The user's disabled and expiry times, and their organisation's disabled time.
+    type Found = (Session, User, Option<i64>, Option<i64>, Option<i64>);
+    let found: Option<Found> = sessions::table
         .inner_join(users::table.inner_join(crate::schema::organisations::table))
         .filter(sessions::token_hash.eq(hash(token)))
         .select((
