@@ -1073,6 +1073,37 @@ fn approve_in(
     Ok((approved, vec![grant_event, event]))
 }
 
+/// Moves a request from `from` to a final state `to`, recording when, why and by whom.
+/// The update is conditional on `from`, so a request that changed meanwhile is refused with
+/// the state it is in, and nothing is written.
+fn finish(
+    conn: &mut DbConnection,
+    request: &AccessRequest,
+    from: State,
+    to: State,
+    why: &str,
+    by: &Actor,
+    now: i64,
+) -> Result<()> {
+    let updated = diesel::update(
+        access_requests::table
+            .find(request.id)
+            .filter(access_requests::state.eq(from.as_str())),
+    )
+    .set((
+        access_requests::state.eq(to.as_str()),
+        access_requests::ended_at_us.eq(now),
+        access_requests::end_reason.eq(why),
+        access_requests::ended_by.eq(by.to_string()),
+    ))
+    .execute(conn)?;
+    if updated == 1 {
+        Ok(())
+    } else {
+        Err(already_decided(conn, request.id))
+    }
+}
+
 fn already_decided(conn: &mut DbConnection, id: i64) -> Error {
     match AccessRequest::find(conn, id) {
         Ok(current) => Error::Conflict(format!(
@@ -1218,21 +1249,15 @@ pub fn end(
         let state = request.state()?;
         match state {
             State::Pending if own => {
-                let updated = diesel::update(
-                    access_requests::table
-                        .find(id)
-                        .filter(access_requests::state.eq(State::Pending.as_str())),
-                )
-                .set((
-                    access_requests::state.eq(State::Cancelled.as_str()),
-                    access_requests::ended_at_us.eq(now),
-                    access_requests::end_reason.eq("cancelled by the requester"),
-                    access_requests::ended_by.eq(actor.to_string()),
-                ))
-                .execute(conn)?;
-                if updated != 1 {
-                    return Err(already_decided(conn, id));
-                }
+                finish(
+                    conn,
+                    &request,
+                    State::Pending,
+                    State::Cancelled,
+                    "cancelled by the requester",
+                    &actor,
+                    now,
+                )?;
                 let event = AuditEvent::new(actor.clone(), "access.cancelled")
                     .source(source)
                     .target(request.target());
@@ -1285,21 +1310,15 @@ fn close_in(
     {
         events.push(event);
     }
-    let updated = diesel::update(
-        access_requests::table
-            .find(request.id)
-            .filter(access_requests::state.eq(State::Approved.as_str())),
-    )
-    .set((
-        access_requests::state.eq(State::Ended.as_str()),
-        access_requests::ended_at_us.eq(now),
-        access_requests::end_reason.eq(why),
-        access_requests::ended_by.eq(actor.to_string()),
-    ))
-    .execute(conn)?;
-    if updated != 1 {
-        return Err(already_decided(conn, request.id));
-    }
+    finish(
+        conn,
+        request,
+        State::Approved,
+        State::Ended,
+        why,
+        actor,
+        now,
+    )?;
     let cx = context(conn, request)?;
     mail::enqueue(
         conn,
@@ -1495,17 +1514,15 @@ pub fn tick(audit: &Audit, config: &Config, now: i64) -> Result<TickReport> {
             if request.pending_until_us > now {
                 continue;
             }
-            diesel::update(
-                access_requests::table
-                    .find(request.id)
-                    .filter(access_requests::state.eq(State::Pending.as_str())),
-            )
-            .set((
-                access_requests::state.eq(State::Expired.as_str()),
-                access_requests::ended_at_us.eq(now),
-                access_requests::end_reason.eq("nobody decided in time"),
-            ))
-            .execute(conn)?;
+            finish(
+                conn,
+                &request,
+                State::Pending,
+                State::Expired,
+                "nobody decided in time",
+                &actor,
+                now,
+            )?;
             let cx = context(conn, &request)?;
             mail::enqueue(
                 conn,
@@ -1542,18 +1559,7 @@ pub fn tick(audit: &Audit, config: &Config, now: i64) -> Result<TickReport> {
                     Some(g) if g.revoked_at_us.is_some() => "the firewall grant was revoked",
                     _ => "the approved time ran out",
                 };
-                diesel::update(
-                    access_requests::table
-                        .find(request.id)
-                        .filter(access_requests::state.eq(State::Approved.as_str())),
-                )
-                .set((
-                    access_requests::state.eq(State::Ended.as_str()),
-                    access_requests::ended_at_us.eq(now),
-                    access_requests::end_reason.eq(why),
-                    access_requests::ended_by.eq(actor.to_string()),
-                ))
-                .execute(conn)?;
+                finish(conn, &request, State::Approved, State::Ended, why, &actor, now)?;
                 events.push(
                     AuditEvent::new(actor.clone(), "access.ended")
                         .target(request.target())

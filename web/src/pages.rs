@@ -853,6 +853,19 @@ pub async fn audit_page(
 }
 
 /// Streams the filtered log as CSV or JSONL: no cap on its size, and flat memory.
+/// `?format=csv|jsonl` (JSONL when absent): the format, its content type and extension.
+pub(crate) fn export_format(
+    raw: Option<&str>,
+) -> Result<(ExportFormat, &'static str, &'static str), WebError> {
+    match raw {
+        Some("csv") => Ok((ExportFormat::Csv, "text/csv; charset=utf-8", "csv")),
+        Some("jsonl") | None => Ok((ExportFormat::Jsonl, "application/x-ndjson", "jsonl")),
+        Some(other) => Err(WebError::BadRequest(format!(
+            "format {other:?} is not csv or jsonl"
+        ))),
+    }
+}
+
 pub async fn audit_export(
     state: web::Data<AppState>,
     user: SignedIn,
@@ -861,15 +874,7 @@ pub async fn audit_export(
 ) -> Page {
     may_read_audit(&user)?;
     let filter = query.filter().map_err(WebError::BadRequest)?;
-    let (format, content_type, extension) = match query.format.as_deref() {
-        Some("csv") => (ExportFormat::Csv, "text/csv; charset=utf-8", "csv"),
-        Some("jsonl") | None => (ExportFormat::Jsonl, "application/x-ndjson", "jsonl"),
-        Some(other) => {
-            return Err(WebError::BadRequest(format!(
-                "format {other:?} is not csv or jsonl"
-            )));
-        }
-    };
+    let (format, content_type, extension) = export_format(query.format.as_deref())?;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(16);
     let (state, actor, source) = (state.clone(), Actor::User(user.user.id), source(&req));
     actix_web::rt::task::spawn_blocking(move || {

@@ -6,7 +6,6 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use appliance::access::{
     self, Decision, Machine, NewRequest, PolicyChange, RequestView, Show, SitePolicy, State,
 };
-use appliance::audit::export::ExportFormat;
 use appliance::grants::Agent;
 use appliance::models::{Role, Site, User};
 use appliance::{Actor, AuditEvent};
@@ -66,6 +65,15 @@ async fn after_change(state: &web::Data<AppState>) {
     let config = state.app.config.clone();
     if let Ok(Err(why)) = web::block(move || appliance::grants::poke_firewall(&config)).await {
         tracing::warn!(%why, "firewall did not answer the poke; it applies the change at its next reconcile");
+    }
+}
+
+/// 422 for a page shown again with the reason its form was refused, else 200.
+fn status_for(problem: &Option<String>) -> actix_web::http::StatusCode {
+    if problem.is_some() {
+        actix_web::http::StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        actix_web::http::StatusCode::OK
     }
 }
 
@@ -199,11 +207,7 @@ async fn access_page_with(
         Ok((machines, open, all))
     })
     .await?;
-    let status = if problem.is_some() {
-        actix_web::http::StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        actix_web::http::StatusCode::OK
-    };
+    let status = status_for(&problem);
     render_with_status(
         &AccessPage {
             signed_in: Some(user.nav()),
@@ -347,11 +351,7 @@ async fn request_page_with(
         problem: problem.clone(),
         view,
     };
-    let status = if problem.is_some() {
-        actix_web::http::StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        actix_web::http::StatusCode::OK
-    };
+    let status = status_for(&problem);
     render_with_status(&page, status)
 }
 
@@ -515,15 +515,7 @@ pub async fn export(
     req: HttpRequest,
     query: web::Query<ExportQuery>,
 ) -> Page {
-    let (format, content_type, extension) = match query.format.as_deref() {
-        Some("csv") => (ExportFormat::Csv, "text/csv; charset=utf-8", "csv"),
-        Some("jsonl") | None => (ExportFormat::Jsonl, "application/x-ndjson", "jsonl"),
-        Some(other) => {
-            return Err(WebError::BadRequest(format!(
-                "format {other:?} is not csv or jsonl"
-            )));
-        }
-    };
+    let (format, content_type, extension) = crate::pages::export_format(query.format.as_deref())?;
     let (app, account, from) = (state.app.clone(), user.user.clone(), source(&req));
     let body = blocking(move || {
         let mut out = Vec::new();
@@ -588,11 +580,7 @@ async fn sites_page_with(
         Ok(rows)
     })
     .await?;
-    let status = if problem.is_some() {
-        actix_web::http::StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        actix_web::http::StatusCode::OK
-    };
+    let status = status_for(&problem);
     render_with_status(
         &SitesPage {
             signed_in: Some(user.nav()),
@@ -736,11 +724,7 @@ async fn site_page_with(
     })
     .await?;
     let (site, policy, approvers, candidates, machines, agents, active, is_approver) = page;
-    let status = if problem.is_some() {
-        actix_web::http::StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        actix_web::http::StatusCode::OK
-    };
+    let status = status_for(&problem);
     render_with_status(
         &SitePage {
             signed_in: Some(user.nav()),
