@@ -97,6 +97,11 @@ impl SealingKey {
     }
 
     fn seal(&self, secret: &str) -> Result<Vec<u8>> {
+        self.seal_for(SEAL_AAD, secret)
+    }
+
+    /// Seals `secret` for one purpose (the associated data): it opens only for that purpose.
+    pub fn seal_for(&self, purpose: &[u8], secret: &str) -> Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         openssl::rand::rand_bytes(&mut nonce)?;
         let mut tag = [0u8; TAG_LEN];
@@ -104,7 +109,7 @@ impl SealingKey {
             Cipher::aes_256_gcm(),
             &self.key,
             Some(&nonce),
-            SEAL_AAD,
+            purpose,
             secret.as_bytes(),
             &mut tag,
         )?;
@@ -113,11 +118,13 @@ impl SealingKey {
 
     /// The secret sealed in `sealed`; an error if it was sealed under another key or altered.
     pub fn open(&self, sealed: &[u8]) -> Result<String> {
+        self.open_for(SEAL_AAD, sealed)
+    }
+
+    /// [`SealingKey::open`] for a secret sealed with [`SealingKey::seal_for`] and `purpose`.
+    pub fn open_for(&self, purpose: &[u8], sealed: &[u8]) -> Result<String> {
         if sealed.len() < NONCE_LEN + TAG_LEN {
-            return Err(key_error(
-                &self.path,
-                "a sealed connector secret is too short",
-            ));
+            return Err(key_error(&self.path, "a sealed secret is too short"));
         }
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let (data, tag) = rest.split_at(rest.len() - TAG_LEN);
@@ -125,11 +132,11 @@ impl SealingKey {
             Cipher::aes_256_gcm(),
             &self.key,
             Some(nonce),
-            SEAL_AAD,
+            purpose,
             data,
             tag,
         )
-        .map_err(|_| key_error(&self.path, "a connector secret does not open with this key"))?;
+        .map_err(|_| key_error(&self.path, "a sealed secret does not open with this key"))?;
         String::from_utf8(plain).map_err(|err| key_error(&self.path, err))
     }
 }

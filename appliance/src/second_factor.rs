@@ -4,10 +4,13 @@
 //! A code is accepted once: the last accepted time step is stored, and a code for that step
 //! or an earlier one is refused as a replay, atomically, even if two requests race.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use diesel::prelude::*;
 use totp_rs::{Algorithm, Secret, TOTP};
 
 use crate::audit::{Actor, Audit, AuditEvent, Outcome};
+use crate::connectors::SealingKey;
 use crate::error::{Error, Result};
 use crate::ids::UserId;
 use crate::models::User;
@@ -68,6 +71,34 @@ fn matching_step(secret: &str, code: &str, now_us: i64) -> Result<Option<i64>> {
     Ok(None)
 }
 
+/// What the store holds of a TOTP secret: `sealed:` and the base64 of the secret sealed
+/// under the appliance's sealing key for this user, so a copy of the database alone
+/// cannot produce codes.
+const SEALED_PREFIX: &str = "sealed:";
+
+fn purpose(user: UserId) -> Vec<u8> {
+    format!("plantgate totp secret of user {}", user.0).into_bytes()
+}
+
+fn seal(key: &SealingKey, user: UserId, secret: &str) -> Result<String> {
+    let sealed = key.seal_for(&purpose(user), secret)?;
+    Ok(format!("{SEALED_PREFIX}{}", STANDARD.encode(sealed)))
+}
+
+/// The secret in its stored form. Secrets stored before sealing existed are read as they
+/// are, and sealed at the user's next enrolment.
+fn unseal(key: &SealingKey, user: UserId, stored: &str) -> Result<String> {
+    match stored.strip_prefix(SEALED_PREFIX) {
+        Some(encoded) => {
+            let sealed = STANDARD
+                .decode(encoded)
+                .map_err(|_| Error::invalid("totp_secret", "the stored secret is damaged"))?;
+            key.open_for(&purpose(user), &sealed)
+        }
+        None => Ok(stored.to_owned()),
+    }
+}
+
 pub fn is_enrolled(conn: &mut DbConnection, user: UserId) -> Result<bool> {
     let secret: Option<String> = users::table
         .find(user)
@@ -89,6 +120,7 @@ fn recovery_hash(code: &str) -> Vec<u8> {
 /// recovery codes, shown once; only their hashes are kept.
 pub fn enable(
     audit: &Audit,
+    key: &SealingKey,
     user: &User,
     secret: &str,
     code: &str,
@@ -113,10 +145,11 @@ pub fn enable(
             &text[12..16]
         ));
     }
+    let stored = seal(key, user.id, secret)?;
     audit.record_with(|conn| {
         diesel::update(users::table.find(user.id))
             .set((
-                users::totp_secret.eq(secret),
+                users::totp_secret.eq(&stored),
                 users::totp_last_step.eq(step),
             ))
             .execute(conn)?;
@@ -138,7 +171,14 @@ pub fn enable(
 }
 
 /// Checks a TOTP code or a recovery code for `user` at `now`; records the attempt.
-pub fn check(audit: &Audit, user: UserId, code: &str, source: &str, now_us: i64) -> Result<bool> {
+pub fn check(
+    audit: &Audit,
+    key: &SealingKey,
+    user: UserId,
+    code: &str,
+    source: &str,
+    now_us: i64,
+) -> Result<bool> {
     let secret: Option<String> = users::table
         .find(user)
         .select(users::totp_secret)
@@ -146,6 +186,7 @@ pub fn check(audit: &Audit, user: UserId, code: &str, source: &str, now_us: i64)
     let Some(secret) = secret else {
         return Ok(false);
     };
+    let secret = unseal(key, user, &secret)?;
     let step = matching_step(&secret, code, now_us)?;
     audit.record_with(|conn| {
         let (accepted, method, why) = match step {

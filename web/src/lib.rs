@@ -94,6 +94,11 @@ impl AppState {
         (self.clock)()
     }
 
+    /// The key that seals secrets kept in the store (TOTP secrets, connector secrets).
+    pub fn sealing_key(&self) -> appliance::error::Result<appliance::connectors::SealingKey> {
+        appliance::connectors::SealingKey::load_or_create(&self.app.config.keys_dir())
+    }
+
     /// Counts a login attempt from `source`; `Err(seconds)` when it is one too many. Locking
     /// out a victim by guessing needs this many tries per minute from each address.
     pub(crate) fn throttle_login(&self, source: IpAddr) -> Result<(), u64> {

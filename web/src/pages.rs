@@ -439,7 +439,14 @@ pub async fn second_factor_submit(
         let partial = partial.clone();
         web::block(
             move || -> appliance::error::Result<Option<sessions::SessionToken>> {
-                if !second_factor::check(&state.app.audit, partial.user.id, &code, &source, now)? {
+                if !second_factor::check(
+                    &state.app.audit,
+                    &state.sealing_key()?,
+                    partial.user.id,
+                    &code,
+                    &source,
+                    now,
+                )? {
                     return Ok(None);
                 }
                 complete_session(&state, &partial, "second factor passed", now).map(Some)
@@ -542,8 +549,14 @@ pub async fn enrol_submit(
         let secret = secret.clone();
         web::block(
             move || -> appliance::error::Result<(Vec<String>, Option<sessions::SessionToken>)> {
-                let codes =
-                    second_factor::enable(&state.app.audit, &partial.user, &secret, &code, now)?;
+                let codes = second_factor::enable(
+                    &state.app.audit,
+                    &state.sealing_key()?,
+                    &partial.user,
+                    &secret,
+                    &code,
+                    now,
+                )?;
                 let token = if required {
                     Some(complete_session(
                         &state,
@@ -1370,7 +1383,14 @@ pub async fn confirm_submit(
             .is_some();
             let code_ok = !needs_code
                 || (password_ok
-                    && second_factor::check(&state.app.audit, user.user.id, &code, &source, now)?);
+                    && second_factor::check(
+                        &state.app.audit,
+                        &state.sealing_key()?,
+                        user.user.id,
+                        &code,
+                        &source,
+                        now,
+                    )?);
             if password_ok && code_ok {
                 sessions::confirm_authentication(&state.app.audit, &user.session, now)?;
             }

@@ -540,6 +540,20 @@ fn an_admin_enrols_a_second_factor_at_first_login_and_needs_it_from_then_on() {
         .map(|s| s.split('<').next().unwrap_or("").to_owned())
         .collect();
     assert_eq!(recovery.len(), 10, "{}", done.body);
+    // The store holds the secret sealed under the key in {data_dir}/keys, not the secret.
+    {
+        use diesel::prelude::*;
+        let stored: Option<String> = appliance::schema::users::table
+            .filter(appliance::schema::users::email.eq(EMAIL))
+            .select(appliance::schema::users::totp_secret)
+            .first(&mut portal.app.store.conn().unwrap())
+            .unwrap();
+        let stored = stored.expect("enrolled");
+        assert!(
+            stored.starts_with("sealed:") && !stored.contains(&secret),
+            "{stored}"
+        );
+    }
     assert!(
         portal.get(Some("a"), "/").body.contains("Welcome"),
         "enrolment did not complete the sign-in"
