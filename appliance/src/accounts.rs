@@ -225,6 +225,17 @@ pub fn login(
                         .details(serde_json::json!({ "reason": "wrong password", "failures": failures })),
                 );
                 if locks {
+                    crate::mail::enqueue(
+                        conn,
+                        &email,
+                        "[Plantgate] Your account was locked",
+                        &format!(
+                            "After {failures} wrong passwords in a row, the last from {source}, your Plantgate account is locked until {}.\n\nIf this was not you, tell your administrator: someone may be guessing your password.\n",
+                            format_us(until)
+                        ),
+                        &account.id.to_string(),
+                        now,
+                    )?;
                     events.push(
                         AuditEvent::new(actor.clone(), "auth.account.locked")
                             .source(source)
@@ -369,6 +380,17 @@ pub fn set_password(
                 users::password_changed_at_us.eq(now),
             ))
             .execute(conn)?;
+        crate::mail::enqueue(
+            conn,
+            &user.email,
+            "[Plantgate] Your password was set",
+            &format!(
+                "The password of your Plantgate account was set or changed at {}.\n\nIf this was not you, tell your administrator at once.\n",
+                format_us(now)
+            ),
+            &user.id.to_string(),
+            now,
+        )?;
         Ok((
             (),
             vec![AuditEvent::new(actor.clone(), "auth.password.changed").target(user.id)],

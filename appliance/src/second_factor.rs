@@ -163,6 +163,14 @@ pub fn enable(
                 ))
                 .execute(conn)?;
         }
+        crate::mail::enqueue(
+            conn,
+            &user.email,
+            "[Plantgate] A second factor was set up on your account",
+            "An authenticator app was set up as the second factor of your Plantgate account, and new recovery codes were made.\n\nIf this was not you, tell your administrator at once.\n",
+            &user.id.to_string(),
+            now_us,
+        )?;
         let event = AuditEvent::new(Actor::User(user.id), "auth.second_factor.enabled")
             .target(user.id)
             .details(serde_json::json!({ "method": "totp", "recovery_codes": RECOVERY_CODES }));
