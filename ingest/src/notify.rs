@@ -5,11 +5,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use appliance::alerts::{self, PendingNotification};
-use appliance::config::{SmtpConfig, SmtpSecurity};
 use appliance::time::format_us;
 use appliance::{Actor, Appliance};
 use lettre::message::Mailbox;
-use lettre::transport::smtp::authentication::Credentials;
 use lettre::{Message, SmtpTransport, Transport};
 
 const RETRY_EVERY: Duration = Duration::from_secs(15);
@@ -24,7 +22,7 @@ pub fn start(app: Appliance, pokes: Receiver<()>) -> std::io::Result<()> {
 
 fn run(app: Appliance, pokes: Receiver<()>) {
     let actor = Actor::System("ingest".into());
-    let Some(transport) = transport(&app.config.smtp) else {
+    let Some(transport) = appliance::mail::transport(&app.config.smtp) else {
         tracing::warn!("smtp.host is not set: alert emails stay in the outbox");
         return;
     };
@@ -35,26 +33,6 @@ fn run(app: Appliance, pokes: Receiver<()>) {
             Err(RecvTimeoutError::Disconnected) => return,
         }
     }
-}
-
-fn transport(smtp: &SmtpConfig) -> Option<SmtpTransport> {
-    let host = smtp.host.as_deref()?;
-    let builder = match smtp.security {
-        SmtpSecurity::None => Some(SmtpTransport::builder_dangerous(host)),
-        SmtpSecurity::Starttls => SmtpTransport::starttls_relay(host).ok(),
-        SmtpSecurity::Tls => SmtpTransport::relay(host).ok(),
-    };
-    let Some(mut builder) = builder else {
-        tracing::error!(host, "cannot set up TLS for the SMTP relay");
-        return None;
-    };
-    builder = builder
-        .port(smtp.port)
-        .timeout(Some(Duration::from_secs(30)));
-    if let (Some(user), Some(password)) = (&smtp.username, &smtp.password) {
-        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
-    }
-    Some(builder.build())
 }
 
 fn send_owed(app: &Appliance, actor: &Actor, transport: &SmtpTransport) {
