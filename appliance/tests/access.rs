@@ -831,7 +831,55 @@ fn disabling_the_organisation_ends_its_remote_sessions_and_logins(backend: Backe
     assert!(login.user.is_some());
 }
 
+fn the_hardware_key_switch_is_a_command(backend: Backend) {
+    let p = plant(backend);
+    let request = p.ask(&p.tech, &p.press, "s7", "30").unwrap();
+    p.approve(&p.ann, request.id).unwrap();
+    let site = p.site_a.id.0.to_string();
+    let off =
+        p.t.cli()
+            .args(["site", "key-switch", "--site", &site, "off"])
+            .output()
+            .unwrap();
+    assert!(off.status.success(), "{}", common::stderr(&off));
+    assert!(
+        common::stdout(&off).contains("Hall A: remote access off; 1 sessions cut"),
+        "{}",
+        common::stdout(&off)
+    );
+    assert!(Grant::live(&mut p.t.conn(), now_us()).unwrap().is_empty());
+    assert!(
+        !SitePolicy::of(&mut p.t.conn(), p.site_a.id)
+            .unwrap()
+            .remote_enabled
+    );
+    let bad =
+        p.t.cli()
+            .args(["site", "key-switch", "--site", &site, "sideways"])
+            .output()
+            .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let missing =
+        p.t.cli()
+            .args(["site", "key-switch", "--site", "999", "on"])
+            .output()
+            .unwrap();
+    assert!(!missing.status.success());
+    let on =
+        p.t.cli()
+            .args(["site", "key-switch", "--site", &site, "on"])
+            .output()
+            .unwrap();
+    assert!(on.status.success());
+    assert!(
+        SitePolicy::of(&mut p.t.conn(), p.site_a.id)
+            .unwrap()
+            .remote_enabled
+    );
+}
+
 on_both_backends!(
+    the_hardware_key_switch_is_a_command,
     disabling_the_organisation_ends_its_remote_sessions_and_logins,
     a_technician_extends_only_where_the_policy_allows_and_within_its_maximum,
     the_flow_approves_emails_and_opens_exactly_one_grant,

@@ -191,6 +191,15 @@ enum SiteCommand {
         location: String,
     },
     List,
+    /// Turns a site's "remote access enabled" key switch, as a hardware switch does: for a
+    /// script watching a GPIO input (such as libgpiod's `gpiomon`). Off cuts every session
+    /// of the site at once.
+    KeySwitch {
+        #[arg(long)]
+        site: i64,
+        #[arg(value_parser = ["on", "off"])]
+        position: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -820,6 +829,36 @@ fn site(command: SiteCommand, config: Config, actor: &Actor) -> Result<ExitCode>
             };
             let site = Site::create(&app.audit, actor, org.id, &name, &location)?;
             println!("{}", site.id.0);
+        }
+        SiteCommand::KeySwitch { site, position } => {
+            let found: Site = {
+                use diesel::prelude::*;
+                appliance::schema::sites::table
+                    .find(site)
+                    .select(Site::as_select())
+                    .first(&mut *app.store.conn()?)
+                    .optional()?
+                    .ok_or(appliance::Error::NotFound("site"))?
+            };
+            let on = position == "on";
+            let cut = appliance::access::set_key_switch(
+                &app.audit,
+                &app.config,
+                None,
+                &found,
+                on,
+                "key-switch",
+                appliance::time::now_us(),
+            )?;
+            if let Err(why) = appliance::grants::poke_firewall(&app.config) {
+                eprintln!(
+                    "plantgate: the firewall did not answer ({why}); it applies the change at its next reconcile"
+                );
+            }
+            println!(
+                "{}: remote access {position}; {cut} sessions cut",
+                found.name
+            );
         }
         SiteCommand::List => {
             let mut conn = app.store.conn()?;
