@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod pages;
+pub mod stream;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -129,6 +130,8 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route("/users/{id}/{change}", web::post().to(pages::change_user))
         .route("/audit", web::get().to(pages::audit_page))
         .route("/audit/export", web::get().to(pages::audit_export))
+        // Before the API's scope, whose fallback would answer 404 for these paths.
+        .configure(stream::config)
         .configure(api::config)
         .default_service(web::to(pages::not_found));
 }
