@@ -32,6 +32,7 @@ pub struct Batch {
 pub struct RawReading {
     pub device: Option<String>,
     pub metric: String,
+    #[serde(deserialize_with = "number")]
     pub value: f64,
     /// RFC 3339 text, or milliseconds since the Unix epoch.
     #[serde(alias = "timestamp")]
@@ -106,8 +107,67 @@ impl Format {
 pub struct RawState {
     pub device: Option<String>,
     pub firmware_version: Option<String>,
+    #[serde(default, deserialize_with = "optional_number")]
     pub battery_pct: Option<f64>,
+    #[serde(default, deserialize_with = "optional_number")]
     pub signal_dbm: Option<f64>,
+}
+
+/// Any number, integer or float. CBOR encoders write integral values as integers, and
+/// ciborium, unlike serde_json, does not turn an integer into an `f64` by itself.
+struct NumberVisitor;
+
+impl serde::de::Visitor<'_> for NumberVisitor {
+    type Value = f64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a number")
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
+        Ok(v)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<f64, E> {
+        Ok(v as f64)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<f64, E> {
+        Ok(v as f64)
+    }
+}
+
+fn number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    deserializer.deserialize_any(NumberVisitor)
+}
+
+fn optional_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<f64>, D::Error> {
+    struct Optional;
+    impl<'de> serde::de::Visitor<'de> for Optional {
+        type Value = Option<f64>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a number or null")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Option<f64>, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Option<f64>, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Option<f64>, D::Error> {
+            number(deserializer).map(Some)
+        }
+    }
+    deserializer.deserialize_option(Optional)
 }
 
 /// Limits from `[ingest]`.
@@ -379,7 +439,7 @@ mod tests {
                 "invalid type",
             ),
             (cbor(&serde_json::json!([1, 2])), "invalid type"),
-            (vec![0xff], "malformed"),
+            (vec![0xff], "expected map"),
         ] {
             match parse(Format::Cbor, &body, &limits()) {
                 Err(IngestError::BadCbor(problem)) => {
