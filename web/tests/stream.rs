@@ -149,7 +149,7 @@ fn a_sites_readings_stream_live_resume_after_last_event_id_and_stop_when_the_tok
     assert!(got.iter().all(|r| r["device"] == "MM-1"));
     assert_eq!(got[0]["metric"], "temperature_c");
     assert_eq!(got[0]["value"], 76.0);
-    assert_eq!(got[0]["measured_at"], "2026-11-22T08:00:06Z");
+    assert_eq!(got[0]["measured_at"], "2026-11-22T08:00:06.000000Z");
 
     // A reconnect with Last-Event-ID gets what came after it, and then new readings.
     let resumed = Stream::open(
@@ -254,7 +254,7 @@ fn readings_export_as_csv_streamed_for_a_site_or_device_and_audited() {
     assert!(rows.iter().all(|r| r[0] == "MM-1"));
     assert_eq!(
         rows[0][1..5],
-        ["1", "temperature_c", "71", "2026-11-22T08:00:01Z"]
+        ["1", "temperature_c", "71", "2026-11-22T08:00:01.000000Z"]
     );
 
     // A window of one device as JSONL.
