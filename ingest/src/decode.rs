@@ -247,6 +247,34 @@ fn parse_ts(ts: &Timestamp) -> Result<i64, String> {
     }
 }
 
+/// One reading's own checks, which need no store: the timestamp (and how far it is in the
+/// future), the metric name, a finite value and the sequence number. The fuzz target runs
+/// every decoded reading through it.
+pub fn check_reading(
+    raw: RawReading,
+    device: DeviceId,
+    limits: &Limits,
+    now_us: i64,
+) -> Result<NewReading, String> {
+    let measured_at_us = parse_ts(&raw.ts)?;
+    if measured_at_us > now_us.saturating_add(limits.max_future_skew_us) {
+        return Err(format!(
+            "timestamp is more than {} s in the future; check the device clock",
+            limits.max_future_skew_us / 1_000_000
+        ));
+    }
+    let reading = NewReading {
+        device_id: device,
+        seq: raw.seq,
+        metric: raw.metric,
+        value: raw.value,
+        measured_at_us,
+        received_at_us: now_us,
+    };
+    reading.validate().map_err(|err| err.to_string())?;
+    Ok(reading)
+}
+
 /// A batch that passed every check, ready for the writer.
 #[derive(Debug, Default)]
 pub struct Accepted {
@@ -300,23 +328,8 @@ pub fn accept(
     let mut accepted = Accepted::default();
     for (index, raw) in batch.readings.into_iter().enumerate() {
         let device = resolve(raw.device.as_deref().unwrap_or(default_device))?;
-        let bad = |problem: String| IngestError::BadReading { index, problem };
-        let measured_at_us = parse_ts(&raw.ts).map_err(bad)?;
-        if measured_at_us > now_us.saturating_add(limits.max_future_skew_us) {
-            return Err(bad(format!(
-                "timestamp is more than {} s in the future; check the device clock",
-                limits.max_future_skew_us / 1_000_000
-            )));
-        }
-        let reading = NewReading {
-            device_id: device,
-            seq: raw.seq,
-            metric: raw.metric,
-            value: raw.value,
-            measured_at_us,
-            received_at_us: now_us,
-        };
-        reading.validate().map_err(|err| bad(err.to_string()))?;
+        let reading = check_reading(raw, device, limits, now_us)
+            .map_err(|problem| IngestError::BadReading { index, problem })?;
         if reading.metric == "battery_pct" {
             accepted.states.entry(device).or_default().battery_pct = Some(reading.value);
         }

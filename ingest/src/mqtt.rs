@@ -265,6 +265,27 @@ fn buffered_packet(
     }
 }
 
+/// For the fuzz target (`ingest/fuzz`): runs `data` through a connection's decoding without
+/// a socket: the CONNECT (either version), then packets of that version up to the first
+/// incomplete or malformed one, and for each PUBLISH its topic and content type. Returns how
+/// many packets decoded.
+#[doc(hidden)]
+pub fn decode_for_fuzzing(data: &[u8], max: usize) -> usize {
+    let mut buf = BytesMut::from(data);
+    let Ok(Some(hello)) = read_connect(&mut buf, max) else {
+        return 0;
+    };
+    let mut decoded = 1;
+    while let Ok(Some(packet)) = buffered_packet(hello.version, &mut buf, max) {
+        decoded += 1;
+        if let Incoming::Publish(publish) = packet {
+            let _ = topic_device(&publish.topic);
+            let _ = decode::Format::from_content_type(publish.content_type.as_deref());
+        }
+    }
+    decoded
+}
+
 /// Reads until a packet is complete, waiting at most `limit` for more bytes.
 async fn next_packet(
     version: Version,
@@ -708,5 +729,22 @@ mod tests {
             assert_eq!(topic_device(bad), None, "{bad}");
         }
         assert_eq!(readings_topic("MM-1"), "plantgate/MM-1/readings");
+    }
+
+    #[test]
+    fn the_fuzz_seeds_decode_in_both_versions_and_garbage_does_not() {
+        let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/mqtt_stream");
+        for seed in ["v311", "v5"] {
+            let data = std::fs::read(seeds.join(seed)).expect("seed");
+            // CONNECT, PUBLISH, PINGREQ.
+            assert_eq!(decode_for_fuzzing(&data, 1 << 16), 3, "{seed}");
+            // Cut short, the PUBLISH is incomplete: only the CONNECT decodes.
+            assert_eq!(
+                decode_for_fuzzing(&data[..data.len() - 10], 1 << 16),
+                1,
+                "{seed}"
+            );
+        }
+        assert_eq!(decode_for_fuzzing(b"\x10\x0dgarbage-bytes", 1 << 16), 0);
     }
 }
