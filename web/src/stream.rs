@@ -30,6 +30,46 @@ const POLL: Duration = Duration::from_secs(1);
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// The most readings one poll sends; more wait for the next round, without a pause.
 const POLL_ROWS: i64 = 1000;
+/// Streams one token may hold open at once; each polls the store, so they are counted.
+pub const MAX_STREAMS_PER_TOKEN: usize = 4;
+
+/// Open streams per token id.
+fn open_streams() -> &'static std::sync::Mutex<std::collections::HashMap<i64, usize>> {
+    static OPEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<i64, usize>>> =
+        std::sync::OnceLock::new();
+    OPEN.get_or_init(Default::default)
+}
+
+/// One open stream of a token, counted until dropped (when the stream's task ends).
+struct StreamSlot(i64);
+
+impl StreamSlot {
+    fn take(token: i64) -> Option<StreamSlot> {
+        let mut open = open_streams()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(token).or_insert(0);
+        if *count >= MAX_STREAMS_PER_TOKEN {
+            return None;
+        }
+        *count += 1;
+        Some(StreamSlot(token))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = open_streams()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&self.0) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.0);
+            }
+        }
+    }
+}
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     let query_errors = || {
@@ -281,7 +321,8 @@ fn event(serial: &str, r: &Reading) -> String {
 /// `GET /api/v1/readings/stream?device=SERIAL|site=ID[&metric=]`: new readings as
 /// Server-Sent Events (`event: reading`, `id` = the reading's id, `data` = JSON). It starts
 /// after `Last-Event-ID` if the client sends one (a reconnect), else with the next reading
-/// stored. It ends with `event: end` when the token is revoked or expires.
+/// stored. It ends with `event: end` when the token is revoked or expires. A token may hold
+/// [`MAX_STREAMS_PER_TOKEN`] streams open; one more is 429.
 async fn stream(
     state: web::Data<AppState>,
     caller: ApiCaller,
@@ -328,8 +369,10 @@ async fn stream(
         metric: params.metric,
         ..filter
     };
+    let slot = StreamSlot::take(caller.token.id).ok_or(ApiError::RateLimited(60))?;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(4);
     actix_web::rt::spawn(async move {
+        let _slot = slot;
         let mut last = start;
         let mut quiet = Duration::ZERO;
         // A first comment, so the client sees the stream is open at once.
@@ -395,6 +438,9 @@ async fn stream(
                 return;
             }
             tokio::time::sleep(POLL).await;
+            if sender.is_closed() {
+                return; // the client left
+            }
             quiet += POLL;
             if quiet >= HEARTBEAT {
                 quiet = Duration::ZERO;

@@ -169,6 +169,34 @@ fn a_sites_readings_stream_live_resume_after_last_event_id_and_stop_when_the_tok
     assert_eq!(resumed.readings(1)[0]["seq"], 9);
     assert_eq!(live.readings(1)[0]["seq"], 9);
 
+    // Four streams per token: with two open, two more may open, a fifth is refused.
+    let third = Stream::open(&portal, &token, "device=MM-1", None);
+    let fourth = Stream::open(&portal, &token, "device=MM-1", None);
+    third.wait_open();
+    fourth.wait_open();
+    let (status, body) = portal.api(Some(&token), "/api/v1/readings/stream?device=MM-1");
+    assert_eq!(status, 429, "{body}");
+    drop(third);
+    // The slot frees once the service notices the client left (at its next write).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let fifth = loop {
+        let stream = Stream::open(&portal, &token, "device=MM-1", None);
+        if stream
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .as_deref()
+            == Ok(": stream open")
+        {
+            break stream;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed stream kept its slot"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    drop((fourth, fifth));
+
     // Revoking the token ends the streams.
     appliance::tokens::revoke(
         &portal.app.audit,
