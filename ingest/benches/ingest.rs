@@ -68,6 +68,24 @@ fn service(backend: Backend) -> (TestIngest, Vec<(String, String)>) {
     (t, devices)
 }
 
+/// Every acknowledged reading is in the store, once.
+fn check_stored(t: &TestIngest, figures: &Figures) {
+    let mut conn = t.app.store.conn().expect("conn");
+    let stored: i64 = (0..CLIENTS)
+        .map(|i| {
+            let device =
+                appliance::devices::Device::find_by_serial(&mut conn, &format!("BENCH-{i}"))
+                    .expect("lookup")
+                    .expect("device");
+            appliance::readings::count_for(&mut conn, device.id).expect("count")
+        })
+        .sum();
+    assert_eq!(
+        stored as f64, figures.units,
+        "acknowledged readings missing from the store"
+    );
+}
+
 fn https(t: &TestIngest, devices: Vec<(String, String)>, batches_per_client: i64) -> Figures {
     let port = t.https_port;
     let cert = t.cert();
@@ -278,7 +296,9 @@ fn main() {
     if wanted("https") {
         let (t, devices) = service(Backend::Sqlite);
         let batches = if full { 250 } else { 3 };
-        https(&t, devices, batches).print(
+        let figures = https(&t, devices, batches);
+        check_stored(&t, &figures);
+        figures.print(
             &format!("HTTPS batches of {BATCH} from {CLIENTS} clients on SQLite"),
             "readings",
         );
@@ -286,7 +306,9 @@ fn main() {
     if wanted("mqtt") {
         let (t, devices) = service(Backend::Sqlite);
         let per_client = if full { 12_500 } else { 50 };
-        mqtt(&t, devices, per_client).print(
+        let figures = mqtt(&t, devices, per_client);
+        check_stored(&t, &figures);
+        figures.print(
             &format!(
                 "MQTT 3.1.1 QoS 1, one reading a message, {CLIENTS} clients x {MQTT_WINDOW} in flight, on SQLite"
             ),
@@ -296,7 +318,9 @@ fn main() {
     if wanted("postgres") {
         let (t, devices) = service(Backend::Postgres);
         let batches = if full { 150 } else { 3 };
-        https(&t, devices, batches).print(
+        let figures = https(&t, devices, batches);
+        check_stored(&t, &figures);
+        figures.print(
             &format!("HTTPS batches of {BATCH} from {CLIENTS} clients on PostgreSQL"),
             "readings",
         );
