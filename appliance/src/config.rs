@@ -158,6 +158,10 @@ pub struct IngestConfig {
     pub certificate: Option<PathBuf>,
     pub private_key: Option<PathBuf>,
     pub connectors: ConnectorsConfig,
+    /// Readings are deleted this many days after they were received; unset: kept for ever.
+    pub retention_days: Option<u32>,
+    /// How often the writer looks for readings past retention.
+    pub retention_check_seconds: u64,
 }
 
 /// Webhook delivery: a failed attempt is retried after 1 s, doubling up to
@@ -346,6 +350,8 @@ impl Default for IngestConfig {
             certificate: None,
             private_key: None,
             connectors: ConnectorsConfig::default(),
+            retention_days: None,
+            retention_check_seconds: 3600,
         }
     }
 }
@@ -631,6 +637,22 @@ impl Config {
                 "ingest.max_future_skew_seconds",
                 ingest.max_future_skew_seconds,
                 "must be between 0 and 604800",
+            ));
+        }
+        if let Some(days) = ingest.retention_days
+            && !(1..=36_500).contains(&days)
+        {
+            return Err(ConfigError::new(
+                "ingest.retention_days",
+                days,
+                "must be 1-36500, or unset to keep readings for ever",
+            ));
+        }
+        if !(1..=86_400).contains(&ingest.retention_check_seconds) {
+            return Err(ConfigError::new(
+                "ingest.retention_check_seconds",
+                ingest.retention_check_seconds,
+                "must be 1-86400",
             ));
         }
         if !(1..=3600).contains(&ingest.silent_check_seconds) {

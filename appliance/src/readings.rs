@@ -23,8 +23,10 @@ pub const STANDARD_METRICS: [&str; 5] = [
 ];
 
 const MAX_METRIC_LEN: usize = 64;
-/// SQLite allows 32766 bound values per statement; a reading binds 6.
+/// Rows per multi-row INSERT on PostgreSQL (65535 bound values at most; a reading binds 6).
 const INSERT_CHUNK: usize = 2000;
+/// Rows per cached multi-row INSERT on SQLite.
+const SQLITE_ROWS: usize = 64;
 
 /// Lowercase ASCII letters, digits, `_`, `.` and `-`, starting with a letter, at most 64.
 pub fn is_metric_name(name: &str) -> bool {
@@ -82,21 +84,100 @@ impl NewReading {
 
 /// Stores `rows`, skipping any (device, seq) already stored; returns how many were new.
 /// Run it inside the caller's transaction.
+///
+/// On SQLite rows go in statements of exactly [`SQLITE_ROWS`] rows (the rest one by one):
+/// a fixed-size array has a static query id in diesel, so the statement is prepared once and
+/// kept in diesel's cache. A slice of any length makes diesel build and SQLite parse a new
+/// statement for every chunk, which the profile of the ingest writer showed costing about
+/// as much as the inserts themselves. On PostgreSQL rows go in large multi-row statements,
+/// to save round trips.
 pub fn insert_new(conn: &mut DbConnection, rows: &[NewReading]) -> Result<usize> {
     let mut stored = 0;
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        // diesel has no batched ON CONFLICT for SQLite; INSERT OR IGNORE is its equivalent.
-        stored += match conn {
-            DbConnection::Sqlite(c) => diesel::insert_or_ignore_into(readings::table)
-                .values(chunk)
-                .execute(c)?,
-            DbConnection::Postgres(c) => diesel::insert_into(readings::table)
-                .values(chunk)
-                .on_conflict_do_nothing()
-                .execute(c)?,
-        };
+    match conn {
+        // INSERT OR IGNORE is SQLite's ON CONFLICT DO NOTHING.
+        DbConnection::Sqlite(c) => {
+            let (arrays, rest) = rows.as_chunks::<SQLITE_ROWS>();
+            for array in arrays {
+                stored += diesel::insert_or_ignore_into(readings::table)
+                    .values(array)
+                    .execute(c)?;
+            }
+            for row in rest {
+                stored += diesel::insert_or_ignore_into(readings::table)
+                    .values(row)
+                    .execute(c)?;
+            }
+        }
+        DbConnection::Postgres(c) => {
+            for chunk in rows.chunks(INSERT_CHUNK) {
+                stored += diesel::insert_into(readings::table)
+                    .values(chunk)
+                    .on_conflict_do_nothing()
+                    .execute(c)?;
+            }
+        }
     }
     Ok(stored)
+}
+
+/// Deletes up to `chunk` of the oldest stored readings received before `cutoff_us`, in
+/// storage (id) order, and returns how many. It stops at the first reading received at or
+/// after the cutoff, so it never deletes a newer one; run it until it returns 0. Each call is
+/// one range delete over the primary key, so the write lock is held briefly.
+pub fn prune_received_before(conn: &mut DbConnection, cutoff_us: i64, chunk: i64) -> Result<usize> {
+    let oldest: Vec<(i64, i64)> = readings::table
+        .order(readings::id)
+        .limit(chunk)
+        .select((readings::id, readings::received_at_us))
+        .load(conn)?;
+    let Some(last) = oldest
+        .iter()
+        .take_while(|(_, received)| *received < cutoff_us)
+        .map(|(id, _)| *id)
+        .last()
+    else {
+        return Ok(0);
+    };
+    Ok(diesel::delete(readings::table.filter(readings::id.le(last))).execute(conn)?)
+}
+
+/// The largest reading id stored, or 0: where a live stream that starts now begins.
+pub fn last_id(conn: &mut DbConnection) -> Result<i64> {
+    Ok(readings::table
+        .select(diesel::dsl::max(readings::id))
+        .first::<Option<i64>>(conn)?
+        .unwrap_or(0))
+}
+
+/// Up to `limit` readings with an id above `after` that `filter` selects, in id (storage)
+/// order, each with its device's serial: what a live stream sends next.
+pub fn page_after(
+    conn: &mut DbConnection,
+    filter: &ExportFilter,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(String, Reading)>> {
+    let mut query = readings::table
+        .inner_join(devices::table)
+        .select((devices::serial, Reading::as_select()))
+        .filter(readings::id.gt(after))
+        .into_boxed();
+    if let Some(site) = filter.site {
+        query = query.filter(devices::site_id.eq(site));
+    }
+    if let Some(device) = filter.device {
+        query = query.filter(readings::device_id.eq(device));
+    }
+    if let Some(metric) = &filter.metric {
+        query = query.filter(readings::metric.eq(metric.clone()));
+    }
+    if let Some(since) = filter.since_us {
+        query = query.filter(readings::measured_at_us.ge(since));
+    }
+    if let Some(until) = filter.until_us {
+        query = query.filter(readings::measured_at_us.lt(until));
+    }
+    Ok(query.order(readings::id).limit(limit).load(conn)?)
 }
 
 /// What a device reports about itself besides readings.

@@ -132,6 +132,12 @@ impl Store {
         Ok(self.pool.get().map_err(StoreError::Pool)?)
     }
 
+    /// An idle connection if there is one now, without waiting: for callers that must not
+    /// block, such as a TLS handshake on an event loop.
+    pub fn try_conn(&self) -> Option<StoreConnection> {
+        self.pool.try_get()
+    }
+
     pub fn backend(&self) -> Backend {
         match self.target {
             StoreTarget::Sqlite(_) => Backend::Sqlite,

@@ -1,5 +1,6 @@
-//! Turning a posted body into validated readings: bounded gzip, UTF-8, JSON, then each
-//! reading checked and its device resolved against the credential that sent it.
+//! Turning a posted body into validated readings: bounded gzip, then JSON (UTF-8) or CBOR
+//! (RFC 8949) as the content type says, then each reading checked and its device resolved
+//! against the credential that sent it.
 //!
 //! The same decoder serves HTTPS bodies and MQTT payloads. Nothing here touches the store
 //! except to look devices up; nothing is stored unless the whole batch is valid.
@@ -31,6 +32,7 @@ pub struct Batch {
 pub struct RawReading {
     pub device: Option<String>,
     pub metric: String,
+    #[serde(deserialize_with = "number")]
     pub value: f64,
     /// RFC 3339 text, or milliseconds since the Unix epoch.
     #[serde(alias = "timestamp")]
@@ -38,11 +40,66 @@ pub struct RawReading {
     pub seq: i64,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, PartialEq)]
 pub enum Timestamp {
     Millis(i64),
     Text(String),
+}
+
+/// A number (milliseconds) or a text (RFC 3339), read straight from the token: serde's
+/// `untagged` would buffer every reading's timestamp into an intermediate value first.
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Timestamp;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("milliseconds since the Unix epoch or an RFC 3339 text")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Timestamp, E> {
+                Ok(Timestamp::Millis(v))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Timestamp, E> {
+                i64::try_from(v)
+                    .map(Timestamp::Millis)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Timestamp, E> {
+                Ok(Timestamp::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// How a body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Cbor,
+}
+
+impl Format {
+    /// The format a `Content-Type` names (parameters ignored): `application/json` or
+    /// `application/cbor`. `None` is JSON: an MQTT 3.1.1 publish, or an MQTT 5 publish
+    /// without the content-type property.
+    pub fn from_content_type(content_type: Option<&str>) -> Result<Format, IngestError> {
+        let Some(raw) = content_type else {
+            return Ok(Format::Json);
+        };
+        let mime = raw.split(';').next().unwrap_or("").trim();
+        if mime.eq_ignore_ascii_case("application/json") {
+            Ok(Format::Json)
+        } else if mime.eq_ignore_ascii_case("application/cbor") {
+            Ok(Format::Cbor)
+        } else {
+            Err(IngestError::BadContentType(raw.to_owned()))
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,8 +107,67 @@ pub enum Timestamp {
 pub struct RawState {
     pub device: Option<String>,
     pub firmware_version: Option<String>,
+    #[serde(default, deserialize_with = "optional_number")]
     pub battery_pct: Option<f64>,
+    #[serde(default, deserialize_with = "optional_number")]
     pub signal_dbm: Option<f64>,
+}
+
+/// Any number, integer or float. CBOR encoders write integral values as integers, and
+/// ciborium, unlike serde_json, does not turn an integer into an `f64` by itself.
+struct NumberVisitor;
+
+impl serde::de::Visitor<'_> for NumberVisitor {
+    type Value = f64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a number")
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
+        Ok(v)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<f64, E> {
+        Ok(v as f64)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<f64, E> {
+        Ok(v as f64)
+    }
+}
+
+fn number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    deserializer.deserialize_any(NumberVisitor)
+}
+
+fn optional_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<f64>, D::Error> {
+    struct Optional;
+    impl<'de> serde::de::Visitor<'de> for Optional {
+        type Value = Option<f64>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a number or null")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Option<f64>, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Option<f64>, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Option<f64>, D::Error> {
+            number(deserializer).map(Some)
+        }
+    }
+    deserializer.deserialize_option(Optional)
 }
 
 /// Limits from `[ingest]`.
@@ -76,12 +192,27 @@ pub fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, IngestError> {
     Ok(out)
 }
 
-/// Parses a JSON batch.
-pub fn parse(body: &[u8], limits: &Limits) -> Result<Batch, IngestError> {
-    let text =
-        std::str::from_utf8(body).map_err(|err| IngestError::InvalidUtf8(err.to_string()))?;
-    let batch: Batch =
-        serde_json::from_str(text).map_err(|err| IngestError::BadJson(err.to_string()))?;
+/// Parses a batch in `format`. CBOR must be exactly one data item: trailing bytes are refused.
+pub fn parse(format: Format, body: &[u8], limits: &Limits) -> Result<Batch, IngestError> {
+    let batch: Batch = match format {
+        Format::Json => {
+            let text = std::str::from_utf8(body)
+                .map_err(|err| IngestError::InvalidUtf8(err.to_string()))?;
+            serde_json::from_str(text).map_err(|err| IngestError::BadJson(err.to_string()))?
+        }
+        Format::Cbor => {
+            let mut rest = body;
+            let batch = ciborium::de::from_reader(&mut rest)
+                .map_err(|err| IngestError::BadCbor(cbor_problem(err)))?;
+            if !rest.is_empty() {
+                return Err(IngestError::BadCbor(format!(
+                    "{} bytes follow the batch; send exactly one CBOR map",
+                    rest.len()
+                )));
+            }
+            batch
+        }
+    };
     if batch.readings.len() > limits.max_batch_readings {
         return Err(IngestError::TooManyReadings {
             count: batch.readings.len(),
@@ -89,6 +220,18 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Batch, IngestError> {
         });
     }
     Ok(batch)
+}
+
+fn cbor_problem(err: ciborium::de::Error<std::io::Error>) -> String {
+    match err {
+        ciborium::de::Error::Io(err) => format!("truncated or unreadable: {err}"),
+        ciborium::de::Error::Syntax(offset) => format!("malformed at byte {offset}"),
+        ciborium::de::Error::Semantic(Some(offset), problem) => {
+            format!("at byte {offset}: {problem}")
+        }
+        ciborium::de::Error::Semantic(None, problem) => problem,
+        ciborium::de::Error::RecursionLimitExceeded => "nested too deeply".to_owned(),
+    }
 }
 
 fn parse_ts(ts: &Timestamp) -> Result<i64, String> {
@@ -102,6 +245,34 @@ fn parse_ts(ts: &Timestamp) -> Result<i64, String> {
                 format!("timestamp {text:?} is not RFC 3339, such as 2026-11-22T08:00:00Z")
             }),
     }
+}
+
+/// One reading's own checks, which need no store: the timestamp (and how far it is in the
+/// future), the metric name, a finite value and the sequence number. The fuzz target runs
+/// every decoded reading through it.
+pub fn check_reading(
+    raw: RawReading,
+    device: DeviceId,
+    limits: &Limits,
+    now_us: i64,
+) -> Result<NewReading, String> {
+    let measured_at_us = parse_ts(&raw.ts)?;
+    if measured_at_us > now_us.saturating_add(limits.max_future_skew_us) {
+        return Err(format!(
+            "timestamp is more than {} s in the future; check the device clock",
+            limits.max_future_skew_us / 1_000_000
+        ));
+    }
+    let reading = NewReading {
+        device_id: device,
+        seq: raw.seq,
+        metric: raw.metric,
+        value: raw.value,
+        measured_at_us,
+        received_at_us: now_us,
+    };
+    reading.validate().map_err(|err| err.to_string())?;
+    Ok(reading)
 }
 
 /// A batch that passed every check, ready for the writer.
@@ -157,23 +328,8 @@ pub fn accept(
     let mut accepted = Accepted::default();
     for (index, raw) in batch.readings.into_iter().enumerate() {
         let device = resolve(raw.device.as_deref().unwrap_or(default_device))?;
-        let bad = |problem: String| IngestError::BadReading { index, problem };
-        let measured_at_us = parse_ts(&raw.ts).map_err(bad)?;
-        if measured_at_us > now_us.saturating_add(limits.max_future_skew_us) {
-            return Err(bad(format!(
-                "timestamp is more than {} s in the future; check the device clock",
-                limits.max_future_skew_us / 1_000_000
-            )));
-        }
-        let reading = NewReading {
-            device_id: device,
-            seq: raw.seq,
-            metric: raw.metric,
-            value: raw.value,
-            measured_at_us,
-            received_at_us: now_us,
-        };
-        reading.validate().map_err(|err| bad(err.to_string()))?;
+        let reading = check_reading(raw, device, limits, now_us)
+            .map_err(|problem| IngestError::BadReading { index, problem })?;
         if reading.metric == "battery_pct" {
             accepted.states.entry(device).or_default().battery_pct = Some(reading.value);
         }
@@ -240,10 +396,83 @@ mod tests {
             b"[1,2",
         ] {
             assert!(
-                parse(body, &limits).is_err(),
+                parse(Format::Json, body, &limits).is_err(),
                 "{}",
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_body_bytes: 1 << 20,
+            max_decoded_bytes: 1 << 20,
+            max_batch_readings: 10,
+            max_future_skew_us: 0,
+        }
+    }
+
+    fn cbor(value: &serde_json::Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::ser::into_writer(value, &mut out).expect("encode");
+        out
+    }
+
+    #[test]
+    fn cbor_and_json_decode_to_the_same_batch() {
+        let value = serde_json::json!({"readings": [
+            {"metric": "temperature_c", "value": 71.5, "ts": "2026-11-22T08:00:00Z", "seq": 1},
+            {"metric": "cycle_count", "value": 18211, "ts": 1_795_334_400_000_i64, "seq": 2},
+        ], "states": [{"battery_pct": 80}]});
+        let json = parse(Format::Json, value.to_string().as_bytes(), &limits()).expect("json");
+        let cbor = parse(Format::Cbor, &cbor(&value), &limits()).expect("cbor");
+        assert_eq!(format!("{json:?}"), format!("{cbor:?}"));
+        assert_eq!(
+            cbor.readings[0].ts,
+            Timestamp::Text("2026-11-22T08:00:00Z".into())
+        );
+        assert_eq!(cbor.readings[1].ts, Timestamp::Millis(1_795_334_400_000));
+        assert_eq!(cbor.readings[1].value, 18211.0);
+    }
+
+    #[test]
+    fn bad_cbor_is_refused_with_a_reason() {
+        let good = cbor(
+            &serde_json::json!({"readings": [{"metric": "t", "value": 1, "ts": 0, "seq": 1}]}),
+        );
+        let mut trailing = good.clone();
+        trailing.push(0);
+        for (body, expect) in [
+            (good[..good.len() - 3].to_vec(), "truncated"),
+            (trailing, "follow the batch"),
+            (
+                cbor(
+                    &serde_json::json!({"readings": [{"metric": "t", "value": "hot", "ts": 0, "seq": 1}]}),
+                ),
+                "invalid type",
+            ),
+            (cbor(&serde_json::json!([1, 2])), "invalid type"),
+            (vec![0xff], "expected map"),
+        ] {
+            match parse(Format::Cbor, &body, &limits()) {
+                Err(IngestError::BadCbor(problem)) => {
+                    assert!(problem.contains(expect), "{problem:?} lacks {expect:?}")
+                }
+                other => panic!("{body:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn content_types_pick_the_decoder() {
+        assert_eq!(Format::from_content_type(None).ok(), Some(Format::Json));
+        assert_eq!(
+            Format::from_content_type(Some("application/CBOR; x=1")).ok(),
+            Some(Format::Cbor)
+        );
+        assert!(matches!(
+            Format::from_content_type(Some("text/plain")),
+            Err(IngestError::BadContentType(_))
+        ));
     }
 }

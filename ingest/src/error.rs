@@ -24,12 +24,14 @@ pub enum IngestError {
     BadGzip(String),
     #[error("unsupported Content-Encoding {0:?}; allowed: gzip, identity")]
     BadEncoding(String),
-    #[error("unsupported Content-Type {0:?}; send application/json")]
+    #[error("unsupported Content-Type {0:?}; send application/json or application/cbor")]
     BadContentType(String),
     #[error("the body is not UTF-8: {0}")]
     InvalidUtf8(String),
     #[error("the body is not a valid batch: {0}")]
     BadJson(String),
+    #[error("the body is not a valid CBOR batch: {0}")]
+    BadCbor(String),
     #[error("reading {index}: {problem}")]
     BadReading { index: usize, problem: String },
     #[error("the batch has {count} readings; at most {limit} are allowed")]
@@ -62,6 +64,7 @@ impl IngestError {
             IngestError::BadContentType(_) => "body.bad_content_type",
             IngestError::InvalidUtf8(_) => "body.invalid_utf8",
             IngestError::BadJson(_) => "body.invalid_json",
+            IngestError::BadCbor(_) => "body.invalid_cbor",
             IngestError::BadReading { .. } => "reading.invalid",
             IngestError::TooManyReadings { .. } => "batch.too_large",
             IngestError::FirmwareNotOffered => "firmware.not_offered",
@@ -88,9 +91,10 @@ impl ResponseError for IngestError {
             IngestError::BadEncoding(_) | IngestError::BadContentType(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            IngestError::BadGzip(_) | IngestError::InvalidUtf8(_) | IngestError::BadJson(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            IngestError::BadGzip(_)
+            | IngestError::InvalidUtf8(_)
+            | IngestError::BadJson(_)
+            | IngestError::BadCbor(_) => StatusCode::BAD_REQUEST,
             IngestError::BadReading { .. } | IngestError::BadStatus(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }

@@ -9,7 +9,7 @@ use appliance::devices::Device;
 use appliance::time::now_us;
 use appliance::{Actor, Appliance, AuditEvent, Outcome};
 
-use crate::decode::{self, Limits};
+use crate::decode::{self, Format, Limits};
 use crate::error::IngestError;
 use crate::writer::Writer;
 
@@ -136,17 +136,15 @@ pub(crate) fn bearer(req: &HttpRequest) -> Result<String, IngestError> {
         .ok_or(IngestError::MissingCredential)
 }
 
-fn check_headers(req: &HttpRequest) -> Result<bool, IngestError> {
+/// The body's format and whether it is gzip-compressed.
+fn check_headers(req: &HttpRequest) -> Result<(Format, bool), IngestError> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("application/json") {
-        return Err(IngestError::BadContentType(content_type.to_owned()));
-    }
-    match req
+    let format = Format::from_content_type(Some(content_type))?;
+    let gzipped = match req
         .headers()
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
@@ -155,7 +153,25 @@ fn check_headers(req: &HttpRequest) -> Result<bool, IngestError> {
         None | Some("identity") => Ok(false),
         Some("gzip") => Ok(true),
         Some(other) => Err(IngestError::BadEncoding(other.to_owned())),
-    }
+    }?;
+    Ok((format, gzipped))
+}
+
+/// The answer's format: CBOR when `Accept` ranks `application/cbor` above JSON, else JSON.
+fn answer_format(req: &HttpRequest) -> Format {
+    use actix_web::http::header::{Accept, Header};
+    Accept::parse(req)
+        .ok()
+        .and_then(|accept| {
+            accept.ranked().into_iter().find_map(|mime| {
+                match (mime.type_().as_str(), mime.subtype().as_str()) {
+                    ("application", "cbor") => Some(Format::Cbor),
+                    ("application", "json" | "*") | ("*", "*") => Some(Format::Json),
+                    _ => None,
+                }
+            })
+        })
+        .unwrap_or(Format::Json)
 }
 
 async fn post_readings(
@@ -164,7 +180,7 @@ async fn post_readings(
     shared: web::Data<Shared>,
 ) -> Result<HttpResponse, IngestError> {
     let credential = credential(&req)?;
-    let gzipped = check_headers(&req)?;
+    let (format, gzipped) = check_headers(&req)?;
     let limits = shared.limits;
     let body = payload
         .to_bytes_limited(limits.max_body_bytes)
@@ -196,7 +212,7 @@ async fn post_readings(
                 .record(&worker.app, &source, "https", None);
             return Err(IngestError::BadCredential);
         };
-        let batch = decode::parse(&body, &limits)?;
+        let batch = decode::parse(format, &body, &limits)?;
         let default_device = sender.serial.clone();
         decode::accept(
             &mut conn,
@@ -214,11 +230,25 @@ async fn post_readings(
         .store(accepted)
         .await
         .map_err(|()| IngestError::Unavailable)?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
+    let answer = serde_json::json!({
         "accepted": outcome.accepted,
         "stored": outcome.stored,
         "duplicates": outcome.accepted - outcome.stored,
-    })))
+    });
+    match answer_format(&req) {
+        Format::Json => Ok(HttpResponse::Ok().json(answer)),
+        Format::Cbor => {
+            let mut body = Vec::new();
+            // The readings are stored: should encoding fail, the answer falls back to JSON
+            // rather than reporting a failure.
+            match ciborium::ser::into_writer(&answer, &mut body) {
+                Ok(()) => Ok(HttpResponse::Ok()
+                    .content_type("application/cbor")
+                    .body(body)),
+                Err(_) => Ok(HttpResponse::Ok().json(answer)),
+            }
+        }
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -1,12 +1,16 @@
-//! MQTT 3.1.1 over TLS, with packets decoded and encoded by the `mqttbytes` crate.
+//! MQTT 3.1.1 and MQTT 5 over TLS, with packets decoded and encoded by the `mqttbytes` crate.
 //!
 //! Only what a telemetry device needs: CONNECT with the device serial as username and its
-//! secret as password (or a client certificate from the device CA), PUBLISH at QoS 0 or 1 to `plantgate/{serial}/readings` (the payload
-//! is the same JSON batch as over HTTPS), PINGREQ and DISCONNECT. Complete PUBLISH packets
-//! that arrive together are stored in one batch, and their PUBACKs are written only after
-//! the writer reported the batch durable. A publish to a topic the device may not use, a
-//! payload that is not a valid batch, QoS 2 or a malformed packet closes the connection
-//! without a PUBACK: MQTT 3.1.1 has no negative acknowledgement.
+//! secret as password (or a client certificate from the device CA), PUBLISH at QoS 0 or 1 to
+//! `plantgate/{serial}/readings` (the payload is the same batch as over HTTPS: JSON, or CBOR
+//! when an MQTT 5 publish says `content-type: application/cbor`), PINGREQ and DISCONNECT.
+//! The protocol level of the CONNECT picks the codec for the whole connection. Complete
+//! PUBLISH packets that arrive together are stored in one batch, and their PUBACKs are
+//! written only after the writer reported the batch durable. A publish to a topic the device
+//! may not use, a payload that is not a valid batch, QoS 2 or a malformed packet closes the
+//! connection. MQTT 3.1.1 has no negative acknowledgement, so it closes without a PUBACK;
+//! MQTT 5 first sends a PUBACK (at QoS 1) and a DISCONNECT carrying a reason code and a
+//! reason string.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +20,8 @@ use appliance::device_ca;
 use appliance::devices::Device;
 use appliance::time::now_us;
 use bytes::BytesMut;
-use mqttbytes::v4::{self, ConnAck, ConnectReturnCode, Packet, PingResp, PubAck, SubAck};
-use mqttbytes::{QoS, v4::SubscribeReasonCode};
+use futures_util::FutureExt;
+use mqttbytes::{QoS, v4, v5};
 use openssl::ssl::{Ssl, SslAcceptor};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -30,6 +34,8 @@ use crate::http::Shared;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may stay quiet when it asked for no keep-alive.
 const IDLE_LIMIT: Duration = Duration::from_secs(600);
+/// The most packets of one connection handled (and their publishes stored) together.
+const MAX_PACKETS_PER_BATCH: usize = 1000;
 
 /// The topic a device publishes its readings to.
 pub fn readings_topic(serial: &str) -> String {
@@ -49,6 +55,12 @@ pub async fn serve(listener: TcpListener, acceptor: SslAcceptor, shared: Arc<Sha
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
+                // PUBACKs are small writes that a client waits for: without TCP_NODELAY,
+                // Nagle's algorithm holds one back until the client's delayed ACK of the
+                // previous one, up to 40 ms on Linux.
+                if let Err(err) = tcp.set_nodelay(true) {
+                    tracing::warn!(error = %err, "cannot set TCP_NODELAY");
+                }
                 let acceptor = acceptor.clone();
                 let shared = shared.clone();
                 tokio::spawn(async move {
@@ -67,45 +79,341 @@ pub async fn serve(listener: TcpListener, acceptor: SslAcceptor, shared: Arc<Sha
 
 type Stream = SslStream<tokio::net::TcpStream>;
 
-/// Reads the next packet, waiting at most `limit` for it to arrive.
-async fn next_packet(
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-    max: usize,
-    limit: Duration,
-) -> Result<Packet, String> {
-    loop {
-        match v4::read(buf, max) {
-            Ok(packet) => return Ok(packet),
-            Err(mqttbytes::Error::InsufficientBytes(_)) => {}
-            Err(err) => return Err(format!("protocol violation: {err:?}")),
+/// The protocol a connection speaks, chosen by its CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    V311,
+    V5,
+}
+
+/// What a CONNECT said, in either version.
+struct Hello {
+    version: Version,
+    keep_alive: u16,
+    login: Option<(String, String)>,
+}
+
+/// A packet from the client, in either version, reduced to what the service acts on.
+enum Incoming {
+    Publish(Publication),
+    PingReq,
+    Subscribe { pkid: u16, filters: usize },
+    Disconnect,
+    Unexpected(String),
+}
+
+/// One PUBLISH.
+struct Publication {
+    qos: QoS,
+    pkid: u16,
+    topic: String,
+    payload: bytes::Bytes,
+    /// MQTT 5's content-type property.
+    content_type: Option<String>,
+}
+
+/// Why a publish was refused, for MQTT 5's reason codes.
+#[derive(Debug)]
+struct Refusal {
+    /// The QoS 1 packet id of the refused publish, if it had one.
+    pkid: Option<u16>,
+    reason: Reason,
+    message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    NotAuthorized,
+    TopicNameInvalid,
+    PayloadFormatInvalid,
+    QoSNotSupported,
+    ProtocolError,
+    Unavailable,
+}
+
+impl Reason {
+    fn of(err: &IngestError) -> Reason {
+        match err {
+            IngestError::ForeignDevice { .. } | IngestError::UnknownDevice(_) => {
+                Reason::NotAuthorized
+            }
+            IngestError::Unavailable => Reason::Unavailable,
+            _ => Reason::PayloadFormatInvalid,
         }
-        let read = tokio::time::timeout(limit, stream.read_buf(buf))
-            .await
-            .map_err(|_| "keep-alive expired".to_owned())?
-            .map_err(|err| format!("read failed: {err}"))?;
-        if read == 0 {
-            return Err("client closed the connection".into());
+    }
+
+    fn puback(self) -> v5::PubAckReason {
+        match self {
+            Reason::NotAuthorized => v5::PubAckReason::NotAuthorized,
+            Reason::TopicNameInvalid => v5::PubAckReason::TopicNameInvalid,
+            Reason::PayloadFormatInvalid => v5::PubAckReason::PayloadFormatInvalid,
+            Reason::QoSNotSupported | Reason::ProtocolError | Reason::Unavailable => {
+                v5::PubAckReason::ImplementationSpecificError
+            }
+        }
+    }
+
+    fn disconnect(self) -> v5::DisconnectReasonCode {
+        match self {
+            Reason::NotAuthorized => v5::DisconnectReasonCode::NotAuthorized,
+            Reason::TopicNameInvalid => v5::DisconnectReasonCode::TopicNameInvalid,
+            Reason::PayloadFormatInvalid => v5::DisconnectReasonCode::PayloadFormatInvalid,
+            Reason::QoSNotSupported => v5::DisconnectReasonCode::QoSNotSupported,
+            Reason::ProtocolError => v5::DisconnectReasonCode::ProtocolError,
+            Reason::Unavailable => v5::DisconnectReasonCode::ImplementationSpecificError,
         }
     }
 }
 
-/// A packet already complete in the buffer, without reading more.
-fn buffered_packet(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, String> {
-    match v4::read(buf, max) {
-        Ok(packet) => Ok(Some(packet)),
-        Err(mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+/// The CONNECT at the head of `buf`, decoded by whichever of mqttbytes' codecs accepts its
+/// protocol level; `None` until it is complete.
+fn read_connect(buf: &mut BytesMut, max: usize) -> Result<Option<Hello>, String> {
+    if !framed(buf, max)? {
+        return Ok(None);
+    }
+    let mut probe = buf.clone();
+    match v4::read(&mut probe, max) {
+        Ok(v4::Packet::Connect(connect)) if connect.protocol == mqttbytes::Protocol::V4 => {
+            *buf = probe;
+            return Ok(Some(Hello {
+                version: Version::V311,
+                keep_alive: connect.keep_alive,
+                login: connect.login.map(|l| (l.username, l.password)),
+            }));
+        }
+        Ok(v4::Packet::Connect(_)) | Err(_) => {}
+        Ok(other) => return Err(format!("expected CONNECT, got {other:?}")),
+    }
+    let mut probe = buf.clone();
+    match v5::read(&mut probe, max) {
+        Ok(v5::Packet::Connect(connect)) if connect.protocol == mqttbytes::Protocol::V5 => {
+            *buf = probe;
+            Ok(Some(Hello {
+                version: Version::V5,
+                keep_alive: connect.keep_alive,
+                login: connect.login.map(|l| (l.username, l.password)),
+            }))
+        }
+        Ok(other) => Err(format!(
+            "expected an MQTT 3.1.1 or 5 CONNECT, got {other:?}"
+        )),
+        Err(err) => Err(format!(
+            "protocol violation in CONNECT (MQTT 3.1.1 and 5 are served): {err:?}"
+        )),
+    }
+}
+
+/// Whether a whole packet is in `buf` (mqttbytes reads its fixed header). Once it is, any
+/// error decoding it is the client's: nothing more will arrive to complete it.
+fn framed(buf: &BytesMut, max: usize) -> Result<bool, String> {
+    match mqttbytes::check(buf.iter(), max) {
+        Ok(_) => Ok(true),
+        Err(mqttbytes::Error::InsufficientBytes(_)) => Ok(false),
         Err(err) => Err(format!("protocol violation: {err:?}")),
     }
 }
 
-async fn send(stream: &mut Stream, out: &mut BytesMut) -> Result<(), String> {
-    stream
-        .write_all(out)
+/// The next packet complete in `buf`, without reading more.
+fn buffered_packet(
+    version: Version,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<Incoming>, String> {
+    if !framed(buf, max)? {
+        return Ok(None);
+    }
+    let violation = |err: mqttbytes::Error| format!("protocol violation: {err:?}");
+    match version {
+        Version::V311 => match v4::read(buf, max) {
+            Ok(packet) => Ok(Some(match packet {
+                v4::Packet::Publish(p) => Incoming::Publish(Publication {
+                    qos: p.qos,
+                    pkid: p.pkid,
+                    topic: p.topic,
+                    payload: p.payload,
+                    content_type: None,
+                }),
+                v4::Packet::PingReq => Incoming::PingReq,
+                v4::Packet::Subscribe(s) => Incoming::Subscribe {
+                    pkid: s.pkid,
+                    filters: s.filters.len(),
+                },
+                v4::Packet::Disconnect => Incoming::Disconnect,
+                other => Incoming::Unexpected(format!("{other:?}")),
+            })),
+            Err(err) => Err(violation(err)),
+        },
+        Version::V5 => match v5::read(buf, max) {
+            Ok(packet) => Ok(Some(match packet {
+                v5::Packet::Publish(p) => Incoming::Publish(Publication {
+                    qos: p.qos,
+                    pkid: p.pkid,
+                    topic: p.topic,
+                    payload: p.payload,
+                    content_type: p.properties.and_then(|props| props.content_type),
+                }),
+                v5::Packet::PingReq => Incoming::PingReq,
+                v5::Packet::Subscribe(s) => Incoming::Subscribe {
+                    pkid: s.pkid,
+                    filters: s.filters.len(),
+                },
+                v5::Packet::Disconnect(_) => Incoming::Disconnect,
+                other => Incoming::Unexpected(format!("{other:?}")),
+            })),
+            Err(err) => Err(violation(err)),
+        },
+    }
+}
+
+/// For the fuzz target (`ingest/fuzz`): runs `data` through a connection's decoding without
+/// a socket: the CONNECT (either version), then packets of that version up to the first
+/// incomplete or malformed one, and for each PUBLISH its topic and content type. Returns how
+/// many packets decoded.
+#[doc(hidden)]
+pub fn decode_for_fuzzing(data: &[u8], max: usize) -> usize {
+    let mut buf = BytesMut::from(data);
+    let Ok(Some(hello)) = read_connect(&mut buf, max) else {
+        return 0;
+    };
+    let mut decoded = 1;
+    while let Ok(Some(packet)) = buffered_packet(hello.version, &mut buf, max) {
+        decoded += 1;
+        if let Incoming::Publish(publish) = packet {
+            let _ = topic_device(&publish.topic);
+            let _ = decode::Format::from_content_type(publish.content_type.as_deref());
+        }
+    }
+    decoded
+}
+
+/// Reads until a packet is complete, waiting at most `limit` for more bytes.
+async fn next_packet(
+    version: Version,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    max: usize,
+    limit: Duration,
+) -> Result<Incoming, String> {
+    loop {
+        if let Some(packet) = buffered_packet(version, buf, max)? {
+            return Ok(packet);
+        }
+        read_more(stream, buf, limit).await?;
+    }
+}
+
+async fn read_more(stream: &mut Stream, buf: &mut BytesMut, limit: Duration) -> Result<(), String> {
+    let read = tokio::time::timeout(limit, stream.read_buf(buf))
         .await
-        .map_err(|err| format!("write failed: {err}"))?;
-    out.clear();
+        .map_err(|_| "keep-alive expired".to_owned())?
+        .map_err(|err| format!("read failed: {err}"))?;
+    if read == 0 {
+        return Err("client closed the connection".into());
+    }
     Ok(())
+}
+
+/// Encodes the service's answers in the connection's version.
+struct Encoder {
+    version: Version,
+    out: BytesMut,
+}
+
+impl Encoder {
+    fn connack(&mut self, accepted: bool, max_packet: usize) {
+        let _ = match self.version {
+            Version::V311 => v4::ConnAck::new(
+                if accepted {
+                    v4::ConnectReturnCode::Success
+                } else {
+                    v4::ConnectReturnCode::BadUserNamePassword
+                },
+                false,
+            )
+            .write(&mut self.out),
+            Version::V5 => {
+                let mut ack = v5::ConnAck::new(
+                    if accepted {
+                        v5::ConnectReturnCode::Success
+                    } else {
+                        v5::ConnectReturnCode::BadUserNamePassword
+                    },
+                    false,
+                );
+                // MQTT 5 requires the property block; tell the client what is served.
+                let mut props = v5::ConnAckProperties::new();
+                props.max_qos = Some(1);
+                props.retain_available = Some(0);
+                props.wildcard_subscription_available = Some(0);
+                props.shared_subscription_available = Some(0);
+                props.subscription_identifiers_available = Some(0);
+                props.max_packet_size = u32::try_from(max_packet).ok();
+                if !accepted {
+                    props.reason_string = Some("bad username or secret".into());
+                }
+                ack.properties = Some(props);
+                ack.write(&mut self.out)
+            }
+        };
+    }
+
+    fn puback(&mut self, pkid: u16) {
+        let _ = match self.version {
+            Version::V311 => v4::PubAck::new(pkid).write(&mut self.out),
+            Version::V5 => v5::PubAck::new(pkid).write(&mut self.out),
+        };
+    }
+
+    fn pingresp(&mut self) {
+        let _ = match self.version {
+            Version::V311 => v4::PingResp.write(&mut self.out),
+            Version::V5 => v5::PingResp.write(&mut self.out),
+        };
+    }
+
+    /// Subscriptions are not served: every filter is refused.
+    fn suback_refused(&mut self, pkid: u16, filters: usize) {
+        let _ = match self.version {
+            Version::V311 => v4::SubAck::new(pkid, vec![v4::SubscribeReasonCode::Failure; filters])
+                .write(&mut self.out),
+            Version::V5 => {
+                v5::SubAck::new(pkid, vec![v5::SubscribeReasonCode::NotAuthorized; filters])
+                    .write(&mut self.out)
+            }
+        };
+    }
+
+    /// MQTT 5 only: a negative PUBACK for the refused publish (at QoS 1), then DISCONNECT,
+    /// both with the reason. MQTT 3.1.1 can only close the connection.
+    fn refusal(&mut self, refusal: &Refusal) {
+        if self.version != Version::V5 {
+            return;
+        }
+        if let Some(pkid) = refusal.pkid {
+            let mut ack = v5::PubAck::new(pkid);
+            ack.reason = refusal.reason.puback();
+            ack.properties = Some(v5::PubAckProperties {
+                reason_string: Some(refusal.message.clone()),
+                user_properties: Vec::new(),
+            });
+            let _ = ack.write(&mut self.out);
+        }
+        let mut disconnect = v5::Disconnect::new();
+        disconnect.reason_code = refusal.reason.disconnect();
+        let mut props = v5::DisconnectProperties::new();
+        props.reason_string = Some(refusal.message.clone());
+        disconnect.properties = Some(props);
+        let _ = disconnect.write(&mut self.out);
+    }
+
+    async fn flush(&mut self, stream: &mut Stream) -> Result<(), String> {
+        stream
+            .write_all(&self.out)
+            .await
+            .map_err(|err| format!("write failed: {err}"))?;
+        self.out.clear();
+        Ok(())
+    }
 }
 
 async fn connection(
@@ -122,27 +430,28 @@ async fn connection(
         .map_err(|err| format!("TLS handshake failed: {err}"))?;
     let max = shared.limits.max_body_bytes;
     let mut buf = BytesMut::with_capacity(8 * 1024);
-    let mut out = BytesMut::with_capacity(1024);
 
-    let connect = match next_packet(&mut stream, &mut buf, max, HANDSHAKE_TIMEOUT).await? {
-        Packet::Connect(connect) => connect,
-        other => return Err(format!("expected CONNECT, got {other:?}")),
+    let hello = loop {
+        if let Some(hello) = read_connect(&mut buf, max)? {
+            break hello;
+        }
+        read_more(&mut stream, &mut buf, HANDSHAKE_TIMEOUT).await?;
     };
-    if connect.protocol != mqttbytes::Protocol::V4 {
-        let _ = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false).write(&mut out);
-        let _ = send(&mut stream, &mut out).await;
-        return Err("only MQTT 3.1.1 is served".into());
-    }
+    let version = hello.version;
+    let mut out = Encoder {
+        version,
+        out: BytesMut::with_capacity(1024),
+    };
     let certificate = stream
         .ssl()
         .peer_certificate()
         .and_then(|c| c.to_der().ok());
-    let sender = match (certificate, connect.login) {
+    let sender = match (certificate, hello.login) {
         // A client certificate from the device CA names the device; a username, if sent,
         // must agree with it.
         (Some(der), login) => {
             let worker = shared.clone();
-            let username = login.map(|l| l.username);
+            let username = login.map(|l| l.0);
             let claimed = username.clone();
             tokio::task::spawn_blocking(move || {
                 let mut conn = worker.app.store.conn().ok()?;
@@ -156,15 +465,15 @@ async fn connection(
             .flatten()
             .ok_or(username)
         }
-        (None, Some(login)) => {
+        (None, Some((username, password))) => {
             let worker = shared.clone();
-            let username = login.username.clone();
+            let claimed = username.clone();
             tokio::task::spawn_blocking(move || {
                 let mut conn = worker.app.store.conn().ok()?;
-                Device::authenticate(&mut conn, &login.password)
+                Device::authenticate(&mut conn, &password)
                     .ok()
                     .flatten()
-                    .filter(|device| device.serial == login.username)
+                    .filter(|device| device.serial == claimed)
             })
             .await
             .ok()
@@ -184,72 +493,93 @@ async fn connection(
                     .record(&worker.app, &source, "mqtt", username.as_deref())
             })
             .await;
-            let _ = ConnAck::new(ConnectReturnCode::BadUserNamePassword, false).write(&mut out);
-            let _ = send(&mut stream, &mut out).await;
+            out.connack(false, max);
+            let _ = out.flush(&mut stream).await;
             return Err("bad username or secret".into());
         }
     };
-    let _ = ConnAck::new(ConnectReturnCode::Success, false).write(&mut out);
-    send(&mut stream, &mut out).await?;
-    let idle = if connect.keep_alive == 0 {
+    out.connack(true, max);
+    out.flush(&mut stream).await?;
+    let idle = if hello.keep_alive == 0 {
         IDLE_LIMIT
     } else {
-        Duration::from_millis(u64::from(connect.keep_alive) * 1500)
+        Duration::from_millis(u64::from(hello.keep_alive) * 1500)
     };
     let sender = Arc::new(sender);
 
     loop {
-        let first = next_packet(&mut stream, &mut buf, max, idle).await?;
+        let first = next_packet(version, &mut stream, &mut buf, max, idle).await?;
         let mut packets = vec![first];
-        while let Some(packet) = buffered_packet(&mut buf, max)? {
-            packets.push(packet);
-            if packets.len() >= 1000 {
+        // Everything that has already arrived goes into the same batch. TLS hands over one
+        // record per read, and a client sends each PUBLISH as its own record, so read on
+        // for as long as a read completes at once.
+        while packets.len() < MAX_PACKETS_PER_BATCH {
+            if let Some(packet) = buffered_packet(version, &mut buf, max)? {
+                packets.push(packet);
+                continue;
+            }
+            if buf.len() >= max {
                 break;
             }
+            match stream.read_buf(&mut buf).now_or_never() {
+                None => break,
+                Some(Ok(0)) => break, // closed: the next read says so
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(format!("read failed: {err}")),
+            }
         }
-        let mut pending: Vec<(Option<u16>, v4::Publish)> = Vec::new();
-        let mut closing: Option<String> = None;
-        let mut replies: Vec<Packet> = Vec::new();
+        let mut pending: Vec<Publication> = Vec::new();
+        let mut closing: Option<Refusal> = None;
+        let mut client_left = false;
+        let mut replies: Vec<Incoming> = Vec::new();
         for packet in packets {
             match packet {
-                Packet::Publish(publish) => match publish.qos {
-                    QoS::AtMostOnce => pending.push((None, publish)),
-                    QoS::AtLeastOnce => pending.push((Some(publish.pkid), publish)),
-                    QoS::ExactlyOnce => {
-                        closing = Some("QoS 2 is not served; publish at QoS 1".into());
-                        break;
-                    }
-                },
-                Packet::PingReq => replies.push(Packet::PingResp),
-                Packet::Subscribe(subscribe) => replies.push(Packet::SubAck(SubAck::new(
-                    subscribe.pkid,
-                    vec![SubscribeReasonCode::Failure; subscribe.filters.len()],
-                ))),
-                Packet::Disconnect => {
-                    closing = Some("client disconnected".into());
+                Incoming::Publish(publish) if publish.qos == QoS::ExactlyOnce => {
+                    closing = Some(Refusal {
+                        pkid: None,
+                        reason: Reason::QoSNotSupported,
+                        message: "QoS 2 is not served; publish at QoS 1".into(),
+                    });
                     break;
                 }
-                other => {
-                    closing = Some(format!("unexpected packet {other:?}"));
+                Incoming::Publish(publish) => pending.push(publish),
+                reply @ (Incoming::PingReq | Incoming::Subscribe { .. }) => replies.push(reply),
+                Incoming::Disconnect => {
+                    client_left = true;
+                    break;
+                }
+                Incoming::Unexpected(what) => {
+                    closing = Some(Refusal {
+                        pkid: None,
+                        reason: Reason::ProtocolError,
+                        message: format!("unexpected packet {what}"),
+                    });
                     break;
                 }
             }
         }
         let (acks, refusal) = store_publishes(shared, &sender, peer, pending).await;
         for pkid in acks {
-            let _ = PubAck::new(pkid).write(&mut out);
+            out.puback(pkid);
         }
         for reply in replies {
-            let _ = match reply {
-                Packet::PingResp => PingResp.write(&mut out),
-                Packet::SubAck(suback) => suback.write(&mut out),
-                _ => Ok(0),
-            };
+            match reply {
+                Incoming::PingReq => out.pingresp(),
+                Incoming::Subscribe { pkid, filters } => out.suback_refused(pkid, filters),
+                _ => {}
+            }
         }
-        send(&mut stream, &mut out).await?;
-        if let Some(reason) = refusal.or(closing) {
+        let refusal = refusal.or(closing);
+        if let Some(refusal) = &refusal {
+            out.refusal(refusal);
+        }
+        out.flush(&mut stream).await?;
+        if let Some(refusal) = refusal {
             let _ = stream.shutdown().await;
-            return Err(reason);
+            return Err(refusal.message);
+        }
+        if client_left {
+            return Err("client disconnected".into());
         }
     }
 }
@@ -260,8 +590,8 @@ async fn store_publishes(
     shared: &Arc<Shared>,
     sender: &Arc<Device>,
     peer: SocketAddr,
-    publishes: Vec<(Option<u16>, v4::Publish)>,
-) -> (Vec<u16>, Option<String>) {
+    publishes: Vec<Publication>,
+) -> (Vec<u16>, Option<Refusal>) {
     if publishes.is_empty() {
         return (Vec::new(), None);
     }
@@ -273,18 +603,33 @@ async fn store_publishes(
         let mut acks = Vec::new();
         let mut conn = match worker.app.store.conn() {
             Ok(conn) => conn,
-            Err(_) => return (merged, acks, Some("store unavailable".to_owned())),
+            Err(_) => {
+                let refusal = Refusal {
+                    pkid: publishes
+                        .first()
+                        .and_then(|p| (p.qos == QoS::AtLeastOnce).then_some(p.pkid)),
+                    reason: Reason::Unavailable,
+                    message: IngestError::Unavailable.to_string(),
+                };
+                return (merged, acks, Some(refusal));
+            }
         };
-        for (pkid, publish) in publishes {
-            let result = topic_device(&publish.topic)
-                .ok_or_else(|| {
-                    IngestError::BadJson(format!(
+        for publish in publishes {
+            let pkid = (publish.qos == QoS::AtLeastOnce).then_some(publish.pkid);
+            let Some(device) = topic_device(&publish.topic) else {
+                let refusal = Refusal {
+                    pkid,
+                    reason: Reason::TopicNameInvalid,
+                    message: format!(
                         "topic {:?} is not plantgate/{{serial}}/readings",
                         publish.topic
-                    ))
-                })
-                .and_then(|device| {
-                    let batch = decode::parse(&publish.payload, &limits)?;
+                    ),
+                };
+                return (merged, acks, Some(refusal));
+            };
+            let result = decode::Format::from_content_type(publish.content_type.as_deref())
+                .and_then(|format| {
+                    let batch = decode::parse(format, &publish.payload, &limits)?;
                     if let Some(other) = batch
                         .readings
                         .iter()
@@ -329,7 +674,12 @@ async fn store_publishes(
                             tracing::error!(error = %audit_err, "cannot audit a denied publish");
                         }
                     }
-                    return (merged, acks, Some(format!("{}: {err}", err.code())));
+                    let refusal = Refusal {
+                        pkid,
+                        reason: Reason::of(&err),
+                        message: format!("{}: {err}", err.code()),
+                    };
+                    return (merged, acks, Some(refusal));
                 }
             }
         }
@@ -338,7 +688,14 @@ async fn store_publishes(
     .await;
     let (merged, acks, refusal) = match checked {
         Ok(checked) => checked,
-        Err(_) => return (Vec::new(), Some("internal error".into())),
+        Err(_) => {
+            let refusal = Refusal {
+                pkid: None,
+                reason: Reason::Unavailable,
+                message: "internal error".into(),
+            };
+            return (Vec::new(), Some(refusal));
+        }
     };
     if merged.readings.is_empty() && merged.states.is_empty() {
         return (Vec::new(), refusal);
@@ -347,7 +704,11 @@ async fn store_publishes(
         Ok(_) => (acks, refusal),
         Err(()) => (
             Vec::new(),
-            Some("store unavailable; nothing acknowledged".into()),
+            Some(Refusal {
+                pkid: None,
+                reason: Reason::Unavailable,
+                message: "store unavailable; nothing acknowledged".into(),
+            }),
         ),
     }
 }
@@ -368,5 +729,22 @@ mod tests {
             assert_eq!(topic_device(bad), None, "{bad}");
         }
         assert_eq!(readings_topic("MM-1"), "plantgate/MM-1/readings");
+    }
+
+    #[test]
+    fn the_fuzz_seeds_decode_in_both_versions_and_garbage_does_not() {
+        let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/mqtt_stream");
+        for seed in ["v311", "v5"] {
+            let data = std::fs::read(seeds.join(seed)).expect("seed");
+            // CONNECT, PUBLISH, PINGREQ.
+            assert_eq!(decode_for_fuzzing(&data, 1 << 16), 3, "{seed}");
+            // Cut short, the PUBLISH is incomplete: only the CONNECT decodes.
+            assert_eq!(
+                decode_for_fuzzing(&data[..data.len() - 10], 1 << 16),
+                1,
+                "{seed}"
+            );
+        }
+        assert_eq!(decode_for_fuzzing(b"\x10\x0dgarbage-bytes", 1 << 16), 0);
     }
 }

@@ -4,7 +4,9 @@
 //! A request is answered only after its transaction committed, so an acknowledged reading
 //! is durable (SQLite `synchronous = FULL`, PostgreSQL's default synchronous commit). After
 //! each commit the writer evaluates alerts for what it stored, and every
-//! `silent_check_seconds` it looks for silent devices: alerts have one writer too.
+//! `silent_check_seconds` it looks for silent devices: alerts have one writer too. With
+//! `retention_days` set, every `retention_check_seconds` it deletes readings received longer
+//! ago than that, one audited chunk at a time between group commits.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -13,8 +15,8 @@ use appliance::alerts::{self, AlertChange};
 use appliance::connectors;
 use appliance::ids::DeviceId;
 use appliance::readings::{self, DeviceState, NewReading};
-use appliance::time::now_us;
-use appliance::{Actor, Appliance, Error};
+use appliance::time::{format_us, now_us};
+use appliance::{Actor, Appliance, AuditEvent, Error};
 use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -86,8 +88,15 @@ fn run(
     let silent_every = Duration::from_secs(app.config.ingest.silent_check_seconds);
     let actor = Actor::System("ingest".into());
     let mut next_silent_check = Instant::now();
+    let retention_days = app.config.ingest.retention_days;
+    let prune_every = Duration::from_secs(app.config.ingest.retention_check_seconds);
+    let mut next_prune = Instant::now();
     loop {
-        let wait = next_silent_check.saturating_duration_since(Instant::now());
+        let next_timer = match retention_days {
+            Some(_) => next_silent_check.min(next_prune),
+            None => next_silent_check,
+        };
+        let wait = next_timer.saturating_duration_since(Instant::now());
         let first = runtime.block_on(async { tokio::time::timeout(wait, receiver.recv()).await });
         match first {
             Ok(None) => return,
@@ -122,7 +131,46 @@ fn run(
                 Err(err) => tracing::error!(error = %err, "silent-device check failed"),
             }
         }
+        if let Some(days) = retention_days
+            && Instant::now() >= next_prune
+        {
+            // A full chunk means more may be due: go on after the queued requests.
+            next_prune = match prune_chunk(&app, &actor, days) {
+                Ok(PRUNE_CHUNK) => Instant::now(),
+                Ok(_) => Instant::now() + prune_every,
+                Err(err) => {
+                    tracing::error!(error = %err, "pruning old readings failed");
+                    Instant::now() + prune_every
+                }
+            };
+        }
     }
+}
+
+/// Readings deleted per transaction by the retention job.
+const PRUNE_CHUNK: usize = 10_000;
+
+/// Deletes up to `PRUNE_CHUNK` readings received more than `days` ago, audited
+/// `readings.pruned` in the same transaction; returns how many.
+fn prune_chunk(app: &Appliance, actor: &Actor, days: u32) -> Result<usize, Error> {
+    let cutoff = now_us().saturating_sub(i64::from(days) * 86_400_000_000);
+    app.audit.record_with(|conn| {
+        let deleted = readings::prune_received_before(conn, cutoff, PRUNE_CHUNK as i64)?;
+        let events = if deleted == 0 {
+            Vec::new()
+        } else {
+            vec![
+                AuditEvent::new(actor.clone(), "readings.pruned")
+                    .target("readings")
+                    .details(serde_json::json!({
+                        "deleted": deleted,
+                        "retention_days": days,
+                        "received_before": format_us(cutoff),
+                    })),
+            ]
+        };
+        Ok((deleted, events))
+    })
 }
 
 fn commit_group(

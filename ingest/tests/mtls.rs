@@ -1,7 +1,7 @@
 //! Mutual TLS with Plantgate's device CA, driven by tools nobody here wrote: `openssl req`
 //! makes the key and CSR, `curl` enrols it with a one-time token, posts readings with the
 //! client certificate, renews it, `mosquitto_pub` publishes with it, and both are refused
-//! once the certificates are revoked.
+//! in the TLS handshake once the certificates are revoked.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is a failed test
 
 mod common;
@@ -179,12 +179,38 @@ fn a_device_enrols_posts_with_its_certificate_renews_and_is_refused_once_revoked
 
     let revoked = device_ca::revoke_certificates(&t.app.audit, &actor(), "MM-CERT").unwrap();
     assert_eq!(revoked, 2);
+    // Refused in the TLS handshake: no HTTP answer at all.
     for auth in [&first, &second] {
         let (status, reply) = curl(&t, "/v1/readings", auth, &reading(4));
-        assert_eq!(status, 401, "{reply}");
+        assert_eq!(
+            status, 0,
+            "a revoked certificate got an HTTP answer: {reply}"
+        );
         let (status, _) = enrol(&t, auth, "MM-CERT", &new_csr);
-        assert_eq!(status, 401, "a revoked certificate cannot renew itself");
+        assert_eq!(status, 0, "a revoked certificate cannot renew itself");
     }
+    let handshake = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{}", t.https_port),
+        ])
+        .arg("-CAfile")
+        .arg(t.cert())
+        .arg("-cert")
+        .arg(&new_cert)
+        .arg("-key")
+        .arg(&new_key)
+        .args(["-tls1_2", "-verify_return_error"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let said = String::from_utf8_lossy(&handshake.stdout).into_owned()
+        + &String::from_utf8_lossy(&handshake.stderr);
+    assert!(
+        said.contains("alert") && !handshake.status.success(),
+        "the handshake with a revoked certificate completed:\n{said}"
+    );
     assert!(
         !mqtt(&new_cert, &new_key, 6).status.success(),
         "revoked over MQTT too"

@@ -62,7 +62,9 @@ impl utoipa::Modify for BearerAuth {
 }
 
 async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(<crate::stream::ReadingsExportDoc as OpenApi>::openapi());
+    HttpResponse::Ok().json(doc)
 }
 
 /// Every API error, as `{"error": code, "message": ...}`.
@@ -197,7 +199,7 @@ pub struct ApiCaller {
 }
 
 impl ApiCaller {
-    fn require(&self, scope: &'static str) -> Result<(), ApiError> {
+    pub(crate) fn require(&self, scope: &'static str) -> Result<(), ApiError> {
         if self.token.allows(scope) {
             Ok(())
         } else {

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod pages;
 pub mod remote;
+pub mod stream;
 pub mod worker;
 
 use std::net::IpAddr;
@@ -148,6 +149,8 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             web::post().to(pages::invitation_submit),
         )
         .configure(remote::config)
+        // Before the API's scope, whose fallback would answer 404 for these paths.
+        .configure(stream::config)
         .configure(api::config)
         .default_service(web::to(pages::not_found));
 }

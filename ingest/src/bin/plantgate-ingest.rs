@@ -79,7 +79,8 @@ fn run(config: Config) -> Result<(), String> {
 
     if let Some(mqtt_listen) = &ingest.mqtt_listen {
         let mut mqtt_tls = acceptor(&paths).map_err(|e| e.to_string())?;
-        request_device_certificates(&mut mqtt_tls, &shared.device_ca).map_err(|e| e.to_string())?;
+        request_device_certificates(&mut mqtt_tls, &shared.device_ca, &app.store)
+            .map_err(|e| e.to_string())?;
         let mqtt_tls = mqtt_tls.build();
         let std_listener =
             std::net::TcpListener::bind(mqtt_listen).map_err(|e| format!("{mqtt_listen}: {e}"))?;
@@ -112,7 +113,8 @@ fn run(config: Config) -> Result<(), String> {
     }
 
     let mut https_tls = acceptor(&paths).map_err(|e| e.to_string())?;
-    request_device_certificates(&mut https_tls, &shared.device_ca).map_err(|e| e.to_string())?;
+    request_device_certificates(&mut https_tls, &shared.device_ca, &app.store)
+        .map_err(|e| e.to_string())?;
     let data = web::Data::from(shared);
     let server = HttpServer::new(move || {
         App::new()
@@ -131,10 +133,14 @@ fn run(config: Config) -> Result<(), String> {
 
 /// Asks clients for a certificate from the device CA, optionally: a client without one
 /// authenticates by bearer secret, one with a certificate from any other issuer is refused
-/// in the handshake.
+/// in the handshake, and so is one the store no longer accepts (revoked, its device revoked,
+/// or unknown). That check takes an idle store connection only if one is free at once, so a
+/// handshake never waits on the pool; without one it lets the handshake finish, and the
+/// request (or MQTT CONNECT) is checked against the store as always.
 fn request_device_certificates(
     tls: &mut openssl::ssl::SslAcceptorBuilder,
     ca: &DeviceCa,
+    store: &appliance::Store,
 ) -> Result<(), openssl::error::ErrorStack> {
     tls.set_ca_file(ca.cert_path())?;
     let ca_cert = openssl::x509::X509::from_pem(
@@ -144,7 +150,26 @@ fn request_device_certificates(
     let mut names = openssl::stack::Stack::new()?;
     names.push(ca_cert.subject_name().to_owned()?)?;
     tls.set_client_ca_list(names);
-    tls.set_verify(openssl::ssl::SslVerifyMode::PEER);
+    let store = store.clone();
+    tls.set_verify_callback(openssl::ssl::SslVerifyMode::PEER, move |verified, ctx| {
+        // The chain to the device CA must hold; then the store decides about the leaf.
+        if !verified || ctx.error_depth() != 0 {
+            return verified;
+        }
+        let Some(der) = ctx.current_cert().and_then(|cert| cert.to_der().ok()) else {
+            return false;
+        };
+        match store.try_conn() {
+            Some(mut conn) => match appliance::device_ca::authenticate(&mut conn, &der) {
+                Ok(device) => device.is_some(),
+                Err(err) => {
+                    tracing::warn!(error = %err, "certificate check in the handshake failed; the request will be checked");
+                    true
+                }
+            },
+            None => true,
+        }
+    });
     tls.set_session_id_context(b"plantgate-ingest")?;
     Ok(())
 }

@@ -137,6 +137,39 @@ impl TestIngest {
         }
     }
 
+    /// Adds `settings` (TOML lines) to the `[ingest]` table of the service's configuration;
+    /// call before [`TestIngest::start`].
+    pub fn ingest_settings(&self, settings: &str) {
+        let toml = std::fs::read_to_string(&self.config_path).expect("read config");
+        let toml = toml.replacen("[ingest]\n", &format!("[ingest]\n{settings}\n"), 1);
+        std::fs::write(&self.config_path, toml).expect("write config");
+    }
+
+    /// Publishes a file with mosquitto_pub over MQTT 5 at QoS 1 over TLS, with `properties`
+    /// such as `["-D", "publish", "content-type", "application/cbor"]`.
+    pub fn mosquitto_pub_v5(
+        &self,
+        username: &str,
+        secret: &str,
+        topic: &str,
+        payload: &[u8],
+        properties: &[&str],
+    ) -> Output {
+        let file = self.dir.path().join(format!("payload-{}", free_port()));
+        std::fs::write(&file, payload).expect("payload file");
+        Command::new("mosquitto_pub")
+            .args(["-V", "mqttv5", "-h", "127.0.0.1", "-p"])
+            .arg(self.mqtt_port.to_string())
+            .args(["-q", "1", "--cafile"])
+            .arg(self.cert())
+            .args(["-u", username, "-P", secret, "-t", topic, "-i", username])
+            .args(properties)
+            .arg("-f")
+            .arg(&file)
+            .output()
+            .expect("mosquitto_pub")
+    }
+
     pub fn register(&self, serial: &str, kind: DeviceKind, gateway: Option<&str>) -> TestDevice {
         self.register_model(serial, kind, gateway, None)
     }
