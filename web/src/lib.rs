@@ -6,6 +6,7 @@
 //! signed in, carry the session's CSRF token.
 
 pub mod api;
+pub mod devices;
 pub mod pages;
 pub mod remote;
 pub mod stream;
@@ -149,6 +150,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             web::post().to(pages::invitation_submit),
         )
         .configure(remote::config)
+        .configure(devices::config)
         // Before the API's scope, whose fallback would answer 404 for these paths.
         .configure(stream::config)
         .configure(api::config)

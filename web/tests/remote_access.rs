@@ -559,3 +559,93 @@ fn the_api_lists_machines_and_the_requests_the_caller_may_see() {
     let (other, _) = portal.token(&["audit:read"], 30, 0);
     assert_eq!(portal.api(Some(&other), "/api/v1/machines").0, 403);
 }
+
+#[test]
+fn the_devices_page_shows_state_and_active_alerts_at_the_users_sites_only() {
+    use appliance::alerts::{AlertKind, AlertRule, Measure, RuleRequest, RuleScope};
+    use appliance::devices::{Device, DeviceKind, DeviceRequest};
+    let portal = Portal::start("");
+    portal.setup_admin();
+    let org = organisation(&portal);
+    let actor = appliance::Actor::System("test".into());
+    let audit = &portal.app.audit;
+    let hall = Site::create(audit, &actor, org.id, "Hall A", "").unwrap();
+    let register = |serial: &str, site: &Site| {
+        Device::register(
+            audit,
+            &actor,
+            &DeviceRequest {
+                serial: serial.into(),
+                kind: DeviceKind::Monitor,
+                site: site.id,
+                gateway: None,
+                model: None,
+            },
+        )
+        .unwrap()
+        .0
+    };
+    let monitor = register("MM-0042", &hall);
+    appliance::readings::update_state(
+        &mut portal.app.store.conn().unwrap(),
+        monitor.id,
+        appliance::time::now_us(),
+        &appliance::readings::DeviceState {
+            firmware_version: Some("2.1.0".into()),
+            battery_pct: Some(87.0),
+            signal_dbm: Some(-67.0),
+        },
+    )
+    .unwrap();
+    let rule = AlertRule::create(
+        audit,
+        &actor,
+        &RuleRequest {
+            scope: RuleScope::Site(hall.id),
+            name: "mould too hot".into(),
+            kind: AlertKind::Above,
+            metric: "temperature_c".into(),
+            threshold: 80.0,
+            hysteresis: 2.0,
+            consecutive: 1,
+            silent_seconds: 0,
+            notify_email: String::new(),
+            measure: Measure::Value,
+            for_seconds: 0,
+        },
+    )
+    .unwrap();
+    // An active alert, as the ingest service's evaluation would store it.
+    diesel::insert_into(appliance::schema::alerts::table)
+        .values((
+            appliance::schema::alerts::rule_id.eq(rule.id),
+            appliance::schema::alerts::device_id.eq(monitor.id),
+            appliance::schema::alerts::raised_at_us.eq(appliance::time::now_us()),
+            appliance::schema::alerts::raised_value.eq(Some(83.5)),
+        ))
+        .execute(&mut portal.app.store.conn().unwrap())
+        .unwrap();
+    // Another organisation's device stays invisible.
+    let other = Organisation::create(audit, &actor, "Other Plant").unwrap();
+    let elsewhere = Site::create(audit, &actor, other.id, "Elsewhere", "").unwrap();
+    register("XX-0001", &elsewhere);
+
+    let viewer = person(&portal, &org, "Vic", Role::Viewer);
+    portal.login("viewer", &viewer.email, PASSWORD);
+    let page = portal.get(Some("viewer"), "/devices");
+    assert_eq!(page.status, 200);
+    for shown in [
+        "MM-0042",
+        "Hall A",
+        "2.1.0",
+        "87 %",
+        "-67 dBm",
+        "mould too hot since",
+    ] {
+        assert!(page.body.contains(shown), "{shown}: {}", page.body);
+    }
+    assert!(
+        !page.body.contains("XX-0001"),
+        "another organisation's device is listed"
+    );
+}
