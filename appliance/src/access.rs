@@ -1128,8 +1128,10 @@ pub fn decide(
     let actor = Actor::User(approver.id);
     let attempt = audit.record_with(|conn| {
         let request = visible_request(conn, approver, id)?;
-        if !is_approver(conn, approver, request.site_id)? {
-            return Err(Error::NotFound("access request"));
+        if !is_approver(conn, approver, request.site_id)? && request.requester_id != approver.id {
+            return Err(Error::Forbidden(
+                "only the site's named approvers decide on its requests".into(),
+            ));
         }
         if request.requester_id == approver.id {
             return Err(Error::Forbidden(
