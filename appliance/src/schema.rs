@@ -36,6 +36,7 @@ diesel::table! {
         totp_secret -> Nullable<Text>,
         totp_last_step -> Nullable<BigInt>,
         site_id -> Nullable<BigInt>,
+        email_factor -> Bool,
     }
 }
 
@@ -430,3 +431,14 @@ diesel::allow_tables_to_appear_in_same_query!(
 diesel::allow_tables_to_appear_in_same_query!(users, access_requests);
 diesel::allow_tables_to_appear_in_same_query!(users, site_approvers);
 diesel::allow_tables_to_appear_in_same_query!(users, machines);
+
+diesel::table! {
+    email_codes (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        code_hash -> Binary,
+        created_at_us -> BigInt,
+        expires_at_us -> BigInt,
+        used_at_us -> Nullable<BigInt>,
+    }
+}

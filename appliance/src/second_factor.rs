@@ -1,5 +1,6 @@
 //! The second factor: TOTP (RFC 6238: SHA-1, 6 digits, 30-second steps, one step of clock
-//! skew either way) and ten one-time recovery codes.
+//! skew either way) and ten one-time recovery codes; or, as the alternative, a one-time
+//! code sent by email (8 digits, good once, for ten minutes).
 //!
 //! A code is accepted once: the last accepted time step is stored, and a code for that step
 //! or an earlier one is refused as a replay, atomically, even if two requests race.
@@ -14,7 +15,7 @@ use crate::connectors::SealingKey;
 use crate::error::{Error, Result};
 use crate::ids::UserId;
 use crate::models::User;
-use crate::schema::{recovery_codes, users};
+use crate::schema::{email_codes, recovery_codes, users};
 use crate::store::DbConnection;
 
 pub const ISSUER: &str = "Plantgate";
@@ -100,11 +101,119 @@ fn unseal(key: &SealingKey, user: UserId, stored: &str) -> Result<String> {
 }
 
 pub fn is_enrolled(conn: &mut DbConnection, user: UserId) -> Result<bool> {
-    let secret: Option<String> = users::table
+    let (secret, email): (Option<String>, bool) = users::table
         .find(user)
-        .select(users::totp_secret)
+        .select((users::totp_secret, users::email_factor))
         .first(conn)?;
-    Ok(secret.is_some())
+    Ok(secret.is_some() || email)
+}
+
+/// True when the user's second factor is the emailed code.
+pub fn uses_email(conn: &mut DbConnection, user: UserId) -> Result<bool> {
+    Ok(users::table
+        .find(user)
+        .select(users::email_factor)
+        .first(conn)?)
+}
+
+const EMAIL_CODE_VALIDITY_US: i64 = 10 * 60 * 1_000_000;
+
+fn email_code_hash(user: UserId, code: &str) -> Vec<u8> {
+    let digits: String = code.chars().filter(char::is_ascii_digit).collect();
+    openssl::sha::sha256(format!("plantgate email code\0{}\0{digits}", user.0).as_bytes()).to_vec()
+}
+
+/// Emails `user` a new one-time code (any older unused one stops working); audited
+/// `auth.email_code.sent`. The email goes out through the outbox.
+pub fn send_email_code(audit: &Audit, user: &User, source: &str, now_us: i64) -> Result<()> {
+    let mut bytes = [0u8; 8];
+    openssl::rand::rand_bytes(&mut bytes)?;
+    let code = format!("{:08}", u64::from_le_bytes(bytes) % 100_000_000);
+    audit.record_with(|conn| {
+        diesel::update(
+            email_codes::table
+                .filter(email_codes::user_id.eq(user.id))
+                .filter(email_codes::used_at_us.is_null()),
+        )
+        .set(email_codes::used_at_us.eq(now_us))
+        .execute(conn)?;
+        diesel::insert_into(email_codes::table)
+            .values((
+                email_codes::user_id.eq(user.id),
+                email_codes::code_hash.eq(email_code_hash(user.id, &code)),
+                email_codes::created_at_us.eq(now_us),
+                email_codes::expires_at_us.eq(now_us + EMAIL_CODE_VALIDITY_US),
+            ))
+            .execute(conn)?;
+        crate::mail::enqueue(
+            conn,
+            &user.email,
+            "[Plantgate] Your sign-in code",
+            &format!(
+                "Your Plantgate sign-in code is {code}. It works once, for ten minutes.\n\nIf you did not try to sign in from {source}, tell your administrator: someone has your password.\n"
+            ),
+            &user.id.to_string(),
+            now_us,
+        )?;
+        let event = AuditEvent::new(Actor::User(user.id), "auth.email_code.sent")
+            .source(source)
+            .target(user.id);
+        Ok(((), vec![event]))
+    })
+}
+
+/// Spends an emailed code inside the caller's transaction: true if it was sent to `user`,
+/// is unused and has not expired.
+fn spend_email_code(
+    conn: &mut DbConnection,
+    user: UserId,
+    code: &str,
+    now_us: i64,
+) -> Result<bool> {
+    let spent = diesel::update(
+        email_codes::table
+            .filter(email_codes::user_id.eq(user))
+            .filter(email_codes::code_hash.eq(email_code_hash(user, code)))
+            .filter(email_codes::used_at_us.is_null())
+            .filter(email_codes::expires_at_us.gt(now_us)),
+    )
+    .set(email_codes::used_at_us.eq(now_us))
+    .execute(conn)?;
+    Ok(spent >= 1)
+}
+
+/// Makes the emailed code `user`'s second factor, once they typed the code they were sent.
+pub fn enable_email(
+    audit: &Audit,
+    user: &User,
+    code: &str,
+    source: &str,
+    now_us: i64,
+) -> Result<()> {
+    audit.record_with(|conn| {
+        if !spend_email_code(conn, user.id, code, now_us)? {
+            return Err(Error::invalid(
+                "code",
+                "that code does not match, or it was used or has expired; send a new one",
+            ));
+        }
+        diesel::update(users::table.find(user.id))
+            .set(users::email_factor.eq(true))
+            .execute(conn)?;
+        crate::mail::enqueue(
+            conn,
+            &user.email,
+            "[Plantgate] A second factor was set up on your account",
+            "Codes sent to this address are now the second factor of your Plantgate account.\n\nIf this was not you, tell your administrator at once.\n",
+            &user.id.to_string(),
+            now_us,
+        )?;
+        let event = AuditEvent::new(Actor::User(user.id), "auth.second_factor.enabled")
+            .source(source)
+            .target(user.id)
+            .details(serde_json::json!({ "method": "email" }));
+        Ok(((), vec![event]))
+    })
 }
 
 fn recovery_hash(code: &str) -> Vec<u8> {
@@ -191,11 +300,10 @@ pub fn check(
         .find(user)
         .select(users::totp_secret)
         .first(&mut *audit.store().conn()?)?;
-    let Some(secret) = secret else {
-        return Ok(false);
+    let step = match secret {
+        Some(secret) => matching_step(&unseal(key, user, &secret)?, code, now_us)?,
+        None => None,
     };
-    let secret = unseal(key, user, &secret)?;
-    let step = matching_step(&secret, code, now_us)?;
     audit.record_with(|conn| {
         let (accepted, method, why) = match step {
             Some(step) => {
@@ -219,6 +327,7 @@ pub fn check(
                     },
                 )
             }
+            None if spend_email_code(conn, user, code, now_us)? => (true, "email code", ""),
             None => {
                 let used = diesel::update(
                     recovery_codes::table

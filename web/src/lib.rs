@@ -124,6 +124,18 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             "/login/second-factor",
             web::post().to(pages::second_factor_submit),
         )
+        .route(
+            "/login/second-factor/email",
+            web::post().to(pages::send_email_code),
+        )
+        .route(
+            "/account/second-factor/email-code",
+            web::post().to(pages::send_email_code),
+        )
+        .route(
+            "/account/second-factor/email",
+            web::post().to(pages::enrol_email_submit),
+        )
         .route("/account/confirm", web::get().to(pages::confirm_form))
         .route("/account/confirm", web::post().to(pages::confirm_submit))
         .route("/account/password", web::get().to(pages::password_form))

@@ -397,17 +397,131 @@ struct SecondFactorPage {
     signed_in: Option<Nav>,
     csrf: String,
     problem: Option<&'static str>,
+    /// The user's factor is the emailed code: offer to send one.
+    email: bool,
+    sent: bool,
 }
 
-pub async fn second_factor_form(partial: PartlySignedIn) -> Page {
+#[derive(Debug, Default, Deserialize)]
+pub struct SentQuery {
+    #[serde(default)]
+    sent: Option<String>,
+}
+
+async fn uses_email(
+    state: &web::Data<AppState>,
+    user: appliance::models::UserId,
+) -> Result<bool, WebError> {
+    let state = state.clone();
+    Ok(
+        web::block(move || second_factor::uses_email(&mut *state.app.store.conn()?, user))
+            .await??,
+    )
+}
+
+/// Emails a one-time code: at login for users whose factor it is (`/login/second-factor/email`),
+/// or while setting up the factor (`/account/second-factor/email-code`). Throttled like logins.
+pub async fn send_email_code(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    partial: PartlySignedIn,
+    form: web::Form<CsrfForm>,
+) -> Page {
+    let partial = partial.0;
+    partial.check_csrf(&form.csrf)?;
+    let at_login = req.path().starts_with("/login/");
+    let allowed = match partial.session.second_factor.as_str() {
+        "pending" => at_login && uses_email(&state, partial.user.id).await?,
+        "enrol" => !at_login,
+        _ => !at_login && !uses_email(&state, partial.user.id).await?,
+    };
+    if !allowed {
+        return Err(WebError::Forbidden(
+            "Codes by email are not this account's second factor.".into(),
+        ));
+    }
+    throttle(&state, &req).await?;
+    let (audit, user, source, now) = (
+        state.app.audit.clone(),
+        partial.user.clone(),
+        source(&req),
+        state.now(),
+    );
+    web::block(move || second_factor::send_email_code(&audit, &user, &source, now)).await??;
+    state.worker.poke();
+    Ok(see_other(if at_login {
+        "/login/second-factor?sent=1"
+    } else {
+        "/account/second-factor?sent=1"
+    }))
+}
+
+/// Sets up the emailed code as the second factor, with the code just sent.
+pub async fn enrol_email_submit(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    partial: PartlySignedIn,
+    form: web::Form<CodeForm>,
+) -> Page {
+    let partial = partial.0;
+    partial.check_csrf(&form.csrf)?;
+    if partial.session.second_factor == "pending" {
+        return Ok(see_other("/login/second-factor"));
+    }
+    throttle(&state, &req).await?;
+    let required = partial.session.second_factor == "enrol";
+    let (now, source, code) = (state.now(), source(&req), form.code.clone());
+    let outcome = {
+        let state = state.clone();
+        let partial = partial.clone();
+        web::block(
+            move || -> appliance::error::Result<Option<sessions::SessionToken>> {
+                second_factor::enable_email(&state.app.audit, &partial.user, &code, &source, now)?;
+                if required {
+                    complete_session(&state, &partial, "second factor enrolled", now).map(Some)
+                } else {
+                    Ok(None)
+                }
+            },
+        )
+        .await?
+    };
+    match outcome {
+        Ok(token) => {
+            state.worker.poke();
+            let mut response = HttpResponse::SeeOther();
+            if let Some(token) = token {
+                response.cookie(session_cookie(&token, state.limits));
+            }
+            Ok(response.insert_header(("Location", "/")).finish())
+        }
+        Err(appliance::Error::Invalid { problem, .. }) => {
+            let mut page = enrol_page(&partial, required, second_factor::new_secret()?, None)?;
+            page.email_problem = Some(problem);
+            page.email_sent = true;
+            Ok(HttpResponse::UnprocessableEntity()
+                .content_type("text/html; charset=utf-8")
+                .body(page.render().unwrap_or_default()))
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+pub async fn second_factor_form(
+    state: web::Data<AppState>,
+    partial: PartlySignedIn,
+    query: web::Query<SentQuery>,
+) -> Page {
     let partial = partial.0;
     if partial.session.second_factor != "pending" {
         return Ok(see_other("/"));
     }
     html(&SecondFactorPage {
         signed_in: None,
+        email: uses_email(&state, partial.user.id).await?,
         csrf: partial.csrf,
         problem: None,
+        sent: query.sent.is_some(),
     })
 }
 
@@ -462,8 +576,10 @@ pub async fn second_factor_submit(
         None => {
             let page = SecondFactorPage {
                 signed_in: None,
+                email: uses_email(&state, partial.user.id).await?,
                 csrf: partial.csrf,
                 problem: Some("That code is wrong or was already used."),
+                sent: false,
             };
             Ok(HttpResponse::Unauthorized()
                 .content_type("text/html; charset=utf-8")
@@ -483,6 +599,10 @@ struct EnrolPage {
     required: bool,
     problem: Option<String>,
     recovery_codes: Vec<String>,
+    email: String,
+    /// A code was just emailed: show where to type it.
+    email_sent: bool,
+    email_problem: Option<String>,
 }
 
 fn qr_svg(uri: &str) -> String {
@@ -512,10 +632,17 @@ fn enrol_page(
         required,
         problem,
         recovery_codes: Vec::new(),
+        email: partial.user.email.clone(),
+        email_sent: false,
+        email_problem: None,
     })
 }
 
-pub async fn enrol_form(state: web::Data<AppState>, partial: PartlySignedIn) -> Page {
+pub async fn enrol_form(
+    state: web::Data<AppState>,
+    partial: PartlySignedIn,
+    query: web::Query<SentQuery>,
+) -> Page {
     let partial = partial.0;
     if partial.session.second_factor == "pending" {
         return Ok(see_other("/login/second-factor"));
@@ -527,6 +654,7 @@ pub async fn enrol_form(state: web::Data<AppState>, partial: PartlySignedIn) -> 
     let required = partial.session.second_factor == "enrol";
     let mut page = enrol_page(&partial, required, second_factor::new_secret()?, None)?;
     page.enrolled = enrolled;
+    page.email_sent = query.sent.is_some();
     html(&page)
 }
 

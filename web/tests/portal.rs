@@ -1497,3 +1497,109 @@ fn security_notices_reach_the_user_by_email() {
     mail.wait_for("the last from 127.0.0.1");
     assert!(portal.actions().iter().any(|a| a == "mail.sent"));
 }
+
+#[test]
+fn the_email_one_time_code_is_a_second_factor_end_to_end() {
+    let smtp_port = free_port();
+    let mail = MailCatcher::start(smtp_port);
+    let portal = Portal::start(&format!(
+        "second_factor_roles = [\"admin\"]\nlogins_per_minute = 100\n\
+         [smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nsecurity = \"none\"\n"
+    ));
+    portal.setup_admin();
+    let code_in = |mail: &MailCatcher, nth: usize| -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = mail.received.lock().unwrap().clone();
+            let codes: Vec<String> = text
+                .split("Your Plantgate sign-in code is ")
+                .skip(1)
+                .map(|rest| rest.chars().take(8).collect())
+                .collect();
+            if codes.len() > nth {
+                return codes[nth].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no sign-in code #{nth}; received:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // First login: the admin must enrol, and picks codes by email.
+    let first = portal.login("a", EMAIL, PASSWORD);
+    assert_eq!(first.header("location"), Some("/account/second-factor"));
+    let enrol = portal.get(Some("a"), "/account/second-factor");
+    assert!(
+        enrol.body.contains("No authenticator app?"),
+        "{}",
+        enrol.body
+    );
+    let csrf = portal.csrf_from(&enrol.body);
+    let sent = portal.post(
+        Some("a"),
+        "/account/second-factor/email-code",
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(sent.status, 303, "{}", sent.body);
+    let code = code_in(&mail, 0);
+    let wrong = portal.post(
+        Some("a"),
+        "/account/second-factor/email",
+        &[("csrf", &csrf), ("code", "00000000")],
+    );
+    assert_eq!(wrong.status, 422);
+    let done = portal.post(
+        Some("a"),
+        "/account/second-factor/email",
+        &[("csrf", &csrf), ("code", &code)],
+    );
+    assert_eq!(
+        (done.status, done.header("location")),
+        (303, Some("/")),
+        "{}",
+        done.body
+    );
+    assert!(portal.get(Some("a"), "/").body.contains("Welcome"));
+
+    // Later logins ask for a code from the email; a used code does not work twice.
+    let again = portal.login("b", EMAIL, PASSWORD);
+    assert_eq!(again.header("location"), Some("/login/second-factor"));
+    let page = portal.get(Some("b"), "/login/second-factor");
+    assert!(page.body.contains("Code from your email"), "{}", page.body);
+    let csrf = portal.csrf_from(&page.body);
+    let replay = portal.post(
+        Some("b"),
+        "/login/second-factor",
+        &[("csrf", &csrf), ("code", &code)],
+    );
+    assert_eq!(replay.status, 401, "a spent code was accepted");
+    assert_eq!(
+        portal
+            .post(Some("b"), "/login/second-factor/email", &[("csrf", &csrf)])
+            .status,
+        303
+    );
+    let second = code_in(&mail, 1);
+    let signed_in = portal.post(
+        Some("b"),
+        "/login/second-factor",
+        &[("csrf", &csrf), ("code", &second)],
+    );
+    assert_eq!(
+        (signed_in.status, signed_in.header("location")),
+        (303, Some("/"))
+    );
+    assert!(portal.get(Some("b"), "/").body.contains("Welcome"));
+    let actions = portal.actions();
+    for expected in [
+        "auth.email_code.sent",
+        "auth.second_factor.enabled",
+        "auth.second_factor.accepted",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == expected),
+            "{expected}: {actions:?}"
+        );
+    }
+}

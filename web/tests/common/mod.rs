@@ -181,6 +181,12 @@ impl Portal {
         )
     }
 
+    /// The CSRF token in a page's forms.
+    pub fn csrf_from(&self, page: &str) -> String {
+        let at = page.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
+        page[at..at + 64].to_owned()
+    }
+
     /// The CSRF token from a signed-in page.
     pub fn csrf(&self, jar: &str) -> String {
         let page = self.get(Some(jar), "/sessions");

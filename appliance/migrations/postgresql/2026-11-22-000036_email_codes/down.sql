@@ -1,0 +1,2 @@
+DROP TABLE email_codes;
+ALTER TABLE users DROP COLUMN email_factor;
