@@ -21,6 +21,7 @@ SRC_URI = "file://90-plantgate-hardening.conf \
            file://plantgate-console@.service \
            file://journald-plantgate.conf \
            file://plantgate.fstab \
+           file://lynis-plantgate.prf \
            "
 
 S = "${WORKDIR}"
@@ -41,11 +42,13 @@ do_install() {
     # The image installs it as /etc/fstab (plantgate-image.bb): base-files owns that path.
     install -d ${D}${datadir}/plantgate
     install -m 0644 ${S}/plantgate.fstab ${D}${datadir}/plantgate/fstab
+    install -d ${D}${sysconfdir}/lynis
+    install -m 0644 ${S}/lynis-plantgate.prf ${D}${sysconfdir}/lynis/custom.prf
 }
 
 SYSTEMD_SERVICE:${PN} = "plantgate-firstboot.service plantgate-network.service \
                          plantgate-console@tty1.service plantgate-console@ttyS0.service"
 
-FILES:${PN} += "${datadir}/plantgate ${libdir}/sysctl.d ${libexecdir}/plantgate ${localstatedir}/lib/plantgate /boot/env"
+FILES:${PN} += "${sysconfdir}/lynis ${datadir}/plantgate ${libdir}/sysctl.d ${libexecdir}/plantgate ${localstatedir}/lib/plantgate /boot/env"
 CONFFILES:${PN} = "${sysconfdir}/nftables.conf"
 RDEPENDS:${PN} = "iproute2 libcap-bin nftables openssl-bin procps systemd util-linux-findmnt util-linux-mount"
