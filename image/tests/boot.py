@@ -305,6 +305,7 @@ def main():
     ap.add_argument("--out", default="image/out")
     ap.add_argument("--keep", action="store_true", help="leave the run directory")
     args = ap.parse_args()
+    test_started = time.time()
 
     version = open("Cargo.toml").read().split('version = "', 1)[1].split('"', 1)[0]
     maj, mnr, pat = version.split(".")
@@ -498,6 +499,7 @@ def main():
             shutil.rmtree(run, ignore_errors=True)
 
     kvm_probe(qcow2, ovmf_code, ovmf_vars)
+    figure(f"boot test (all of the above) took {time.time() - test_started:.0f} s")
 
     log("\n-- figures")
     for f in figures:
