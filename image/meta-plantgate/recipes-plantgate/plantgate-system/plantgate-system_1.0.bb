@@ -1,0 +1,54 @@
+SUMMARY = "Plantgate appliance system integration"
+DESCRIPTION = "Kernel hardening (sysctl), the fail-closed nftables boot ruleset, the first-boot \
+               preparation (store, signing key, enrolment token), network configuration for the uplink and \
+               device NICs, the local console menu, and the volatile journal."
+# Placeholder (RFC 2606 domain) until the project has a public homepage; not pinged.
+# nooelint: oelint.vars.homepageping
+HOMEPAGE = "https://plantgate.example/"
+SECTION = "base"
+CVE_PRODUCT = "plantgate"
+LICENSE = "Apache-2.0"
+# nooelint: oelint.var.licenseremotefile - the sources are this layer\'s own files
+LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
+
+SRC_URI = "file://90-plantgate-hardening.conf \
+           file://plantgate-boot.nft \
+           file://plantgate-firstboot \
+           file://plantgate-firstboot.service \
+           file://plantgate-network \
+           file://plantgate-network.service \
+           file://plantgate-console \
+           file://plantgate-console@.service \
+           file://journald-plantgate.conf \
+           file://plantgate.fstab \
+           file://lynis-plantgate.prf \
+           "
+
+S = "${WORKDIR}"
+
+inherit allarch systemd
+
+do_install() {
+    install -d ${D}${libdir}/sysctl.d ${D}${sysconfdir} ${D}${libexecdir}/plantgate \
+        ${D}${systemd_system_unitdir} ${D}${sysconfdir}/systemd/journald.conf.d \
+        ${D}${localstatedir}/lib/plantgate ${D}/boot/env
+    install -m 0644 ${S}/90-plantgate-hardening.conf ${D}${libdir}/sysctl.d/
+    install -m 0755 ${S}/plantgate-boot.nft ${D}${sysconfdir}/nftables.conf
+    install -m 0755 ${S}/plantgate-firstboot ${S}/plantgate-network ${S}/plantgate-console \
+        ${D}${libexecdir}/plantgate/
+    install -m 0644 ${S}/plantgate-firstboot.service ${S}/plantgate-network.service \
+        ${S}/plantgate-console@.service ${D}${systemd_system_unitdir}/
+    install -m 0644 ${S}/journald-plantgate.conf ${D}${sysconfdir}/systemd/journald.conf.d/plantgate.conf
+    # The image installs it as /etc/fstab (plantgate-image.bb): base-files owns that path.
+    install -d ${D}${datadir}/plantgate
+    install -m 0644 ${S}/plantgate.fstab ${D}${datadir}/plantgate/fstab
+    install -d ${D}${sysconfdir}/lynis
+    install -m 0644 ${S}/lynis-plantgate.prf ${D}${sysconfdir}/lynis/custom.prf
+}
+
+SYSTEMD_SERVICE:${PN} = "plantgate-firstboot.service plantgate-network.service \
+                         plantgate-console@tty1.service plantgate-console@ttyS0.service"
+
+FILES:${PN} += "${sysconfdir}/lynis ${datadir}/plantgate ${libdir}/sysctl.d ${libexecdir}/plantgate ${localstatedir}/lib/plantgate /boot/env"
+CONFFILES:${PN} = "${sysconfdir}/nftables.conf"
+RDEPENDS:${PN} = "iproute2 libcap-bin nftables openssl-bin procps systemd util-linux-findmnt util-linux-mount"

@@ -1,0 +1,516 @@
+#!/usr/bin/env python3
+"""Boots the Plantgate image in QEMU (OVMF, TCG) and checks it as a user would notice.
+
+Topology (all host-side ends live in network namespaces this test makes and removes):
+
+    pgt-up   (uplink host, 10.77.0.1/24, dnsmasq DHCP)  --tap--  eth0  (uplink)  appliance
+    pgt-dev  (device host, 192.168.50.20/24)           --tap--  eth1  (device)  appliance
+
+The appliance's serial port is its console menu (plantgate-console); the test reads
+/proc/<pid>/status, mounts, Lynis and the updater through it. Update media are hot-plugged
+as virtio disks through the QEMU monitor, as a USB stick would be.
+"""
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+UP_NS, DEV_NS = "pgt-up", "pgt-dev"
+UP_TAP, DEV_TAP = "pgtup0", "pgtdev0"
+UP_HOST, UP_BOX = "10.77.0.1", "10.77.0.10"
+DEV_HOST, DEV_BOX = "192.168.50.20", "192.168.50.1"
+UP_MAC, DEV_MAC = "52:54:00:77:00:10", "52:54:00:50:00:01"
+# The documented ports (README "Image"): portal on uplink, ingest on device, nothing else.
+UPLINK_PORTS = {80, 443}
+DEVICE_PORTS = {8443, 8883}
+LYNIS_FLOOR = int(os.environ.get("PLANTGATE_LYNIS_FLOOR", "70"))
+SIZE_LIMIT_MB = 300
+
+failures = []
+figures = []
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def check(ok, what, detail=""):
+    log(f"  {'ok  ' if ok else 'FAIL'} {what}" + (f": {detail}" if detail and not ok else ""))
+    if not ok:
+        failures.append(what + (f": {detail}" if detail else ""))
+    return ok
+
+
+def figure(text):
+    figures.append(text)
+    log(f"  >>> {text}")
+
+
+def sh(cmd, check_rc=True, **kw):
+    return subprocess.run(cmd, shell=isinstance(cmd, str), check=check_rc, text=True,
+                          capture_output=True, **kw)
+
+
+def ns(name, cmd, **kw):
+    return sh(["ip", "netns", "exec", name] + cmd, check_rc=False, **kw)
+
+
+class Console:
+    """The appliance's serial console over QEMU's Unix socket."""
+
+    def __init__(self, path, logfile):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        for _ in range(100):
+            try:
+                self.sock.connect(path)
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.sock.setblocking(False)
+        self.buf = ""
+        self.log = open(logfile, "a", encoding="utf-8", errors="replace")
+
+    def pump(self, timeout=0.5):
+        import select
+        r, _, _ = select.select([self.sock], [], [], timeout)
+        if r:
+            data = self.sock.recv(65536)
+            if not data:
+                raise RuntimeError("serial console closed (QEMU exited?)")
+            text = data.decode("utf-8", errors="replace").replace("\r", "")
+            self.log.write(text)
+            self.log.flush()
+            self.buf += text
+
+    def mark(self):
+        return len(self.buf)
+
+    def wait(self, pattern, timeout, since=0):
+        deadline = time.time() + timeout
+        rx = re.compile(pattern, re.S)
+        while time.time() < deadline:
+            m = rx.search(self.buf, since)
+            if m:
+                return m
+            self.pump()
+        return None
+
+    def send(self, line):
+        self.sock.sendall((line + "\n").encode())
+
+    def command(self, line, timeout=120):
+        name = line.split()[0]
+        since = self.mark()
+        self.send(line)
+        m = self.wait(rf"<<<pg-begin {name}>>>\n(.*?)<<<pg-end {name} rc=(\d+)>>>", timeout, since)
+        if not m:
+            raise RuntimeError(f"console command {line!r} did not finish in {timeout}s")
+        return int(m.group(2)), m.group(1)
+
+    def wait_prompt(self, timeout):
+        """Waits until the console menu answers (the box finished booting far enough)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            since = self.mark()
+            self.send("")
+            self.send("help")
+            if self.wait(r"<<<pg-end help rc=0>>>", 10, since):
+                return True
+        return False
+
+
+class Qemu:
+    def __init__(self, disk, run, ovmf_code, ovmf_vars, accel):
+        self.run = run
+        self.mon_path = os.path.join(run, "monitor.sock")
+        self.ser_path = os.path.join(run, "serial.sock")
+        vars_copy = os.path.join(run, "OVMF_VARS.fd")
+        shutil.copy(ovmf_vars, vars_copy)
+        self.cmd = [
+            "qemu-system-x86_64", "-accel", accel, "-m", "2048", "-smp", "2",
+            "-machine", "pc", "-nographic", "-nodefaults", "-vga", "none",
+            "-drive", f"if=pflash,format=raw,readonly=on,file={ovmf_code}",
+            "-drive", f"if=pflash,format=raw,file={vars_copy}",
+            "-drive", f"if=virtio,format=qcow2,file={disk}",
+            "-netdev", f"tap,id=up,ifname={UP_TAP},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=up,mac={UP_MAC},addr=0x5",
+            "-netdev", f"tap,id=dev,ifname={DEV_TAP},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=dev,mac={DEV_MAC},addr=0x6",
+            "-chardev", f"socket,id=ser0,path={self.ser_path},server=on,wait=off",
+            "-serial", "chardev:ser0",
+            "-monitor", f"unix:{self.mon_path},server=on,wait=off",
+            "-object", "rng-random,id=rng0,filename=/dev/urandom",
+            "-device", "virtio-rng-pci,rng=rng0",
+        ]
+        self.proc = subprocess.Popen(self.cmd, stdout=open(os.path.join(run, "qemu.log"), "w"),
+                                     stderr=subprocess.STDOUT)
+        self.started = time.time()
+
+    def monitor(self, command):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(self.mon_path)
+        s.settimeout(5)
+        s.sendall((command + "\n").encode())
+        time.sleep(1)
+        try:
+            out = s.recv(65536).decode(errors="replace")
+        except socket.timeout:
+            out = ""
+        s.close()
+        return out
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def setup_namespaces(run):
+    teardown_namespaces()
+    for n in (UP_NS, DEV_NS):
+        sh(["ip", "netns", "add", n])
+        sh(["ip", "-n", n, "link", "set", "lo", "up"])
+    # QEMU made the taps in this namespace (down, unaddressed); move them before they carry
+    # a single packet here.
+    sh(["ip", "link", "set", UP_TAP, "netns", UP_NS])
+    sh(["ip", "link", "set", DEV_TAP, "netns", DEV_NS])
+    sh(["ip", "-n", UP_NS, "addr", "add", f"{UP_HOST}/24", "dev", UP_TAP])
+    sh(["ip", "-n", UP_NS, "link", "set", UP_TAP, "up"])
+    # The technician's route to the machine network through the appliance (for the forward check).
+    sh(["ip", "-n", UP_NS, "route", "add", "192.168.50.0/24", "via", UP_BOX])
+    sh(["ip", "-n", DEV_NS, "addr", "add", f"{DEV_HOST}/24", "dev", DEV_TAP])
+    sh(["ip", "-n", DEV_NS, "link", "set", DEV_TAP, "up"])
+    sh(["ip", "-n", DEV_NS, "route", "add", "default", "via", DEV_BOX])
+    dnsmasq = subprocess.Popen(
+        ["ip", "netns", "exec", UP_NS, "dnsmasq", "--keep-in-foreground", "--no-resolv",
+         "--no-hosts", "--port=0", f"--interface={UP_TAP}", "--bind-interfaces",
+         f"--dhcp-range={UP_HOST[:-1]}100,{UP_HOST[:-1]}150,255.255.255.0,1h",
+         f"--dhcp-host={UP_MAC},{UP_BOX}", f"--dhcp-leasefile={run}/leases",
+         f"--pid-file={run}/dnsmasq.pid", "--log-dhcp", f"--log-facility={run}/dnsmasq.log"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A "PLC" on the device network: listens on tcp/102 (Siemens S7).
+    plc = subprocess.Popen(["ip", "netns", "exec", DEV_NS, "python3", "-c",
+                            "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+                            "s.bind(('0.0.0.0',102));s.listen()\nwhile True:\n c,_=s.accept();c.sendall(b'PLC');c.close()"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return [dnsmasq, plc]
+
+
+def teardown_namespaces():
+    for n in (UP_NS, DEV_NS):
+        subprocess.run(["ip", "netns", "pids", n], capture_output=True)
+        pids = subprocess.run(["ip", "netns", "pids", n], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), 15)
+            except (ProcessLookupError, ValueError):
+                pass
+        subprocess.run(["ip", "netns", "del", n], capture_output=True)
+
+
+def curl_ok(namespace, url, timeout=5):
+    r = ns(namespace, ["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", str(timeout), url])
+    return r.returncode == 0 and r.stdout.strip() not in ("", "000"), r.stdout.strip() or f"curl exit {r.returncode}"
+
+
+def nmap_open(namespace, target):
+    r = ns(namespace, ["nmap", "-Pn", "-n", "-sT", "-p-", "--open", "-T4", "--max-retries", "1",
+                       "--min-rate", "3000", "-oG", "-", target], timeout=900)
+    ports = set(int(p) for p in re.findall(r"(\d+)/open/tcp", r.stdout))
+    return ports
+
+
+def make_medium(bundle, path):
+    """A vfat 'USB stick' labelled PGUPDATE holding one bundle."""
+    size_mb = os.path.getsize(bundle) // 1048576 + 16
+    if os.path.exists(path):
+        os.unlink(path)
+    sh(["mkfs.vfat", "-C", "-n", "PGUPDATE", path, str(size_mb * 1024)])
+    sh(["mcopy", "-i", path, bundle, "::" + os.path.basename(bundle)])
+
+
+def boot_wait(con, qemu, since, slot, what, timeout):
+    """Waits for a boot of `slot` to reach the console menu; returns the seconds it took."""
+    t = time.time()
+    m = con.wait(rf"Plantgate appliance \S+\s+slot {slot}", timeout, since)
+    ok = m is not None and con.wait_prompt(120)
+    check(ok, f"{what}: boots slot {slot} to the console menu")
+    if not ok:
+        other = con.wait(r"slot ([AB])", 1, since)
+        raise RuntimeError(f"{what}: no console on slot {slot}" + (f" (saw slot {other.group(1)})" if other else ""))
+    return time.time() - t
+
+
+def wait_status(con, pattern, timeout):
+    deadline = time.time() + timeout
+    out = ""
+    while time.time() < deadline:
+        _, out = con.command("status", 60)
+        if re.search(pattern, out):
+            return True, out
+        time.sleep(5)
+    return False, out
+
+
+def kvm_probe(qcow2, ovmf_code, ovmf_vars):
+    """Power-on to portal under KVM, where KVM works: a quick probe first (does the guest print
+    anything on its serial port within 30 s?). On this project's build machine a KVM guest
+    hung before printing anything, so the figures above are TCG's."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        figure("KVM: not available (/dev/kvm missing); TCG figures only")
+        return
+    run = tempfile.mkdtemp(prefix="plantgate-image-kvm-")
+    disk = os.path.join(run, "disk.qcow2")
+    sh(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", os.path.abspath(qcow2), disk])
+    qemu = Qemu(disk, run, ovmf_code, ovmf_vars, "kvm")
+    helpers = []
+    try:
+        time.sleep(1)
+        if qemu.proc.poll() is not None:
+            figure("KVM: QEMU refused to start with -accel kvm; TCG figures only")
+            return
+        helpers = setup_namespaces(run)
+        con = Console(qemu.ser_path, os.path.join(run, "serial.log"))
+        if not con.wait(r"GRUB|Booting|Plantgate", 30):
+            figure("KVM: the probe guest printed nothing in 30 s (KVM hangs here); TCG figures only")
+            return
+        deadline = time.time() + 300
+        while time.time() < deadline and qemu.proc.poll() is None:
+            con.pump(1)
+            up, _ = curl_ok(UP_NS, f"https://{UP_BOX}/login", 3)
+            if up:
+                figure(f"power-on to portal answering (KVM): {time.time() - qemu.started:.0f} s")
+                return
+        figure("KVM: the guest started but the portal did not answer within 300 s")
+    finally:
+        qemu.stop()
+        for p in helpers:
+            p.terminate()
+        teardown_namespaces()
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="image/out")
+    ap.add_argument("--keep", action="store_true", help="leave the run directory")
+    args = ap.parse_args()
+    test_started = time.time()
+
+    version = open("Cargo.toml").read().split('version = "', 1)[1].split('"', 1)[0]
+    maj, mnr, pat = version.split(".")
+    update_version = f"{maj}.{mnr}.{int(pat) + 1}"
+    out = args.out
+    qcow2 = f"{out}/plantgate-{version}.qcow2"
+    good_bundle = f"{out}/plantgate-{update_version}.pgb"
+    broken = glob.glob(f"{out}/plantgate-*-broken.pgb")
+
+    log("-- image sizes")
+    total_compressed = 0
+    for ext in ("raw", "qcow2", "vmdk", "ova", "vhdx"):
+        f = f"{out}/plantgate-{version}.{ext}"
+        size = os.path.getsize(f)
+        alloc = os.stat(f).st_blocks * 512
+        figure(f"{os.path.basename(f)}: {size / 1048576:.0f} MiB (on disk {alloc / 1048576:.0f} MiB)")
+        if ext in ("qcow2", "vmdk", "ova"):
+            check(size < SIZE_LIMIT_MB * 1048576, f"{ext} (compressed) is under {SIZE_LIMIT_MB} MB",
+                  f"{size / 1048576:.0f} MiB")
+    figure(f"update bundle {os.path.basename(good_bundle)}: {os.path.getsize(good_bundle) / 1048576:.0f} MiB")
+    ova_list = sh(["tar", "-tf", f"{out}/plantgate-{version}.ova"]).stdout.split()
+    check(ova_list[0].endswith(".ovf"), "the OVA starts with its OVF descriptor", str(ova_list))
+    ovf = sh(["tar", "-xOf", f"{out}/plantgate-{version}.ova", ova_list[0]]).stdout
+    nics = re.findall(r"<rasd:Connection>(\w+)</rasd:Connection>", ovf)
+    check(nics == ["uplink", "device"], "the OVF declares two NICs, uplink then device", str(nics))
+    info = sh(["qemu-img", "info", f"{out}/plantgate-{version}.vmdk"]).stdout
+    check("streamOptimized" in info, "the VMDK is streamOptimized")
+    info = sh(["qemu-img", "info", f"{out}/plantgate-{version}.vhdx"]).stdout
+    check("file format: vhdx" in info, "the VHDX is a VHDX")
+
+    ovmf_code = next(p for p in ["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd"] if os.path.exists(p))
+    ovmf_vars = ovmf_code.replace("CODE", "VARS")
+    run = tempfile.mkdtemp(prefix="plantgate-image-test-")
+    disk = os.path.join(run, "disk.qcow2")
+    sh(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", os.path.abspath(qcow2), disk])
+    accel = "tcg"
+    log(f"-- booting {os.path.basename(qcow2)} (accel {accel}; run directory {run})")
+    helpers = []
+    qemu = Qemu(disk, run, ovmf_code, ovmf_vars, accel)
+    try:
+        time.sleep(1)
+        helpers = setup_namespaces(run)
+        con = Console(qemu.ser_path, os.path.join(run, "serial.log"))
+
+        # ---- power-on to portal
+        portal = f"https://{UP_BOX}/login"
+        deadline = time.time() + 600
+        up = False
+        while time.time() < deadline and qemu.proc.poll() is None:
+            con.pump(1)
+            up, _ = curl_ok(UP_NS, portal, 3)
+            if up:
+                break
+        check(up, "the portal answers HTTPS on uplink after power-on")
+        if not up:
+            raise RuntimeError("portal never answered; serial log: " + os.path.join(run, "serial.log"))
+        figure(f"power-on to portal answering (TCG): {time.time() - qemu.started:.0f} s")
+        check(con.wait_prompt(180), "the console menu answers on the serial port")
+        m = con.wait(r"First-admin enrolment token: (\S+)", 5)
+        check(m is not None, "the console shows the first-admin enrolment token")
+        m = con.wait(rf"Portal:\s+https://{re.escape(UP_BOX)}/", 5) or None
+        if not m:
+            _, st = con.command("status")
+            m = re.search(rf"Portal:\s+https://{re.escape(UP_BOX)}/", st)
+        check(m is not None, "the console shows the portal's address")
+
+        # ---- which side answers what
+        log("-- services by side")
+        ok, detail = curl_ok(UP_NS, f"https://{UP_BOX}/setup")
+        check(ok and detail == "200", "portal: first-run page, HTTPS 200 on uplink", detail)
+        ok, detail = curl_ok(DEV_NS, f"https://{DEV_BOX}/login")
+        check(not ok, "portal: nothing on device", detail)
+        ok, detail = curl_ok(DEV_NS, f"https://{DEV_BOX}:8443/healthz")
+        check(ok and detail == "200", "ingest: HTTPS 200 on device", detail)
+        ok, detail = curl_ok(UP_NS, f"https://{UP_BOX}:8443/healthz")
+        check(not ok, "ingest: nothing on uplink", detail)
+        r = ns(UP_NS, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "--max-time", "5", f"http://{UP_BOX}/"])
+        check(r.stdout.startswith("30") and "https://" in r.stdout, "portal: plain HTTP on uplink only redirects to HTTPS", r.stdout)
+
+        log("-- nmap -p- from each side (TCP)")
+        t = time.time()
+        ports = nmap_open(UP_NS, UP_BOX)
+        check(ports == UPLINK_PORTS, f"uplink: open TCP ports are exactly {sorted(UPLINK_PORTS)}", str(sorted(ports)))
+        ports = nmap_open(DEV_NS, DEV_BOX)
+        check(ports == DEVICE_PORTS, f"device: open TCP ports are exactly {sorted(DEVICE_PORTS)}", str(sorted(ports)))
+        figure(f"nmap -p- both sides: {time.time() - t:.0f} s")
+
+        log("-- forwarding")
+        _, before = con.command("firewall")
+        r = ns(UP_NS, ["python3", "-c", f"import socket;socket.create_connection(('{DEV_HOST}',102),timeout=5).recv(3)"])
+        check(r.returncode != 0, "uplink host cannot reach the PLC (tcp/102) without a grant")
+        r = ns(DEV_NS, ["curl", "-s", "--max-time", "5", "-o", "/dev/null", f"http://{UP_HOST}:9/"])
+        check(r.returncode != 0, "device host cannot reach the uplink network")
+        _, after = con.command("firewall")
+
+        def drops(text):
+            m = re.search(r'counter drop_forward \{\s*packets (\d+)', text)
+            return int(m.group(1)) if m else -1
+        check(drops(after) > drops(before) >= 0,
+              "the attempts reached the forward chain and were dropped (drop_forward counter rose)",
+              f"{drops(before)} -> {drops(after)}")
+        check("policy drop" in after and re.search(r"chain forward \{[^}]*policy drop", after) is not None,
+              "forward chain policy is drop")
+
+        log("-- processes, users and capabilities (/proc/<pid>/status via the console)")
+        _, procs = con.command("processes")
+        log("    " + procs.strip().replace("\n", "\n    "))
+        expect = {
+            "plantgate-firewall": ("plantgate-fw", "0000000000001000"),
+            "plantgate-web": ("plantgate-web", "0000000000000000"),
+            "plantgate-ingest": ("plantgate-ingest", "0000000000000000"),
+        }
+        for unit, (user, caps) in expect.items():
+            line = next((l for l in procs.splitlines() if l.startswith(unit + ":")), "")
+            fields = dict(re.findall(r"(\w+)=(\S+)", line))
+            check(fields.get("user") == user, f"{unit} runs as {user}", line)
+            got = {k.rstrip(":"): v for k, v in re.findall(r"(Cap\w+:|NoNewPrivs:|Seccomp:)=(\S+)", line)}
+            check(got.get("CapEff") == caps and got.get("CapPrm") == caps and got.get("CapBnd") == caps,
+                  f"{unit}: effective, permitted and bounding capabilities are {'CAP_NET_ADMIN only' if caps != '0000000000000000' else 'none'}",
+                  line)
+            check(got.get("NoNewPrivs") == "1" and got.get("Seccomp") == "2", f"{unit}: no_new_privs and a seccomp filter", line)
+
+        log("-- root file system")
+        rc, mounts = con.command("mounts")
+        check(rc == 0 and "root file system: read-only" in mounts and re.search(r"^/\s+\S+\s+squashfs\s+ro", mounts, re.M) is not None,
+              "root file system is read-only (squashfs, ro)", mounts)
+        check("/var/lib/plantgate" in mounts, "the store is on the data partition", mounts)
+
+        # ---- A/B update, end to end
+        log("-- A/B update: good bundle into slot B")
+        medium = os.path.join(run, "good.img")
+        make_medium(good_bundle, medium)
+        qemu.monitor(f"drive_add 0 if=none,id=upd1,format=raw,readonly=on,file={medium}")
+        qemu.monitor("device_add virtio-blk-pci,drive=upd1,id=upddev1")
+        time.sleep(5)
+        t = time.time()
+        rc, text = con.command("update", 1800)
+        figure(f"update install into slot B: {time.time() - t:.0f} s")
+        check(rc == 0, "the signed bundle installs into the other slot", text[-2000:])
+        qemu.monitor("device_del upddev1")
+        since = con.mark()
+        con.send("reboot")
+        took = boot_wait(con, qemu, since, "B", "after the update", 900)
+        figure(f"reboot into slot B to console: {took:.0f} s")
+        ok, st = wait_status(con, r"slot B: [^\n]*? version=" + re.escape(update_version) + r" \(security 1\) ok=true good=true", 300)
+        check(ok, f"slot B runs {update_version} and is marked good", st)
+        ok, _ = curl_ok(UP_NS, portal, 10)
+        check(ok, "the portal answers after the update")
+
+        if not broken:
+            check(False, "a broken bundle for the fallback test exists (image/build --broken-bundle)")
+        else:
+            log("-- A/B update: broken bundle (portal cannot start) into slot A falls back")
+            medium = os.path.join(run, "broken.img")
+            make_medium(broken[0], medium)
+            qemu.monitor(f"drive_add 0 if=none,id=upd2,format=raw,readonly=on,file={medium}")
+            qemu.monitor("device_add virtio-blk-pci,drive=upd2,id=upddev2")
+            time.sleep(5)
+            rc, text = con.command("update", 1800)
+            check(rc == 0, "the broken (but signed) bundle installs into slot A", text[-2000:])
+            qemu.monitor("device_del upddev2")
+            since = con.mark()
+            con.send("reboot")
+            m = con.wait(r"Plantgate appliance \S+\s+slot A", 900, since)
+            check(m is not None, "the broken slot A is tried once")
+            m = con.wait(r"failed its trial boot; rebooting to fall back", 600, since)
+            check(m is not None, "its health check fails and it reboots")
+            took = boot_wait(con, qemu, con.mark() if m is None else m.end(), "B", "after the failed trial", 900)
+            ok, st = wait_status(con, r"booted slot: B[\s\S]*slot A: [^\n]*? version=- ok=false good=false[\s\S]*slot B: [^\n]*? version=" + re.escape(update_version) + r" \(security 1\) ok=true good=true", 300)
+            check(ok, "back on slot B (good), slot A marked failed", st)
+            ok, _ = curl_ok(UP_NS, portal, 10)
+            check(ok, "the portal answers after the fallback")
+        log("-- Lynis inside the image")
+        t = time.time()
+        rc, lynis = con.command("lynis", 1900)
+        m = re.search(r"hardening_index=(\d+)", lynis)
+        index = int(m.group(1)) if m else -1
+        figure(f"Lynis hardening index: {index} (floor {LYNIS_FLOOR}; audit took {time.time() - t:.0f} s)")
+        log("    " + lynis.strip().replace("\n", "\n    "))
+        check(index >= LYNIS_FLOOR, f"Lynis hardening index >= {LYNIS_FLOOR}", str(index))
+    except Exception as err:  # noqa: BLE001 - every failure is reported, never swallowed
+        check(False, "the image test ran to the end", repr(err))
+    finally:
+        qemu.stop()
+        for p in helpers:
+            p.terminate()
+        teardown_namespaces()
+        if failures or args.keep:
+            log(f"(run directory kept: {run})")
+        else:
+            shutil.rmtree(run, ignore_errors=True)
+
+    kvm_probe(qcow2, ovmf_code, ovmf_vars)
+    figure(f"boot test (all of the above) took {time.time() - test_started:.0f} s")
+
+    log("\n-- figures")
+    for f in figures:
+        log(f"  {f}")
+    if failures:
+        log(f"\nIMAGE TEST FAILED ({len(failures)}):")
+        for f in failures:
+            log(f"  - {f}")
+        sys.exit(1)
+    log("\nimage test: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
