@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod devices;
+mod download;
 pub mod pages;
 pub mod remote;
 pub mod stream;

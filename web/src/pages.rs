@@ -1016,84 +1016,35 @@ pub async fn audit_export(
     may_read_audit(&user)?;
     let filter = query.filter().map_err(WebError::BadRequest)?;
     let (format, content_type, extension) = export_format(query.format.as_deref())?;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(16);
     let (state, actor, source) = (state.clone(), Actor::User(user.user.id), source(&req));
-    actix_web::rt::task::spawn_blocking(move || {
-        let writer = ChannelWriter {
-            sender: sender.clone(),
-            buffer: Vec::with_capacity(64 * 1024),
-        };
-        let result = state
-            .app
-            .store
-            .conn()
-            .map_err(|e| e.to_string())
-            .and_then(|mut conn| {
-                export::export(&mut conn, &filter, format, writer).map_err(|e| e.to_string())
-            });
-        let event = match &result {
+    let file_name = format!("plantgate-audit.{extension}");
+    Ok(crate::download::attachment(
+        content_type,
+        &file_name,
+        move |writer| {
+            let result = state
+                .app
+                .store
+                .conn()
+                .map_err(|e| e.to_string())
+                .and_then(|mut conn| {
+                    export::export(&mut conn, &filter, format, writer).map_err(|e| e.to_string())
+                });
+            let event = match &result {
             Ok(count) => AuditEvent::new(actor, "audit.exported").source(source).details(serde_json::json!({
                 "format": extension, "records": count, "via": "portal",
                 "since": filter.since_us.map(format_us), "until": filter.until_us.map(format_us),
                 "actor": filter.actor, "action": filter.action, "target": filter.target, "outcome": filter.outcome,
             })),
-            Err(problem) => {
-                let _ = sender.blocking_send(Err(std::io::Error::other(problem.clone())));
-                AuditEvent::new(actor, "audit.exported").source(source).outcome(appliance::Outcome::Failure)
-                    .details(serde_json::json!({ "format": extension, "error": problem }))
-            }
+            Err(problem) => AuditEvent::new(actor, "audit.exported").source(source).outcome(appliance::Outcome::Failure)
+                .details(serde_json::json!({ "format": extension, "error": problem })),
         };
-        if let Err(err) = state.app.audit.record(event) {
-            tracing::error!(error = %err, "could not audit an export");
-        }
-    });
-    let stream = futures_stream(receiver);
-    Ok(HttpResponse::Ok()
-        .content_type(content_type)
-        .insert_header((
-            "Content-Disposition",
-            format!("attachment; filename=\"plantgate-audit.{extension}\""),
-        ))
-        .streaming(stream))
-}
-
-/// Writes into a channel in 64 KiB chunks, so a slow download slows the export down
-/// instead of filling memory.
-struct ChannelWriter {
-    sender: tokio::sync::mpsc::Sender<Result<web::Bytes, std::io::Error>>,
-    buffer: Vec<u8>,
-}
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buffer.extend_from_slice(data);
-        if self.buffer.len() >= 64 * 1024 {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if !self.buffer.is_empty() {
-            let chunk = web::Bytes::from(std::mem::take(&mut self.buffer));
-            self.sender
-                .blocking_send(Ok(chunk))
-                .map_err(|_| std::io::Error::other("the download was cancelled"))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for ChannelWriter {
-    fn drop(&mut self) {
-        let _ = std::io::Write::flush(self);
-    }
-}
-
-fn futures_stream(
-    mut receiver: tokio::sync::mpsc::Receiver<Result<web::Bytes, std::io::Error>>,
-) -> impl futures_util::Stream<Item = Result<web::Bytes, std::io::Error>> {
-    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+            if let Err(err) = state.app.audit.record(event) {
+                tracing::error!(error = %err, "could not audit an export");
+            }
+            result.map(|_| ())
+        },
+    ))
 }
 
 struct AccountRow {

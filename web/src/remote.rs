@@ -517,24 +517,31 @@ pub async fn export(
 ) -> Page {
     let (format, content_type, extension) = crate::pages::export_format(query.format.as_deref())?;
     let (app, account, from) = (state.app.clone(), user.user.clone(), source(&req));
-    let body = blocking(move || {
-        let mut out = Vec::new();
-        let count = access::export(&mut *app.store.conn()?, &account, format, &mut out)?;
-        app.audit.record(
-            AuditEvent::new(Actor::User(account.id), "access.exported")
-                .source(from)
-                .details(serde_json::json!({ "format": extension, "requests": count })),
-        )?;
-        Ok(out)
-    })
-    .await?;
-    Ok(HttpResponse::Ok()
-        .content_type(content_type)
-        .insert_header((
-            "Content-Disposition",
-            format!("attachment; filename=\"plantgate-access.{extension}\""),
-        ))
-        .body(body))
+    let file_name = format!("plantgate-access.{extension}");
+    Ok(crate::download::attachment(
+        content_type,
+        &file_name,
+        move |writer| {
+            let result = app
+                .store
+                .conn()
+                .and_then(|mut conn| access::export(&mut conn, &account, format, writer))
+                .map_err(|e| e.to_string());
+            let event = AuditEvent::new(Actor::User(account.id), "access.exported").source(from);
+            let event = match &result {
+                Ok(count) => {
+                    event.details(serde_json::json!({ "format": extension, "requests": count }))
+                }
+                Err(problem) => event
+                    .outcome(appliance::Outcome::Failure)
+                    .details(serde_json::json!({ "format": extension, "error": problem })),
+            };
+            if let Err(err) = app.audit.record(event) {
+                tracing::error!(error = %err, "could not audit an access export");
+            }
+            result.map(|_| ())
+        },
+    ))
 }
 
 // ----- sites -----

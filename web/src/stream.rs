@@ -206,89 +206,45 @@ async fn export(
         until_us,
         ..filter
     };
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(16);
     let (actor, source) = (Actor::User(caller.user.id), source(&req));
     let token = caller.token.id;
-    actix_web::rt::task::spawn_blocking(move || {
-        let writer = ChannelWriter {
-            sender: sender.clone(),
-            buffer: Vec::with_capacity(64 * 1024),
-        };
-        let result = state
-            .app
-            .store
-            .conn()
-            .map_err(|e| e.to_string())
-            .and_then(|mut conn| {
-                readings::export(&mut conn, &filter, format, writer).map_err(|e| e.to_string())
+    let file_name = format!("plantgate-readings.{extension}");
+    Ok(crate::download::attachment(
+        content_type,
+        &file_name,
+        move |writer| {
+            let result = state
+                .app
+                .store
+                .conn()
+                .map_err(|e| e.to_string())
+                .and_then(|mut conn| {
+                    readings::export(&mut conn, &filter, format, writer).map_err(|e| e.to_string())
+                });
+            let details = serde_json::json!({
+                "format": extension, "via": "api", "token": token,
+                "device": filter.device, "site": filter.site, "metric": filter.metric,
+                "since": filter.since_us.map(format_us), "until": filter.until_us.map(format_us),
             });
-        let details = serde_json::json!({
-            "format": extension, "via": "api", "token": token,
-            "device": filter.device, "site": filter.site, "metric": filter.metric,
-            "since": filter.since_us.map(format_us), "until": filter.until_us.map(format_us),
-        });
-        let event = AuditEvent::new(actor, "readings.exported").source(source);
-        let event = match &result {
-            Ok(count) => {
-                let mut details = details;
-                details["readings"] = (*count).into();
-                event.details(details)
+            let event = AuditEvent::new(actor, "readings.exported").source(source);
+            let event = match &result {
+                Ok(count) => {
+                    let mut details = details;
+                    details["readings"] = (*count).into();
+                    event.details(details)
+                }
+                Err(problem) => {
+                    let mut details = details;
+                    details["error"] = problem.clone().into();
+                    event.outcome(appliance::Outcome::Failure).details(details)
+                }
+            };
+            if let Err(err) = state.app.audit.record(event) {
+                tracing::error!(error = %err, "could not audit a readings export");
             }
-            Err(problem) => {
-                let _ = sender.blocking_send(Err(std::io::Error::other(problem.clone())));
-                let mut details = details;
-                details["error"] = problem.clone().into();
-                event.outcome(appliance::Outcome::Failure).details(details)
-            }
-        };
-        if let Err(err) = state.app.audit.record(event) {
-            tracing::error!(error = %err, "could not audit a readings export");
-        }
-    });
-    let stream = futures_util::stream::poll_fn({
-        let mut receiver = receiver;
-        move |cx| receiver.poll_recv(cx)
-    });
-    Ok(HttpResponse::Ok()
-        .content_type(content_type)
-        .insert_header((
-            "Content-Disposition",
-            format!("attachment; filename=\"plantgate-readings.{extension}\""),
-        ))
-        .streaming(stream))
-}
-
-/// Writes into a channel in 64 KiB chunks, so a slow download slows the export down
-/// instead of filling memory.
-struct ChannelWriter {
-    sender: tokio::sync::mpsc::Sender<Result<web::Bytes, std::io::Error>>,
-    buffer: Vec<u8>,
-}
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buffer.extend_from_slice(data);
-        if self.buffer.len() >= 64 * 1024 {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if !self.buffer.is_empty() {
-            let chunk = web::Bytes::from(std::mem::take(&mut self.buffer));
-            self.sender
-                .blocking_send(Ok(chunk))
-                .map_err(|_| std::io::Error::other("the download was cancelled"))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for ChannelWriter {
-    fn drop(&mut self) {
-        let _ = std::io::Write::flush(self);
-    }
+            result.map(|_| ())
+        },
+    ))
 }
 
 /// One event's data.

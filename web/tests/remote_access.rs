@@ -558,6 +558,34 @@ fn the_api_lists_machines_and_the_requests_the_caller_may_see() {
     assert_eq!(status, 400, "{error}");
     let (other, _) = portal.token(&["audit:read"], 30, 0);
     assert_eq!(portal.api(Some(&other), "/api/v1/machines").0, 403);
+    // The administrator exports every request of the organisation, audited.
+    portal.login("admin", EMAIL, PASSWORD);
+    let csv = portal.get(Some("admin"), "/access/export?format=csv");
+    assert_eq!(csv.status, 200);
+    assert!(
+        csv.body.starts_with("id,state,site,machine"),
+        "{}",
+        csv.body
+    );
+    assert!(
+        csv.body.contains(&format!(
+            "{},pending,Hall A,Press 1,192.168.50.10,vnc",
+            request.id
+        )),
+        "{}",
+        csv.body
+    );
+    let jsonl = portal.get(Some("admin"), "/access/export?format=jsonl");
+    let first: serde_json::Value =
+        serde_json::from_str(jsonl.body.lines().next().unwrap()).unwrap();
+    assert_eq!(first["reason"], "HMI frozen");
+    assert_eq!(
+        portal
+            .get(Some("admin"), "/access/export?format=xml")
+            .status,
+        400
+    );
+    assert!(portal.actions().iter().any(|a| a == "access.exported"));
 }
 
 #[test]

@@ -1,0 +1,64 @@
+//! Downloads streamed from a blocking export: what the export writes goes out in 64 KiB
+//! chunks through a bounded channel, so a slow download slows the export down instead of
+//! filling memory, and no export has a row cap.
+
+use actix_web::{HttpResponse, web};
+
+type Chunk = Result<web::Bytes, std::io::Error>;
+
+/// Writes into the download's channel in 64 KiB chunks.
+pub(crate) struct ChannelWriter {
+    sender: tokio::sync::mpsc::Sender<Chunk>,
+    buffer: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= 64 * 1024 {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buffer.is_empty() {
+            let chunk = web::Bytes::from(std::mem::take(&mut self.buffer));
+            self.sender
+                .blocking_send(Ok(chunk))
+                .map_err(|_| std::io::Error::other("the download was cancelled"))?;
+        }
+        Ok(())
+    }
+}
+
+/// An attachment named `file_name` whose body `produce` writes on a blocking thread.
+/// `produce` audits its own outcome; an `Err` it returns ends the download with an error
+/// after what was already written, so a client never takes a cut file for a whole one.
+pub(crate) fn attachment(
+    content_type: &'static str,
+    file_name: &str,
+    produce: impl FnOnce(&mut ChannelWriter) -> Result<(), String> + Send + 'static,
+) -> HttpResponse {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Chunk>(16);
+    actix_web::rt::task::spawn_blocking(move || {
+        let mut writer = ChannelWriter {
+            sender: sender.clone(),
+            buffer: Vec::with_capacity(64 * 1024),
+        };
+        let result = produce(&mut writer);
+        let flushed = std::io::Write::flush(&mut writer);
+        if let Err(problem) = result.and(flushed.map_err(|e| e.to_string())) {
+            let _ = sender.blocking_send(Err(std::io::Error::other(problem)));
+        }
+    });
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header((
+            "Content-Disposition",
+            format!("attachment; filename=\"{file_name}\""),
+        ))
+        .streaming(futures_util::stream::poll_fn(move |cx| {
+            receiver.poll_recv(cx)
+        }))
+}
