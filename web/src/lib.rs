@@ -365,6 +365,17 @@ impl SignedIn {
         }
     }
 
+    /// Refuses anyone but an administrator; `doing` says what, as in "Managing users".
+    pub fn admin_only(&self, doing: &str) -> Result<(), WebError> {
+        if self.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(WebError::Forbidden(format!(
+                "{doing} is for administrators."
+            )))
+        }
+    }
+
     pub fn check_csrf(&self, presented: &str) -> Result<(), WebError> {
         if presented.len() == self.csrf.len()
             && openssl::memcmp::eq(presented.as_bytes(), self.csrf.as_bytes())
@@ -477,6 +488,19 @@ impl FromRequest for PartlySignedIn {
         let resuming = resume_session(req);
         Box::pin(async move { resuming.await.map(PartlySignedIn) })
     }
+}
+
+/// The address a request came from, as audit records give it.
+pub(crate) fn source(req: &HttpRequest) -> String {
+    req.peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub(crate) fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header(("Location", location))
+        .finish()
 }
 
 /// Renders a template as an HTML response.

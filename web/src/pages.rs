@@ -14,21 +14,11 @@ use appliance::{Actor, AuditEvent};
 use askama::Template;
 use serde::Deserialize;
 
-use crate::{AppState, Nav, PartlySignedIn, SESSION_COOKIE, SignedIn, WebError, html};
+use crate::{
+    AppState, Nav, PartlySignedIn, SESSION_COOKIE, SignedIn, WebError, html, see_other, source,
+};
 
 type Page = Result<HttpResponse, WebError>;
-
-fn source(req: &HttpRequest) -> String {
-    req.peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn see_other(location: &str) -> HttpResponse {
-    HttpResponse::SeeOther()
-        .insert_header(("Location", location))
-        .finish()
-}
 
 pub async fn style() -> HttpResponse {
     HttpResponse::Ok()
@@ -1068,16 +1058,6 @@ struct UsersPage {
     email: String,
 }
 
-fn admin_only(user: &SignedIn) -> Result<(), WebError> {
-    if user.role == Role::Admin {
-        Ok(())
-    } else {
-        Err(WebError::Forbidden(
-            "Managing users is for administrators.".into(),
-        ))
-    }
-}
-
 async fn users_page_with(
     state: &web::Data<AppState>,
     user: &SignedIn,
@@ -1139,7 +1119,7 @@ async fn users_page_with(
 const CONFIRM_FOR_USERS: &str = "/account/confirm?next=users";
 
 pub async fn users_page(state: web::Data<AppState>, user: SignedIn) -> Page {
-    admin_only(&user)?;
+    user.admin_only("Managing users")?;
     if let Err(confirm) = user.require_recent_authentication(&state, CONFIRM_FOR_USERS) {
         return Ok(actix_web::ResponseError::error_response(&confirm));
     }
@@ -1166,7 +1146,7 @@ pub async fn create_user(
     user: SignedIn,
     form: web::Form<NewUserForm>,
 ) -> Page {
-    admin_only(&user)?;
+    user.admin_only("Managing users")?;
     user.check_csrf(&form.csrf)?;
     if let Err(confirm) = user.require_recent_authentication(&state, CONFIRM_FOR_USERS) {
         return Ok(actix_web::ResponseError::error_response(&confirm));
@@ -1227,7 +1207,7 @@ pub async fn change_user(
     path: web::Path<(i64, String)>,
     form: web::Form<CsrfForm>,
 ) -> Page {
-    admin_only(&user)?;
+    user.admin_only("Managing users")?;
     user.check_csrf(&form.csrf)?;
     if let Err(confirm) = user.require_recent_authentication(&state, CONFIRM_FOR_USERS) {
         return Ok(actix_web::ResponseError::error_response(&confirm));

@@ -12,7 +12,7 @@ use appliance::{Actor, AuditEvent};
 use askama::Template;
 use serde::Deserialize;
 
-use crate::{AppState, Nav, SignedIn, WebError};
+use crate::{AppState, Nav, SignedIn, WebError, see_other, source};
 
 type Page = Result<HttpResponse, WebError>;
 
@@ -37,18 +37,6 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         )
         .route("/sites/{id}/key-switch", web::post().to(key_switch))
         .route("/sites/{id}/invite", web::post().to(invite));
-}
-
-fn source(req: &HttpRequest) -> String {
-    req.peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn see_other(location: &str) -> HttpResponse {
-    HttpResponse::SeeOther()
-        .insert_header(("Location", location))
-        .finish()
 }
 
 /// Runs blocking store work off the async workers.
@@ -614,22 +602,12 @@ pub struct SiteForm {
     location: String,
 }
 
-fn admin_only(user: &SignedIn) -> Result<(), WebError> {
-    if user.role == Role::Admin {
-        Ok(())
-    } else {
-        Err(WebError::Forbidden(
-            "Only administrators change sites.".into(),
-        ))
-    }
-}
-
 pub async fn create_site(
     state: web::Data<AppState>,
     user: SignedIn,
     form: web::Form<SiteForm>,
 ) -> Page {
-    admin_only(&user)?;
+    user.admin_only("Changing sites")?;
     user.check_csrf(&form.csrf)?;
     let (app, account, form) = (state.app.clone(), user.user.clone(), form.into_inner());
     let created = web::block(move || {
@@ -828,7 +806,7 @@ pub async fn set_policy(
     path: web::Path<i64>,
     form: web::Form<PolicyForm>,
 ) -> Page {
-    admin_only(&user)?;
+    user.admin_only("Changing sites")?;
     user.check_csrf(&form.csrf)?;
     let form = form.into_inner();
     let change = PolicyChange {
@@ -868,7 +846,7 @@ pub async fn set_approver(
     path: web::Path<i64>,
     form: web::Form<ApproverForm>,
 ) -> Page {
-    admin_only(&user)?;
+    user.admin_only("Changing sites")?;
     user.check_csrf(&form.csrf)?;
     let target = form.user.trim().parse::<i64>().unwrap_or(0);
     let add = form.action != "remove";
@@ -897,7 +875,7 @@ pub async fn add_machine(
     path: web::Path<i64>,
     body: web::Bytes,
 ) -> Page {
-    admin_only(&user)?;
+    user.admin_only("Changing sites")?;
     // Several `agents` checkboxes arrive as repeated keys, which serde's form reader
     // cannot collect; read the pairs directly.
     let mut form = MachineForm::default();
@@ -932,7 +910,7 @@ pub async fn remove_machine(
     path: web::Path<(i64, i64)>,
     form: web::Form<CsrfForm>,
 ) -> Page {
-    admin_only(&user)?;
+    user.admin_only("Changing sites")?;
     user.check_csrf(&form.csrf)?;
     let (site, machine) = path.into_inner();
     change_site(state, user, site, move |app, account, site| {

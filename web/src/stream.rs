@@ -22,6 +22,7 @@ use utoipa::{IntoParams, OpenApi};
 
 use crate::AppState;
 use crate::api::{ApiCaller, ApiError, ErrorBody};
+use crate::source;
 
 /// How often a stream looks for new readings.
 const POLL: Duration = Duration::from_secs(1);
@@ -155,12 +156,6 @@ fn scope(
             "give exactly one of device (a serial) or site (an id)".into(),
         )),
     }
-}
-
-fn source(req: &HttpRequest) -> String {
-    req.peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// A device's or a site's readings as CSV (or JSONL), in measurement order, streamed with
