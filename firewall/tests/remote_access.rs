@@ -9,10 +9,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
 use appliance::access::{self, Machine, PolicyChange, SitePolicy};
@@ -29,84 +29,6 @@ fn net_helper() {
 
 const PASSWORD: &str = "Spritzguss-Werkzeug-2026";
 const SMTP_PORT: u16 = 2525;
-
-/// aiosmtpd's debugging server inside the appliance's namespace; it prints every message.
-struct SmtpServer {
-    child: Child,
-    received: Arc<Mutex<String>>,
-}
-
-impl SmtpServer {
-    fn start(ns: &str) -> SmtpServer {
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "/usr/bin/python3",
-                "-u",
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-            ])
-            .arg(format!("127.0.0.1:{SMTP_PORT}"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start aiosmtpd (Debian package python3-aiosmtpd)");
-        let mut stdout = child.stdout.take().unwrap();
-        let received = Arc::new(Mutex::new(String::new()));
-        let sink = received.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        SmtpServer { child, received }
-    }
-
-    /// Waits (bounded) for a message to `to` whose text contains every one of `needles`,
-    /// and returns it.
-    fn wait_for(&self, to: &str, needles: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            // Bodies arrive quoted-printable: undo its soft line breaks and escaped '='.
-            let all = self
-                .received
-                .lock()
-                .unwrap()
-                .replace("=\n", "")
-                .replace("=3D", "=");
-            let found = all
-                .split("---------- MESSAGE FOLLOWS ----------")
-                .find(|m| {
-                    m.contains(&format!("To: {to}")) && needles.iter().all(|n| m.contains(n))
-                });
-            if let Some(message) = found {
-                return message.to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no email to {to} with {needles:?}; received:\n{all}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A person at a browser on the uplink host: curl with a cookie jar, from one address.
 struct Person {
@@ -406,7 +328,7 @@ fn request_approve_connect_revoke_key_switch_and_deny_across_processes() {
     );
     t.listen(&d, &[102, 502]);
     t.start_daemon();
-    let smtp = SmtpServer::start(&a);
+    let smtp = testkit::MailCatcher::start_in_namespace(&a, SMTP_PORT);
     let p = plant(&t);
     let portal = start_portal(&t);
     let site = p.site_a.id.0;
@@ -459,12 +381,12 @@ fn request_approve_connect_revoke_key_switch_and_deny_across_processes() {
             ("reason", "Mould temperature alarm on press 1"),
         ],
     ));
-    let email = smtp.wait_for(
+    let email = smtp.wait_for_message(
         &p.ann.email,
         &["Press 1", "Mould temperature alarm on press 1"],
     );
     assert!(email.contains(&format!("/access/{id}")), "{email}");
-    smtp.wait_for(&p.bert.email, &["Press 1"]);
+    smtp.wait_for_message(&p.bert.email, &["Press 1"]);
 
     // 2. Before approval the device port is closed.
     assert_eq!(t.reachable(&[(&u, REQUESTER, DEVICE, 102)]), [false]);
@@ -488,7 +410,7 @@ fn request_approve_connect_revoke_key_switch_and_deny_across_processes() {
         ]),
         [true, false, false, false]
     );
-    smtp.wait_for(&p.tech.email, &["approved", DEVICE]);
+    smtp.wait_for_message(&p.tech.email, &["approved", DEVICE]);
     // The technician's page says what to connect to and offers to end the session.
     let page = tech.get(&format!("/access/{id}"));
     assert!(
@@ -544,7 +466,7 @@ fn request_approve_connect_revoke_key_switch_and_deny_across_processes() {
     );
     assert_eq!(t.reachable(&[(&u, REQUESTER, DEVICE, 102)]), [false]);
     wait_for_signal(&signal, &format!("off {site}"));
-    smtp.wait_for(&p.tech.email, &["ended", "shift change"]);
+    smtp.wait_for_message(&p.tech.email, &["ended", "shift change"]);
     assert!(!bert.get("/").body.contains("Remote access active"));
 
     // 7. The key switch: off cuts everything at once and refuses approvals.
@@ -596,7 +518,7 @@ fn request_approve_connect_revoke_key_switch_and_deny_across_processes() {
         &[("reason", "line is running production")],
     );
     assert_eq!(denied.status, 303, "{}", denied.body);
-    smtp.wait_for(&p.tech.email, &["denied", "line is running production"]);
+    smtp.wait_for_message(&p.tech.email, &["denied", "line is running production"]);
     assert!(live_grants(&t).is_empty());
     assert_eq!(t.reachable(&[(&u, REQUESTER, DEVICE, 102)]), [false]);
     // A decision on an already-decided request changes nothing.

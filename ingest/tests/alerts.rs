@@ -5,83 +5,9 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
 use appliance::alerts::{Alert, AlertKind, AlertRule, RuleRequest, RuleScope};
 use appliance::devices::DeviceKind;
 use common::{Backend, TestIngest, actor};
-
-/// aiosmtpd's debugging server, which prints every message it receives.
-struct SmtpServer {
-    child: Child,
-    received: Arc<Mutex<String>>,
-}
-
-impl SmtpServer {
-    fn start(port: u16) -> SmtpServer {
-        // Debian's python3-aiosmtpd lives beside /usr/bin/python3, whatever python3 is on PATH.
-        let mut child = Command::new("/usr/bin/python3")
-            .args([
-                "-u",
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start aiosmtpd (Debian package python3-aiosmtpd)");
-        let mut stdout = child.stdout.take().unwrap();
-        let received = Arc::new(Mutex::new(String::new()));
-        let sink = received.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "aiosmtpd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        SmtpServer { child, received }
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.received.lock().unwrap().matches(needle).count()
-    }
-
-    /// Waits (bounded) until `needle` has arrived `n` times.
-    fn wait_for(&self, needle: &str, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while self.count(needle) < n {
-            assert!(
-                Instant::now() < deadline,
-                "no email with {needle:?}; received:\n{}",
-                self.received.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn reading(seq: i64, value: f64) -> String {
     serde_json::json!({ "readings": [{ "metric": "temperature_c", "value": value, "ts": 1_767_225_600_000_i64 + seq, "seq": seq }] }).to_string()
@@ -89,7 +15,7 @@ fn reading(seq: i64, value: f64) -> String {
 
 fn a_hot_mold_emails_once_clears_with_hysteresis_and_silence_raises_no_data(backend: Backend) {
     let mut t = TestIngest::new(backend);
-    let smtp = SmtpServer::start(t.smtp_port);
+    let smtp = testkit::MailCatcher::start(t.smtp_port);
     let monitor = t.register("MM-HOT", DeviceKind::Monitor, None);
     let quiet = t.register("MM-QUIET", DeviceKind::Monitor, None);
     let rule = |scope, name: &str, kind, silent_seconds| RuleRequest {
@@ -137,10 +63,10 @@ fn a_hot_mold_emails_once_clears_with_hysteresis_and_silence_raises_no_data(back
     post(2, 90.0); // raised
     post(3, 95.0); // still the same alert
     post(4, 79.0); // below 80 but not below 80 - 2: stays raised
-    smtp.wait_for("alert RAISED: mold too hot on MM-HOT", 1);
+    smtp.wait_for_count("alert RAISED: mold too hot on MM-HOT", 1);
     post(5, 70.0); // cleared
-    smtp.wait_for("alert cleared: mold too hot on MM-HOT", 1);
-    smtp.wait_for("alert RAISED: no data on MM-QUIET", 1);
+    smtp.wait_for_count("alert cleared: mold too hot on MM-HOT", 1);
+    smtp.wait_for_count("alert RAISED: no data on MM-QUIET", 1);
 
     assert_eq!(
         smtp.count("alert RAISED: mold too hot"),
@@ -154,12 +80,7 @@ fn a_hot_mold_emails_once_clears_with_hysteresis_and_silence_raises_no_data(back
     assert_eq!(alerts[0].rule_id, hot.id);
     assert_eq!(alerts[0].raised_value, Some(90.0));
     assert_eq!(alerts[0].cleared_value, Some(70.0));
-    assert!(
-        smtp.received
-            .lock()
-            .unwrap()
-            .contains("To: maintenance@plant.example")
-    );
+    assert!(smtp.text().contains("To: maintenance@plant.example"));
 }
 
 on_both_backends!(a_hot_mold_emails_once_clears_with_hysteresis_and_silence_raises_no_data);

@@ -1402,75 +1402,10 @@ fn readings_are_paged_through_the_api_for_the_callers_own_devices() {
     );
 }
 
-/// aiosmtpd's debugging server (Debian's python3-aiosmtpd, not written here); it prints
-/// every message it receives.
-struct MailCatcher {
-    child: Child,
-    received: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl MailCatcher {
-    fn start(port: u16) -> MailCatcher {
-        use std::io::Read;
-        let mut child = Command::new("/usr/bin/python3")
-            .args([
-                "-u",
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start aiosmtpd (Debian package python3-aiosmtpd)");
-        let mut stdout = child.stdout.take().unwrap();
-        let received = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = received.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "aiosmtpd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        MailCatcher { child, received }
-    }
-
-    fn wait_for(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.received.lock().unwrap().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no email with {needle:?}; received:\n{}",
-                self.received.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for MailCatcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn security_notices_reach_the_user_by_email() {
     let smtp_port = free_port();
-    let mail = MailCatcher::start(smtp_port);
+    let mail = testkit::MailCatcher::start(smtp_port);
     let portal = Portal::start(&format!(
         "second_factor_roles = []\nlogins_per_minute = 100\nlockout_attempts = 3\n\
          [smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nsecurity = \"none\"\n"
@@ -1501,16 +1436,16 @@ fn security_notices_reach_the_user_by_email() {
 #[test]
 fn the_email_one_time_code_is_a_second_factor_end_to_end() {
     let smtp_port = free_port();
-    let mail = MailCatcher::start(smtp_port);
+    let mail = testkit::MailCatcher::start(smtp_port);
     let portal = Portal::start(&format!(
         "second_factor_roles = [\"admin\"]\nlogins_per_minute = 100\n\
          [smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nsecurity = \"none\"\n"
     ));
     portal.setup_admin();
-    let code_in = |mail: &MailCatcher, nth: usize| -> String {
+    let code_in = |mail: &testkit::MailCatcher, nth: usize| -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let text = mail.received.lock().unwrap().clone();
+            let text = mail.text();
             let codes: Vec<String> = text
                 .split("Your Plantgate sign-in code is ")
                 .skip(1)
