@@ -1945,25 +1945,21 @@ pub fn invite_contractor(
             ) => Error::Conflict(format!("a user with email {email:?} already exists")),
             other => other.into(),
         })?;
-        let validity = (7 * 24 * 3600 * MICROS).min(expires - now);
-        let (token, _, token_event) =
-            crate::enrolment::issue_in(conn, &actor, &invitation_purpose(user.id), validity)?;
-        mail::enqueue(
+        let token_event = crate::accounts::invite_in(
             conn,
-            &email,
+            &actor,
+            config,
+            &user,
             &format!("[Plantgate] You are invited to {}", site.name),
             &format!(
-                "{} invites you to request remote access to machines at {}.\n\n\
-                 Set your password here (the link works once, for 7 days):\n{}/invite/{}/{}\n\n\
-                 At first sign-in you set up an authenticator app. Your account ends at {}.\n",
-                inviter.name,
-                site.name,
-                config.portal_url(),
-                user.id.0,
-                token.reveal(),
-                format_us(expires),
+                "{} invites you to request remote access to machines at {}.",
+                inviter.name, site.name
             ),
-            &user.id.to_string(),
+            &format!(
+                "At first sign-in you set up an authenticator app. Your account ends at {}.",
+                format_us(expires)
+            ),
+            (7 * 24 * 3600 * MICROS).min(expires - now),
             now,
         )?;
         let event = AuditEvent::new(actor.clone(), "user.invited")

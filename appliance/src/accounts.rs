@@ -398,6 +398,269 @@ pub fn set_password(
     })
 }
 
+/// What an administrator (or the user, for their own name and email) may change of an
+/// account. `None` leaves the field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct AccountChange {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub role: Option<Role>,
+}
+
+/// Changes the name, email or role of `user`, which must belong to `organisation`. Nobody
+/// changes their own role, so an organisation never loses its last administrator by
+/// accident. A new email address is told to both addresses, so a hijacked account cannot
+/// move its mail away unnoticed. Audited `user.updated` (and `auth.email.changed`).
+pub fn update_account(
+    audit: &Audit,
+    actor: &Actor,
+    organisation: crate::ids::OrganisationId,
+    user: UserId,
+    change: &AccountChange,
+    now: i64,
+) -> Result<User> {
+    let name = change
+        .name
+        .as_deref()
+        .map(|n| crate::models::clean_name("name", n))
+        .transpose()?;
+    let email = change.email.as_deref().map(clean_email).transpose()?;
+    audit.record_with(|conn| {
+        let before: User = users::table
+            .find(user)
+            .filter(users::organisation_id.eq(organisation))
+            .select(User::as_select())
+            .first(conn)
+            .optional()?
+            .ok_or(Error::NotFound("user"))?;
+        let role = change.role.unwrap_or(before.role()?);
+        if role != before.role()? && *actor == Actor::User(user) {
+            return Err(Error::invalid("role", "you cannot change your own role"));
+        }
+        let after = User {
+            name: name.clone().unwrap_or_else(|| before.name.clone()),
+            email: email.clone().unwrap_or_else(|| before.email.clone()),
+            role: role.as_str().to_owned(),
+            ..before.clone()
+        };
+        diesel::update(users::table.find(user))
+            .set((
+                users::name.eq(&after.name),
+                users::email.eq(&after.email),
+                users::role.eq(&after.role),
+            ))
+            .execute(conn)
+            .map_err(|err| match err {
+                diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                ) => Error::invalid("email", "this address is already in use"),
+                other => other.into(),
+            })?;
+        let mut events = vec![AuditEvent::new(actor.clone(), "user.updated")
+            .target(user)
+            .details(serde_json::json!({
+                "from": { "name": before.name, "email": before.email, "role": before.role },
+                "to": { "name": after.name, "email": after.email, "role": after.role },
+            }))];
+        if after.email != before.email {
+            let when = format_us(now);
+            crate::mail::enqueue(
+                conn,
+                &before.email,
+                "[Plantgate] Your email address was changed",
+                &format!(
+                    "The email address of your Plantgate account was changed to {} at {when}.\n\n\
+                     If this was not you, tell your administrator at once.\n",
+                    after.email
+                ),
+                &user.to_string(),
+                now,
+            )?;
+            crate::mail::enqueue(
+                conn,
+                &after.email,
+                "[Plantgate] This is now your account's email address",
+                &format!(
+                    "From {when}, Plantgate sends the notices and codes of {}'s account here (it was {}).\n",
+                    after.name, before.email
+                ),
+                &user.to_string(),
+                now,
+            )?;
+            events.push(
+                AuditEvent::new(actor.clone(), "auth.email.changed")
+                    .target(user)
+                    .details(serde_json::json!({ "from": before.email, "to": after.email })),
+            );
+        }
+        if after.role != before.role {
+            // Pages read the role afresh on every request; the sessions may stay.
+            events.push(
+                AuditEvent::new(actor.clone(), "user.role.changed")
+                    .target(user)
+                    .details(serde_json::json!({ "from": before.role, "to": after.role })),
+            );
+        }
+        Ok((after, events))
+    })
+}
+
+/// Deletes an account of `organisation` that has no history to keep (it never asked for or
+/// decided remote access); its sessions, tokens, second factors and approver roles go with
+/// it. Anything else is refused with the advice to disable it. Audited `user.deleted`.
+pub fn delete_account(
+    audit: &Audit,
+    actor: &Actor,
+    organisation: crate::ids::OrganisationId,
+    user: UserId,
+) -> Result<()> {
+    if *actor == Actor::User(user) {
+        return Err(Error::invalid("user", "you cannot delete your own account"));
+    }
+    audit.record_with(|conn| {
+        let account: User = users::table
+            .find(user)
+            .filter(users::organisation_id.eq(organisation))
+            .select(User::as_select())
+            .first(conn)
+            .optional()?
+            .ok_or(Error::NotFound("user"))?;
+        // Being named a site's approver is configuration, not history: it goes too.
+        let approves = diesel::delete(
+            crate::schema::site_approvers::table
+                .filter(crate::schema::site_approvers::user_id.eq(user)),
+        )
+        .execute(conn)?;
+        diesel::delete(users::table.find(user))
+            .execute(conn)
+            .map_err(|err| match err {
+                diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+                    _,
+                ) => Error::Conflict(format!(
+                    "{} has remote-access history, which must stay readable; disable the account instead",
+                    account.email
+                )),
+                other => other.into(),
+            })?;
+        let event = AuditEvent::new(actor.clone(), "user.deleted")
+            .target(user)
+            .details(serde_json::json!({
+                "email": account.email, "role": account.role, "sites_approved": approves,
+            }));
+        Ok(((), vec![event]))
+    })
+}
+
+/// Emails `user` a one-time link that sets their first password, good for `valid_us`; the
+/// token is spent by [`crate::access::accept_invitation`]. Returns the token's audit event.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn invite_in(
+    conn: &mut DbConnection,
+    actor: &Actor,
+    config: &crate::config::Config,
+    user: &User,
+    subject: &str,
+    opening: &str,
+    closing: &str,
+    valid_us: i64,
+    now: i64,
+) -> Result<AuditEvent> {
+    let purpose = crate::access::invitation_purpose(user.id);
+    let (token, _, event) = enrolment::issue_in(conn, actor, &purpose, valid_us)?;
+    crate::mail::enqueue(
+        conn,
+        &user.email,
+        subject,
+        &format!(
+            "{opening}\n\nSet your password here (the link works once, until {}):\n{}/invite/{}/{}\n\n{closing}\n",
+            format_us(now + valid_us),
+            config.portal_url(),
+            user.id.0,
+            token.reveal(),
+        ),
+        &user.id.to_string(),
+        now,
+    )?;
+    Ok(event)
+}
+
+/// What creating an organisation asks for: its name and its first administrator.
+#[derive(Debug, Clone, Default)]
+pub struct NewOrganisation {
+    pub name: String,
+    pub admin_name: String,
+    pub admin_email: String,
+}
+
+/// Creates an organisation with its first administrator, who is emailed a link to set
+/// their password, in one transaction. Audited `organisation.created` and `user.invited`.
+pub fn create_organisation(
+    audit: &Audit,
+    actor: &Actor,
+    config: &crate::config::Config,
+    request: &NewOrganisation,
+    source: &str,
+    now: i64,
+) -> Result<(crate::models::Organisation, User)> {
+    let name = clean_name("name", &request.name)?;
+    let admin_name = clean_name("admin_name", &request.admin_name)?;
+    let admin_email = clean_email(&request.admin_email)
+        .map_err(|_| Error::invalid("admin_email", "is not an email address"))?;
+    audit.record_with(|conn| {
+        let org: crate::models::Organisation = on_backend!(conn, c => diesel::insert_into(organisations::table)
+            .values((organisations::name.eq(&name), organisations::created_at_us.eq(now)))
+            .returning(crate::models::Organisation::as_returning())
+            .get_result(c))
+        .map_err(|err| match err {
+            diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => {
+                Error::invalid("name", format!("an organisation named {name:?} already exists"))
+            }
+            other => other.into(),
+        })?;
+        let admin: User = on_backend!(conn, c => diesel::insert_into(users::table)
+            .values((
+                users::organisation_id.eq(org.id),
+                users::name.eq(&admin_name),
+                users::email.eq(&admin_email),
+                users::role.eq(Role::Admin.as_str()),
+                users::created_at_us.eq(now),
+            ))
+            .returning(User::as_returning())
+            .get_result(c))
+        .map_err(|err| match err {
+            diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => {
+                Error::invalid("admin_email", "this address is already in use")
+            }
+            other => other.into(),
+        })?;
+        let token_event = invite_in(
+            conn,
+            actor,
+            config,
+            &admin,
+            &format!("[Plantgate] You administer {name}"),
+            &format!("You are the administrator of {name} on the Plantgate appliance at {}.", config.portal_url()),
+            "At first sign-in you set up a second factor.",
+            7 * 24 * 3600 * 1_000_000,
+            now,
+        )?;
+        let events = vec![
+            AuditEvent::new(actor.clone(), "organisation.created")
+                .source(source)
+                .target(org.id)
+                .details(serde_json::json!({ "name": org.name })),
+            AuditEvent::new(actor.clone(), "user.invited")
+                .source(source)
+                .target(admin.id)
+                .details(serde_json::json!({ "email": admin.email, "role": admin.role, "organisation": org.id })),
+            token_event,
+        ];
+        Ok(((org, admin), events))
+    })
+}
+
 /// What first-run setup asks for.
 #[derive(Debug, Clone)]
 pub struct FirstAdmin {
@@ -439,6 +702,12 @@ pub fn setup_first_admin(
                 .returning(organisations::id)
                 .get_result(c))?,
         };
+        // The first administrator's organisation owns the appliance.
+        if crate::models::Organisation::operator(conn)?.is_none() {
+            diesel::update(organisations::table.find(org))
+                .set(organisations::operator.eq(true))
+                .execute(conn)?;
+        }
         let user: User = on_backend!(conn, c => diesel::insert_into(users::table)
             .values((
                 users::organisation_id.eq(org),

@@ -766,6 +766,11 @@ impl Config {
             .to_owned()
     }
 
+    /// The portal's certificate and key: made at first start, replaced by an administrator.
+    pub fn portal_certificate(&self) -> crate::tls::CertificatePaths {
+        crate::tls::CertificatePaths::in_dir(&self.data_dir.join("tls"), "portal")
+    }
+
     /// The ingest listener's certificate and key.
     pub fn ingest_certificate(&self) -> crate::tls::CertificatePaths {
         match (&self.ingest.certificate, &self.ingest.private_key) {

@@ -21,6 +21,7 @@ pub mod readings;
 pub mod schema;
 pub mod second_factor;
 pub mod sessions;
+pub mod settings;
 pub mod store;
 pub mod telemetry;
 pub mod time;

@@ -131,6 +131,44 @@ pub fn transport(smtp: &SmtpConfig) -> Option<SmtpTransport> {
     Some(builder.build())
 }
 
+/// The relay in force and its transport, built again only when an administrator saved new
+/// settings in the portal. Each sending loop keeps one and asks it before every round.
+#[derive(Default)]
+pub struct RelayCache {
+    built_for: Option<Option<i64>>,
+    relay: Option<(SmtpConfig, SmtpTransport)>,
+}
+
+impl std::fmt::Debug for RelayCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayCache")
+            .field("built_for", &self.built_for)
+            .field("host", &self.relay.as_ref().map(|(smtp, _)| &smtp.host))
+            .finish()
+    }
+}
+
+impl RelayCache {
+    /// The relay to send through now, or `None` when no host is set (mail stays owed).
+    pub fn current(
+        &mut self,
+        app: &crate::Appliance,
+    ) -> Result<Option<&(SmtpConfig, SmtpTransport)>> {
+        let key = crate::connectors::SealingKey::load_or_create(&app.config.keys_dir())?;
+        let relay = crate::settings::relay(&mut *app.store.conn()?, &app.config, &key)?;
+        if self.built_for != Some(relay.saved_at_us) {
+            if relay.smtp.host.is_none() {
+                tracing::warn!(
+                    "no mail relay is set (smtp.host, or the portal's mail settings): emails stay in the outbox"
+                );
+            }
+            self.relay = transport(&relay.smtp).map(|t| (relay.smtp, t));
+            self.built_for = Some(relay.saved_at_us);
+        }
+        Ok(self.relay.as_ref())
+    }
+}
+
 /// Sends everything due through `transport`; returns how many were sent.
 pub fn send_due(
     audit: &Audit,
@@ -158,15 +196,39 @@ pub fn send_due(
 }
 
 fn compose(from: &str, mail: &OwedMail) -> std::result::Result<Message, String> {
+    message(from, &mail.recipient, &mail.subject, &mail.body)
+}
+
+fn message(
+    from: &str,
+    to: &str,
+    subject: &str,
+    body: &str,
+) -> std::result::Result<Message, String> {
     let from: Mailbox = from.parse().map_err(|err| format!("smtp.from: {err}"))?;
-    let to: Mailbox = mail
-        .recipient
+    let to: Mailbox = to
         .parse()
-        .map_err(|err| format!("recipient {:?}: {err}", mail.recipient))?;
+        .map_err(|err| format!("recipient {to:?}: {err}"))?;
     Message::builder()
         .from(from)
         .to(to)
-        .subject(&mail.subject)
-        .body(mail.body.clone())
+        .subject(subject)
+        .body(body.to_owned())
+        .map_err(|err| err.to_string())
+}
+
+/// Sends one email now, not through the outbox: for the portal's "send a test email",
+/// whose point is the relay's answer. The error is what the relay (or the network) said.
+pub fn send_now(
+    smtp: &SmtpConfig,
+    to: &str,
+    subject: &str,
+    body: &str,
+) -> std::result::Result<(), String> {
+    let transport = transport(smtp).ok_or("no mail relay is set")?;
+    let message = message(&smtp.from, to, subject, body)?;
+    transport
+        .send(&message)
+        .map(|_| ())
         .map_err(|err| err.to_string())
 }

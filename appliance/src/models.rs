@@ -81,6 +81,10 @@ pub struct Organisation {
     pub id: OrganisationId,
     pub name: String,
     pub created_at_us: i64,
+    pub disabled_at_us: Option<i64>,
+    /// The organisation first-run setup made, which owns the appliance: its administrators
+    /// manage the other organisations and the appliance's own settings.
+    pub operator: bool,
 }
 
 #[derive(
@@ -196,6 +200,37 @@ fn conflict_or(err: diesel::result::Error, what: impl FnOnce() -> String) -> Err
     }
 }
 
+/// Maps a foreign-key refusal (the row is still referenced) to a conflict that says what
+/// to do instead.
+fn in_use_or(err: diesel::result::Error, what: impl FnOnce() -> String) -> Error {
+    match err {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+            _,
+        ) => Error::Conflict(what()),
+        other => other.into(),
+    }
+}
+
+const MAX_LOCATION_CHARS: usize = 200;
+
+fn clean_location(raw: &str) -> Result<String> {
+    let location = raw.trim();
+    if location.chars().count() > MAX_LOCATION_CHARS {
+        return Err(Error::invalid(
+            "location",
+            format!("must be at most {MAX_LOCATION_CHARS} characters"),
+        ));
+    }
+    if location.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "location",
+            "must not contain control characters",
+        ));
+    }
+    Ok(location.to_owned())
+}
+
 impl Organisation {
     pub fn create(audit: &Audit, actor: &Actor, name: &str) -> Result<Organisation> {
         let name = clean_name("name", name)?;
@@ -234,6 +269,12 @@ impl Organisation {
         now: i64,
     ) -> Result<usize> {
         audit.record_with(|conn| {
+            if disabled && Organisation::find(conn, id)?.operator {
+                return Err(Error::invalid(
+                    "organisation",
+                    "the operator organisation owns the appliance and cannot be disabled",
+                ));
+            }
             let updated = diesel::update(organisations::table.find(id))
                 .set(organisations::disabled_at_us.eq(disabled.then_some(now)))
                 .execute(conn)?;
@@ -263,6 +304,84 @@ impl Organisation {
         })
     }
 
+    pub fn find(conn: &mut DbConnection, id: OrganisationId) -> Result<Organisation> {
+        organisations::table
+            .find(id)
+            .select(Organisation::as_select())
+            .first(conn)
+            .optional()?
+            .ok_or(Error::NotFound("organisation"))
+    }
+
+    /// Renames an organisation; audited `organisation.renamed` with both names.
+    pub fn rename(
+        audit: &Audit,
+        actor: &Actor,
+        id: OrganisationId,
+        name: &str,
+    ) -> Result<Organisation> {
+        let name = clean_name("name", name)?;
+        audit.record_with(|conn| {
+            let before = Organisation::find(conn, id)?;
+            diesel::update(organisations::table.find(id))
+                .set(organisations::name.eq(&name))
+                .execute(conn)
+                .map_err(|err| {
+                    conflict_or(err, || {
+                        format!("an organisation named {name:?} already exists")
+                    })
+                })?;
+            let event = AuditEvent::new(actor.clone(), "organisation.renamed")
+                .target(id)
+                .details(serde_json::json!({ "from": before.name, "to": name }));
+            Ok((Organisation { name, ..before }, vec![event]))
+        })
+    }
+
+    /// Deletes an organisation that has no users and no sites left; the operator
+    /// organisation is never deleted. Audited `organisation.deleted`.
+    pub fn delete(audit: &Audit, actor: &Actor, id: OrganisationId) -> Result<()> {
+        audit.record_with(|conn| {
+            let org = Organisation::find(conn, id)?;
+            if org.operator {
+                return Err(Error::invalid(
+                    "organisation",
+                    "the operator organisation owns the appliance and cannot be deleted",
+                ));
+            }
+            let members: i64 = users::table
+                .filter(users::organisation_id.eq(id))
+                .count()
+                .get_result(conn)?;
+            let plants: i64 = sites::table
+                .filter(sites::organisation_id.eq(id))
+                .count()
+                .get_result(conn)?;
+            if members > 0 || plants > 0 {
+                return Err(Error::Conflict(format!(
+                    "{} still has {members} user(s) and {plants} site(s); delete or move them first, or disable the organisation",
+                    org.name
+                )));
+            }
+            diesel::delete(organisations::table.find(id))
+                .execute(conn)
+                .map_err(|err| in_use_or(err, || format!("{} is still in use", org.name)))?;
+            let event = AuditEvent::new(actor.clone(), "organisation.deleted")
+                .target(id)
+                .details(serde_json::json!({ "name": org.name }));
+            Ok(((), vec![event]))
+        })
+    }
+
+    /// The organisation that owns the appliance, once first-run setup made it.
+    pub fn operator(conn: &mut DbConnection) -> Result<Option<Organisation>> {
+        Ok(organisations::table
+            .filter(organisations::operator.eq(true))
+            .select(Organisation::as_select())
+            .first(conn)
+            .optional()?)
+    }
+
     pub fn find_by_name(conn: &mut DbConnection, name: &str) -> Result<Option<Organisation>> {
         Ok(organisations::table
             .filter(organisations::name.eq(name))
@@ -281,10 +400,10 @@ impl Site {
         location: &str,
     ) -> Result<Site> {
         let name = clean_name("name", name)?;
-        let location = location.trim();
+        let location = clean_location(location)?;
         audit.record_with(|conn| {
             let site = on_backend!(conn, c => diesel::insert_into(sites::table)
-                    .values(NewSite { organisation_id: organisation, name: &name, location, created_at_us: now_us() })
+                    .values(NewSite { organisation_id: organisation, name: &name, location: &location, created_at_us: now_us() })
                     .returning(Site::as_returning())
                 .get_result(c))
                 .map_err(|err| match err {
@@ -297,6 +416,94 @@ impl Site {
                 .target(site.id)
                 .details(serde_json::json!({ "name": site.name, "organisation": organisation }));
             Ok((site, vec![event]))
+        })
+    }
+
+    /// A site of `organisation`; any other id is "not found".
+    pub fn find_in(
+        conn: &mut DbConnection,
+        organisation: OrganisationId,
+        id: SiteId,
+    ) -> Result<Site> {
+        sites::table
+            .find(id)
+            .filter(sites::organisation_id.eq(organisation))
+            .select(Site::as_select())
+            .first(conn)
+            .optional()?
+            .ok_or(Error::NotFound("site"))
+    }
+
+    /// Renames a site of `organisation` or changes its location; audited `site.updated`.
+    pub fn update(
+        audit: &Audit,
+        actor: &Actor,
+        organisation: OrganisationId,
+        id: SiteId,
+        name: &str,
+        location: &str,
+    ) -> Result<Site> {
+        let name = clean_name("name", name)?;
+        let location = clean_location(location)?;
+        audit.record_with(|conn| {
+            let before = Site::find_in(conn, organisation, id)?;
+            diesel::update(sites::table.find(id))
+                .set((sites::name.eq(&name), sites::location.eq(&location)))
+                .execute(conn)
+                .map_err(|err| {
+                    conflict_or(err, || {
+                        format!("this organisation already has a site named {name:?}")
+                    })
+                })?;
+            let event = AuditEvent::new(actor.clone(), "site.updated")
+                .target(id)
+                .details(serde_json::json!({
+                    "from": { "name": before.name, "location": before.location },
+                    "to": { "name": name, "location": location },
+                }));
+            Ok((
+                Site {
+                    name,
+                    location,
+                    ..before
+                },
+                vec![event],
+            ))
+        })
+    }
+
+    /// Deletes a site of `organisation` with its machines, approvers and policy. A site
+    /// with devices, contractor accounts or remote-access history is kept, so that history
+    /// stays readable: the refusal says so. Audited `site.deleted`.
+    pub fn delete(
+        audit: &Audit,
+        actor: &Actor,
+        organisation: OrganisationId,
+        id: SiteId,
+    ) -> Result<()> {
+        use crate::schema::{machines, site_approvers, site_policies};
+        audit.record_with(|conn| {
+            let site = Site::find_in(conn, organisation, id)?;
+            let kept = || {
+                format!(
+                    "{} has devices, contractor accounts or remote-access history, which must stay readable; switch its remote access off instead",
+                    site.name
+                )
+            };
+            diesel::delete(site_approvers::table.filter(site_approvers::site_id.eq(id)))
+                .execute(conn)?;
+            diesel::delete(site_policies::table.filter(site_policies::site_id.eq(id)))
+                .execute(conn)?;
+            diesel::delete(machines::table.filter(machines::site_id.eq(id)))
+                .execute(conn)
+                .map_err(|err| in_use_or(err, kept))?;
+            diesel::delete(sites::table.find(id))
+                .execute(conn)
+                .map_err(|err| in_use_or(err, kept))?;
+            let event = AuditEvent::new(actor.clone(), "site.deleted")
+                .target(id)
+                .details(serde_json::json!({ "name": site.name, "location": site.location }));
+            Ok(((), vec![event]))
         })
     }
 

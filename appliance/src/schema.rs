@@ -6,6 +6,7 @@ diesel::table! {
         name -> Text,
         created_at_us -> BigInt,
         disabled_at_us -> Nullable<BigInt>,
+        operator -> Bool,
     }
 }
 
@@ -440,5 +441,13 @@ diesel::table! {
         created_at_us -> BigInt,
         expires_at_us -> BigInt,
         used_at_us -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    settings (name) {
+        name -> Text,
+        value -> Text,
+        updated_at_us -> BigInt,
     }
 }

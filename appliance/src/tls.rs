@@ -179,6 +179,196 @@ pub fn acceptor(paths: &CertificatePaths) -> Result<SslAcceptorBuilder> {
     Ok(builder)
 }
 
+/// What an administrator sees of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CertificateSummary {
+    pub subject: String,
+    pub issuer: String,
+    pub names: Vec<String>,
+    pub not_before: String,
+    pub not_after: String,
+    pub sha256: String,
+    pub self_signed: bool,
+}
+
+fn name_text(name: &openssl::x509::X509NameRef) -> String {
+    name.entries()
+        .map(|entry| {
+            let key = entry.object().nid().short_name().unwrap_or("?");
+            let value = entry.data().to_string().unwrap_or_default();
+            format!("{key}={value}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl CertificateSummary {
+    pub fn of(cert: &openssl::x509::X509Ref) -> Result<CertificateSummary> {
+        let names = cert
+            .subject_alt_names()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| {
+                        n.dnsname().map(|d| format!("DNS:{d}")).or_else(|| {
+                            n.ipaddress().and_then(|ip| match ip.len() {
+                                4 => <[u8; 4]>::try_from(ip)
+                                    .ok()
+                                    .map(|b| format!("IP:{}", IpAddr::from(b))),
+                                16 => <[u8; 16]>::try_from(ip)
+                                    .ok()
+                                    .map(|b| format!("IP:{}", IpAddr::from(b))),
+                                _ => None,
+                            })
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let subject = name_text(cert.subject_name());
+        let issuer = name_text(cert.issuer_name());
+        Ok(CertificateSummary {
+            self_signed: subject == issuer,
+            subject,
+            issuer,
+            names,
+            not_before: cert.not_before().to_string(),
+            not_after: cert.not_after().to_string(),
+            sha256: hex::encode(cert.digest(MessageDigest::sha256())?),
+        })
+    }
+
+    /// The certificate installed at `paths`.
+    pub fn read(paths: &CertificatePaths) -> Result<CertificateSummary> {
+        let pem = fs::read(&paths.cert)
+            .map_err(|err| tls_error(&paths.cert.display().to_string(), err))?;
+        let cert = X509::from_pem(&pem).map_err(|err| tls_error("certificate", err))?;
+        CertificateSummary::of(&cert)
+    }
+}
+
+/// Replaces the portal's certificate and key after checking that they belong together and
+/// that the certificate is valid now; audited `tls.certificate.replaced`. A listener built
+/// with [`live_acceptor`] serves it from its next handshake.
+pub fn replace_portal_certificate(
+    audit: &crate::Audit,
+    actor: &crate::Actor,
+    source: &str,
+    config: &crate::config::Config,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<CertificateSummary> {
+    let first = X509::stack_from_pem(cert_pem)
+        .ok()
+        .and_then(|chain| chain.into_iter().next())
+        .ok_or_else(|| Error::invalid("certificate", "is not a PEM certificate"))?;
+    let now = Asn1Time::days_from_now(0)?;
+    if first.not_after() < now {
+        return Err(Error::invalid(
+            "certificate",
+            format!("expired on {}", first.not_after()),
+        ));
+    }
+    if first.not_before() > now {
+        return Err(Error::invalid(
+            "certificate",
+            format!("is not valid before {}", first.not_before()),
+        ));
+    }
+    let leaf = install_certificate(&config.portal_certificate(), cert_pem, key_pem)?;
+    let summary = CertificateSummary::of(&leaf)?;
+    audit.record(
+        crate::AuditEvent::new(actor.clone(), "tls.certificate.replaced")
+            .source(source)
+            .target("tls:portal")
+            .details(serde_json::json!({
+                "subject": summary.subject,
+                "names": summary.names,
+                "not_after": summary.not_after,
+                "sha256": summary.sha256,
+            })),
+    )?;
+    Ok(summary)
+}
+
+/// A listener's certificate that can be replaced while it serves. OpenSSL calls the
+/// servername callback for every ClientHello, with or without SNI; the callback hands the
+/// connection the context built from the files last loaded, so a replaced certificate is
+/// used from the next handshake on, with no restart.
+#[derive(Clone)]
+pub struct LiveCertificate {
+    paths: CertificatePaths,
+    current: std::sync::Arc<std::sync::RwLock<(openssl::ssl::SslContext, FileStamp)>>,
+}
+
+impl std::fmt::Debug for LiveCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveCertificate")
+            .field("paths", &self.paths)
+            .finish()
+    }
+}
+
+/// What tells that a certificate or key file was replaced.
+type FileStamp = Vec<Option<(std::time::SystemTime, u64)>>;
+
+fn stamp(paths: &CertificatePaths) -> FileStamp {
+    [&paths.cert, &paths.key]
+        .iter()
+        .map(|p| {
+            fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+/// [`acceptor`] for a certificate that may be replaced while the listener runs.
+pub fn live_acceptor(paths: &CertificatePaths) -> Result<(SslAcceptorBuilder, LiveCertificate)> {
+    let stamped = stamp(paths);
+    let context = acceptor(paths)?.build().into_context();
+    let live = LiveCertificate {
+        paths: paths.clone(),
+        current: std::sync::Arc::new(std::sync::RwLock::new((context, stamped))),
+    };
+    let mut builder = acceptor(paths)?;
+    let current = live.current.clone();
+    builder.set_servername_callback(move |ssl, _alert| {
+        let context = current
+            .read()
+            .map_err(|_| openssl::ssl::SniError::ALERT_FATAL)?;
+        ssl.set_ssl_context(&context.0)
+            .map_err(|_| openssl::ssl::SniError::ALERT_FATAL)
+    });
+    Ok((builder, live))
+}
+
+impl LiveCertificate {
+    /// Loads the files again if they changed since the last load; returns whether it did.
+    /// A pair that does not load (say, the key written and the certificate not yet) leaves
+    /// the one in use in place, and the error says why.
+    pub fn reload_if_changed(&self) -> Result<bool> {
+        let now = stamp(&self.paths);
+        let unchanged = self
+            .current
+            .read()
+            .map(|current| current.1 == now)
+            .unwrap_or(false);
+        if unchanged {
+            return Ok(false);
+        }
+        let context = acceptor(&self.paths)?.build().into_context();
+        if let Ok(mut current) = self.current.write() {
+            *current = (context, now);
+        }
+        Ok(true)
+    }
+
+    pub fn paths(&self) -> &CertificatePaths {
+        &self.paths
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use appliance::alerts::{self, PendingNotification};
+use appliance::config::SmtpConfig;
 use appliance::time::format_us;
 use appliance::{Actor, Appliance};
 use lettre::message::Mailbox;
@@ -22,12 +23,13 @@ pub fn start(app: Appliance, pokes: Receiver<()>) -> std::io::Result<()> {
 
 fn run(app: Appliance, pokes: Receiver<()>) {
     let actor = Actor::System("ingest".into());
-    let Some(transport) = appliance::mail::transport(&app.config.smtp) else {
-        tracing::warn!("smtp.host is not set: alert emails stay in the outbox");
-        return;
-    };
+    let mut relay = appliance::mail::RelayCache::default();
     loop {
-        send_owed(&app, &actor, &transport);
+        match relay.current(&app) {
+            Ok(Some((smtp, transport))) => send_owed(&app, &actor, smtp, transport),
+            Ok(None) => {}
+            Err(err) => tracing::error!(error = %err, "cannot read the mail relay settings"),
+        }
         match pokes.recv_timeout(RETRY_EVERY) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
@@ -35,10 +37,11 @@ fn run(app: Appliance, pokes: Receiver<()>) {
     }
 }
 
-fn send_owed(app: &Appliance, actor: &Actor, transport: &SmtpTransport) {
-    let owed = app.store.conn().and_then(|mut conn| {
-        alerts::pending_notifications(&mut conn, app.config.smtp.max_attempts)
-    });
+fn send_owed(app: &Appliance, actor: &Actor, smtp: &SmtpConfig, transport: &SmtpTransport) {
+    let owed = app
+        .store
+        .conn()
+        .and_then(|mut conn| alerts::pending_notifications(&mut conn, smtp.max_attempts));
     let owed = match owed {
         Ok(owed) => owed,
         Err(err) => {
@@ -47,7 +50,7 @@ fn send_owed(app: &Appliance, actor: &Actor, transport: &SmtpTransport) {
         }
     };
     for pending in owed {
-        let outcome = compose(&app.config.smtp.from, &pending).and_then(|message| {
+        let outcome = compose(&smtp.from, &pending).and_then(|message| {
             transport
                 .send(&message)
                 .map(|_| ())

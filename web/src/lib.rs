@@ -5,6 +5,8 @@
 //! changes state must come from the portal's own origin ([`same_origin_only`]) and, once
 //! signed in, carry the session's CSRF token.
 
+pub mod account;
+pub mod admin;
 pub mod api;
 pub mod devices;
 mod download;
@@ -50,6 +52,8 @@ pub struct AppState {
     pub api_by_token: api::RateLimiter<i64>,
     /// Wakes the remote-access worker after a change, so emails and signals follow at once.
     pub worker: worker::Worker,
+    /// The HTTPS listener's certificate, which an administrator may replace while it serves.
+    pub certificate: Option<appliance::tls::LiveCertificate>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -88,6 +92,7 @@ impl AppState {
             api_by_address: api::RateLimiter::default(),
             api_by_token: api::RateLimiter::default(),
             worker: worker::Worker::default(),
+            certificate: None,
             app,
             clock,
         }
@@ -151,6 +156,8 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route("/sessions/{id}/end", web::post().to(pages::end_session))
         .route("/users", web::get().to(pages::users_page))
         .route("/users", web::post().to(pages::create_user))
+        .route("/users/{id}", web::get().to(pages::user_page))
+        .route("/users/{id}", web::post().to(pages::edit_user))
         .route("/users/{id}/{change}", web::post().to(pages::change_user))
         .route("/audit", web::get().to(pages::audit_page))
         .route("/audit/export", web::get().to(pages::audit_export))
@@ -162,6 +169,8 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             "/invite/{user}/{token}",
             web::post().to(pages::invitation_submit),
         )
+        .configure(account::config)
+        .configure(admin::config)
         .configure(remote::config)
         .configure(devices::config)
         // Before the API's scope, whose fallback would answer 404 for these paths.
@@ -314,6 +323,8 @@ pub struct Nav {
     pub can_audit: bool,
     pub can_manage: bool,
     pub can_see_sites: bool,
+    /// An administrator of the operator organisation: organisations and appliance settings.
+    pub can_operate: bool,
     /// "Remote access active at ..." lines, shown on every page.
     pub banners: Vec<String>,
 }
@@ -323,6 +334,8 @@ pub struct Nav {
 pub struct SignedIn {
     pub user: User,
     pub role: Role,
+    /// The user belongs to the organisation that owns the appliance.
+    pub operator: bool,
     pub session: Session,
     /// Ties forms to this session; see [`SignedIn::check_csrf`].
     pub csrf: String,
@@ -347,6 +360,7 @@ impl SignedIn {
             can_audit: matches!(self.role, Role::Admin | Role::Auditor),
             can_manage: self.role == Role::Admin,
             can_see_sites: matches!(self.role, Role::Admin | Role::Approver),
+            can_operate: self.is_appliance_admin(),
             banners: self.banners.clone(),
         }
     }
@@ -372,6 +386,24 @@ impl SignedIn {
         } else {
             Err(WebError::Forbidden(format!(
                 "{doing} is for administrators."
+            )))
+        }
+    }
+
+    /// An administrator of the organisation that owns the appliance.
+    pub fn is_appliance_admin(&self) -> bool {
+        self.role == Role::Admin && self.operator
+    }
+
+    /// Refuses anyone but an administrator of the operator organisation: organisations, the
+    /// certificate and the mail relay concern the whole appliance.
+    pub fn appliance_admin_only(&self, doing: &str) -> Result<(), WebError> {
+        self.admin_only(doing)?;
+        if self.operator {
+            Ok(())
+        } else {
+            Err(WebError::Forbidden(format!(
+                "{doing} is for the administrators of the organisation that runs this appliance."
             )))
         }
     }
@@ -436,24 +468,29 @@ fn resume_session(req: &HttpRequest) -> Extracted<SignedIn> {
             let token = token.clone();
             web::block(move || -> appliance::error::Result<_> {
                 let resumed = sessions::resume(&state.app.audit, &token, now, limits)?;
-                let banners = match &resumed {
+                let (banners, operator) = match &resumed {
                     Ok((_, user)) => {
-                        appliance::access::banners(&mut *state.app.store.conn()?, user)?
+                        let mut conn = state.app.store.conn()?;
+                        let operator =
+                            appliance::models::Organisation::find(&mut conn, user.organisation_id)?
+                                .operator;
+                        (appliance::access::banners(&mut conn, user)?, operator)
                     }
-                    Err(_) => Vec::new(),
+                    Err(_) => (Vec::new(), false),
                 };
-                Ok(resumed.map(|ok| (ok, banners)))
+                Ok(resumed.map(|ok| (ok, banners, operator)))
             })
             .await
             .map_err(WebError::from)?
         };
         match resumed.map_err(WebError::from)? {
-            Ok(((session, user), banners)) => {
+            Ok(((session, user), banners, operator)) => {
                 let role = user.role().map_err(WebError::from)?;
                 Ok(SignedIn {
                     csrf: csrf_token(&token),
                     user,
                     role,
+                    operator,
                     session,
                     banners,
                 })
@@ -501,6 +538,86 @@ pub(crate) fn see_other(location: &str) -> HttpResponse {
     HttpResponse::SeeOther()
         .insert_header(("Location", location))
         .finish()
+}
+
+/// A form that carries nothing but its CSRF token.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// Why a submitted form was refused: each problem beside its field, anything else above
+/// the form. Built from the core library's refusals; any other error is an error page.
+#[derive(Debug, Clone, Default)]
+pub struct Problems {
+    fields: Vec<(String, String)>,
+    general: Option<String>,
+}
+
+impl Problems {
+    pub fn of(err: appliance::Error) -> Result<Problems, WebError> {
+        match err {
+            appliance::Error::Invalid { field, problem } => Ok(Problems {
+                fields: vec![(field.to_owned(), problem)],
+                general: None,
+            }),
+            appliance::Error::Conflict(problem) => Ok(Problems::general(problem)),
+            other => Err(other.into()),
+        }
+    }
+
+    pub fn general(problem: impl Into<String>) -> Problems {
+        Problems {
+            fields: Vec::new(),
+            general: Some(problem.into()),
+        }
+    }
+
+    /// The problem with `name`, shown beside that field.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, problem)| problem.as_str())
+    }
+
+    /// Problems not tied to a field the form shows (in `shown`), for the top of the form.
+    pub fn other(&self, shown: &[&str]) -> Option<String> {
+        let unshown = self
+            .fields
+            .iter()
+            .filter(|(field, _)| !shown.contains(&field.as_str()))
+            .map(|(field, problem)| format!("{field}: {problem}"));
+        let all: Vec<String> = self.general.iter().cloned().chain(unshown).collect();
+        (!all.is_empty()).then(|| all.join("; "))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty() && self.general.is_none()
+    }
+
+    /// 422 for a form shown again with its problems, else 200.
+    pub fn status(&self) -> StatusCode {
+        if self.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+    }
+}
+
+/// Renders a template as an HTML response with `status`.
+pub fn html_with_status(
+    template: &impl Template,
+    status: StatusCode,
+) -> Result<HttpResponse, WebError> {
+    let body = template
+        .render()
+        .map_err(|err| WebError::Internal(err.to_string()))?;
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(body))
 }
 
 /// Renders a template as an HTML response.

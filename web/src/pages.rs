@@ -1225,14 +1225,133 @@ pub async fn change_user(
         Actor::User(user.user.id),
     );
     let audit = state.app.audit.clone();
-    web::block(move || match change.as_str() {
+    let done = web::block(move || match change.as_str() {
         "disable" => accounts::set_disabled(&audit, &actor, org, target, true, now),
         "enable" => accounts::set_disabled(&audit, &actor, org, target, false, now),
         "unlock" => accounts::unlock(&audit, &actor, org, target),
+        "delete" => accounts::delete_account(&audit, &actor, org, target),
         _ => Err(appliance::Error::NotFound("action")),
     })
+    .await?;
+    match done {
+        Ok(()) => Ok(see_other("/users")),
+        Err(err @ (appliance::Error::Conflict(_) | appliance::Error::Invalid { .. })) => {
+            let problem = crate::Problems::of(err)?.other(&[]);
+            users_page_with(&state, &user, problem, String::new(), String::new()).await
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "user.html")]
+struct UserPage {
+    signed_in: Option<Nav>,
+    csrf: String,
+    id: i64,
+    name: String,
+    email: String,
+    role: String,
+    is_self: bool,
+    problems: crate::Problems,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EditUserForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    role: String,
+}
+
+/// An account of the administrator's own organisation, to edit; any other id is "not found".
+pub async fn user_page(state: web::Data<AppState>, user: SignedIn, path: web::Path<i64>) -> Page {
+    user.admin_only("Managing users")?;
+    if let Err(confirm) = user.require_recent_authentication(&state, CONFIRM_FOR_USERS) {
+        return Ok(actix_web::ResponseError::error_response(&confirm));
+    }
+    let (app, org, id) = (
+        state.app.clone(),
+        user.user.organisation_id,
+        path.into_inner(),
+    );
+    let account = web::block(move || {
+        accounts::accounts_of(&mut *app.store.conn()?, org)?
+            .into_iter()
+            .find(|a| a.id.0 == id)
+            .ok_or(appliance::Error::NotFound("user"))
+    })
     .await??;
-    Ok(see_other("/users"))
+    html(&UserPage {
+        signed_in: Some(user.nav()),
+        csrf: user.csrf.clone(),
+        id: account.id.0,
+        is_self: account.id == user.user.id,
+        name: account.name,
+        email: account.email,
+        role: account.role,
+        problems: crate::Problems::default(),
+    })
+}
+
+/// Changes the name, email or role of an account of the administrator's own organisation.
+pub async fn edit_user(
+    state: web::Data<AppState>,
+    user: SignedIn,
+    path: web::Path<i64>,
+    form: web::Form<EditUserForm>,
+) -> Page {
+    user.admin_only("Managing users")?;
+    user.check_csrf(&form.csrf)?;
+    if let Err(confirm) = user.require_recent_authentication(&state, CONFIRM_FOR_USERS) {
+        return Ok(actix_web::ResponseError::error_response(&confirm));
+    }
+    let form = form.into_inner();
+    let target = appliance::models::UserId(path.into_inner());
+    let (app, org, actor, now) = (
+        state.app.clone(),
+        user.user.organisation_id,
+        Actor::User(user.user.id),
+        state.now(),
+    );
+    let shown = form.clone();
+    let updated = web::block(move || {
+        let change = appliance::accounts::AccountChange {
+            name: Some(form.name),
+            email: Some(form.email),
+            role: Some(form.role.parse()?),
+        };
+        accounts::update_account(&app.audit, &actor, org, target, &change, now)
+    })
+    .await?;
+    match updated {
+        Ok(_) => {
+            state.worker.poke();
+            Ok(see_other("/users"))
+        }
+        Err(err @ appliance::Error::NotFound(_)) => Err(err.into()),
+        Err(err) => {
+            let problems = crate::Problems::of(err)?;
+            let status = problems.status();
+            crate::html_with_status(
+                &UserPage {
+                    signed_in: Some(user.nav()),
+                    csrf: user.csrf.clone(),
+                    id: target.0,
+                    is_self: target == user.user.id,
+                    name: shown.name,
+                    email: shown.email,
+                    role: shown.role,
+                    problems,
+                },
+                status,
+            )
+        }
+    }
 }
 
 #[derive(Template)]
@@ -1377,6 +1496,9 @@ pub struct ConfirmQuery {
 fn confirm_target(next: &str) -> &'static str {
     match next {
         "users" => "/users",
+        "organisations" => "/organisations",
+        "settings" => "/settings",
+        "email" => "/account/email",
         _ => "/",
     }
 }

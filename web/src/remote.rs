@@ -28,6 +28,8 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route("/sites", web::get().to(sites_page))
         .route("/sites", web::post().to(create_site))
         .route("/sites/{id}", web::get().to(site_page))
+        .route("/sites/{id}/details", web::post().to(set_details))
+        .route("/sites/{id}/delete", web::post().to(delete_site))
         .route("/sites/{id}/policy", web::post().to(set_policy))
         .route("/sites/{id}/approvers", web::post().to(set_approver))
         .route("/sites/{id}/machines", web::post().to(add_machine))
@@ -776,6 +778,62 @@ async fn change_site<T: Send + 'static>(
         Err(err) => {
             let problem = problem_of(err)?;
             site_page_with(&state, &user, site, Some(problem)).await
+        }
+    }
+}
+
+/// Renames a site or changes its location.
+pub async fn set_details(
+    state: web::Data<AppState>,
+    user: SignedIn,
+    path: web::Path<i64>,
+    form: web::Form<SiteForm>,
+) -> Page {
+    user.admin_only("Changing sites")?;
+    user.check_csrf(&form.csrf)?;
+    let form = form.into_inner();
+    change_site(state, user, path.into_inner(), move |app, account, site| {
+        Site::update(
+            &app.audit,
+            &Actor::User(account.id),
+            account.organisation_id,
+            site.id,
+            &form.name,
+            &form.location,
+        )
+    })
+    .await
+}
+
+/// Deletes a site without history; one with history is kept, and the page says why.
+pub async fn delete_site(
+    state: web::Data<AppState>,
+    user: SignedIn,
+    path: web::Path<i64>,
+    form: web::Form<CsrfForm>,
+) -> Page {
+    user.admin_only("Changing sites")?;
+    user.check_csrf(&form.csrf)?;
+    let id = path.into_inner();
+    let (app, account) = (state.app.clone(), user.user.clone());
+    let deleted = web::block(move || {
+        let site = visible_site(&mut *app.store.conn()?, &account, id)?;
+        Site::delete(
+            &app.audit,
+            &Actor::User(account.id),
+            account.organisation_id,
+            site.id,
+        )
+    })
+    .await?;
+    match deleted {
+        Ok(()) => {
+            after_change(&state).await;
+            Ok(see_other("/sites"))
+        }
+        Err(err) => {
+            let problem = problem_of(err)?;
+            site_page_with(&state, &user, id, Some(problem)).await
         }
     }
 }

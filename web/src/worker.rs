@@ -4,7 +4,8 @@
 //!   ended accounts are revoked) and pokes the firewall when a session ended;
 //! - drives each site's "remote access active" signal (command and/or webhook) when it
 //!   changes, and once at start, so a restart never leaves a lamp lit or dark by mistake;
-//! - sends the emails the outbox owes.
+//! - sends the emails the outbox owes, through the relay in force (see `settings`);
+//! - serves a portal certificate replaced from the command line.
 //!
 //! It is one thread, so signals are driven in order and never twice at once.
 
@@ -18,6 +19,7 @@ use appliance::config::AccessConfig;
 use appliance::ids::SiteId;
 use appliance::models::Site;
 use appliance::time::now_us;
+use appliance::tls::LiveCertificate;
 use appliance::{Actor, Appliance, mail};
 
 /// A handle to wake the worker; a portal without one (tests of pages alone) does nothing.
@@ -34,21 +36,18 @@ impl Worker {
     }
 }
 
-pub fn start(app: Appliance) -> std::io::Result<Worker> {
+pub fn start(app: Appliance, certificate: Option<LiveCertificate>) -> std::io::Result<Worker> {
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("access-worker".into())
-        .spawn(move || run(&app, &receiver))?;
+        .spawn(move || run(&app, certificate.as_ref(), &receiver))?;
     Ok(Worker {
         pokes: Some(sender),
     })
 }
 
-fn run(app: &Appliance, pokes: &Receiver<()>) {
-    let transport = mail::transport(&app.config.smtp);
-    if transport.is_none() {
-        tracing::warn!("smtp.host is not set: access emails stay in the outbox");
-    }
+fn run(app: &Appliance, certificate: Option<&LiveCertificate>, pokes: &Receiver<()>) {
+    let mut relay = mail::RelayCache::default();
     let mailer = Actor::System("web".into());
     let every = Duration::from_secs(app.config.access.tick_seconds);
     let mut driven: HashMap<SiteId, bool> = HashMap::new();
@@ -64,9 +63,19 @@ fn run(app: &Appliance, pokes: &Receiver<()>) {
             Err(err) => tracing::error!(error = %err, "access tick failed"),
         }
         drive_signals(app, &mut driven, now);
-        if let Some(transport) = &transport
-            && let Err(err) = mail::send_due(&app.audit, &mailer, &app.config.smtp, transport, now)
-        {
+        // A certificate installed from the command line is served from here on.
+        match certificate.map(LiveCertificate::reload_if_changed) {
+            Some(Ok(true)) => tracing::info!("the portal's certificate was replaced; serving it"),
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "cannot load the replaced certificate; serving the previous one")
+            }
+            _ => {}
+        }
+        let sent = relay.current(app).and_then(|current| match current {
+            Some((smtp, transport)) => mail::send_due(&app.audit, &mailer, smtp, transport, now),
+            None => Ok(0),
+        });
+        if let Err(err) = sent {
             tracing::error!(error = %err, "cannot send the emails owed");
         }
         match pokes.recv_timeout(every) {

@@ -577,26 +577,20 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
                 std::fs::read(path)
                     .map_err(|err| Error::invalid("file", format!("{}: {err}", path.display())))
             };
-            let paths = appliance::tls::CertificatePaths::in_dir(
-                &app.config.data_dir.join("tls"),
-                "portal",
-            );
-            let leaf = appliance::tls::install_certificate(&paths, &read(&cert)?, &read(&key)?)?;
-            let subject = format!(
-                "{:?}",
-                leaf.subject_name()
-                    .entries()
-                    .map(|e| e.data().to_string())
-                    .collect::<Vec<_>>()
-            );
-            let expires = leaf.not_after().to_string();
-            app.audit.record(
-                AuditEvent::new(actor, "tls.certificate.replaced")
-                    .target("tls:portal")
-                    .details(serde_json::json!({ "subject": subject, "not_after": expires })),
+            let summary = appliance::tls::replace_portal_certificate(
+                &app.audit,
+                &actor,
+                "cli",
+                &app.config,
+                &read(&cert)?,
+                &read(&key)?,
             )?;
             println!(
-                "installed the portal certificate for {subject}, valid until {expires}; restart plantgate-web to use it"
+                "installed the portal certificate for {} ({}), valid until {}; plantgate-web serves it within access.tick_seconds ({} s)",
+                summary.subject,
+                summary.names.join(", "),
+                summary.not_after,
+                app.config.access.tick_seconds
             );
             Ok(ExitCode::SUCCESS)
         }

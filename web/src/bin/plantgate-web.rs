@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, middleware};
 use appliance::config::Config;
-use appliance::tls::{self, CertificatePaths};
+use appliance::tls;
 use appliance::{Actor, Appliance};
 use clap::Parser;
 use portal::AppState;
@@ -65,7 +65,7 @@ async fn serve(config: Config) -> Result<(), String> {
         .https_listen
         .parse()
         .map_err(|e| format!("web.https_listen: {e}"))?;
-    let paths = CertificatePaths::in_dir(&config.data_dir.join("tls"), "portal");
+    let paths = config.portal_certificate();
     let app =
         Appliance::open(config.clone(), &Actor::System("web".into())).map_err(|e| e.to_string())?;
     if tls::ensure_certificate(
@@ -85,10 +85,11 @@ async fn serve(config: Config) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?;
     }
-    let acceptor = tls::acceptor(&paths).map_err(|e| e.to_string())?;
+    let (acceptor, certificate) = tls::live_acceptor(&paths).map_err(|e| e.to_string())?;
     let clock: portal::Clock = Arc::new(appliance::time::now_us);
     let mut state = AppState::new(app.clone(), clock);
-    state.worker = portal::worker::start(app.clone())
+    state.certificate = Some(certificate.clone());
+    state.worker = portal::worker::start(app.clone(), Some(certificate))
         .map_err(|e| format!("cannot start the access worker: {e}"))?;
     let state = actix_web::web::Data::new(state);
     let body_limit = config.web.max_body_bytes;
