@@ -8,6 +8,7 @@
 pub mod api;
 pub mod devices;
 mod download;
+pub mod firmware;
 pub mod pages;
 pub mod remote;
 pub mod stream;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub api_by_token: api::RateLimiter<i64>,
     /// Wakes the remote-access worker after a change, so emails and signals follow at once.
     pub worker: worker::Worker,
+    /// Firmware uploads being verified, for their progress pages.
+    pub firmware_jobs: firmware::Jobs,
 }
 
 impl std::fmt::Debug for AppState {
@@ -88,6 +91,7 @@ impl AppState {
             api_by_address: api::RateLimiter::default(),
             api_by_token: api::RateLimiter::default(),
             worker: worker::Worker::default(),
+            firmware_jobs: firmware::Jobs::default(),
             app,
             clock,
         }
@@ -164,6 +168,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         )
         .configure(remote::config)
         .configure(devices::config)
+        .configure(firmware::config)
         // Before the API's scope, whose fallback would answer 404 for these paths.
         .configure(stream::config)
         .configure(api::config)

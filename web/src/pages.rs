@@ -1377,6 +1377,7 @@ pub struct ConfirmQuery {
 fn confirm_target(next: &str) -> &'static str {
     match next {
         "users" => "/users",
+        "firmware" => "/firmware",
         _ => "/",
     }
 }
