@@ -260,24 +260,17 @@ fn updater_config(state: &AppState) -> Result<UpdaterConfig, UpdaterError> {
 /// updater with their code and reason.
 fn verify_and_store(
     app: &Appliance,
-    actor: &Actor,
-    source: &str,
-    file: &str,
+    uploader: &Uploader<'_>,
     staged: NamedTempFile,
     model: &str,
     progress: &dyn Progress,
     config: &UpdaterConfig,
 ) -> Result<Firmware, UpdaterError> {
-    let uploader = Uploader {
-        actor,
-        source,
-        file,
-    };
     fw::store_staged(
         app,
         &config.trust_store(&app.config.data_dir),
         &config.product,
-        &uploader,
+        uploader,
         staged,
         model,
         progress,
@@ -660,8 +653,13 @@ pub async fn upload(
                     .name("firmware-verify".into())
                     .spawn(move || {
                         let progress = JobProgress(job.clone());
+                        let uploader = Uploader {
+                            actor: &actor,
+                            source: &from,
+                            file: &file,
+                        };
                         let outcome = match verify_and_store(
-                            &app, &actor, &from, &file, staged, &model, &progress, &config,
+                            &app, &uploader, staged, &model, &progress, &config,
                         ) {
                             Ok(stored) => JobOutcome::Stored(Box::new(stored)),
                             Err(err) => JobOutcome::Refused {
@@ -986,11 +984,14 @@ where
     };
     let app = state.app.clone();
     let stored = web::block(move || {
+        let uploader = Uploader {
+            actor: &actor,
+            source: &from,
+            file: &file,
+        };
         verify_and_store(
             &app,
-            &actor,
-            &from,
-            &file,
+            &uploader,
             staged,
             &model,
             &updater::progress::NoProgress,
