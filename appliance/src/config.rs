@@ -92,6 +92,12 @@ pub struct WebConfig {
     /// Sensitive actions (users, certificates, firewall, firmware) ask for the password again
     /// when it was last given longer ago than this.
     pub reauthenticate_seconds: u32,
+    /// The largest firmware bundle the portal and API accept; a bigger upload is refused
+    /// while it streams, before it is verified.
+    pub max_firmware_bytes: u64,
+    /// The updater's settings (trust anchors, product), which firmware uploads are
+    /// verified with.
+    pub updater_config: std::path::PathBuf,
 }
 
 /// The appliance's two ports.
@@ -297,6 +303,8 @@ impl Default for WebConfig {
             second_factor_roles: vec!["admin".to_owned()],
             api_requests_per_minute: 600,
             reauthenticate_seconds: 600,
+            max_firmware_bytes: 128 * 1024 * 1024,
+            updater_config: "/etc/plantgate/updater.toml".into(),
         }
     }
 }
@@ -893,6 +901,13 @@ impl Config {
                 "web.max_body_bytes",
                 web.max_body_bytes,
                 "must be between 1024 and 67108864",
+            ));
+        }
+        if !((1 << 20)..=(8 << 30)).contains(&web.max_firmware_bytes) {
+            return Err(ConfigError::new(
+                "web.max_firmware_bytes",
+                web.max_firmware_bytes,
+                "must be between 1048576 (1 MiB) and 8589934592 (8 GiB)",
             ));
         }
         Ok(())

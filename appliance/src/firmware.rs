@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::audit::{Actor, Audit, AuditEvent, Outcome};
 use crate::devices::Device;
 use crate::error::{Error, Result};
+use crate::ids::OrganisationId;
 pub use crate::ids::{FirmwareId, RolloutId};
 use crate::on_backend;
 use crate::schema::{devices, firmware, firmware_rollout_devices, firmware_rollouts};
@@ -80,6 +81,16 @@ pub struct NewFirmware {
 impl Firmware {
     /// Stores a verified bundle's facts, audited `firmware.uploaded` in the same transaction.
     pub fn record(audit: &Audit, actor: &Actor, new: NewFirmware) -> Result<Firmware> {
+        Firmware::record_from(audit, actor, "local", new)
+    }
+
+    /// As [`Firmware::record`], for an upload from `source` (the portal's client address).
+    pub fn record_from(
+        audit: &Audit,
+        actor: &Actor,
+        source: &str,
+        new: NewFirmware,
+    ) -> Result<Firmware> {
         clean_model(&new.model)?;
         audit.record_with(|conn| {
             let row = on_backend!(conn, c => diesel::insert_into(firmware::table)
@@ -97,6 +108,7 @@ impl Firmware {
                 other => other.into(),
             })?;
             let event = AuditEvent::new(actor.clone(), "firmware.uploaded")
+                .source(source)
                 .target(row.id)
                 .details(serde_json::json!({
                     "model": row.model,
@@ -225,6 +237,9 @@ pub struct RolloutRequest {
     pub selection: Selection,
     /// Stop once more than this share (0-100) of the rollout's devices failed.
     pub failure_threshold_pct: u8,
+    /// Only this organisation's devices (the portal: an administrator's own); `None` for
+    /// every organisation's (the command line, run by root on the box).
+    pub organisation: Option<OrganisationId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]
@@ -312,6 +327,16 @@ impl Rollout {
     /// Chooses the devices and starts offering them the firmware, audited
     /// `firmware.rollout.created` with every chosen serial.
     pub fn create(audit: &Audit, actor: &Actor, request: &RolloutRequest) -> Result<Rollout> {
+        Rollout::create_from(audit, actor, "local", request)
+    }
+
+    /// As [`Rollout::create`], asked from `source` (the portal's client address).
+    pub fn create_from(
+        audit: &Audit,
+        actor: &Actor,
+        source: &str,
+        request: &RolloutRequest,
+    ) -> Result<Rollout> {
         if request.failure_threshold_pct > 100 {
             return Err(Error::invalid(
                 "failure_threshold_pct",
@@ -323,11 +348,15 @@ impl Rollout {
         }
         audit.record_with(|conn| {
             let fw = Firmware::find(conn, request.firmware)?.ok_or(Error::NotFound("firmware"))?;
-            let candidates: Vec<Device> = devices::table
+            let mut query = devices::table
                 .filter(devices::model.eq(&fw.model))
                 .filter(devices::revoked_at_us.is_null())
                 .select(Device::as_select())
-                .load(conn)?;
+                .into_boxed();
+            if let Some(organisation) = request.organisation {
+                query = query.filter(devices::organisation_id.eq(organisation));
+            }
+            let candidates: Vec<Device> = query.load(conn)?;
             let (selection, chosen) = match &request.selection {
                 Selection::Percent(pct) => {
                     if !(1..=100).contains(pct) {
@@ -398,6 +427,7 @@ impl Rollout {
                 .execute(c))?;
             let serials: Vec<&str> = chosen.iter().map(|d| d.serial.as_str()).collect();
             let event = AuditEvent::new(actor.clone(), "firmware.rollout.created")
+                .source(source)
                 .target(rollout.id)
                 .details(serde_json::json!({
                     "firmware": fw.id,
@@ -416,6 +446,17 @@ impl Rollout {
     pub fn set_paused(
         audit: &Audit,
         actor: &Actor,
+        id: RolloutId,
+        paused: bool,
+    ) -> Result<Rollout> {
+        Rollout::set_paused_from(audit, actor, "local", id, paused)
+    }
+
+    /// As [`Rollout::set_paused`], asked from `source` (the portal's client address).
+    pub fn set_paused_from(
+        audit: &Audit,
+        actor: &Actor,
+        source: &str,
         id: RolloutId,
         paused: bool,
     ) -> Result<Rollout> {
@@ -450,6 +491,7 @@ impl Rollout {
                 .execute(conn)?;
             let rollout = Rollout::find(conn, id)?.ok_or(Error::NotFound("rollout"))?;
             let event = AuditEvent::new(actor.clone(), action)
+                .source(source)
                 .target(id)
                 .details(serde_json::json!({ "firmware": rollout.firmware_id }));
             Ok((rollout, vec![event]))
@@ -462,6 +504,25 @@ impl Rollout {
             .select(Rollout::as_select())
             .first(conn)
             .optional()?)
+    }
+
+    /// The rollouts whose devices all belong to `organisation`: the ones its administrators
+    /// see and steer in the portal. A rollout that also reaches another organisation's
+    /// devices (made on the command line) is left to the command line.
+    pub fn list_for_organisation(
+        conn: &mut DbConnection,
+        organisation: OrganisationId,
+    ) -> Result<Vec<RolloutSummary>> {
+        let outside: Vec<RolloutId> = firmware_rollout_devices::table
+            .inner_join(devices::table)
+            .filter(devices::organisation_id.ne(organisation))
+            .select(firmware_rollout_devices::rollout_id)
+            .distinct()
+            .load(conn)?;
+        Ok(Rollout::list(conn)?
+            .into_iter()
+            .filter(|summary| !outside.contains(&summary.rollout.id))
+            .collect())
     }
 
     pub fn list(conn: &mut DbConnection) -> Result<Vec<RolloutSummary>> {

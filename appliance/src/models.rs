@@ -338,9 +338,11 @@ impl Organisation {
         })
     }
 
-    /// Deletes an organisation that has no users and no sites left; the operator
-    /// organisation is never deleted. Audited `organisation.deleted`.
+    /// Deletes an organisation that has no sites left, with its users, as long as none of
+    /// them has remote-access history (that stays readable: disable the organisation
+    /// instead). The operator organisation is never deleted. Audited `organisation.deleted`.
     pub fn delete(audit: &Audit, actor: &Actor, id: OrganisationId) -> Result<()> {
+        use crate::schema::site_approvers;
         audit.record_with(|conn| {
             let org = Organisation::find(conn, id)?;
             if org.operator {
@@ -349,26 +351,37 @@ impl Organisation {
                     "the operator organisation owns the appliance and cannot be deleted",
                 ));
             }
-            let members: i64 = users::table
-                .filter(users::organisation_id.eq(id))
-                .count()
-                .get_result(conn)?;
             let plants: i64 = sites::table
                 .filter(sites::organisation_id.eq(id))
                 .count()
                 .get_result(conn)?;
-            if members > 0 || plants > 0 {
+            if plants > 0 {
                 return Err(Error::Conflict(format!(
-                    "{} still has {members} user(s) and {plants} site(s); delete or move them first, or disable the organisation",
+                    "{} still has {plants} site(s); delete them first, or disable the organisation",
                     org.name
                 )));
             }
+            let members: Vec<UserId> = users::table
+                .filter(users::organisation_id.eq(id))
+                .select(users::id)
+                .load(conn)?;
+            let kept = || {
+                format!(
+                    "{} has users with remote-access history, which must stay readable; disable the organisation instead",
+                    org.name
+                )
+            };
+            diesel::delete(site_approvers::table.filter(site_approvers::user_id.eq_any(&members)))
+                .execute(conn)?;
+            diesel::delete(users::table.filter(users::organisation_id.eq(id)))
+                .execute(conn)
+                .map_err(|err| in_use_or(err, kept))?;
             diesel::delete(organisations::table.find(id))
                 .execute(conn)
-                .map_err(|err| in_use_or(err, || format!("{} is still in use", org.name)))?;
+                .map_err(|err| in_use_or(err, kept))?;
             let event = AuditEvent::new(actor.clone(), "organisation.deleted")
                 .target(id)
-                .details(serde_json::json!({ "name": org.name }));
+                .details(serde_json::json!({ "name": org.name, "users_deleted": members.len() }));
             Ok(((), vec![event]))
         })
     }

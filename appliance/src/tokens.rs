@@ -17,12 +17,14 @@ use crate::store::DbConnection;
 use crate::time::format_us;
 
 /// What a token may do.
-pub const SCOPES: [&str; 5] = [
+pub const SCOPES: [&str; 7] = [
     "audit:read",
     "users:read",
     "grants:read",
     "readings:read",
     "access:read",
+    "firmware:read",
+    "firmware:write",
 ];
 pub const MAX_DAYS: u32 = 366;
 const PREFIX: &str = "pgt_";

@@ -265,6 +265,7 @@ fn a_device_in_the_rollout_fetches_the_signed_bundle_and_reports_its_progress(ba
             firmware: fw.id,
             selection: Selection::Serials(vec!["MX-1".into()]),
             failure_threshold_pct: 50,
+            organisation: None,
         },
     )
     .expect("rollout");
@@ -408,6 +409,7 @@ fn a_rollout_stops_itself_when_failures_pass_the_threshold(backend: Backend) {
             firmware: fw.id,
             selection: Selection::Percent(100),
             failure_threshold_pct: 25,
+            organisation: None,
         },
     )
     .expect("rollout");

@@ -4,12 +4,14 @@
 //! Devices fetch the original bytes, so they can verify the signatures themselves.
 
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use appliance::firmware::{Firmware, NewFirmware, clean_model};
 use appliance::time::now_us;
 use appliance::{Actor, Appliance, AuditEvent, Outcome};
 use serde_json::json;
+use tempfile::NamedTempFile;
 
 use crate::error::{Rejection, Result, UpdaterError};
 use crate::manifest::Manifest;
@@ -106,6 +108,50 @@ pub fn stored_floor(app: &Appliance, model: &str) -> Result<Option<Floor>> {
     Ok(floor)
 }
 
+/// Who hands a bundle in, and from where, as the audit records name them.
+#[derive(Debug, Clone)]
+pub struct Uploader<'a> {
+    pub actor: &'a Actor,
+    /// The client's address, or `local` for the command line.
+    pub source: &'a str,
+    /// What the uploader called the file (a path, or a browser's file name).
+    pub file: &'a str,
+}
+
+/// Audits a refused upload, `firmware.rejected`, with the refusal's code and reason. The
+/// portal calls it for refusals of its own (too large, cut off) before anything is verified.
+pub fn audit_rejection(
+    app: &Appliance,
+    uploader: &Uploader<'_>,
+    model: &str,
+    code: &str,
+    reason: &str,
+) -> Result<()> {
+    let event = AuditEvent::new(uploader.actor.clone(), "firmware.rejected")
+        .source(uploader.source)
+        .target(format!("firmware-model:{model}"))
+        .outcome(Outcome::Denied)
+        .details(json!({
+            "file": uploader.file,
+            "model": model,
+            "code": code,
+            "reason": reason,
+        }));
+    app.audit.record(event)?;
+    Ok(())
+}
+
+/// A private, empty file in the firmware directory for an upload to be written into; it
+/// disappears unless [`store_staged`] keeps it.
+pub fn staging_file(app: &Appliance) -> Result<NamedTempFile> {
+    let dir = firmware_dir(app);
+    std::fs::create_dir_all(&dir).map_err(UpdaterError::io(&dir))?;
+    tempfile::Builder::new()
+        .prefix(".upload-")
+        .tempfile_in(&dir)
+        .map_err(UpdaterError::io(&dir))
+}
+
 /// Verifies the bundle at `path` for `model` and stores it. The file is copied first and
 /// the copy verified, so what is stored is exactly what passed. A refusal is audited
 /// `firmware.rejected` with its code and reason, and leaves nothing stored.
@@ -118,40 +164,56 @@ pub fn upload(
     model: &str,
     progress: &dyn Progress,
 ) -> Result<Firmware> {
-    let result = upload_inner(app, trust, product, actor, path, model, progress);
+    let file = path.display().to_string();
+    let uploader = Uploader {
+        actor,
+        source: "local",
+        file: &file,
+    };
+    let staged = staging_file(app).and_then(|mut copy| {
+        let mut source = File::open(path).map_err(UpdaterError::io(path))?;
+        std::io::copy(&mut source, copy.as_file_mut()).map_err(UpdaterError::io(copy.path()))?;
+        Ok(copy)
+    });
+    match staged {
+        Ok(copy) => store_staged(app, trust, product, &uploader, copy, model, progress),
+        Err(err) => {
+            audit_rejection(app, &uploader, model, err.code(), &err.to_string())?;
+            Err(err)
+        }
+    }
+}
+
+/// Verifies a bundle already written to a [`staging_file`] and, if every check passes,
+/// keeps that very file and records it (`firmware.uploaded`). A refusal is audited
+/// `firmware.rejected` with its code and reason, and the staged file is deleted.
+pub fn store_staged(
+    app: &Appliance,
+    trust: &TrustStore,
+    product: &str,
+    uploader: &Uploader<'_>,
+    staged: NamedTempFile,
+    model: &str,
+    progress: &dyn Progress,
+) -> Result<Firmware> {
+    let result = store_inner(app, trust, product, uploader, staged, model, progress);
     if let Err(err) = &result {
-        let event = AuditEvent::new(actor.clone(), "firmware.rejected")
-            .target(format!("firmware-model:{model}"))
-            .outcome(Outcome::Denied)
-            .details(json!({
-                "file": path.display().to_string(),
-                "model": model,
-                "code": err.code(),
-                "reason": err.to_string(),
-            }));
-        app.audit.record(event)?;
+        audit_rejection(app, uploader, model, err.code(), &err.to_string())?;
     }
     result
 }
 
-fn upload_inner(
+fn store_inner(
     app: &Appliance,
     trust: &TrustStore,
     product: &str,
-    actor: &Actor,
-    path: &Path,
+    uploader: &Uploader<'_>,
+    copy: NamedTempFile,
     model: &str,
     progress: &dyn Progress,
 ) -> Result<Firmware> {
     let model = clean_model(model)?;
     let dir = firmware_dir(app);
-    std::fs::create_dir_all(&dir).map_err(UpdaterError::io(&dir))?;
-    let mut source = File::open(path).map_err(UpdaterError::io(path))?;
-    let mut copy = tempfile::Builder::new()
-        .prefix(".upload-")
-        .tempfile_in(&dir)
-        .map_err(UpdaterError::io(&dir))?;
-    std::io::copy(&mut source, copy.as_file_mut()).map_err(UpdaterError::io(copy.path()))?;
     copy.as_file()
         .sync_all()
         .map_err(UpdaterError::io(copy.path()))?;
@@ -175,6 +237,11 @@ fn upload_inner(
             expected: "firmware bundle",
             problem: "no payload".into(),
         })?;
+    // The ingest service, another user of the same group, serves the file to devices;
+    // whoever uploads (root at the console, or the portal's user), it must be able to read it.
+    copy.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o640))
+        .map_err(UpdaterError::io(copy.path()))?;
     let file_name = format!("{model}-{}-{}.pgb", manifest.version, &payload.sha256[..16]);
     let stored_path = dir.join(&file_name);
     copy.persist_noclobber(&stored_path)
@@ -190,7 +257,7 @@ fn upload_inner(
         signed_by: verified.signed_by.join(", "),
         uploaded_at_us: now_us(),
     };
-    Firmware::record(&app.audit, actor, new).map_err(|err| {
+    Firmware::record_from(&app.audit, uploader.actor, uploader.source, new).map_err(|err| {
         let _ = std::fs::remove_file(&stored_path);
         err.into()
     })

@@ -304,12 +304,14 @@ impl TrustStore {
         let current = self.current()?;
         let next = accept_rotation(&current, envelope)?;
         std::fs::create_dir_all(&self.rotations).map_err(UpdaterError::io(&self.rotations))?;
-        write_anchor_set(
-            envelope,
-            &self
-                .rotations
-                .join(format!("anchors-v{}.pgtrust", next.version)),
-        )?;
+        let path = self
+            .rotations
+            .join(format!("anchors-v{}.pgtrust", next.version));
+        write_anchor_set(envelope, &path)?;
+        // The portal verifies firmware uploads against the current set too, as its own
+        // user: anchor sets are public certificates, readable by all, written by root only.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .map_err(UpdaterError::io(&path))?;
         Ok(next)
     }
 }

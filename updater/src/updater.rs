@@ -9,7 +9,7 @@ use appliance::{Actor, Appliance, AuditEvent, Outcome};
 use openssl::sha::Sha256;
 use serde_json::json;
 
-use crate::bootenv::{BootEnv, BootState, GrubEnv, booted_slot};
+use crate::bootenv::{BootEnv, BootState, booted_slot};
 use crate::config::UpdaterConfig;
 use crate::container::Envelope;
 use crate::error::{Result, UpdaterError};
@@ -80,24 +80,19 @@ fn now() -> i64 {
 }
 
 impl Updater {
-    /// The image's updater: slots and the GRUB environment as configured.
+    /// The image's updater: slots and the boot environment (GRUB or U-Boot) as configured.
     pub fn open(app: Appliance, config: UpdaterConfig) -> Updater {
         let slots = DeviceSlots {
             a: config.slots.a.clone(),
             b: config.slots.b.clone(),
         };
-        let env = GrubEnv {
-            path: config.boot.grubenv.clone(),
-        };
-        let trust = TrustStore {
-            shipped: config.trust_anchors.clone(),
-            rotations: app.config.data_dir.join("updater").join("trust"),
-        };
+        let env = config.boot.env.open();
+        let trust = config.trust_store(&app.config.data_dir);
         Updater {
             app,
             config,
             slots: Box::new(slots),
-            env: Box::new(env),
+            env,
             trust,
             actor: Actor::System("updater".into()),
         }

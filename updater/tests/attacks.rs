@@ -18,7 +18,7 @@ const PAYLOAD_LEN: usize = 256 * 1024;
 /// containing `says`, that slot B is untouched, and that the refusal is in the audit log.
 fn assert_refused(tb: &TestBox, bundle: &Path, code: &str, says: &str) {
     let before_a = tb.slot_bytes(SlotId::A);
-    let before_env = std::fs::read(&tb.grubenv).ok();
+    let before_env = std::fs::read(&tb.env_file).ok();
     let err = tb.install(bundle).expect_err("the bundle must be refused");
     assert_eq!(err.code(), code, "{err}");
     let message = err.to_string();
@@ -26,7 +26,7 @@ fn assert_refused(tb: &TestBox, bundle: &Path, code: &str, says: &str) {
     assert_eq!(tb.slot_bytes(SlotId::B), SLOT_B_IMAGE, "slot B was written");
     assert_eq!(tb.slot_bytes(SlotId::A), before_a, "slot A was written");
     assert_eq!(
-        std::fs::read(&tb.grubenv).ok(),
+        std::fs::read(&tb.env_file).ok(),
         before_env,
         "the boot environment changed"
     );

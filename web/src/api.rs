@@ -32,6 +32,8 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             .route("/readings", web::get().to(readings))
             .route("/machines", web::get().to(machines))
             .route("/access-requests", web::get().to(access_requests))
+            .route("/firmware", web::get().to(firmware_list))
+            .route("/firmware", web::post().to(firmware_upload))
             .default_service(web::to(|| async {
                 Err::<HttpResponse, ApiError>(ApiError::NotFound)
             })),
@@ -41,8 +43,8 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Plantgate API", version = "1", description = "The appliance's REST API. Authenticate with `Authorization: Bearer pgt_...`."),
-    paths(me, users, audit, readings, machines, access_requests),
-    components(schemas(Me, UserItem, AuditItem, AuditPage, ReadingItem, ReadingsPage, MachineItem, AgentItem, AccessRequestItem, ErrorBody)),
+    paths(me, users, audit, readings, machines, access_requests, firmware_list, firmware_upload),
+    components(schemas(Me, UserItem, AuditItem, AuditPage, ReadingItem, ReadingsPage, MachineItem, AgentItem, AccessRequestItem, FirmwareItem, ErrorBody)),
     modifiers(&BearerAuth)
 )]
 #[derive(Debug)]
@@ -82,6 +84,16 @@ pub enum ApiError {
     NotFound,
     #[error("too many requests; retry in {0} seconds")]
     RateLimited(u64),
+    /// A bundle refused by verification: the code is the refusal's (`bundle.untrusted_signer`, ...).
+    #[error("{message}")]
+    Rejected { code: &'static str, message: String },
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// Firmware cannot be verified here (no updater settings or trust anchors).
+    #[error("firmware cannot be verified on this appliance: {0}")]
+    Unavailable(String),
     #[error("the appliance could not answer; the event was logged")]
     Internal,
 }
@@ -102,6 +114,10 @@ impl ApiError {
             ApiError::Invalid(_) => "request.invalid",
             ApiError::NotFound => "request.not_found",
             ApiError::RateLimited(_) => "rate.limited",
+            ApiError::Rejected { code, .. } => code,
+            ApiError::TooLarge(_) => "bundle.too_large",
+            ApiError::Conflict(_) => "request.conflict",
+            ApiError::Unavailable(_) => "firmware.unavailable",
             ApiError::Internal => "internal",
         }
     }
@@ -115,6 +131,10 @@ impl ResponseError for ApiError {
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -711,4 +731,135 @@ async fn access_requests(
         })
         .collect();
     Ok(HttpResponse::Ok().json(items))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FirmwareItem {
+    id: i64,
+    /// The device model it is for (target `device:MODEL`).
+    model: String,
+    version: String,
+    security_version: i64,
+    /// The payload's size in bytes.
+    size: i64,
+    /// The payload's SHA-256, as the signed manifest pins it.
+    sha256: String,
+    /// The trust anchors whose signatures met the threshold.
+    signed_by: String,
+    uploaded_at: String,
+}
+
+impl From<appliance::firmware::Firmware> for FirmwareItem {
+    fn from(f: appliance::firmware::Firmware) -> FirmwareItem {
+        FirmwareItem {
+            id: f.id.0,
+            model: f.model,
+            version: f.version,
+            security_version: f.security_version,
+            size: f.payload_size,
+            sha256: f.payload_sha256,
+            signed_by: f.signed_by,
+            uploaded_at: format_us(f.uploaded_at_us),
+        }
+    }
+}
+
+/// Firmware is for administrators: their tokens, with the scope.
+fn firmware_caller(
+    caller: &ApiCaller,
+    scope: &'static str,
+    for_admin: &'static str,
+) -> Result<(), ApiError> {
+    caller.require(scope)?;
+    if caller.role != Role::Admin {
+        return Err(ApiError::MissingScope(for_admin));
+    }
+    Ok(())
+}
+
+/// Stored firmware for field devices, newest first.
+#[utoipa::path(get, path = "/api/v1/firmware", responses(
+    (status = 200, body = [FirmwareItem]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)
+), security(("bearer" = ["firmware:read"])))]
+async fn firmware_list(
+    state: web::Data<AppState>,
+    caller: ApiCaller,
+) -> Result<HttpResponse, ApiError> {
+    firmware_caller(
+        &caller,
+        "firmware:read",
+        "firmware:read (for an administrator)",
+    )?;
+    let all =
+        web::block(move || appliance::firmware::Firmware::list(&mut *state.app.store.conn()?))
+            .await??;
+    let items: Vec<FirmwareItem> = all.into_iter().rev().map(FirmwareItem::from).collect();
+    Ok(HttpResponse::Ok().json(items))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct FirmwareUploadParams {
+    /// The device model the bundle is for: 1-64 of `A-Z a-z 0-9 . _ -`.
+    model: String,
+}
+
+/// Uploads a signed firmware bundle (the `.pgb` file as the body) for a device model. It is
+/// verified before anything is kept: signatures and threshold against this appliance's
+/// trust anchors, expiry, target and hardware, no downgrade, length, payload hash. A
+/// refusal is 422 with the refusal's code (`bundle.untrusted_signer`, `bundle.wrong_target`,
+/// `bundle.truncated`, ...) and reason, is audited, and stores nothing.
+#[utoipa::path(post, path = "/api/v1/firmware", params(FirmwareUploadParams),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The signed bundle (.pgb)"),
+    responses(
+    (status = 201, body = FirmwareItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+    (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)
+), security(("bearer" = ["firmware:write"])))]
+async fn firmware_upload(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: ApiCaller,
+    params: web::Query<FirmwareUploadParams>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    firmware_caller(
+        &caller,
+        "firmware:write",
+        "firmware:write (for an administrator)",
+    )?;
+    // A declared length over the limit is refused before a byte is read.
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let max = state.app.config.web.max_firmware_bytes;
+    let actor = appliance::Actor::User(caller.user.id);
+    let from = crate::source(&req);
+    if declared.is_some_and(|len| len > max) {
+        let reason = format!(
+            "the file is larger than {max} bytes, the most this appliance accepts (web.max_firmware_bytes)"
+        );
+        let (app, model, actor, from, why) = (
+            state.app.clone(),
+            params.model.clone(),
+            actor,
+            from,
+            reason.clone(),
+        );
+        web::block(move || {
+            let uploader = updater::firmware::Uploader {
+                actor: &actor,
+                source: &from,
+                file: "api upload",
+            };
+            updater::firmware::audit_rejection(&app, &uploader, &model, "bundle.too_large", &why)
+        })
+        .await?
+        .map_err(|_| ApiError::Internal)?;
+        return Err(ApiError::TooLarge(reason));
+    }
+    let stored =
+        crate::firmware::api_upload(&state, actor, from, params.into_inner().model, body).await?;
+    Ok(HttpResponse::Created().json(FirmwareItem::from(stored)))
 }

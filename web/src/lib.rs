@@ -10,6 +10,7 @@ pub mod admin;
 pub mod api;
 pub mod devices;
 mod download;
+pub mod firmware;
 pub mod pages;
 pub mod remote;
 pub mod stream;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub worker: worker::Worker,
     /// The HTTPS listener's certificate, which an administrator may replace while it serves.
     pub certificate: Option<appliance::tls::LiveCertificate>,
+    /// Firmware uploads being verified, for their progress pages.
+    pub firmware_jobs: firmware::Jobs,
 }
 
 impl std::fmt::Debug for AppState {
@@ -93,6 +96,7 @@ impl AppState {
             api_by_token: api::RateLimiter::default(),
             worker: worker::Worker::default(),
             certificate: None,
+            firmware_jobs: firmware::Jobs::default(),
             app,
             clock,
         }
@@ -173,6 +177,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .configure(admin::config)
         .configure(remote::config)
         .configure(devices::config)
+        .configure(firmware::config)
         // Before the API's scope, whose fallback would answer 404 for these paths.
         .configure(stream::config)
         .configure(api::config)

@@ -1499,6 +1499,7 @@ fn confirm_target(next: &str) -> &'static str {
         "organisations" => "/organisations",
         "settings" => "/settings",
         "email" => "/account/email",
+        "firmware" => "/firmware",
         _ => "/",
     }
 }

@@ -770,10 +770,36 @@ fn the_openapi_document_is_generated_from_the_handlers() {
 
 #[test]
 fn schemathesis_finds_no_server_error_in_the_api() {
-    let portal = Portal::start("api_requests_per_minute = 100000");
+    // Firmware uploads are verified against real trust anchors, so the fuzzed bodies meet
+    // the real checks rather than a missing configuration.
+    let vendor_dir = tempfile::tempdir().unwrap();
+    let anchors = testkit::vendor::Vendor::new(1, "vendor")
+        .write_anchor_set(&vendor_dir.path().join("anchors.pgtrust"), 1);
+    let updater_toml = vendor_dir.path().join("updater.toml");
+    std::fs::write(
+        &updater_toml,
+        format!(
+            "hardware = \"x\"\nfactory_version = \"1.0.0\"\ntrust_anchors = {:?}\n\
+             [slots]\na = \"/a\"\nb = \"/b\"\n[boot]\ngrubenv = \"/g\"\n",
+            anchors.display().to_string()
+        ),
+    )
+    .unwrap();
+    let portal = Portal::start(&format!(
+        "api_requests_per_minute = 100000\nupdater_config = {:?}",
+        updater_toml.display().to_string()
+    ));
     portal.setup_admin();
     let (token, _) = portal.token(
-        &["audit:read", "users:read", "grants:read", "readings:read"],
+        &[
+            "audit:read",
+            "users:read",
+            "grants:read",
+            "readings:read",
+            "access:read",
+            "firmware:read",
+            "firmware:write",
+        ],
         30,
         0,
     );
@@ -799,9 +825,10 @@ fn schemathesis_finds_no_server_error_in_the_api() {
         output.status.success(),
         "schemathesis found a problem:\n{text}"
     );
-    // Every documented operation was exercised (me, users, audit, readings, readings export).
+    // Every documented operation was exercised (me, users, audit, readings, machines,
+    // access requests, readings export, firmware list and firmware upload).
     assert!(
-        text.contains("7 selected / 7 total") && text.contains("passed"),
+        text.contains("9 selected / 9 total") && text.contains("passed"),
         "schemathesis did not test the endpoints:\n{text}"
     );
 }
@@ -1245,7 +1272,7 @@ fn every_page_answers_every_role_as_the_permission_table_says() {
     const LOGIN: u16 = 303;
     const NO: u16 = 403;
     #[rustfmt::skip]
-    let table: [(&str, [u16; 6]); 8] = [
+    let table: [(&str, [u16; 6]); 9] = [
         //                          anonymous admin approver technician viewer auditor
         ("/",                       [LOGIN, OK, OK, OK, OK, OK]),
         ("/sessions",               [LOGIN, OK, OK, OK, OK, OK]),
@@ -1254,6 +1281,7 @@ fn every_page_answers_every_role_as_the_permission_table_says() {
         ("/users",                  [LOGIN, OK, NO, NO, NO, NO]),
         ("/audit",                  [LOGIN, OK, NO, NO, NO, OK]),
         ("/audit/export",           [LOGIN, OK, NO, NO, NO, OK]),
+        ("/firmware",               [LOGIN, OK, NO, NO, NO, NO]),
         ("/anything/else",          [404, 404, 404, 404, 404, 404]),
     ];
     let callers: [Option<&str>; 6] = [

@@ -21,7 +21,7 @@ use updater::firmware;
 use updater::manifest::{APPLIANCE_TARGET, parse_time};
 use updater::pki::{self, signer_from_args};
 use updater::progress::Progress;
-use updater::trust::{self, TrustSet, TrustStore};
+use updater::trust::{self, TrustSet};
 use updater::{Updater, UpdaterError};
 
 #[derive(Debug, Parser)]
@@ -396,10 +396,7 @@ fn firmware_command(
     match command {
         FirmwareCommand::Upload { bundle, model } => {
             let updater_config = UpdaterConfig::load(updater_config)?;
-            let trust = TrustStore {
-                shipped: updater_config.trust_anchors.clone(),
-                rotations: app.config.data_dir.join("updater").join("trust"),
-            };
+            let trust = updater_config.trust_store(&app.config.data_dir);
             let stored = firmware::upload(
                 &app,
                 &trust,
@@ -456,6 +453,7 @@ fn firmware_command(
                     firmware: FirmwareId(firmware),
                     selection,
                     failure_threshold_pct,
+                    organisation: None,
                 },
             )?;
             println!("{}", rollout.id.0);

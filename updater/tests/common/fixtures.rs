@@ -4,12 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use updater::bootenv::{BootState, GrubEnv, simulate_boot};
-use updater::bundle::{self, BundleSpec};
+use updater::bootenv::{BootEnv, BootState, simulate_boot};
+use updater::bundle::BundleSpec;
 use updater::config::UpdaterConfig;
-use updater::container::Envelope;
 use updater::health::{CommandCheck, HealthCheck, StoreMigrated};
-use updater::pki::{self, FileSigner, KeyPair};
 use updater::progress::NoProgress;
 use updater::slots::SlotId;
 use updater::trust;
@@ -17,55 +15,12 @@ use updater::{Updater, UpdaterError};
 
 use super::{Backend, TestAppliance};
 
-pub const DAY: i64 = 86_400;
+pub use testkit::vendor::{DAY, Vendor, make_bundle, now, payload_file};
+
 pub const HARDWARE: &str = "plantgate-vm-x86_64";
 pub const SLOT_A_IMAGE: &[u8] = b"factory image 1.0.0 in slot A";
 pub const SLOT_B_IMAGE: &[u8] =
     b"leftovers of an older image in slot B, never to be touched by a refused bundle";
-
-pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-/// The vendor: `n` key holders, each with a long-lived anchor and a short-lived signing key.
-pub struct Vendor {
-    pub anchors: Vec<KeyPair>,
-    pub signers: Vec<KeyPair>,
-}
-
-impl Vendor {
-    pub fn new(n: usize, name: &str) -> Vendor {
-        let anchors: Vec<KeyPair> = (0..n)
-            .map(|i| {
-                pki::new_anchor(
-                    &format!("{name} anchor {i}"),
-                    now() - 365 * DAY,
-                    now() + 20 * 365 * DAY,
-                )
-                .expect("anchor")
-            })
-            .collect();
-        let signers = anchors
-            .iter()
-            .enumerate()
-            .map(|(i, anchor)| {
-                pki::issue_signing_cert(
-                    anchor,
-                    &format!("{name} signer {i}"),
-                    now() - 30 * DAY,
-                    now() + 60 * DAY,
-                )
-                .expect("signing cert")
-            })
-            .collect();
-        Vendor { anchors, signers }
-    }
-
-    pub fn anchor_set(&self, version: u64, threshold: usize) -> Envelope {
-        let certs: Vec<_> = self.anchors.iter().map(|a| a.cert.clone()).collect();
-        trust::anchor_set_envelope(version, threshold, now(), &certs).expect("anchor set")
-    }
-}
 
 /// A release: version 2.0.0, security version 2, for this hardware, valid for 30 days.
 pub fn spec(version: &str, security_version: u64, payload: &Path) -> BundleSpec {
@@ -82,33 +37,54 @@ pub fn spec(version: &str, security_version: u64, payload: &Path) -> BundleSpec 
     }
 }
 
-/// Deterministic, distinct payload content.
-pub fn payload_file(dir: &Path, name: &str, len: usize, seed: u8) -> PathBuf {
-    let path = dir.join(name);
-    let bytes: Vec<u8> = (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 11) as u8))
-        .collect();
-    std::fs::write(&path, bytes).expect("payload");
-    path
+/// Which bootloader environment a test box keeps: the same A/B logic runs on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Env {
+    /// A GRUB environment block file.
+    Grub,
+    /// A single-copy U-Boot environment of 0x4000 bytes in a file.
+    Uboot,
+    /// A redundant U-Boot environment: two 0x4000-byte copies in one file.
+    UbootRedundant,
 }
 
-/// Creates the bundle and signs it with each signer given.
-pub fn make_bundle(spec: &BundleSpec, out: &Path, signers: &[&KeyPair]) -> PathBuf {
-    bundle::create(spec, out, &NoProgress).expect("create bundle");
-    for signer in signers {
-        bundle::sign(out, &FileSigner::from_pair(signer)).expect("sign bundle");
+impl Env {
+    /// The `[boot]` settings for an environment in `file`.
+    fn boot_settings(self, file: &Path) -> String {
+        let file = file.display().to_string();
+        match self {
+            Env::Grub => format!("grubenv = {file:?}\n"),
+            Env::Uboot => {
+                format!("bootenv = \"uboot\"\n[boot.uboot]\npath = {file:?}\nsize = 0x4000\n")
+            }
+            Env::UbootRedundant => format!(
+                "bootenv = \"uboot\"\n[boot.uboot]\npath = {file:?}\nsize = 0x4000\n\
+                 [boot.uboot.redundant]\npath = {file:?}\noffset = 0x4000\n"
+            ),
+        }
     }
-    out.to_owned()
+
+    /// `fw_env.config` for u-boot-tools, describing the same environment.
+    pub fn fw_env_config(self, file: &Path) -> String {
+        let file = file.display();
+        match self {
+            Env::Grub => String::new(),
+            Env::Uboot => format!("{file} 0x0000 0x4000\n"),
+            Env::UbootRedundant => format!("{file} 0x0000 0x4000\n{file} 0x4000 0x4000\n"),
+        }
+    }
 }
 
-/// A box: an appliance plus file-backed slots, a grubenv file, a command-line file and
-/// the shipped anchor set, all in the appliance's temp dir.
+/// A box: an appliance plus file-backed slots, a boot environment file (GRUB or U-Boot), a
+/// command-line file and the shipped anchor set, all in the appliance's temp dir.
 pub struct TestBox {
     pub t: TestAppliance,
     pub updater: Updater,
     pub slot_a: PathBuf,
     pub slot_b: PathBuf,
-    pub grubenv: PathBuf,
+    /// The boot environment's file, whichever the backend.
+    pub env_file: PathBuf,
+    pub env_kind: Env,
     pub cmdline: PathBuf,
     pub updater_config: PathBuf,
     pub work: PathBuf,
@@ -116,12 +92,17 @@ pub struct TestBox {
 
 impl TestBox {
     pub fn new(backend: Backend, vendor: &Vendor, threshold: usize) -> TestBox {
-        TestBox::with_slot_b(backend, vendor, threshold, None)
+        TestBox::with_slot_b(backend, Env::Grub, vendor, threshold, None)
+    }
+
+    pub fn with_env(backend: Backend, env: Env, vendor: &Vendor, threshold: usize) -> TestBox {
+        TestBox::with_slot_b(backend, env, vendor, threshold, None)
     }
 
     /// `slot_b`: a path to use as slot B instead of a fresh file (a FIFO, in the kill test).
     pub fn with_slot_b(
         backend: Backend,
+        env_kind: Env,
         vendor: &Vendor,
         threshold: usize,
         slot_b: Option<PathBuf>,
@@ -137,7 +118,10 @@ impl TestBox {
             std::fs::write(&path, SLOT_B_IMAGE).expect("slot b");
             path
         });
-        let grubenv = root.join("grubenv");
+        let env_file = root.join(match env_kind {
+            Env::Grub => "grubenv",
+            Env::Uboot | Env::UbootRedundant => "uboot.env",
+        });
         let cmdline = root.join("cmdline");
         std::fs::write(&cmdline, "BOOT_IMAGE=/vmlinuz ro quiet plantgate.slot=A\n")
             .expect("cmdline");
@@ -148,12 +132,12 @@ impl TestBox {
             &updater_config,
             format!(
                 "hardware = {HARDWARE:?}\nfactory_version = \"1.0.0\"\ntrust_anchors = {:?}\n\
-                 [slots]\na = {:?}\nb = {:?}\n[boot]\ngrubenv = {:?}\ncmdline = {:?}\n",
+                 [slots]\na = {:?}\nb = {:?}\n[boot]\ncmdline = {:?}\n{}",
                 anchors.display().to_string(),
                 slot_a.display().to_string(),
                 slot_b.display().to_string(),
-                grubenv.display().to_string(),
                 cmdline.display().to_string(),
+                env_kind.boot_settings(&env_file),
             ),
         )
         .expect("updater config");
@@ -164,26 +148,27 @@ impl TestBox {
             updater,
             slot_a,
             slot_b,
-            grubenv,
+            env_file,
+            env_kind,
             cmdline,
             updater_config,
             work,
         }
     }
 
-    pub fn env(&self) -> GrubEnv {
-        GrubEnv {
-            path: self.grubenv.clone(),
-        }
+    /// The boot environment as the updater's config describes it.
+    pub fn env(&self) -> Box<dyn BootEnv> {
+        self.updater.config.boot.env.open()
     }
 
     pub fn boot_state(&self) -> BootState {
-        BootState::load(&self.env()).expect("boot state")
+        BootState::load(self.env().as_ref()).expect("boot state")
     }
 
-    /// Power cycle: the bootloader picks a slot as grub.cfg does, the kernel gets its name.
+    /// Power cycle: the bootloader picks a slot as grub.cfg (or boot.cmd) does, the kernel
+    /// gets its name.
     pub fn reboot(&self) -> SlotId {
-        let slot = simulate_boot(&self.env()).expect("boot");
+        let slot = simulate_boot(self.env().as_ref()).expect("boot");
         std::fs::write(&self.cmdline, format!("ro quiet plantgate.slot={slot}\n"))
             .expect("cmdline");
         slot
