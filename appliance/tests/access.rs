@@ -878,7 +878,134 @@ fn the_hardware_key_switch_is_a_command(backend: Backend) {
     );
 }
 
+/// Deleting sites, users and organisations never loses remote-access history: what has
+/// some is refused with the advice to disable it, and the refusal changes nothing.
+fn deleting_keeps_history_and_says_so(backend: Backend) {
+    use appliance::accounts::{self, AccountChange};
+    let p = plant(backend);
+    let (audit, actor) = (&p.t.app.audit, test_actor());
+    let org = p.site_a.organisation_id;
+    p.ask(&p.tech, &p.press, "s7", "30").unwrap();
+    let before = p.footprint();
+
+    let kept = Site::delete(audit, &actor, org, p.site_a.id);
+    assert!(
+        matches!(&kept, Err(Error::Conflict(why)) if why.contains("history")),
+        "{kept:?}"
+    );
+    let kept = accounts::delete_account(audit, &actor, org, p.tech.id);
+    assert!(
+        matches!(&kept, Err(Error::Conflict(why)) if why.contains("disable")),
+        "{kept:?}"
+    );
+    let kept = Organisation::delete(audit, &actor, org);
+    assert!(matches!(kept, Err(Error::Conflict(_))), "{kept:?}");
+    assert_eq!(
+        p.footprint(),
+        before,
+        "a refused deletion changed something"
+    );
+    assert_eq!(
+        Machine::of_site(&mut p.t.conn(), p.site_a.id)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        access::approvers(&mut p.t.conn(), p.site_a.id)
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Without history: an approver goes with their approver role, a site with its machines.
+    accounts::delete_account(audit, &actor, org, p.ann.id).unwrap();
+    let approvers = access::approvers(&mut p.t.conn(), p.site_a.id).unwrap();
+    assert_eq!(approvers, vec![p.bert.clone()]);
+    let site_b = p.mixer.site_id;
+    Site::delete(audit, &actor, org, site_b).unwrap();
+    assert!(
+        Site::list_for(&mut p.t.conn(), org)
+            .unwrap()
+            .iter()
+            .all(|s| s.id != site_b)
+    );
+    assert!(
+        Machine::of_site(&mut p.t.conn(), site_b)
+            .unwrap()
+            .is_empty()
+    );
+    // Another organisation's ids are "not found", to the deleting and to the editing.
+    let other = Organisation::create(audit, &actor, "Elsewhere").unwrap();
+    assert!(matches!(
+        Site::delete(audit, &actor, other.id, p.site_a.id),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        accounts::delete_account(audit, &actor, other.id, p.bert.id),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        Site::update(audit, &actor, other.id, p.site_a.id, "Mine now", ""),
+        Err(Error::NotFound(_))
+    ));
+    // An empty organisation goes, its users with it.
+    let _ghost = user(&p.t, &other, "Ghost", Role::Viewer);
+    Organisation::delete(audit, &actor, other.id).unwrap();
+    assert!(
+        User::find_by_email(&mut p.t.conn(), "ghost@plant.example")
+            .unwrap()
+            .is_none()
+    );
+
+    // Renaming checks the name and says whose it was.
+    let renamed =
+        Site::update(audit, &actor, org, p.site_a.id, "  Hall A North ", "Gate 3").unwrap();
+    assert_eq!(
+        (renamed.name.as_str(), renamed.location.as_str()),
+        ("Hall A North", "Gate 3")
+    );
+    assert!(matches!(
+        Site::update(audit, &actor, org, p.site_a.id, "", ""),
+        Err(Error::Invalid { field: "name", .. })
+    ));
+
+    // A new email address is told to both; nobody changes their own role.
+    let change = AccountChange {
+        email: Some("Tom.New@Plant.Example".into()),
+        ..AccountChange::default()
+    };
+    let tom = accounts::update_account(audit, &actor, org, p.tech.id, &change, now_us()).unwrap();
+    assert_eq!(tom.email, "tom.new@plant.example");
+    assert!(p.mails_to(&p.tech)[0].1.contains("tom.new@plant.example"));
+    assert_eq!(p.mails_to(&tom).len(), 1);
+    let taken = AccountChange {
+        email: Some(p.bert.email.clone()),
+        ..AccountChange::default()
+    };
+    assert!(matches!(
+        accounts::update_account(audit, &actor, org, p.tech.id, &taken, now_us()),
+        Err(Error::Invalid { field: "email", .. })
+    ));
+    let promote = AccountChange {
+        role: Some(Role::Admin),
+        ..AccountChange::default()
+    };
+    assert!(matches!(
+        accounts::update_account(
+            audit,
+            &appliance::Actor::User(p.tech.id),
+            org,
+            p.tech.id,
+            &promote,
+            now_us()
+        ),
+        Err(Error::Invalid { field: "role", .. })
+    ));
+}
+
 on_both_backends!(
+    deleting_keeps_history_and_says_so,
     the_hardware_key_switch_is_a_command,
     disabling_the_organisation_ends_its_remote_sessions_and_logins,
     a_technician_extends_only_where_the_policy_allows_and_within_its_maximum,

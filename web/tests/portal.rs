@@ -1272,9 +1272,12 @@ fn every_page_answers_every_role_as_the_permission_table_says() {
     const LOGIN: u16 = 303;
     const NO: u16 = 403;
     #[rustfmt::skip]
-    let table: [(&str, [u16; 6]); 9] = [
+    let table: [(&str, [u16; 6]); 12] = [
         //                          anonymous admin approver technician viewer auditor
         ("/",                       [LOGIN, OK, OK, OK, OK, OK]),
+        ("/account",                [LOGIN, OK, OK, OK, OK, OK]),
+        ("/organisations",          [LOGIN, OK, NO, NO, NO, NO]),
+        ("/settings",               [LOGIN, OK, NO, NO, NO, NO]),
         ("/sessions",               [LOGIN, OK, OK, OK, OK, OK]),
         ("/account/password",       [LOGIN, OK, OK, OK, OK, OK]),
         ("/account/second-factor",  [LOGIN, OK, OK, OK, OK, OK]),
