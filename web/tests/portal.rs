@@ -948,6 +948,18 @@ fn a_real_browser_walks_setup_login_second_factor_logout_login_and_creates_a_use
         browser.find(Locator::Css("form[action='/users'] button[type=submit]")).await.unwrap().click().await.unwrap();
         browser.wait().at_most(Duration::from_secs(20)).for_element(Locator::XPath("//td[text()='tom@vendor.example']")).await.expect("the new user is listed");
         shot("8-user-created").await;
+        // The appliance's own pages, for the operator's administrator.
+        browser.find(Locator::LinkText("Organisations")).await.unwrap().click().await.unwrap();
+        browser.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("form[action='/organisations']")).await.unwrap();
+        for (id, value) in [("name", "Werkzeugbau Süd"), ("admin_name", "Bea Boss"), ("admin_email", "bea@werkzeug.example")] {
+            browser.find(Locator::Id(id)).await.unwrap().send_keys(value).await.unwrap();
+        }
+        browser.find(Locator::Css("form[action='/organisations'] button[type=submit]")).await.unwrap().click().await.unwrap();
+        browser.wait().at_most(Duration::from_secs(20)).for_element(Locator::XPath("//div[@role='status'][contains(., 'bea@werkzeug.example was sent a link')]")).await.expect("the organisation is created");
+        shot("9-organisation-created").await;
+        browser.find(Locator::LinkText("Settings")).await.unwrap().click().await.unwrap();
+        browser.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("dl#certificate")).await.expect("the certificate is shown");
+        shot("10-settings").await;
         browser.close().await.unwrap();
     });
 }
