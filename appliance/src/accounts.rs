@@ -16,7 +16,7 @@ use crate::audit::{Actor, Audit, AuditEvent, Outcome};
 use crate::enrolment::{self, FIRST_ADMIN};
 use crate::error::{Error, Result};
 use crate::ids::UserId;
-use crate::models::{Role, User, clean_email, clean_name};
+use crate::models::{Role, User, clean_email, clean_name, email_taken_or};
 use crate::on_backend;
 use crate::schema::{organisations, users};
 use crate::store::DbConnection;
@@ -450,13 +450,7 @@ pub fn update_account(
                 users::role.eq(&after.role),
             ))
             .execute(conn)
-            .map_err(|err| match err {
-                diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::UniqueViolation,
-                    _,
-                ) => Error::invalid("email", "this address is already in use"),
-                other => other.into(),
-            })?;
+            .map_err(|err| email_taken_or(err, "email"))?;
         let mut events = vec![AuditEvent::new(actor.clone(), "user.updated")
             .target(user)
             .details(serde_json::json!({
@@ -629,12 +623,7 @@ pub fn create_organisation(
             ))
             .returning(User::as_returning())
             .get_result(c))
-        .map_err(|err| match err {
-            diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => {
-                Error::invalid("admin_email", "this address is already in use")
-            }
-            other => other.into(),
-        })?;
+        .map_err(|err| email_taken_or(err, "admin_email"))?;
         let token_event = invite_in(
             conn,
             actor,
@@ -720,12 +709,7 @@ pub fn setup_first_admin(
             ))
             .returning(User::as_returning())
             .get_result(c))
-        .map_err(|err| match err {
-            diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => {
-                Error::invalid("email", "this email address is already in use")
-            }
-            other => other.into(),
-        })?;
+        .map_err(|err| email_taken_or(err, "email"))?;
         let event = AuditEvent::new(Actor::User(user.id), "setup.first_admin.created")
             .source(source)
             .target(user.id)

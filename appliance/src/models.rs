@@ -200,6 +200,17 @@ fn conflict_or(err: diesel::result::Error, what: impl FnOnce() -> String) -> Err
     }
 }
 
+/// Maps a unique-constraint violation on an email address to a refusal beside `field`.
+pub(crate) fn email_taken_or(err: diesel::result::Error, field: &'static str) -> Error {
+    match err {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        ) => Error::invalid(field, "this address is already in use"),
+        other => other.into(),
+    }
+}
+
 /// Maps a foreign-key refusal (the row is still referenced) to a conflict that says what
 /// to do instead.
 fn in_use_or(err: diesel::result::Error, what: impl FnOnce() -> String) -> Error {

@@ -90,9 +90,7 @@ pub async fn change_email(
     form: web::Form<EmailForm>,
 ) -> Page {
     user.check_csrf(&form.csrf)?;
-    if let Err(confirm) = user.require_recent_authentication(&state, CONFIRM_FOR_EMAIL) {
-        return Ok(actix_web::ResponseError::error_response(&confirm));
-    }
+    user.require_recent_authentication(&state, CONFIRM_FOR_EMAIL)?;
     let email = form.into_inner().email;
     let (app, account, now) = (state.app.clone(), user.user.clone(), state.now());
     let change = AccountChange {

@@ -32,22 +32,19 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route("/settings/mail/test", web::post().to(test_mail));
 }
 
-/// Checks who is asking, the form's token when there is one, and how fresh their password is;
-/// `Ok(Some(response))` sends them to confirm it first.
+/// Checks who is asking, the form's token when there is one, and how fresh their password
+/// is (a stale one is sent to confirm it first).
 fn gate(
     state: &AppState,
     user: &SignedIn,
     csrf: Option<&str>,
     confirm: &'static str,
-) -> Result<Option<HttpResponse>, WebError> {
+) -> Result<(), WebError> {
     user.appliance_admin_only("Running the appliance")?;
     if let Some(csrf) = csrf {
         user.check_csrf(csrf)?;
     }
-    Ok(user
-        .require_recent_authentication(state, confirm)
-        .err()
-        .map(|confirm| actix_web::ResponseError::error_response(&confirm)))
+    user.require_recent_authentication(state, confirm)
 }
 
 const CONFIRM_FOR_ORGANISATIONS: &str = "/account/confirm?next=organisations";
@@ -130,9 +127,7 @@ async fn organisations_with(
 }
 
 pub async fn organisations_page(state: web::Data<AppState>, user: SignedIn) -> Page {
-    if let Some(confirm) = gate(&state, &user, None, CONFIRM_FOR_ORGANISATIONS)? {
-        return Ok(confirm);
-    }
+    gate(&state, &user, None, CONFIRM_FOR_ORGANISATIONS)?;
     organisations_with(
         &state,
         &user,
@@ -150,9 +145,7 @@ pub async fn create_organisation(
     req: HttpRequest,
     form: web::Form<OrganisationForm>,
 ) -> Page {
-    if let Some(confirm) = gate(&state, &user, Some(&form.csrf), CONFIRM_FOR_ORGANISATIONS)? {
-        return Ok(confirm);
-    }
+    gate(&state, &user, Some(&form.csrf), CONFIRM_FOR_ORGANISATIONS)?;
     let form = form.into_inner();
     let (app, actor, from, now) = (
         state.app.clone(),
@@ -204,9 +197,7 @@ pub async fn change_organisation(
     path: web::Path<(i64, String)>,
     form: web::Form<ChangeOrganisationForm>,
 ) -> Page {
-    if let Some(confirm) = gate(&state, &user, Some(&form.csrf), CONFIRM_FOR_ORGANISATIONS)? {
-        return Ok(confirm);
-    }
+    gate(&state, &user, Some(&form.csrf), CONFIRM_FOR_ORGANISATIONS)?;
     let (id, change) = path.into_inner();
     let (id, name) = (OrganisationId(id), form.into_inner().name);
     let (app, actor, now) = (state.app.clone(), Actor::User(user.user.id), state.now());
@@ -323,9 +314,7 @@ fn security_name(security: appliance::config::SmtpSecurity) -> &'static str {
 }
 
 pub async fn settings_page(state: web::Data<AppState>, user: SignedIn) -> Page {
-    if let Some(confirm) = gate(&state, &user, None, CONFIRM_FOR_SETTINGS)? {
-        return Ok(confirm);
-    }
+    gate(&state, &user, None, CONFIRM_FOR_SETTINGS)?;
     settings_with(&state, &user, SettingsOutcome::default()).await
 }
 
@@ -347,9 +336,7 @@ pub async fn replace_certificate(
     req: HttpRequest,
     form: web::Form<CertificateForm>,
 ) -> Page {
-    if let Some(confirm) = gate(&state, &user, Some(&form.csrf), CONFIRM_FOR_SETTINGS)? {
-        return Ok(confirm);
-    }
+    gate(&state, &user, Some(&form.csrf), CONFIRM_FOR_SETTINGS)?;
     let form = form.into_inner();
     let (app, actor, from) = (state.app.clone(), Actor::User(user.user.id), source(&req));
     let replaced = web::block(move || {
@@ -438,9 +425,7 @@ pub async fn save_mail(
     user: SignedIn,
     form: web::Form<MailForm>,
 ) -> Page {
-    if let Some(confirm) = gate(&state, &user, Some(&form.csrf), CONFIRM_FOR_SETTINGS)? {
-        return Ok(confirm);
-    }
+    gate(&state, &user, Some(&form.csrf), CONFIRM_FOR_SETTINGS)?;
     let form = form.into_inner();
     let change = RelayChange {
         host: form.host.clone(),
@@ -502,9 +487,7 @@ pub async fn test_mail(
     req: HttpRequest,
     form: web::Form<CsrfForm>,
 ) -> Page {
-    if let Some(confirm) = gate(&state, &user, Some(&form.csrf), CONFIRM_FOR_SETTINGS)? {
-        return Ok(confirm);
-    }
+    gate(&state, &user, Some(&form.csrf), CONFIRM_FOR_SETTINGS)?;
     let (state2, account, from) = (state.clone(), user.user.clone(), source(&req));
     let outcome = web::block(move || -> appliance::error::Result<Result<(), String>> {
         let app = &state2.app;

@@ -467,18 +467,13 @@ async fn render(
 }
 
 /// The checks every firmware page makes: an administrator whose password is fresh.
-fn guard(state: &AppState, user: &SignedIn) -> Result<Option<HttpResponse>, WebError> {
+fn guard(state: &AppState, user: &SignedIn) -> Result<(), WebError> {
     user.admin_only("Managing firmware")?;
-    if let Err(confirm) = user.require_recent_authentication(state, CONFIRM_FOR_FIRMWARE) {
-        return Ok(Some(actix_web::ResponseError::error_response(&confirm)));
-    }
-    Ok(None)
+    user.require_recent_authentication(state, CONFIRM_FOR_FIRMWARE)
 }
 
 pub async fn firmware_page(state: web::Data<AppState>, user: SignedIn) -> Page {
-    if let Some(redirect) = guard(&state, &user)? {
-        return Ok(redirect);
-    }
+    guard(&state, &user)?;
     render(
         &state,
         &user,
@@ -511,9 +506,7 @@ pub async fn upload(
     user: SignedIn,
     mut form: Multipart,
 ) -> Page {
-    if let Some(redirect) = guard(&state, &user)? {
-        return Ok(redirect);
-    }
+    guard(&state, &user)?;
     let (mut csrf_ok, mut model) = (false, String::new());
     let actor = Actor::User(user.user.id);
     let from = source(&req);
@@ -701,9 +694,7 @@ pub async fn upload(
 /// A verification's progress while it runs (the page refreshes itself every second), then
 /// the firmware page with the result: what was stored, or the refusal beside the file field.
 pub async fn job_page(state: web::Data<AppState>, user: SignedIn, path: web::Path<String>) -> Page {
-    if let Some(redirect) = guard(&state, &user)? {
-        return Ok(redirect);
-    }
+    guard(&state, &user)?;
     let job = state
         .firmware_jobs
         .find(&path.into_inner(), user.user.id)
@@ -799,9 +790,7 @@ pub async fn create_rollout(
 ) -> Page {
     user.admin_only("Managing firmware")?;
     user.check_csrf(&form.csrf)?;
-    if let Some(redirect) = guard(&state, &user)? {
-        return Ok(redirect);
-    }
+    guard(&state, &user)?;
     let form = form.into_inner();
     let serials: Vec<String> = form
         .serials
@@ -879,9 +868,7 @@ pub async fn change_rollout(
 ) -> Page {
     user.admin_only("Managing firmware")?;
     user.check_csrf(&form.csrf)?;
-    if let Some(redirect) = guard(&state, &user)? {
-        return Ok(redirect);
-    }
+    guard(&state, &user)?;
     let (id, change) = path.into_inner();
     let paused = match change.as_str() {
         "pause" => true,

@@ -246,6 +246,10 @@ pub enum WebError {
     TooManyRequests(u64),
     #[error("Something went wrong on the appliance; the event was logged.")]
     Internal(String),
+    /// A sensitive page whose user must give the password again first: a redirect to the
+    /// confirmation page, which sends them back.
+    #[error("confirm your password first")]
+    ConfirmFirst(&'static str),
 }
 
 impl From<appliance::Error> for WebError {
@@ -290,17 +294,21 @@ impl ResponseError for WebError {
             WebError::NotFound => StatusCode::NOT_FOUND,
             WebError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            WebError::ConfirmFirst(_) => StatusCode::SEE_OTHER,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
+        if let WebError::ConfirmFirst(confirm) = self {
+            return see_other(confirm);
+        }
         let text = self.to_string();
         let heading = match self {
             WebError::BadRequest(_) => "That did not work",
             WebError::Forbidden(_) => "Not allowed",
             WebError::NotFound => "Not found",
             WebError::TooManyRequests(_) => "Slow down",
-            WebError::Internal(_) => "Error",
+            WebError::Internal(_) | WebError::ConfirmFirst(_) => "Error",
         };
         let page = MessagePage {
             signed_in: None,
@@ -376,11 +384,11 @@ impl SignedIn {
         &self,
         state: &AppState,
         confirm: &'static str,
-    ) -> Result<(), NeedsLogin> {
+    ) -> Result<(), WebError> {
         if state.now() - self.session.last_authenticated_us() <= state.reauthenticate_us {
             Ok(())
         } else {
-            Err(NeedsLogin(confirm))
+            Err(WebError::ConfirmFirst(confirm))
         }
     }
 

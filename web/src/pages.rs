@@ -1120,9 +1120,7 @@ const CONFIRM_FOR_USERS: &str = "/account/confirm?next=users";
 
 pub async fn users_page(state: web::Data<AppState>, user: SignedIn) -> Page {
     user.admin_only("Managing users")?;
-    if let Err(confirm) = user.require_recent_authentication(&state, CONFIRM_FOR_USERS) {
-        return Ok(actix_web::ResponseError::error_response(&confirm));
-    }
+    user.require_recent_authentication(&state, CONFIRM_FOR_USERS)?;
     users_page_with(&state, &user, None, String::new(), String::new()).await
 }
 
@@ -1148,9 +1146,7 @@ pub async fn create_user(
 ) -> Page {
     user.admin_only("Managing users")?;
     user.check_csrf(&form.csrf)?;
-    if let Err(confirm) = user.require_recent_authentication(&state, CONFIRM_FOR_USERS) {
-        return Ok(actix_web::ResponseError::error_response(&confirm));
-    }
+    user.require_recent_authentication(&state, CONFIRM_FOR_USERS)?;
     let form = form.into_inner();
     let (name, email) = (form.name.clone(), form.email.clone());
     let created = {
@@ -1209,9 +1205,7 @@ pub async fn change_user(
 ) -> Page {
     user.admin_only("Managing users")?;
     user.check_csrf(&form.csrf)?;
-    if let Err(confirm) = user.require_recent_authentication(&state, CONFIRM_FOR_USERS) {
-        return Ok(actix_web::ResponseError::error_response(&confirm));
-    }
+    user.require_recent_authentication(&state, CONFIRM_FOR_USERS)?;
     let (target, change) = path.into_inner();
     let target = appliance::models::UserId(target);
     if target == user.user.id && change == "disable" {
@@ -1271,9 +1265,7 @@ pub struct EditUserForm {
 /// An account of the administrator's own organisation, to edit; any other id is "not found".
 pub async fn user_page(state: web::Data<AppState>, user: SignedIn, path: web::Path<i64>) -> Page {
     user.admin_only("Managing users")?;
-    if let Err(confirm) = user.require_recent_authentication(&state, CONFIRM_FOR_USERS) {
-        return Ok(actix_web::ResponseError::error_response(&confirm));
-    }
+    user.require_recent_authentication(&state, CONFIRM_FOR_USERS)?;
     let (app, org, id) = (
         state.app.clone(),
         user.user.organisation_id,
@@ -1307,9 +1299,7 @@ pub async fn edit_user(
 ) -> Page {
     user.admin_only("Managing users")?;
     user.check_csrf(&form.csrf)?;
-    if let Err(confirm) = user.require_recent_authentication(&state, CONFIRM_FOR_USERS) {
-        return Ok(actix_web::ResponseError::error_response(&confirm));
-    }
+    user.require_recent_authentication(&state, CONFIRM_FOR_USERS)?;
     let form = form.into_inner();
     let target = appliance::models::UserId(path.into_inner());
     let (app, org, actor, now) = (

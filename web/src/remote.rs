@@ -12,7 +12,7 @@ use appliance::{Actor, AuditEvent};
 use askama::Template;
 use serde::Deserialize;
 
-use crate::{AppState, Nav, SignedIn, WebError, see_other, source};
+use crate::{AppState, Nav, SignedIn, WebError, html_with_status, see_other, source};
 
 type Page = Result<HttpResponse, WebError>;
 
@@ -65,15 +65,6 @@ fn status_for(problem: &Option<String>) -> actix_web::http::StatusCode {
     } else {
         actix_web::http::StatusCode::OK
     }
-}
-
-fn render_with_status(template: &impl Template, status: actix_web::http::StatusCode) -> Page {
-    let body = template
-        .render()
-        .map_err(|err| WebError::Internal(err.to_string()))?;
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(body))
 }
 
 /// A refusal the person can act on is shown on the page they were on; anything else is an
@@ -198,7 +189,7 @@ async fn access_page_with(
     })
     .await?;
     let status = status_for(&problem);
-    render_with_status(
+    html_with_status(
         &AccessPage {
             signed_in: Some(user.nav()),
             csrf: user.csrf.clone(),
@@ -342,7 +333,7 @@ async fn request_page_with(
         view,
     };
     let status = status_for(&problem);
-    render_with_status(&page, status)
+    html_with_status(&page, status)
 }
 
 pub async fn request_page(
@@ -578,7 +569,7 @@ async fn sites_page_with(
     })
     .await?;
     let status = status_for(&problem);
-    render_with_status(
+    html_with_status(
         &SitesPage {
             signed_in: Some(user.nav()),
             csrf: user.csrf.clone(),
@@ -712,7 +703,7 @@ async fn site_page_with(
     .await?;
     let (site, policy, approvers, candidates, machines, agents, active, is_approver) = page;
     let status = status_for(&problem);
-    render_with_status(
+    html_with_status(
         &SitePage {
             signed_in: Some(user.nav()),
             csrf: user.csrf.clone(),

@@ -70,7 +70,7 @@ fn served_fingerprint(portal: &Portal, sni: bool) -> String {
         .find("-----BEGIN CERTIFICATE-----")
         .expect("a certificate");
     let pem_end = out.find("-----END CERTIFICATE-----").unwrap() + 25;
-    let cert = X509::from_pem(out[pem_start..pem_end].as_bytes()).unwrap();
+    let cert = X509::from_pem(&out.as_bytes()[pem_start..pem_end]).unwrap();
     hex::encode(cert.digest(MessageDigest::sha256()).unwrap())
 }
 

@@ -451,8 +451,20 @@ fn a_real_browser_walks_request_approval_banner_and_revoke() {
         approver.goto(&format!("{origin}/access/1")).await.unwrap();
         wait_for(&approver, "#revoke").await;
         approver.find(Locator::Css("#revoke")).await.unwrap().click().await.unwrap();
-        wait_for(&approver, "#state").await;
-        assert_eq!(approver.find(Locator::Css("#state")).await.unwrap().text().await.unwrap(), "ended");
+        // The click does not wait for the next page: the old page's #state may go stale
+        // under our hands, so ask again until the new page says "ended".
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let state = match approver.find(Locator::Css("#state")).await {
+                Ok(element) => element.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if state == "ended" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the revoked request shows {state:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         technician.refresh().await.unwrap();
         wait_for(&technician, "#state").await;
         assert_eq!(technician.find(Locator::Css("#state")).await.unwrap().text().await.unwrap(), "ended");
