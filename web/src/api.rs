@@ -418,9 +418,19 @@ async fn audit(
     params: web::Query<AuditParams>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require("audit:read")?;
-    if !matches!(caller.role, Role::Admin | Role::Auditor) {
+    // The log holds every organisation's actions: the operator organisation's only.
+    let organisation = caller.user.organisation_id;
+    let operator = {
+        let state = state.clone();
+        web::block(move || {
+            appliance::models::Organisation::find(&mut *state.app.store.conn()?, organisation)
+        })
+        .await??
+        .operator
+    };
+    if !matches!(caller.role, Role::Admin | Role::Auditor) || !operator {
         return Err(ApiError::MissingScope(
-            "audit:read (for an administrator or auditor)",
+            "audit:read (for an administrator or auditor of the organisation that runs the appliance)",
         ));
     }
     let params = params.into_inner();

@@ -370,7 +370,7 @@ impl SignedIn {
             name: self.user.name.clone(),
             role: self.role.to_string(),
             csrf: self.csrf.clone(),
-            can_audit: matches!(self.role, Role::Admin | Role::Auditor),
+            can_audit: self.can_read_audit(),
             can_manage: self.role == Role::Admin,
             can_see_sites: matches!(self.role, Role::Admin | Role::Approver),
             can_operate: self.is_appliance_admin(),
@@ -401,6 +401,12 @@ impl SignedIn {
                 "{doing} is for administrators."
             )))
         }
+    }
+
+    /// The audit log holds every organisation's actions: only the operator organisation's
+    /// administrators and auditors read it.
+    pub fn can_read_audit(&self) -> bool {
+        matches!(self.role, Role::Admin | Role::Auditor) && self.operator
     }
 
     /// An administrator of the organisation that owns the appliance.

@@ -908,12 +908,15 @@ struct AuditPage {
 
 const AUDIT_PAGE_SIZE: i64 = 50;
 
+/// The audit log covers the whole appliance, every organisation's actions in it: it is for
+/// the administrators and auditors of the organisation that runs the appliance.
 fn may_read_audit(user: &SignedIn) -> Result<(), WebError> {
-    match user.role {
-        Role::Admin | Role::Auditor => Ok(()),
-        _ => Err(WebError::Forbidden(
-            "The audit log is for administrators and auditors.".into(),
-        )),
+    if user.can_read_audit() {
+        Ok(())
+    } else {
+        Err(WebError::Forbidden(
+            "The audit log is for the administrators and auditors of the organisation that runs this appliance.".into(),
+        ))
     }
 }
 

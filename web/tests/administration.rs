@@ -369,6 +369,34 @@ fn the_operator_runs_organisations_whose_administrators_see_only_their_own() {
     // Bea runs her organisation, and nothing else.
     assert_eq!(portal.get(Some("bea"), "/organisations").status, 403);
     assert_eq!(portal.get(Some("bea"), "/settings").status, 403);
+    // The audit log holds every organisation's actions: not hers to read, by page or API.
+    assert_eq!(portal.get(Some("bea"), "/audit").status, 403);
+    assert_eq!(portal.get(Some("bea"), "/audit/export").status, 403);
+    assert!(
+        !portal
+            .get(Some("bea"), "/")
+            .body
+            .contains("href=\"/audit\"")
+    );
+    let bea_user = appliance::models::User::find_by_email(
+        &mut portal.app.store.conn().unwrap(),
+        "bea@werkzeug.example",
+    )
+    .unwrap()
+    .unwrap();
+    let (bea_token, _) = appliance::tokens::create(
+        &portal.app.audit,
+        &appliance::Actor::System("test".into()),
+        &bea_user,
+        "siem",
+        &["audit:read".to_owned()],
+        30,
+        appliance::time::now_us(),
+    )
+    .unwrap();
+    assert_eq!(portal.api(Some(bea_token.reveal()), "/api/v1/audit").0, 403);
+    let (ada_token, _) = portal.token(&["audit:read"], 30, 0);
+    assert_eq!(portal.api(Some(&ada_token), "/api/v1/audit").0, 200);
     let users = portal.get(Some("bea"), "/users").body;
     assert!(users.contains("bea@werkzeug.example") && !users.contains(EMAIL));
     // Ada's site and users are "not found" to Bea, by every URL.
