@@ -1284,7 +1284,7 @@ fn every_page_answers_every_role_as_the_permission_table_says() {
     const LOGIN: u16 = 303;
     const NO: u16 = 403;
     #[rustfmt::skip]
-    let table: [(&str, [u16; 6]); 12] = [
+    let table: [(&str, [u16; 6]); 16] = [
         //                          anonymous admin approver technician viewer auditor
         ("/",                       [LOGIN, OK, OK, OK, OK, OK]),
         ("/account",                [LOGIN, OK, OK, OK, OK, OK]),
@@ -1297,6 +1297,10 @@ fn every_page_answers_every_role_as_the_permission_table_says() {
         ("/audit",                  [LOGIN, OK, NO, NO, NO, OK]),
         ("/audit/export",           [LOGIN, OK, NO, NO, NO, OK]),
         ("/firmware",               [LOGIN, OK, NO, NO, NO, NO]),
+        ("/account/email",          [LOGIN, OK, OK, OK, OK, OK]),
+        ("/access",                 [LOGIN, OK, OK, OK, OK, OK]),
+        ("/sites",                  [LOGIN, OK, OK, OK, OK, OK]),
+        ("/devices",                [LOGIN, OK, OK, OK, OK, OK]),
         ("/anything/else",          [404, 404, 404, 404, 404, 404]),
     ];
     let callers: [Option<&str>; 6] = [
@@ -1319,6 +1323,38 @@ fn every_page_answers_every_role_as_the_permission_table_says() {
                 );
             }
         }
+    }
+    // Every change an administrator makes: refused to every other role (with a valid form
+    // token), and sent to the login page without a session. Ids need not exist: the role is
+    // checked first.
+    const ADMIN_POSTS: [&str; 17] = [
+        "/users",
+        "/users/1",
+        "/users/1/disable",
+        "/users/1/delete",
+        "/organisations",
+        "/organisations/1/rename",
+        "/organisations/1/delete",
+        "/settings/certificate",
+        "/settings/mail",
+        "/settings/mail/test",
+        "/sites",
+        "/sites/1/details",
+        "/sites/1/delete",
+        "/sites/1/policy",
+        "/sites/1/machines",
+        "/firmware/rollouts",
+        "/firmware/rollouts/1/pause",
+    ];
+    for path in ADMIN_POSTS {
+        for caller in ["approver", "technician", "viewer", "auditor"] {
+            let csrf = portal.csrf(caller);
+            let reply = portal.post(Some(caller), path, &[("csrf", &csrf), ("name", "X")]);
+            assert_eq!(reply.status, NO, "POST {path} as {caller}: {}", reply.body);
+        }
+        let anonymous = portal.post(None, path, &[("name", "X")]);
+        assert_eq!(anonymous.status, LOGIN, "POST {path} anonymously");
+        assert_eq!(anonymous.header("location"), Some("/login"));
     }
     // Posting to what one may not see is refused the same way.
     let csrf = portal.csrf("technician");
