@@ -233,6 +233,62 @@ pub async fn same_origin_only(
         .map(ServiceResponse::map_into_boxed_body)
 }
 
+/// Refuses a form whose fields, once percent-decoded, are not UTF-8. The form reader would
+/// put U+FFFD in their place and go on, storing text nobody typed; here such a form gets
+/// 400 and reaches no handler. Bodies over `web.max_body_bytes` get 413 as they would there.
+pub async fn utf8_forms_only(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    use actix_web::HttpMessage;
+    use futures_util::StreamExt;
+    let is_form = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    }
+    let limit = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(64 * 1024, |state| state.app.config.web.max_body_bytes);
+    let mut payload = req.take_payload();
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > limit {
+            let response = HttpResponse::PayloadTooLarge().body(format!(
+                "The form is larger than {limit} bytes (web.max_body_bytes)."
+            ));
+            return Ok(req.into_response(response));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let decodes = body[..].split(|b| *b == b'&').all(|pair| {
+        let spaced: Vec<u8> = pair
+            .iter()
+            .map(|b| if *b == b'+' { b' ' } else { *b })
+            .collect();
+        let decoded: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+        std::str::from_utf8(&decoded).is_ok()
+    });
+    if !decodes {
+        let response = WebError::BadRequest(
+            "The form holds bytes that are not UTF-8 text; nothing was changed.".into(),
+        )
+        .error_response();
+        return Ok(req.into_response(response));
+    }
+    req.set_payload(actix_web::dev::Payload::from(body.freeze()));
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_boxed_body)
+}
+
 /// Errors a person sees: a page that says what happened. Causes go to the log, not the page.
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {

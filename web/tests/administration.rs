@@ -728,3 +728,152 @@ fn users_and_sites_are_edited_and_deleted_and_an_email_change_is_told_to_both_ad
         assert_eq!(count(&actions, action), n, "{action}");
     }
 }
+
+/// The audit log's length: every change is audited, so an unchanged length means nothing
+/// was stored.
+fn audit_length(portal: &Portal) -> usize {
+    portal.actions().len()
+}
+
+#[test]
+fn every_form_answers_garbage_with_a_4xx_and_never_shows_it_unescaped() {
+    let portal = Portal::start("logins_per_minute = 1000");
+    portal.setup_admin();
+    portal.login("admin", EMAIL, PASSWORD);
+    let csrf = portal.csrf("admin");
+    let site = portal.post(
+        Some("admin"),
+        "/sites",
+        &[("csrf", &csrf), ("name", "Hall 7"), ("location", "")],
+    );
+    let site = site.header("location").unwrap().to_owned();
+    let add = portal.post(
+        Some("admin"),
+        "/users",
+        &[
+            ("csrf", &csrf),
+            ("name", "Tom"),
+            ("email", "tom@plant.example"),
+            ("role", "technician"),
+            ("password", "Schalt-Schrank-2026"),
+        ],
+    );
+    assert_eq!(add.status, 303);
+    let tom = appliance::models::User::find_by_email(
+        &mut portal.app.store.conn().unwrap(),
+        "tom@plant.example",
+    )
+    .unwrap()
+    .unwrap()
+    .id
+    .0;
+    let forms: Vec<(String, &[&str])> = vec![
+        ("/users".into(), &["name", "email", "role", "password"]),
+        (format!("/users/{tom}"), &["name", "email", "role"]),
+        (
+            "/organisations".into(),
+            &["name", "admin_name", "admin_email"],
+        ),
+        ("/organisations/1/rename".into(), &["name"]),
+        (
+            "/settings/certificate".into(),
+            &["certificate", "private_key"],
+        ),
+        (
+            "/settings/mail".into(),
+            &["host", "port", "security", "username", "password", "from"],
+        ),
+        ("/account/email".into(), &["email"]),
+        ("/account/password".into(), &["current", "new"]),
+        ("/sites".into(), &["name", "location"]),
+        (format!("{site}/details"), &["name", "location"]),
+        (
+            format!("{site}/policy"),
+            &[
+                "max_minutes",
+                "allowed_hours",
+                "timezone",
+                "declared_networks",
+                "device_allowlist",
+            ],
+        ),
+        (format!("{site}/machines"), &["name", "address", "agents"]),
+        (format!("{site}/approvers"), &["user", "action"]),
+        (format!("{site}/invite"), &["name", "email", "days"]),
+        (
+            "/access".into(),
+            &["target", "minutes", "reason", "declared_address"],
+        ),
+        (
+            "/firmware/rollouts".into(),
+            &["firmware", "percent", "serials", "failure_threshold_pct"],
+        ),
+    ];
+    let script = "<script>alert(1)</script>";
+    let nasty = [
+        format!("{script}' OR '1'='1'; DROP TABLE users;--"),
+        "-1".to_owned(),
+        "99999999999999999999999".to_owned(),
+        "\u{202e}\u{7}".to_owned(),
+    ];
+    for (path, fields) in &forms {
+        for value in &nasty {
+            let mut all: Vec<(&str, &str)> = vec![("csrf", &csrf)];
+            all.extend(fields.iter().map(|f| (*f, value.as_str())));
+            let reply = portal.post(Some("admin"), path, &all);
+            assert!(
+                (400..500).contains(&reply.status) || reply.status == 303,
+                "{path} with {value:?} got {}: {}",
+                reply.status,
+                reply.body
+            );
+            assert!(
+                !reply.body.contains(script),
+                "{path} echoed the script unescaped"
+            );
+        }
+        // A body over web.max_body_bytes (64 KiB), and one that is not UTF-8: refused, and
+        // nothing is stored.
+        let before = audit_length(&portal);
+        let huge = "x".repeat(70 * 1024);
+        let mut all: Vec<(&str, &str)> = vec![("csrf", &csrf)];
+        all.extend(fields.iter().map(|f| (*f, huge.as_str())));
+        let reply = portal.post(Some("admin"), path, &all);
+        assert_eq!(reply.status, 413, "{path} took a huge body: {}", reply.body);
+        let body = format!("csrf={csrf}&{}=%FF%FE%FD", fields[0]);
+        let reply = portal.curl(
+            Some("admin"),
+            &[
+                "-H",
+                &format!("Origin: {}", portal.origin()),
+                "--data-binary",
+                &body,
+                &format!("{}{path}", portal.origin()),
+            ],
+        );
+        assert!(
+            (400..500).contains(&reply.status),
+            "{path} took invalid UTF-8: {} {}",
+            reply.status,
+            reply.body
+        );
+        assert_eq!(audit_length(&portal), before, "{path} stored something");
+    }
+    // Whatever was stored is shown as text on every page that lists it.
+    for page in [
+        "/users",
+        "/sites",
+        "/organisations",
+        "/access",
+        "/settings",
+        "/account",
+        &site,
+    ] {
+        let reply = portal.get(Some("admin"), page);
+        assert!(reply.status < 500, "{page}: {}", reply.status);
+        assert!(
+            !reply.body.contains(script),
+            "{page} shows the script unescaped"
+        );
+    }
+}

@@ -99,6 +99,7 @@ async fn serve(config: Config) -> Result<(), String> {
             .app_data(state.clone())
             .app_data(actix_web::web::FormConfig::default().limit(body_limit))
             .app_data(actix_web::web::PayloadConfig::new(body_limit))
+            .wrap(middleware::from_fn(portal::utf8_forms_only))
             .wrap(middleware::from_fn(portal::same_origin_only))
             .wrap(portal::security_headers())
             .configure(portal::config)
