@@ -466,6 +466,127 @@ fn the_operator_runs_organisations_whose_administrators_see_only_their_own() {
     }
     assert!(portal.get(Some("ada"), &site).body.contains("Hall 7"));
 
+    // A machine and a remote-access request in Ada's organisation: "not found" to Bea too.
+    let policy = portal.post(
+        Some("ada"),
+        &format!("{site}/policy"),
+        &[
+            ("csrf", &ada_csrf),
+            ("approval_required", "1"),
+            ("max_minutes", "60"),
+            ("device_allowlist", "192.168.50.0/28"),
+        ],
+    );
+    assert_eq!(policy.status, 303, "{}", policy.body);
+    let machine = portal.post(
+        Some("ada"),
+        &format!("{site}/machines"),
+        &[
+            ("csrf", &ada_csrf),
+            ("name", "Press 1"),
+            ("address", "192.168.50.10"),
+            ("agents", "vnc"),
+        ],
+    );
+    assert_eq!(machine.status, 303, "{}", machine.body);
+    let site_id = appliance::ids::SiteId(site.rsplit('/').next().unwrap().parse().unwrap());
+    let press = appliance::access::Machine::of_site(&mut portal.app.store.conn().unwrap(), site_id)
+        .unwrap()
+        .remove(0);
+    let ada_user =
+        appliance::models::User::find_by_email(&mut portal.app.store.conn().unwrap(), EMAIL)
+            .unwrap()
+            .unwrap();
+    let ann = appliance::models::User::create(
+        &portal.app.audit,
+        &appliance::Actor::System("test".into()),
+        ada_user.organisation_id,
+        "Ann Approver",
+        "ann@plant.example",
+        appliance::models::Role::Approver,
+    )
+    .unwrap();
+    let hall = appliance::models::Site::find_in(
+        &mut portal.app.store.conn().unwrap(),
+        ada_user.organisation_id,
+        site_id,
+    )
+    .unwrap();
+    appliance::access::set_approver(
+        &portal.app.audit,
+        &appliance::Actor::System("test".into()),
+        &hall,
+        ann.id,
+        true,
+    )
+    .unwrap();
+    let request = appliance::access::request(
+        &portal.app.audit,
+        &portal.app.config,
+        &ada_user,
+        "10.1.0.20",
+        &appliance::access::NewRequest {
+            machine_id: press.id,
+            agent: "vnc".into(),
+            minutes: "30".into(),
+            reason: "PLC alarm".into(),
+            declared_address: String::new(),
+        },
+        appliance::time::now_us(),
+    )
+    .unwrap();
+    let access = format!("/access/{}", request.id);
+    assert_eq!(portal.get(Some("ada"), &access).status, 200);
+    assert_eq!(portal.get(Some("bea"), &access).status, 404);
+    assert!(
+        !portal
+            .get(Some("bea"), "/access")
+            .body
+            .contains("PLC alarm")
+    );
+    assert!(!portal.get(Some("bea"), "/sites").body.contains("Hall 7"));
+    assert!(!portal.get(Some("bea"), "/devices").body.contains("Hall 7"));
+    for path in [
+        format!("{access}/approve"),
+        format!("{access}/deny"),
+        format!("{access}/end"),
+        format!("{access}/extend"),
+        format!("{site}/machines/{}/remove", press.id),
+        format!("{site}/approvers"),
+        format!("{site}/invite"),
+    ] {
+        let reply = portal.post(
+            Some("bea"),
+            &path,
+            &[("csrf", &bea_csrf), ("minutes", "30")],
+        );
+        assert_eq!(reply.status, 404, "Bea reached {path}: {}", reply.body);
+    }
+    let (bea_api, _) = appliance::tokens::create(
+        &portal.app.audit,
+        &appliance::Actor::System("test".into()),
+        &appliance::models::User::find_by_email(
+            &mut portal.app.store.conn().unwrap(),
+            "bea@werkzeug.example",
+        )
+        .unwrap()
+        .unwrap(),
+        "api",
+        &["access:read".to_owned(), "users:read".to_owned()],
+        30,
+        appliance::time::now_us(),
+    )
+    .unwrap();
+    let (status, machines) = portal.api(Some(bea_api.reveal()), "/api/v1/machines");
+    assert_eq!(status, 200);
+    assert!(!machines.to_string().contains("Press 1"), "{machines}");
+    let (status, requests) = portal.api(Some(bea_api.reveal()), "/api/v1/access-requests");
+    assert_eq!(status, 200);
+    assert!(!requests.to_string().contains("PLC alarm"), "{requests}");
+    let (status, users) = portal.api(Some(bea_api.reveal()), "/api/v1/users");
+    assert_eq!(status, 200);
+    assert!(!users.to_string().contains(EMAIL), "{users}");
+
     // Rename, disable (her sessions end, she cannot sign in), enable, delete.
     let org = appliance::models::Organisation::find_by_name(
         &mut portal.app.store.conn().unwrap(),
