@@ -11,7 +11,7 @@ use appliance::grants::Grant;
 use appliance::models::{Organisation, Role, Site, User};
 use appliance::schema::{access_requests, firewall_grants, mail_outbox};
 use appliance::time::now_us;
-use common::{Backend, TestAppliance, test_actor};
+use common::{Backend, Cli, TestAppliance, test_actor};
 use diesel::prelude::*;
 
 const FROM: &str = "10.1.0.20";

@@ -16,7 +16,7 @@ use appliance::audit::verify::verify;
 use appliance::config::Config;
 use appliance::keys::VerifyingKey;
 use appliance::{Actor, Appliance, AuditEvent};
-use common::{Backend, TestAppliance, stdout};
+use common::{Backend, Cli, TestAppliance, stdout};
 
 const WORKERS: usize = 4;
 const SECONDS: u64 = 10;

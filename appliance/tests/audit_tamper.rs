@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Backend, TestAppliance, stdout};
+use common::{Backend, Cli, TestAppliance, stdout};
 
 const RECORDS: usize = 60;
 

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use appliance::enrolment::{self, FIRST_ADMIN};
 use appliance::models::{Organisation, Role, User};
-use common::{Backend, TestAppliance, stderr, stdout, test_actor};
+use common::{Backend, Cli, TestAppliance, stderr, stdout, test_actor};
 
 fn plantgate(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_plantgate"));

@@ -10,7 +10,7 @@ use appliance::devices::{Device, DeviceKind, DeviceRequest};
 use appliance::models::{Organisation, Site};
 use appliance::readings::{self, NewReading};
 use appliance::schema::audit_log;
-use common::{Backend, TestAppliance, stderr, stdout, test_actor};
+use common::{Backend, Cli, TestAppliance, stderr, stdout, test_actor};
 use diesel::prelude::*;
 
 const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z

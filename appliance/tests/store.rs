@@ -7,7 +7,7 @@ mod common;
 use appliance::error::Error;
 use appliance::models::{Organisation, OrganisationId, Role, Site, User};
 use appliance::{AuditEvent, DbConnection};
-use common::{Backend, TestAppliance, test_actor};
+use common::{Backend, Cli, TestAppliance, test_actor};
 use diesel::prelude::*;
 
 /// Our tables, as the database itself lists them.
