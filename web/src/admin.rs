@@ -216,7 +216,9 @@ pub async fn change_organisation(
             Ok(see_other("/organisations"))
         }
         Err(err) => {
-            let problems = Problems::of(err)?;
+            // Shown above the table, not beside the "add an organisation" form's fields.
+            let problem = Problems::of(err)?.other(&[]).unwrap_or_default();
+            let problems = Problems::general(problem);
             organisations_with(&state, &user, problems, OrganisationForm::default(), None).await
         }
     }
