@@ -281,7 +281,9 @@ impl Topology {
         run(Command::new("ip").args(["netns", "exec", &self.appliance_ns, "nft", script]));
     }
 
-    /// The live table's text, for before/after comparisons.
+    /// The live table's rules and sets, for before/after comparisons. Stateless (`-s`):
+    /// counters count whatever the kernel itself sends meanwhile (a router solicitation on a
+    /// fresh veth), which is no change of ours.
     pub fn table_listing(&self) -> String {
         let output = Command::new("ip")
             .args([
@@ -289,6 +291,7 @@ impl Topology {
                 "exec",
                 &self.appliance_ns,
                 "nft",
+                "-s",
                 "list",
                 "table",
                 "inet",
