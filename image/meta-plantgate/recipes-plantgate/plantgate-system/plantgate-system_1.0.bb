@@ -62,4 +62,5 @@ SYSTEMD_SERVICE:${PN} = "plantgate-firstboot.service plantgate-network.service \
 
 FILES:${PN} += "${sysconfdir}/lynis ${nonarch_libdir}/repart.d ${datadir}/plantgate ${libdir}/sysctl.d ${libexecdir}/plantgate ${localstatedir}/lib/plantgate /boot/env"
 CONFFILES:${PN} = "${sysconfdir}/nftables.conf"
-RDEPENDS:${PN} = "iproute2 libcap-bin nftables openssl-bin procps systemd util-linux-findmnt util-linux-mount"
+# glibc-utils: getent, for the console's `network lookup` (what the services' resolver sees).
+RDEPENDS:${PN} = "glibc-utils iproute2 libcap-bin nftables openssl-bin procps systemd util-linux-findmnt util-linux-mount"
