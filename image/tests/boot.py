@@ -578,7 +578,9 @@ def main():
         check(after["partition"] >= before["partition"] + gib - (4 << 20),
               "the data partition grew to the end of the enlarged disk",
               f"{before['partition']} -> {after['partition']} bytes")
-        check(after["fs"] >= before["fs"] + gib - (64 << 20),
+        # ext4's own metadata takes its share of the new space (the data file system was made
+        # with mkfs's small-fs defaults: 1 KiB blocks, an inode per 4 KiB, about 6 %).
+        check(after["fs"] >= before["fs"] + gib * 0.85,
               "the file system on /var/lib/plantgate grew with it (online, x-systemd.growfs)",
               f"{before['fs']} -> {after['fs']} bytes")
         check(after["initialised"] == before["initialised"] and after["rc"] == 0
