@@ -185,7 +185,12 @@ def setup_namespaces(run):
         sh(["ip", "netns", "add", n])
         sh(["ip", "-n", n, "link", "set", "lo", "up"])
     # QEMU made the taps in this namespace (down, unaddressed); move them before they carry
-    # a single packet here.
+    # a single packet here. On a loaded host QEMU can take more than a second to make them.
+    deadline = time.time() + 60
+    while time.time() < deadline and any(
+            subprocess.run(["ip", "link", "show", tap], capture_output=True).returncode != 0
+            for tap in (UP_TAP, DEV_TAP)):
+        time.sleep(0.2)
     sh(["ip", "link", "set", UP_TAP, "netns", UP_NS])
     sh(["ip", "link", "set", DEV_TAP, "netns", DEV_NS])
     sh(["ip", "-n", UP_NS, "addr", "add", f"{UP_HOST}/24", "dev", UP_TAP])
