@@ -1,7 +1,8 @@
 SUMMARY = "Plantgate appliance system integration"
 DESCRIPTION = "Kernel hardening (sysctl), the fail-closed nftables boot ruleset, the first-boot \
                preparation (store, signing key, enrolment token), network configuration for the uplink and \
-               device NICs, the local console menu, and the volatile journal."
+               device NICs, name resolution without LLMNR or mDNS, the local console menu, the volatile \
+               journal, and growing the data partition into an enlarged disk (systemd-repart)."
 # Placeholder (RFC 2606 domain) until the project has a public homepage; not pinged.
 # nooelint: oelint.vars.homepageping
 HOMEPAGE = "https://plantgate.example/"
@@ -20,8 +21,11 @@ SRC_URI = "file://90-plantgate-hardening.conf \
            file://plantgate-console \
            file://plantgate-console@.service \
            file://journald-plantgate.conf \
+           file://resolved-plantgate.conf \
            file://plantgate.fstab \
            file://lynis-plantgate.prf \
+           file://repart-20-grubenv.conf \
+           file://repart-50-data.conf \
            "
 
 S = "${WORKDIR}"
@@ -39,16 +43,24 @@ do_install() {
     install -m 0644 ${S}/plantgate-firstboot.service ${S}/plantgate-network.service \
         ${S}/plantgate-console@.service ${D}${systemd_system_unitdir}/
     install -m 0644 ${S}/journald-plantgate.conf ${D}${sysconfdir}/systemd/journald.conf.d/plantgate.conf
+    install -d ${D}${sysconfdir}/systemd/resolved.conf.d
+    install -m 0644 ${S}/resolved-plantgate.conf ${D}${sysconfdir}/systemd/resolved.conf.d/plantgate.conf
     # The image installs it as /etc/fstab (plantgate-image.bb): base-files owns that path.
     install -d ${D}${datadir}/plantgate
     install -m 0644 ${S}/plantgate.fstab ${D}${datadir}/plantgate/fstab
     install -d ${D}${sysconfdir}/lynis
     install -m 0644 ${S}/lynis-plantgate.prf ${D}${sysconfdir}/lynis/custom.prf
+    # systemd-repart grows the data partition into an enlarged disk (kas/plantgate.yml
+    # enables systemd's repart); x-systemd.growfs in the fstab grows its file system.
+    install -d ${D}${nonarch_libdir}/repart.d
+    install -m 0644 ${S}/repart-20-grubenv.conf ${D}${nonarch_libdir}/repart.d/20-grubenv.conf
+    install -m 0644 ${S}/repart-50-data.conf ${D}${nonarch_libdir}/repart.d/50-data.conf
 }
 
 SYSTEMD_SERVICE:${PN} = "plantgate-firstboot.service plantgate-network.service \
                          plantgate-console@tty1.service plantgate-console@ttyS0.service"
 
-FILES:${PN} += "${sysconfdir}/lynis ${datadir}/plantgate ${libdir}/sysctl.d ${libexecdir}/plantgate ${localstatedir}/lib/plantgate /boot/env"
+FILES:${PN} += "${sysconfdir}/lynis ${nonarch_libdir}/repart.d ${datadir}/plantgate ${libdir}/sysctl.d ${libexecdir}/plantgate ${localstatedir}/lib/plantgate /boot/env"
 CONFFILES:${PN} = "${sysconfdir}/nftables.conf"
-RDEPENDS:${PN} = "iproute2 libcap-bin nftables openssl-bin procps systemd util-linux-findmnt util-linux-mount"
+# glibc-utils: getent, for the console's `network lookup` (what the services' resolver sees).
+RDEPENDS:${PN} = "glibc-utils iproute2 libcap-bin nftables openssl-bin procps systemd util-linux-findmnt util-linux-mount"
