@@ -135,6 +135,7 @@ pub fn transport(smtp: &SmtpConfig) -> Option<SmtpTransport> {
 /// settings in the portal. Each sending loop keeps one and asks it before every round.
 #[derive(Default)]
 pub struct RelayCache {
+    key: Option<crate::connectors::SealingKey>,
     built_for: Option<Option<i64>>,
     relay: Option<(SmtpConfig, SmtpTransport)>,
 }
@@ -154,8 +155,16 @@ impl RelayCache {
         &mut self,
         app: &crate::Appliance,
     ) -> Result<Option<&(SmtpConfig, SmtpTransport)>> {
-        let key = crate::connectors::SealingKey::load_or_create(&app.config.keys_dir())?;
-        let relay = crate::settings::relay(&mut *app.store.conn()?, &app.config, &key)?;
+        // The key file is read once; after that a round costs one small query.
+        if self.key.is_none() {
+            self.key = Some(crate::connectors::SealingKey::load_or_create(
+                &app.config.keys_dir(),
+            )?);
+        }
+        let Some(key) = &self.key else {
+            return Ok(None);
+        };
+        let relay = crate::settings::relay(&mut *app.store.conn()?, &app.config, key)?;
         if self.built_for != Some(relay.saved_at_us) {
             if relay.smtp.host.is_none() {
                 tracing::warn!(

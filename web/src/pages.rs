@@ -15,7 +15,8 @@ use askama::Template;
 use serde::Deserialize;
 
 use crate::{
-    AppState, Nav, PartlySignedIn, SESSION_COOKIE, SignedIn, WebError, html, see_other, source,
+    AppState, CsrfForm, Nav, PartlySignedIn, SESSION_COOKIE, SignedIn, WebError, html, see_other,
+    source,
 };
 
 type Page = Result<HttpResponse, WebError>;
@@ -712,12 +713,6 @@ pub async fn enrol_submit(
         }
         Err(other) => Err(other.into()),
     }
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
 }
 
 pub async fn logout(state: web::Data<AppState>, user: SignedIn, form: web::Form<CsrfForm>) -> Page {

@@ -12,7 +12,7 @@ use appliance::{Actor, AuditEvent};
 use askama::Template;
 use serde::Deserialize;
 
-use crate::{AppState, Nav, SignedIn, WebError, html_with_status, see_other, source};
+use crate::{AppState, CsrfForm, Nav, SignedIn, WebError, html_with_status, see_other, source};
 
 type Page = Result<HttpResponse, WebError>;
 
@@ -75,12 +75,6 @@ fn problem_of(err: appliance::Error) -> Result<String, WebError> {
         appliance::Error::Conflict(problem) => Ok(problem),
         other => Err(other.into()),
     }
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
 }
 
 // ----- requests -----
