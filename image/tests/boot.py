@@ -8,7 +8,10 @@ Topology (all host-side ends live in network namespaces this test makes and remo
 
 The appliance's serial port is its console menu (plantgate-console); the test reads
 /proc/<pid>/status, mounts, Lynis and the updater through it. Update media are hot-plugged
-as virtio disks through the QEMU monitor, as a USB stick would be.
+as virtio disks through the QEMU monitor (into PCIe root ports), as a USB stick would be.
+
+Every guest boots with UEFI Secure Boot enforced: OVMF's Secure Boot build (q35 with SMM)
+with Microsoft's keys enrolled, as ESXi and Hyper-V ship them.
 """
 
 import argparse
@@ -32,6 +35,10 @@ MAIL_NAME = "mail.plant.test"   # resolved by the uplink's DNS (dnsmasq in pgt-u
 # The documented ports (README "Image"): portal on uplink, ingest on device, nothing else.
 UPLINK_PORTS = {80, 443}
 DEVICE_PORTS = {8443, 8883}
+# UDP: nothing answers on either side. Inside, the one UDP socket on a real interface is
+# systemd-networkd's DHCP client (port 68, uplink), and the ruleset drops what arrives there
+# but replies to its own requests.
+UDP_SOCKETS = {68}
 LYNIS_FLOOR = int(os.environ.get("PLANTGATE_LYNIS_FLOOR", "70"))
 SIZE_LIMIT_MB = 300
 
@@ -137,12 +144,20 @@ class Qemu:
         self.ser_path = os.path.join(run, "serial.sock")
         vars_copy = os.path.join(run, "OVMF_VARS.fd")
         shutil.copy(ovmf_vars, vars_copy)
+        fmt = "raw" if disk.endswith(".raw") else "qcow2"
         self.cmd = [
             "qemu-system-x86_64", "-accel", accel, "-m", "2048", "-smp", "2",
-            "-machine", "pc", "-nographic", "-nodefaults", "-vga", "none",
+            # Secure Boot: OVMF's SMM build guards its variables, so q35 with SMM and the
+            # flash in secure mode (and no S3, which OVMF's SMM build does not support).
+            "-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on",
+            "-global", "ICH9-LPC.disable_s3=1",
+            "-nographic", "-nodefaults", "-vga", "none",
             "-drive", f"if=pflash,format=raw,readonly=on,file={ovmf_code}",
             "-drive", f"if=pflash,format=raw,file={vars_copy}",
-            "-drive", f"if=virtio,format=qcow2,file={disk}",
+            "-drive", f"if=virtio,format={fmt},file={disk}",
+            # Two hot-plug slots for the update media (PCIe has none on the root bus).
+            "-device", "pcie-root-port,id=hp1,chassis=1,addr=0x10",
+            "-device", "pcie-root-port,id=hp2,chassis=2,addr=0x11",
             "-netdev", "hubport,id=up,hubid=1" if isolated else f"tap,id=up,ifname={UP_TAP},script=no,downscript=no",
             "-device", f"virtio-net-pci,netdev=up,mac={UP_MAC},addr=0x5",
             "-netdev", "hubport,id=dev,hubid=2" if isolated else f"tap,id=dev,ifname={DEV_TAP},script=no,downscript=no",
@@ -239,6 +254,35 @@ def nmap_open(namespace, target):
                        "--min-rate", "3000", "-oG", "-", target], timeout=900)
     ports = set(int(p) for p in re.findall(r"(\d+)/open/tcp", r.stdout))
     return ports
+
+
+def nmap_udp_open(namespace, target):
+    """A UDP scan of every port: one probe each (nmap's protocol payloads where it has them,
+    so a DNS, NTP or SNMP service would answer and show up as open)."""
+    r = ns(namespace, ["nmap", "-Pn", "-n", "-sU", "-p-", "--max-retries", "0",
+                       "--min-rate", "3000", "-oG", "-", target], timeout=900)
+    return set(int(p) for p in re.findall(r"(\d+)/open/udp", r.stdout)), r.stdout
+
+
+def listening(text):
+    """(protocol, address, port, process) for every non-loopback socket `ss -lntup` lists."""
+    found = []
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) < 5 or f[0] not in ("tcp", "udp"):
+            continue
+        addr, _, port = f[4].rpartition(":")
+        addr = addr.strip("[]").split("%")[0]
+        if addr.startswith("127.") or addr == "::1":
+            continue
+        proc = re.search(r'users:\(\("([^"]+)"', line)
+        found.append((f[0], addr, int(port), proc.group(1) if proc else "?"))
+    return found
+
+
+def drop_counter(ruleset, name):
+    m = re.search(r"counter " + name + r" \{\s*packets (\d+)", ruleset)
+    return int(m.group(1)) if m else -1
 
 
 def make_medium(bundle, path):
@@ -344,6 +388,35 @@ class LynisGuest:
         self.qemu.stop()
 
 
+def tampered_boot_loader_is_refused(out, version, run, ovmf_code, ovmf_vars, accel):
+    """A copy of the disk whose GRUB has one byte changed must not boot: shim refuses it."""
+    log("-- Secure Boot: a disk whose GRUB was changed by one byte")
+    raw = os.path.join(run, "tampered.raw")
+    sh(["cp", "--sparse=always", f"{out}/plantgate-{version}.raw", raw])
+    esp = f"{raw}@@1M"   # the ESP is the first partition, at 1 MiB (image/build)
+    grub = os.path.join(run, "grubx64.efi")
+    sh(["mcopy", "-n", "-i", esp, "::EFI/BOOT/grubx64.efi", grub])
+    with open(grub, "r+b") as f:
+        f.seek(os.path.getsize(grub) // 2)   # inside the signed code, far from the signature
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    sh(["mcopy", "-o", "-i", esp, grub, "::EFI/BOOT/grubx64.efi"])
+    trun = tempfile.mkdtemp(prefix="plantgate-image-tampered-")
+    qemu = Qemu(raw, trun, ovmf_code, ovmf_vars, accel, isolated=True)
+    try:
+        con = Console(qemu.ser_path, os.path.join(trun, "serial.log"))
+        refused = con.wait(r"Verification failed|Security Violation", 300)
+        booted = con.wait(r"Linux version|Plantgate appliance", 1)
+        check(refused is not None and booted is None,
+              "Secure Boot: shim refuses a changed GRUB, and no kernel starts",
+              (refused.group(0) if refused else "no refusal in 300 s") + ("; a kernel started" if booted else ""))
+    finally:
+        qemu.stop()
+        os.unlink(raw)
+        shutil.rmtree(trun, ignore_errors=True)
+
+
 def kvm_probe(qcow2, ovmf_code, ovmf_vars):
     """Power-on to portal under KVM, where KVM works: a quick probe first (does the guest print
     anything on its serial port within 30 s?). On this project's build machine a KVM guest
@@ -430,8 +503,13 @@ def main():
     info = sh(["qemu-img", "info", f"{out}/plantgate-{version}.vhdx"]).stdout
     check("file format: vhdx" in info, "the VHDX is a VHDX")
 
-    ovmf_code = next(p for p in ["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd"] if os.path.exists(p))
-    ovmf_vars = ovmf_code.replace("CODE", "VARS")
+    # OVMF with Secure Boot, and variables with Microsoft's keys enrolled (Debian's ovmf).
+    ovmf_code = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+    ovmf_vars = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
+    for f in (ovmf_code, ovmf_vars):
+        if not os.path.exists(f):
+            check(False, f"OVMF with Secure Boot is installed ({f})")
+            sys.exit(1)
     run = tempfile.mkdtemp(prefix="plantgate-image-test-")
     disk = os.path.join(run, "disk.qcow2")
     sh(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", os.path.abspath(qcow2), disk])
@@ -466,6 +544,10 @@ def main():
             _, st = con.command("status")
             m = re.search(rf"Portal:\s+https://{re.escape(UP_BOX)}/", st)
         check(m is not None, "the console shows the portal's address")
+        m = con.wait(r"Secure Boot: (\S+) \(kernel lockdown: ([^)]*)\)", 5)
+        check(m is not None and m.group(1) == "on" and m.group(2) == "integrity",
+              "booted with Secure Boot on (shim, GRUB and kernel signed), the kernel locked down",
+              m.group(0) if m else "no Secure Boot line on the console")
 
         # ---- which side answers what
         log("-- services by side")
@@ -491,6 +573,29 @@ def main():
         ports = nmap_open(DEV_NS, DEV_BOX)
         check(ports == DEVICE_PORTS, f"device: open TCP ports are exactly {sorted(DEVICE_PORTS)}", str(sorted(ports)))
         figure(f"nmap -p- both sides: {time.time() - t:.0f} s")
+
+        log("-- nmap -sU -p- from each side (UDP), and the sockets inside")
+        t = time.time()
+        for side, namespace, target in (("uplink", UP_NS, UP_BOX), ("device", DEV_NS, DEV_BOX)):
+            _, before = con.command("firewall")
+            ports, out = nmap_udp_open(namespace, target)
+            _, after = con.command("firewall")
+            check(ports == set(), f"{side}: no UDP port answers", str(sorted(ports)) or out[-500:])
+            counter = f"drop_input_{side}"
+            rose = drop_counter(after, counter) - drop_counter(before, counter)
+            check(drop_counter(before, counter) >= 0 and rose >= 65535 // 2,
+                  f"{side}: the UDP probes reached the appliance and were dropped ({counter} rose by {rose})",
+                  f"{drop_counter(before, counter)} -> {drop_counter(after, counter)}")
+        figure(f"nmap -sU -p- both sides: {time.time() - t:.0f} s")
+        rc, text = con.command("sockets")
+        sockets = listening(text)
+        log("    " + "\n    ".join(f"{p} {a}:{n} {who}" for p, a, n, who in sockets))
+        tcp = {n for p, _, n, _ in sockets if p == "tcp"}
+        udp = {n for p, _, n, _ in sockets if p == "udp"}
+        check(rc == 0 and tcp <= UPLINK_PORTS | DEVICE_PORTS,
+              "inside, nothing listens on TCP off loopback but the portal and the ingest", str(sorted(tcp)))
+        check(rc == 0 and udp <= UDP_SOCKETS,
+              f"inside, no UDP socket is open off loopback but {sorted(UDP_SOCKETS)} (DHCP client)", str(sorted(udp)))
 
         log("-- forwarding")
         _, before = con.command("firewall")
@@ -542,7 +647,7 @@ def main():
         medium = os.path.join(run, "good.img")
         make_medium(good_bundle, medium)
         qemu.monitor(f"drive_add 0 if=none,id=upd1,format=raw,readonly=on,file={medium}")
-        qemu.monitor("device_add virtio-blk-pci,drive=upd1,id=upddev1")
+        qemu.monitor("device_add virtio-blk-pci,drive=upd1,id=upddev1,bus=hp1")
         time.sleep(5)
         t = time.time()
         rc, text = con.command("update", 1800)
@@ -606,7 +711,7 @@ def main():
             medium = os.path.join(run, "broken.img")
             make_medium(broken[0], medium)
             qemu.monitor(f"drive_add 0 if=none,id=upd2,format=raw,readonly=on,file={medium}")
-            qemu.monitor("device_add virtio-blk-pci,drive=upd2,id=upddev2")
+            qemu.monitor("device_add virtio-blk-pci,drive=upd2,id=upddev2,bus=hp2")
             time.sleep(5)
             rc, text = con.command("update", 1800)
             check(rc == 0, "the broken (but signed) bundle installs into slot A", text[-2000:])
@@ -623,6 +728,7 @@ def main():
             ok, _ = curl_ok(UP_NS, portal, 10)
             check(ok, "the portal answers after the fallback")
         qemu.stop()
+        tampered_boot_loader_is_refused(out, version, run, ovmf_code, ovmf_vars, accel)
         if lynis_guest:
             lynis_guest.finish()
     except Exception as err:  # noqa: BLE001 - every failure is reported, never swallowed
