@@ -498,6 +498,7 @@ def main():
     ovf = sh(["tar", "-xOf", f"{out}/plantgate-{version}.ova", ova_list[0]]).stdout
     nics = re.findall(r"<rasd:Connection>(\w+)</rasd:Connection>", ovf)
     check(nics == ["uplink", "device"], "the OVF declares two NICs, uplink then device", str(nics))
+    check('vmw:key="bootOptions.efiSecureBootEnabled" vmw:value="true"' in ovf, "the OVF asks ESXi for UEFI Secure Boot")
     info = sh(["qemu-img", "info", f"{out}/plantgate-{version}.vmdk"]).stdout
     check("streamOptimized" in info, "the VMDK is streamOptimized")
     info = sh(["qemu-img", "info", f"{out}/plantgate-{version}.vhdx"]).stdout

@@ -45,7 +45,8 @@ addtask plantgate_boot_files after do_rootfs before do_image_wic
 do_plantgate_boot_files[depends] += "grub-native:do_populate_sysroot"
 
 # The OVA: OVF descriptor (two NICs: uplink, device), manifest, and the disk as a
-# streamOptimized VMDK (the only kind ESXi imports from an OVA).
+# streamOptimized VMDK (the only kind ESXi imports from an OVA). Secure Boot off: this
+# build's GRUB is not signed (the offline build's boot chain is, and its OVA turns it on).
 do_plantgate_ova[doc] = "Packs the OVA for ESXi: OVF with two NICs, manifest, streamOptimized VMDK"
 do_plantgate_ova() {
     cd ${IMGDEPLOYDIR}
@@ -54,6 +55,7 @@ do_plantgate_ova() {
     raw_size=$(stat -c %s ${IMAGE_NAME}${IMAGE_NAME_SUFFIX}.wic)
     sed -e "s/@VERSION@/${DISTRO_VERSION}/g" -e "s/@VMDK@/$vmdk/g" \
         -e "s/@VMDK_SIZE@/$(stat -c %s $vmdk)/g" -e "s/@CAPACITY@/$raw_size/g" \
+        -e "s/@SECURE_BOOT@/false/g" \
         ${WORKDIR}/plantgate.ovf.in >${IMAGE_NAME}.ovf
     echo "SHA256(${IMAGE_NAME}.ovf)= $(sha256sum ${IMAGE_NAME}.ovf | cut -d' ' -f1)" >${IMAGE_NAME}.mf
     echo "SHA256($vmdk)= $(sha256sum $vmdk | cut -d' ' -f1)" >>${IMAGE_NAME}.mf
