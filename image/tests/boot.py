@@ -432,7 +432,8 @@ def kvm_probe(qcow2, ovmf_code, ovmf_vars):
     try:
         time.sleep(1)
         if qemu.proc.poll() is not None:
-            figure("KVM: QEMU refused to start with -accel kvm; TCG figures only")
+            said = open(os.path.join(run, "qemu.log"), errors="replace").read().strip().splitlines()
+            figure(f"KVM: QEMU refused to start with -accel kvm ({said[-1] if said else 'no message'}); TCG figures only")
             return
         helpers = setup_namespaces(run)
         con = Console(qemu.ser_path, os.path.join(run, "serial.log"))
@@ -563,9 +564,9 @@ def main():
         r = ns(UP_NS, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "--max-time", "5", f"http://{UP_BOX}/"])
         check(r.stdout.startswith("30") and "https://" in r.stdout, "portal: plain HTTP on uplink only redirects to HTTPS", r.stdout)
 
-        rc, out = con.command(f"network lookup {MAIL_NAME}")
-        check(rc == 0 and f"{MAIL_NAME} has address {UP_HOST}" in out,
-              "names resolve through the uplink's DNS (systemd-resolved; as the mail relay's would)", out)
+        rc, lookup = con.command(f"network lookup {MAIL_NAME}")
+        check(rc == 0 and f"{MAIL_NAME} has address {UP_HOST}" in lookup,
+              "names resolve through the uplink's DNS (systemd-resolved; as the mail relay's would)", lookup)
 
         log("-- nmap -p- from each side (TCP)")
         t = time.time()
@@ -579,9 +580,9 @@ def main():
         t = time.time()
         for side, namespace, target in (("uplink", UP_NS, UP_BOX), ("device", DEV_NS, DEV_BOX)):
             _, before = con.command("firewall")
-            ports, out = nmap_udp_open(namespace, target)
+            ports, scan = nmap_udp_open(namespace, target)
             _, after = con.command("firewall")
-            check(ports == set(), f"{side}: no UDP port answers", str(sorted(ports)) or out[-500:])
+            check(ports == set(), f"{side}: no UDP port answers", str(sorted(ports)) or scan[-500:])
             counter = f"drop_input_{side}"
             rose = drop_counter(after, counter) - drop_counter(before, counter)
             check(drop_counter(before, counter) >= 0 and rose >= 65535 // 2,
