@@ -34,6 +34,23 @@ pub struct Config {
     pub access: AccessConfig,
     /// The relay every email goes out through: alerts, access requests, invitations.
     pub smtp: SmtpConfig,
+    /// The service accounts that key files belong to (`crate::keyring`); the image sets
+    /// them. Unset, as in development, owners are left as they are.
+    pub accounts: Option<AccountsConfig>,
+}
+
+/// The accounts `plantgate init` gives key files to: names (resolved through /etc/passwd and
+/// /etc/group) or numeric ids.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountsConfig {
+    pub web: String,
+    pub ingest: String,
+    pub firewall: String,
+    /// Every service's group: the shared store, the audit signing key.
+    pub group: String,
+    /// The portal's and the ingest's group: the mail relay's sealing key.
+    pub mail_group: String,
 }
 
 /// Remote access with approval.
@@ -263,6 +280,7 @@ impl Default for Config {
             web: WebConfig::default(),
             access: AccessConfig::default(),
             smtp: SmtpConfig::default(),
+            accounts: None,
         }
     }
 }

@@ -4,20 +4,15 @@
 //! in the same transaction as the readings or alert it carries, so nothing is lost to a
 //! crash. `plantgate-ingest` sends them in id order per connector, signed with HMAC-SHA256
 //! over `"{timestamp}.{body}"` ([`signature_header`]). The per-connector secret must stay
-//! usable to sign, so it is sealed with AES-256-GCM under [`SealingKey`], a key kept in
-//! `{data_dir}/keys/` outside the store: a copy of the database alone reveals no secret.
+//! usable to sign, so it is sealed under the connector [`SealingKey`] (`crate::sealing`),
+//! which only the ingest (and root's `plantgate`) can read.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
 
 use diesel::prelude::*;
 use openssl::hash::MessageDigest;
 use openssl::pkey::PKey;
 use openssl::sign::Signer;
-use openssl::symm::{Cipher, decrypt_aead, encrypt_aead};
 use serde::Serialize;
 
 use crate::audit::{Actor, Audit, AuditEvent, Outcome};
@@ -26,120 +21,14 @@ use crate::ids::{ConnectorId, DeviceId, SiteId};
 use crate::on_backend;
 use crate::readings::NewReading;
 use crate::schema::{connector_deliveries, connectors, devices, sites};
+pub use crate::sealing::SealingKey;
 use crate::store::DbConnection;
 use crate::time::now_us;
 
 /// The header carrying `t={unix seconds},v1={hex HMAC-SHA256(secret, "{t}.{body}")}`.
 pub const SIGNATURE_HEADER: &str = "Plantgate-Signature";
-const SEALING_FILE: &str = "connector-sealing.key";
-const SEAL_AAD: &[u8] = b"plantgate connector secret v1";
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
 const MAX_NAME_LEN: usize = 64;
 const MAX_URL_LEN: usize = 2048;
-
-/// The AES-256 key that seals connector secrets, in `{keys_dir}/connector-sealing.key`
-/// (mode 0600), made on first use.
-pub struct SealingKey {
-    key: [u8; 32],
-    path: PathBuf,
-}
-
-impl std::fmt::Debug for SealingKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealingKey")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
-}
-
-fn key_error(path: &Path, problem: impl std::fmt::Display) -> Error {
-    Error::Key {
-        path: path.to_owned(),
-        problem: problem.to_string(),
-    }
-}
-
-impl SealingKey {
-    /// Loads the key, or makes it if there is none yet. Two processes racing to make it
-    /// both end up with the one that was written first.
-    pub fn load_or_create(keys_dir: &Path) -> Result<SealingKey> {
-        let path = keys_dir.join(SEALING_FILE);
-        if !path.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(keys_dir)
-                .map_err(|err| key_error(keys_dir, err))?;
-            let mut key = [0u8; 32];
-            openssl::rand::rand_bytes(&mut key)?;
-            let written = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .and_then(|mut file| {
-                    file.write_all(hex::encode(key).as_bytes())?;
-                    file.sync_all()
-                });
-            match written {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(err) => return Err(key_error(&path, err)),
-            }
-        }
-        let text = fs::read_to_string(&path).map_err(|err| key_error(&path, err))?;
-        let bytes = hex::decode(text.trim()).map_err(|err| key_error(&path, err))?;
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| key_error(&path, "not 32 bytes of hex"))?;
-        Ok(SealingKey { key, path })
-    }
-
-    fn seal(&self, secret: &str) -> Result<Vec<u8>> {
-        self.seal_for(SEAL_AAD, secret)
-    }
-
-    /// Seals `secret` for one purpose (the associated data): it opens only for that purpose.
-    pub fn seal_for(&self, purpose: &[u8], secret: &str) -> Result<Vec<u8>> {
-        let mut nonce = [0u8; NONCE_LEN];
-        openssl::rand::rand_bytes(&mut nonce)?;
-        let mut tag = [0u8; TAG_LEN];
-        let sealed = encrypt_aead(
-            Cipher::aes_256_gcm(),
-            &self.key,
-            Some(&nonce),
-            purpose,
-            secret.as_bytes(),
-            &mut tag,
-        )?;
-        Ok([&nonce[..], &sealed, &tag].concat())
-    }
-
-    /// The secret sealed in `sealed`; an error if it was sealed under another key or altered.
-    pub fn open(&self, sealed: &[u8]) -> Result<String> {
-        self.open_for(SEAL_AAD, sealed)
-    }
-
-    /// [`SealingKey::open`] for a secret sealed with [`SealingKey::seal_for`] and `purpose`.
-    pub fn open_for(&self, purpose: &[u8], sealed: &[u8]) -> Result<String> {
-        if sealed.len() < NONCE_LEN + TAG_LEN {
-            return Err(key_error(&self.path, "a sealed secret is too short"));
-        }
-        let (nonce, rest) = sealed.split_at(NONCE_LEN);
-        let (data, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let plain = decrypt_aead(
-            Cipher::aes_256_gcm(),
-            &self.key,
-            Some(nonce),
-            purpose,
-            data,
-            tag,
-        )
-        .map_err(|_| key_error(&self.path, "a sealed secret does not open with this key"))?;
-        String::from_utf8(plain).map_err(|err| key_error(&self.path, err))
-    }
-}
 
 /// `t={unix_seconds},v1={hex HMAC-SHA256(secret, "{unix_seconds}.{body}")}`.
 pub fn signature_header(secret: &str, unix_seconds: i64, body: &[u8]) -> Result<String> {
@@ -610,25 +499,6 @@ mod tests {
             header,
             "t=1700000000,v1=c6ef4734033cee2367414a0939385eca0397754aa7a59716da7463a9298b5146"
         );
-        Ok(())
-    }
-
-    #[test]
-    fn a_sealed_secret_opens_only_with_its_key_and_unaltered() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|err| key_error(Path::new("tmp"), err))?;
-        let key = SealingKey::load_or_create(dir.path())?;
-        let again = SealingKey::load_or_create(dir.path())?;
-        let mut sealed = key.seal("pgwh_abc")?;
-        assert_eq!(again.open(&sealed)?, "pgwh_abc");
-        let other = tempfile::tempdir().map_err(|err| key_error(Path::new("tmp"), err))?;
-        assert!(
-            SealingKey::load_or_create(other.path())?
-                .open(&sealed)
-                .is_err()
-        );
-        let last = sealed.len() - 1;
-        sealed[last] ^= 1;
-        assert!(key.open(&sealed).is_err());
         Ok(())
     }
 

@@ -9,7 +9,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use diesel::prelude::*;
@@ -66,45 +66,54 @@ pub fn enrolment_purpose(serial: &str) -> String {
 }
 
 impl DeviceCa {
-    /// Loads the CA, making it (P-256, ten years) on first start.
-    pub fn load_or_create(keys_dir: &Path) -> Result<DeviceCa> {
+    /// Makes the CA (P-256, ten years) in `keys_dir`: `plantgate init` does, once. Refuses
+    /// to replace an existing key: every device certificate chains to it.
+    pub fn generate(keys_dir: &Path) -> Result<()> {
         let key_path = keys_dir.join(KEY_FILE);
         let cert_path = keys_dir.join(CERT_FILE);
-        if !key_path.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(keys_dir)
-                .map_err(|err| ca_error(keys_dir, err))?;
-            let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
-            let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
-            let cert = make_ca(&key)?;
-            // The certificate first, so that a key file always has its certificate.
-            write_file(&cert_path, &cert.to_pem()?, 0o644)?;
-            let created = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&key_path)
-                .and_then(|mut file| {
-                    file.write_all(&key.private_key_to_pem_pkcs8()?)?;
-                    file.sync_all()
-                });
-            match created {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(err) => return Err(ca_error(&key_path, err)),
-            }
-        }
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+        let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
+        let cert = make_ca(&key)?;
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_path)
+            .and_then(|mut file| {
+                file.write_all(&key.private_key_to_pem_pkcs8()?)?;
+                file.sync_all()
+            })
+            .map_err(|err| ca_error(&key_path, err))?;
+        write_file(&cert_path, &cert.to_pem()?, 0o644)
+    }
+
+    /// Whether the CA's key exists (made by `plantgate init`).
+    pub fn exists(keys_dir: &Path) -> bool {
+        keys_dir.join(KEY_FILE).exists()
+    }
+
+    /// Loads the CA made by `plantgate init`; never makes one (a new CA would orphan every
+    /// device certificate).
+    pub fn load(keys_dir: &Path) -> Result<DeviceCa> {
+        let key_path = keys_dir.join(KEY_FILE);
+        let cert_path = keys_dir.join(CERT_FILE);
+        let read = |path: &Path| {
+            fs::read(path).map_err(|err| match err.kind() {
+                std::io::ErrorKind::NotFound => Error::NotInitialised {
+                    what: "the device CA",
+                    path: path.to_owned(),
+                },
+                _ => ca_error(path, err),
+            })
+        };
         let key =
-            PKey::private_key_from_pem(&fs::read(&key_path).map_err(|e| ca_error(&key_path, e))?)
-                .map_err(|e| ca_error(&key_path, e))?;
-        let mut cert = X509::from_pem(&fs::read(&cert_path).map_err(|e| ca_error(&cert_path, e))?)
-            .map_err(|e| ca_error(&cert_path, e))?;
+            PKey::private_key_from_pem(&read(&key_path)?).map_err(|e| ca_error(&key_path, e))?;
+        let cert = X509::from_pem(&read(&cert_path)?).map_err(|e| ca_error(&cert_path, e))?;
         if !cert.public_key()?.public_eq(&key) {
-            // Lost the race to another process: its key won, so its certificate must too.
-            cert = make_ca(&key)?;
-            write_file(&cert_path, &cert.to_pem()?, 0o644)?;
+            return Err(ca_error(
+                &cert_path,
+                "does not belong to the CA key beside it",
+            ));
         }
         Ok(DeviceCa {
             key,

@@ -135,7 +135,7 @@ pub fn transport(smtp: &SmtpConfig) -> Option<SmtpTransport> {
 /// settings in the portal. Each sending loop keeps one and asks it before every round.
 #[derive(Default)]
 pub struct RelayCache {
-    key: Option<crate::connectors::SealingKey>,
+    key: Option<crate::sealing::SealingKey>,
     built_for: Option<Option<i64>>,
     relay: Option<(SmtpConfig, SmtpTransport)>,
 }
@@ -157,9 +157,10 @@ impl RelayCache {
     ) -> Result<Option<&(SmtpConfig, SmtpTransport)>> {
         // The key file is read once; after that a round costs one small query.
         if self.key.is_none() {
-            self.key = Some(crate::connectors::SealingKey::load_or_create(
-                &app.config.keys_dir(),
-            )?);
+            self.key = Some(crate::sealing::SealingKey::load(&crate::keyring::path(
+                &app.config,
+                crate::keyring::Secret::RelaySealing,
+            ))?);
         }
         let Some(key) = &self.key else {
             return Ok(None);

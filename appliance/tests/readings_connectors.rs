@@ -5,7 +5,7 @@
 
 mod common;
 
-use appliance::connectors::{self, Connector};
+use appliance::connectors::Connector;
 use appliance::devices::{Device, DeviceKind, DeviceRequest};
 use appliance::models::{Organisation, Site};
 use appliance::readings::{self, NewReading};
@@ -174,7 +174,11 @@ fn connector_secret_is_shown_once_stored_sealed_and_removal_is_audited(backend: 
             .any(|w| w == secret.as_bytes()),
         "the store holds the secret sealed, not in clear"
     );
-    let key = connectors::SealingKey::load_or_create(&t.app.config.keys_dir()).unwrap();
+    let key = appliance::sealing::SealingKey::load(&appliance::keyring::path(
+        &t.app.config,
+        appliance::keyring::Secret::ConnectorSealing,
+    ))
+    .unwrap();
     assert_eq!(key.open(&connector.secret_sealed).unwrap(), secret);
     let (action, details) = last_action(&t);
     assert_eq!(action, "connector.added");

@@ -26,6 +26,8 @@ import tempfile
 import threading
 import time
 
+import journeys
+
 UP_NS, DEV_NS = "pgt-up", "pgt-dev"
 UP_TAP, DEV_TAP = "pgtup0", "pgtdev0"
 UP_HOST, UP_BOX = "10.77.0.1", "10.77.0.10"
@@ -541,6 +543,7 @@ def main():
         check(con.wait_prompt(180), "the console menu answers on the serial port")
         m = con.wait(r"First-admin enrolment token: (\S+)", 5)
         check(m is not None, "the console shows the first-admin enrolment token")
+        enrolment_token = m.group(1) if m else ""
         m = con.wait(rf"Portal:\s+https://{re.escape(UP_BOX)}/", 5) or None
         if not m:
             _, st = con.command("status")
@@ -567,6 +570,15 @@ def main():
         rc, lookup = con.command(f"network lookup {MAIL_NAME}")
         check(rc == 0 and f"{MAIL_NAME} has address {UP_HOST}" in lookup,
               "names resolve through the uplink's DNS (systemd-resolved; as the mail relay's would)", lookup)
+
+        # ---- the first day: setup, mail relay, remote access, telemetry, certificate, audit,
+        # as people do them in the portal (journeys.py); the SMTP server answers for MAIL_NAME.
+        sides = {"uplink": UP_NS, "device": DEV_NS}
+        journeys.run(journeys.Context(
+            portal=f"https://{UP_BOX}", ingest_host=DEV_BOX, ingest_https_port=8443, ingest_mqtt_port=8883,
+            token=enrolment_token, on=lambda side, argv: ["ip", "netns", "exec", sides[side]] + argv,
+            console=con, check=check, figure=figure, mail_listen=(UP_HOST, 25), mail_relay=(MAIL_NAME, 25),
+            machine=(DEV_HOST, 4840), run_dir=run, log=log))
 
         log("-- nmap -p- from each side (TCP)")
         t = time.time()

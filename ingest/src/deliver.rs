@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use appliance::connectors::{self, Connector, Delivery, SIGNATURE_HEADER, SealingKey};
 use appliance::ids::ConnectorId;
+use appliance::keyring::{self, Secret};
 use appliance::time::now_us;
 use appliance::{Actor, Appliance};
 use openssl::ssl::{SslConnector, SslMethod, SslVersion};
@@ -27,7 +28,7 @@ pub fn start(app: Appliance) -> std::io::Result<()> {
 
 async fn run(app: Appliance) {
     let actor = Actor::System("ingest".into());
-    let key = match SealingKey::load_or_create(&app.config.keys_dir()) {
+    let key = match SealingKey::load(&keyring::path(&app.config, Secret::ConnectorSealing)) {
         Ok(key) => key,
         Err(err) => {
             tracing::error!(error = %err, "data connectors are off: no sealing key");

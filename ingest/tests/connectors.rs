@@ -106,7 +106,11 @@ fn a_receiver_that_was_down_gets_every_event_signed_and_in_order(backend: Backen
     let out = t.dir.path().join("received.jsonl");
     let port = free_port();
 
-    let sealing = SealingKey::load_or_create(&t.app.config.keys_dir()).unwrap();
+    let sealing = SealingKey::load(&appliance::keyring::path(
+        &t.app.config,
+        appliance::keyring::Secret::ConnectorSealing,
+    ))
+    .unwrap();
     let (connector, secret) = Connector::add(
         &t.app.audit,
         &actor(),

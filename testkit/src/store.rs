@@ -10,7 +10,6 @@ use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use appliance::config::Config;
-use appliance::keys::SigningKey;
 use appliance::{Actor, Appliance, AuditEvent, DbConnection};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 
@@ -153,7 +152,7 @@ impl TestAppliance {
         std::fs::write(&config_path, toml).expect("write config");
         let config = Config::load(Some(&config_path)).expect("valid test config");
         config.prepare_data_dir().expect("data dir");
-        SigningKey::generate(&config.keys_dir()).expect("signing key");
+        appliance::provision::keys(&config).expect("keys");
         let app = Appliance::open(config, &test_actor()).expect("open appliance");
         TestAppliance {
             backend,

@@ -1,7 +1,7 @@
 //! The appliance's own administration, for the administrators of the organisation that runs
 //! it: the other organisations (tenants such as a contractor firm), the portal's TLS
-//! certificate and the mail relay. Every page is a sensitive action: it asks for the password
-//! again once the last check is stale.
+//! certificate, the mail relay, and every service's recent warnings and errors. Every page
+//! is a sensitive action: it asks for the password again once the last check is stale.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use appliance::accounts;
@@ -29,7 +29,8 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route("/settings", web::get().to(settings_page))
         .route("/settings/certificate", web::post().to(replace_certificate))
         .route("/settings/mail", web::post().to(save_mail))
-        .route("/settings/mail/test", web::post().to(test_mail));
+        .route("/settings/mail/test", web::post().to(test_mail))
+        .route("/errors", web::get().to(errors_page));
 }
 
 /// Checks who is asking, the form's token when there is one, and how fresh their password
@@ -49,6 +50,7 @@ fn gate(
 
 const CONFIRM_FOR_ORGANISATIONS: &str = "/account/confirm?next=organisations";
 const CONFIRM_FOR_SETTINGS: &str = "/account/confirm?next=settings";
+const CONFIRM_FOR_ERRORS: &str = "/account/confirm?next=errors";
 
 struct OrganisationRow {
     id: i64,
@@ -269,11 +271,7 @@ async fn settings_with(
     let (certificate, relay) = web::block(move || -> appliance::error::Result<_> {
         let config = &state2.app.config;
         let certificate = CertificateSummary::read(&config.portal_certificate()).ok();
-        let relay = settings::relay(
-            &mut *state2.app.store.conn()?,
-            config,
-            &state2.sealing_key()?,
-        )?;
+        let relay = settings::relay(&mut *state2.app.store.conn()?, config, &state2.relay_key()?)?;
         Ok((certificate, relay))
     })
     .await??;
@@ -450,7 +448,7 @@ pub async fn save_mail(
             &app.audit,
             &actor,
             &app.config,
-            &state2.sealing_key()?,
+            &state2.relay_key()?,
             &change,
             now,
         )
@@ -493,7 +491,7 @@ pub async fn test_mail(
     let (state2, account, from) = (state.clone(), user.user.clone(), source(&req));
     let outcome = web::block(move || -> appliance::error::Result<Result<(), String>> {
         let app = &state2.app;
-        let relay = settings::relay(&mut *app.store.conn()?, &app.config, &state2.sealing_key()?)?;
+        let relay = settings::relay(&mut *app.store.conn()?, &app.config, &state2.relay_key()?)?;
         let sent = appliance::mail::send_now(
             &relay.smtp,
             &account.email,
@@ -524,4 +522,58 @@ pub async fn test_mail(
         },
     };
     settings_with(&state, &user, result).await
+}
+
+/// How many entries the errors page shows.
+const ERRORS_SHOWN: usize = 200;
+
+struct ErrorRow {
+    at: String,
+    service: String,
+    level: String,
+    target: String,
+    message: String,
+    /// `name=value` pairs, values as JSON.
+    fields: String,
+}
+
+#[derive(Template)]
+#[template(path = "errors.html")]
+struct ErrorsPage {
+    signed_in: Option<Nav>,
+    rows: Vec<ErrorRow>,
+    shown: usize,
+}
+
+/// The newest warnings and errors of every service (portal, ingest, firewall controller),
+/// from their error files under `{data_dir}/log` (`appliance::telemetry`).
+pub async fn errors_page(state: web::Data<AppState>, user: SignedIn) -> Page {
+    gate(&state, &user, None, CONFIRM_FOR_ERRORS)?;
+    let data_dir = state.app.config.data_dir.clone();
+    let entries =
+        web::block(move || appliance::telemetry::recent_errors(&data_dir, ERRORS_SHOWN)).await?;
+    let rows = entries
+        .into_iter()
+        .map(|entry| ErrorRow {
+            fields: entry
+                .fields
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            at: entry.at,
+            service: entry.service,
+            level: entry.level,
+            target: entry.target,
+            message: entry.message,
+        })
+        .collect();
+    html_with_status(
+        &ErrorsPage {
+            signed_in: Some(user.nav()),
+            rows,
+            shown: ERRORS_SHOWN,
+        },
+        actix_web::http::StatusCode::OK,
+    )
 }

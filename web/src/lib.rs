@@ -106,9 +106,21 @@ impl AppState {
         (self.clock)()
     }
 
-    /// The key that seals secrets kept in the store (TOTP secrets, connector secrets).
-    pub fn sealing_key(&self) -> appliance::error::Result<appliance::connectors::SealingKey> {
-        appliance::connectors::SealingKey::load_or_create(&self.app.config.keys_dir())
+    /// The key that seals TOTP seeds (the portal's alone: `appliance::keyring`).
+    pub fn totp_key(&self) -> appliance::error::Result<appliance::sealing::SealingKey> {
+        self.sealing_key(appliance::keyring::Secret::TotpSealing)
+    }
+
+    /// The key that seals the mail relay's password.
+    pub fn relay_key(&self) -> appliance::error::Result<appliance::sealing::SealingKey> {
+        self.sealing_key(appliance::keyring::Secret::RelaySealing)
+    }
+
+    fn sealing_key(
+        &self,
+        secret: appliance::keyring::Secret,
+    ) -> appliance::error::Result<appliance::sealing::SealingKey> {
+        appliance::sealing::SealingKey::load(&appliance::keyring::path(&self.app.config, secret))
     }
 
     /// Counts a login attempt from `source`; `Err(seconds)` when it is one too many. Locking

@@ -546,7 +546,7 @@ pub async fn second_factor_submit(
             move || -> appliance::error::Result<Option<sessions::SessionToken>> {
                 if !second_factor::check(
                     &state.app.audit,
-                    &state.sealing_key()?,
+                    &state.totp_key()?,
                     partial.user.id,
                     &code,
                     &source,
@@ -670,7 +670,7 @@ pub async fn enrol_submit(
             move || -> appliance::error::Result<(Vec<String>, Option<sessions::SessionToken>)> {
                 let codes = second_factor::enable(
                     &state.app.audit,
-                    &state.sealing_key()?,
+                    &state.totp_key()?,
                     &partial.user,
                     &secret,
                     &code,
@@ -1486,6 +1486,7 @@ fn confirm_target(next: &str) -> &'static str {
         "users" => "/users",
         "organisations" => "/organisations",
         "settings" => "/settings",
+        "errors" => "/errors",
         "email" => "/account/email",
         "firmware" => "/firmware",
         _ => "/",
@@ -1555,7 +1556,7 @@ pub async fn confirm_submit(
                 || (password_ok
                     && second_factor::check(
                         &state.app.audit,
-                        &state.sealing_key()?,
+                        &state.totp_key()?,
                         user.user.id,
                         &code,
                         &source,

@@ -1284,12 +1284,13 @@ fn every_page_answers_every_role_as_the_permission_table_says() {
     const LOGIN: u16 = 303;
     const NO: u16 = 403;
     #[rustfmt::skip]
-    let table: [(&str, [u16; 6]); 16] = [
+    let table: [(&str, [u16; 6]); 17] = [
         //                          anonymous admin approver technician viewer auditor
         ("/",                       [LOGIN, OK, OK, OK, OK, OK]),
         ("/account",                [LOGIN, OK, OK, OK, OK, OK]),
         ("/organisations",          [LOGIN, OK, NO, NO, NO, NO]),
         ("/settings",               [LOGIN, OK, NO, NO, NO, NO]),
+        ("/errors",                 [LOGIN, OK, NO, NO, NO, NO]),
         ("/sessions",               [LOGIN, OK, OK, OK, OK, OK]),
         ("/account/password",       [LOGIN, OK, OK, OK, OK, OK]),
         ("/account/second-factor",  [LOGIN, OK, OK, OK, OK, OK]),

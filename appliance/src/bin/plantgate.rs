@@ -20,6 +20,7 @@ use appliance::enrolment::{self, FIRST_ADMIN, FIRST_ADMIN_VALIDITY_US};
 use appliance::error::{Error, Result};
 use appliance::grants::{Agent, Grant, GrantRequest, poke_firewall};
 use appliance::ids::{ConnectorId, SiteId};
+use appliance::keyring::{self, Secret};
 use appliance::keys::{SigningKey, VerifyingKey, private_key_path};
 use appliance::models::{Organisation, Role, Site, User};
 use appliance::readings;
@@ -381,7 +382,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-    appliance::telemetry::init(&config.log);
+    appliance::telemetry::init_stderr(&config.log);
     match run(cli.command, config) {
         Ok(code) => code,
         Err(err) => {
@@ -704,7 +705,7 @@ fn connector(command: ConnectorCommand, config: Config, actor: &Actor) -> Result
                     })?),
                     None => None,
                 };
-            let key = SealingKey::load_or_create(&app.config.keys_dir())?;
+            let key = SealingKey::load(&keyring::path(&app.config, Secret::ConnectorSealing))?;
             let request = ConnectorRequest {
                 site: SiteId(site),
                 name,
@@ -1090,9 +1091,7 @@ fn init(config: Config, actor: &Actor, reissue_token: bool) -> Result<ExitCode> 
     let store = Store::open(&config)?;
     let applied = store.migrate()?;
     let key_path = private_key_path(&config.keys_dir());
-    let key_generated = if key_path.exists() {
-        false
-    } else {
+    if !key_path.exists() {
         // A log with records but no key means the key was lost or removed: a new key would
         // make every earlier signature unverifiable, so refuse and say what to do.
         let records: i64 = {
@@ -1108,9 +1107,10 @@ fn init(config: Config, actor: &Actor, reissue_token: bool) -> Result<ExitCode> 
                 config.keys_dir().display()
             )));
         }
-        SigningKey::generate(&config.keys_dir())?;
-        true
-    };
+    }
+    // Every key, with owners and modes from the one table (appliance::keyring).
+    let made = appliance::provision::keys(&config)?;
+    let key_generated = made.contains(&"audit-signing.key");
     let audit = Audit::open(store.clone(), &config)?;
     let mut events = Vec::new();
     if !applied.is_empty() {
@@ -1118,6 +1118,13 @@ fn init(config: Config, actor: &Actor, reissue_token: bool) -> Result<ExitCode> 
             AuditEvent::new(actor.clone(), "store.migrated")
                 .target(format!("store:{}", store.backend().name()))
                 .details(serde_json::json!({ "applied": applied })),
+        );
+    }
+    if !made.is_empty() {
+        events.push(
+            AuditEvent::new(actor.clone(), "keys.created")
+                .target(format!("dir:{}", config.keys_dir().display()))
+                .details(serde_json::json!({ "files": made })),
         );
     }
     if key_generated {

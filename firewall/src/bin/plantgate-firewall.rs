@@ -69,7 +69,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    appliance::telemetry::init(&config.log);
+    if matches!(cli.command, Command::Run)
+        && let Err(line) =
+            appliance::keyring::self_check(&config, appliance::keyring::Service::Firewall)
+    {
+        eprintln!("{line}");
+        // Where the portal's errors page (and the console's `errors`) will show it.
+        appliance::telemetry::record_refusal(&config.data_dir, "plantgate-firewall", &line);
+        return ExitCode::from(3);
+    }
+    appliance::telemetry::init(&config.log, &config.data_dir, "plantgate-firewall");
     let result = match cli.command {
         Command::Run => run(config),
         Command::Reconcile => reconcile_once(config),

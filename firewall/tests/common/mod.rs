@@ -155,8 +155,18 @@ impl Topology {
         .expect("config");
         let config = appliance::config::Config::load(Some(&config_path)).expect("config");
         config.prepare_data_dir().expect("data dir");
-        appliance::keys::SigningKey::generate(&config.keys_dir()).expect("signing key");
-        let app = appliance::Appliance::open(config, &test_actor()).expect("open appliance");
+        appliance::provision::keys(&config).expect("keys");
+        let app =
+            appliance::Appliance::open(config.clone(), &test_actor()).expect("open appliance");
+        // As first boot does after opening the store: its files go to the services' group
+        // when the config names service accounts (tests/service_accounts.rs).
+        appliance::provision::keys(&config).expect("share the store");
+        // Other accounts than root must be able to reach the data directory.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
         Topology {
             app,
             uplink_ns: u,
@@ -231,8 +241,13 @@ impl Topology {
     /// Starts the controller with extra `PLANTGATE_*` settings, as an admin editing the
     /// config and restarting it would.
     pub fn start_daemon_with(&mut self, env: &[(&str, &str)]) {
+        let command = self.firewall_command(&["run"]);
+        self.start_daemon_command(command, env);
+    }
+
+    /// Starts `command` (the controller, however wrapped) and waits until it answers.
+    pub fn start_daemon_command(&mut self, mut command: Command, env: &[(&str, &str)]) {
         let _ = std::fs::remove_file(self.socket());
-        let mut command = self.firewall_command(&["run"]);
         for (key, value) in env {
             command.env(key, value);
         }

@@ -38,7 +38,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    appliance::telemetry::init(&config.log);
+    if let Err(line) = appliance::keyring::self_check(&config, appliance::keyring::Service::Ingest)
+    {
+        eprintln!("{line}");
+        // Where the portal's errors page (and the console's `errors`) will show it.
+        appliance::telemetry::record_refusal(&config.data_dir, "plantgate-ingest", &line);
+        return ExitCode::from(3);
+    }
+    appliance::telemetry::init(&config.log, &config.data_dir, "plantgate-ingest");
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -59,7 +66,7 @@ fn run(config: Config) -> Result<(), String> {
     if ensure_certificate(&paths, "localhost", &addresses).map_err(|e| e.to_string())? {
         tracing::info!(cert = %paths.cert.display(), "made a self-signed ingest certificate");
     }
-    let device_ca = DeviceCa::load_or_create(&app.config.keys_dir()).map_err(|e| e.to_string())?;
+    let device_ca = DeviceCa::load(&app.config.keys_dir()).map_err(|e| e.to_string())?;
     let (poke, pokes) = std::sync::mpsc::channel();
     ingest::notify::start(app.clone(), pokes).map_err(|e| e.to_string())?;
     ingest::deliver::start(app.clone()).map_err(|e| e.to_string())?;

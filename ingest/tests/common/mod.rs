@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use appliance::config::Config;
 use appliance::devices::{Device, DeviceKind, DeviceRequest};
-use appliance::keys::SigningKey;
 use appliance::models::{Organisation, Site};
 use appliance::{Actor, Appliance};
 use diesel::{Connection, PgConnection, RunQueryDsl};
@@ -119,7 +118,7 @@ impl TestIngest {
         std::fs::write(&config_path, toml).expect("write config");
         let config = Config::load(Some(&config_path)).expect("valid config");
         config.prepare_data_dir().expect("data dir");
-        SigningKey::generate(&config.keys_dir()).expect("signing key");
+        appliance::provision::keys(&config).expect("keys");
         let app = Appliance::open(config, &actor()).expect("open appliance");
         let org = Organisation::create(&app.audit, &actor(), "Moulding Nord").expect("org");
         let site = Site::create(&app.audit, &actor(), org.id, "Hall 3", "").expect("site");

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use appliance::config::Config;
 use appliance::enrolment::{self, FIRST_ADMIN};
-use appliance::keys::SigningKey;
 use appliance::{Actor, Appliance};
 
 pub const PASSWORD: &str = "Vierkant-Schraube-77";
@@ -73,7 +72,7 @@ impl Portal {
         .unwrap();
         let config = Config::load(Some(&config_path)).unwrap();
         config.prepare_data_dir().unwrap();
-        SigningKey::generate(&config.keys_dir()).unwrap();
+        appliance::provision::keys(&config).unwrap();
         let app = Appliance::open(config, &Actor::System("test".into())).unwrap();
         let (token, _) = enrolment::issue(
             &app.audit,
