@@ -266,7 +266,9 @@ fn init_audits_what_it_creates(backend: Backend) {
                 .to_string()
         })
         .collect();
+    // Every key the table lists, the signing key among them, then the signing key's own record.
     let mut expected = vec![
+        "\"keys.created\"",
         "\"audit.key.generated\"",
         "\"appliance.initialised\"",
         "\"enrolment.token.issued\"",
