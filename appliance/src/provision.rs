@@ -60,15 +60,20 @@ pub fn create_missing_keys(config: &Config) -> Result<Vec<&'static str>> {
     Ok(made)
 }
 
-/// [`create_missing_keys`], then owners and modes from the table ([`keyring::enforce`]),
-/// with the config's accounts when it names them.
+/// [`create_missing_keys`], then [`enforce_owners`].
 pub fn keys(config: &Config) -> Result<Vec<&'static str>> {
     let made = create_missing_keys(config)?;
+    enforce_owners(config)?;
+    Ok(made)
+}
+
+/// Owners and modes from the table ([`keyring::enforce`]), with the config's accounts when
+/// it names them: run after everything root wrote, so the services can use it.
+pub fn enforce_owners(config: &Config) -> Result<()> {
     let accounts = config
         .accounts
         .as_ref()
         .map(Accounts::resolve)
         .transpose()?;
-    keyring::enforce(config, accounts.as_ref())?;
-    Ok(made)
+    keyring::enforce(config, accounts.as_ref())
 }

@@ -96,6 +96,20 @@ fn install(config: &LogConfig, errors: Option<ErrorsLayer>) {
         .try_init();
 }
 
+/// A service's refusal to start: `line` on stderr, marked as an error for journald when
+/// stderr is the journal (`<3>`, which journald reads as the priority), and in the
+/// service's error file, where the portal and the console's `errors` show it.
+#[allow(clippy::print_stderr)] // before any subscriber exists, stderr is the one channel
+pub fn refuse_to_start(data_dir: &Path, service: &str, line: &str) {
+    let priority = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        "<3>"
+    } else {
+        ""
+    };
+    eprintln!("{priority}{line}");
+    record_refusal(data_dir, service, line);
+}
+
 /// Appends one ERROR entry for `service` to its error file at once, without a subscriber:
 /// for a service that refuses to start before logging is set up. `line` is what it printed.
 /// A failure to write is ignored.

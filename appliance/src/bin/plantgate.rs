@@ -51,6 +51,12 @@ enum Command {
     },
     /// Apply pending store migrations.
     Migrate,
+    /// The newest warnings and errors of every service (the portal's /errors page), oldest
+    /// first; a service that refused to start says why here.
+    Errors {
+        #[arg(long, default_value_t = 40)]
+        limit: usize,
+    },
     /// Validate the configuration and print it, secrets removed.
     Config {
         #[command(subcommand)]
@@ -409,7 +415,36 @@ fn cli_actor() -> Actor {
 fn run(command: Command, config: Config) -> Result<ExitCode> {
     let actor = cli_actor();
     match command {
-        Command::Init { reissue_token } => init(config, &actor, reissue_token),
+        Command::Errors { limit } => {
+            let entries = appliance::telemetry::recent_errors(&config.data_dir, limit);
+            if entries.is_empty() {
+                println!("No service has logged a warning or an error.");
+            }
+            for entry in entries.iter().rev() {
+                let fields: Vec<String> = entry
+                    .fields
+                    .iter()
+                    .map(|(name, value)| format!("{name}={value}"))
+                    .collect();
+                println!(
+                    "{} {} {:5} {}: {} {}",
+                    entry.at,
+                    entry.service,
+                    entry.level,
+                    entry.target,
+                    entry.message,
+                    fields.join(" ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init { reissue_token } => {
+            let exit = init(config.clone(), &actor, reissue_token)?;
+            // Last, after every file init wrote (the store, the audit head it rewrote for the
+            // token's record): owners and modes from the key table, the store the services'.
+            appliance::provision::enforce_owners(&config)?;
+            Ok(exit)
+        }
         Command::Migrate => {
             // `open` migrates and audits what it applied.
             let store = Store::open(&config)?;
@@ -1108,8 +1143,8 @@ fn init(config: Config, actor: &Actor, reissue_token: bool) -> Result<ExitCode> 
             )));
         }
     }
-    // Every key, with owners and modes from the one table (appliance::keyring).
-    let made = appliance::provision::keys(&config)?;
+    // Every key the table lists (appliance::keyring); owners and modes come at the end.
+    let made = appliance::provision::create_missing_keys(&config)?;
     let key_generated = made.contains(&"audit-signing.key");
     let audit = Audit::open(store.clone(), &config)?;
     let mut events = Vec::new();

@@ -73,9 +73,7 @@ fn main() -> ExitCode {
         && let Err(line) =
             appliance::keyring::self_check(&config, appliance::keyring::Service::Firewall)
     {
-        eprintln!("{line}");
-        // Where the portal's errors page (and the console's `errors`) will show it.
-        appliance::telemetry::record_refusal(&config.data_dir, "plantgate-firewall", &line);
+        appliance::telemetry::refuse_to_start(&config.data_dir, "plantgate-firewall", &line);
         return ExitCode::from(3);
     }
     appliance::telemetry::init(&config.log, &config.data_dir, "plantgate-firewall");

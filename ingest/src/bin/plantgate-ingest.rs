@@ -40,9 +40,7 @@ fn main() -> ExitCode {
     };
     if let Err(line) = appliance::keyring::self_check(&config, appliance::keyring::Service::Ingest)
     {
-        eprintln!("{line}");
-        // Where the portal's errors page (and the console's `errors`) will show it.
-        appliance::telemetry::record_refusal(&config.data_dir, "plantgate-ingest", &line);
+        appliance::telemetry::refuse_to_start(&config.data_dir, "plantgate-ingest", &line);
         return ExitCode::from(3);
     }
     appliance::telemetry::init(&config.log, &config.data_dir, "plantgate-ingest");

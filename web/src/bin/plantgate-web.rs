@@ -41,9 +41,7 @@ fn main() -> ExitCode {
     // Every file it needs, read with its own rights before serving anyone: a permission
     // mistake stops the start with one line, not a user's request later.
     if let Err(line) = appliance::keyring::self_check(&config, appliance::keyring::Service::Web) {
-        eprintln!("{line}");
-        // Where the portal's errors page (and the console's `errors`) will show it.
-        appliance::telemetry::record_refusal(&config.data_dir, "plantgate-web", &line);
+        appliance::telemetry::refuse_to_start(&config.data_dir, "plantgate-web", &line);
         return ExitCode::from(3);
     }
     appliance::telemetry::init(&config.log, &config.data_dir, "plantgate-web");
