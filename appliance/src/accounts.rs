@@ -16,6 +16,7 @@ use crate::audit::{Actor, Audit, AuditEvent, Outcome};
 use crate::enrolment::{self, FIRST_ADMIN};
 use crate::error::{Error, Result};
 use crate::ids::UserId;
+use crate::lockout::{Counter, Reserved};
 use crate::models::{Role, User, clean_email, clean_name, email_taken_or};
 use crate::on_backend;
 use crate::schema::{organisations, users};
@@ -131,8 +132,6 @@ pub struct Lockout {
 struct Credentials {
     id: UserId,
     password_hash: Option<String>,
-    failed_logins: i32,
-    locked_until_us: Option<i64>,
     disabled_at_us: Option<i64>,
     expires_at_us: Option<i64>,
 }
@@ -144,8 +143,6 @@ pub struct LoginResult {
     pub reason: &'static str,
 }
 
-/// Checks `email` and `password` at `now` and records the attempt. A locked, disabled or
-/// expired account is refused even with the right password.
 /// True when the user's organisation is disabled.
 fn organisation_disabled(audit: &Audit, user: UserId) -> Result<bool> {
     let disabled: Option<Option<i64>> = users::table
@@ -157,11 +154,34 @@ fn organisation_disabled(audit: &Audit, user: UserId) -> Result<bool> {
     Ok(disabled.flatten().is_some())
 }
 
+/// Checks `email` and `password` at `now` from a browser that presents no known-browser
+/// cookie; see [`login_from`].
 pub fn login(
     audit: &Audit,
     email: &str,
     password: &str,
     source: &str,
+    now: i64,
+    lockout: Lockout,
+) -> Result<LoginResult> {
+    login_from(audit, email, password, source, None, now, lockout)
+}
+
+/// Checks `email` and `password` at `now` and records the attempt. A locked, disabled or
+/// expired account is refused even with the right password.
+///
+/// `browser` is the known-browser cookie the request carried, if any. Wrong passwords are
+/// counted for that browser when it is one the account signed in with before, else for
+/// the account's "new browsers" (`crate::lockout` explains why). Each attempt is counted
+/// in the store before the password is checked, and one that finds its budget spent or
+/// locked is refused without computing a hash: `lockout.attempts` guesses arriving at once
+/// are all counted, and only that many are ever checked.
+pub fn login_from(
+    audit: &Audit,
+    email: &str,
+    password: &str,
+    source: &str,
+    browser: Option<&str>,
     now: i64,
     lockout: Lockout,
 ) -> Result<LoginResult> {
@@ -172,6 +192,12 @@ pub fn login(
         .select(Credentials::as_select())
         .first(&mut *conn)
         .optional()?;
+    let known = match (&found, browser) {
+        (Some(account), Some(token)) => {
+            crate::lockout::known_browser(&mut conn, account.id, token, now)?
+        }
+        _ => None,
+    };
     drop(conn);
     let Some(account) = found else {
         verify_password(decoy_hash(), password);
@@ -185,93 +211,201 @@ pub fn login(
             reason: "unknown account",
         });
     };
-    let password_ok = verify_password(
-        account.password_hash.as_deref().unwrap_or(decoy_hash()),
-        password,
-    ) && account.password_hash.is_some();
     let actor = Actor::User(account.id);
-    let organisation_disabled = organisation_disabled(audit, account.id)?;
-    let refusal = if account.disabled_at_us.is_some() {
+    let (counter, browser) = match known {
+        Some(id) => (Counter::KnownBrowser(id), "known"),
+        None => (Counter::NewBrowsers(account.id), "new"),
+    };
+    // An account that cannot sign in at all is refused first, and counts nothing.
+    let closed = if account.disabled_at_us.is_some() {
         Some("account disabled")
-    } else if organisation_disabled {
+    } else if organisation_disabled(audit, account.id)? {
         Some("organisation disabled")
     } else if account.expires_at_us.is_some_and(|at| at <= now) {
         Some("account expired")
-    } else if account.locked_until_us.is_some_and(|until| until > now) {
-        Some("account locked")
-    } else if !password_ok {
-        Some("wrong password")
     } else {
         None
     };
-    let result = audit.record_with(|conn| {
-        let mut events = Vec::new();
-        match refusal {
-            Some("wrong password") => {
-                let failures = account.failed_logins + 1;
-                let locks = failures >= i32::try_from(lockout.attempts).unwrap_or(i32::MAX);
-                let until = now + i64::from(lockout.minutes) * 60_000_000;
-                diesel::update(users::table.find(account.id))
-                    .set((
-                        users::failed_logins.eq(if locks { 0 } else { failures }),
-                        users::locked_until_us.eq(if locks { Some(until) } else { account.locked_until_us }),
-                    ))
-                    .execute(conn)?;
-                events.push(
-                    AuditEvent::new(actor.clone(), "auth.login.failed")
-                        .source(source)
-                        .target(account.id)
-                        .outcome(Outcome::Failure)
-                        .details(serde_json::json!({ "reason": "wrong password", "failures": failures })),
-                );
-                if locks {
-                    crate::mail::enqueue(
-                        conn,
-                        &email,
-                        "[Plantgate] Your account was locked",
-                        &format!(
-                            "After {failures} wrong passwords in a row, the last from {source}, your Plantgate account is locked until {}.\n\nIf this was not you, tell your administrator: someone may be guessing your password.\n",
-                            format_us(until)
-                        ),
-                        &account.id.to_string(),
-                        now,
-                    )?;
-                    events.push(
-                        AuditEvent::new(actor.clone(), "auth.account.locked")
-                            .source(source)
-                            .target(account.id)
-                            .outcome(Outcome::Denied)
-                            .details(serde_json::json!({ "until": format_us(until), "after_failures": failures })),
-                    );
-                }
-            }
-            Some(reason) => events.push(
+    if let Some(reason) = closed {
+        let password_ok = verify_password(
+            account.password_hash.as_deref().unwrap_or(decoy_hash()),
+            password,
+        ) && account.password_hash.is_some();
+        audit.record(
+            AuditEvent::new(actor, "auth.login.failed")
+                .source(source)
+                .target(account.id)
+                .outcome(Outcome::Denied)
+                .details(serde_json::json!({ "reason": reason, "password_correct": password_ok })),
+        )?;
+        return Ok(LoginResult { user: None, reason });
+    }
+    let until = now + i64::from(lockout.minutes) * 60_000_000;
+    let lock = LockNotice {
+        actor: &actor,
+        email: &email,
+        user: account.id,
+        counter,
+        attempts: lockout.attempts,
+        source,
+        until,
+        now,
+    };
+    let reserved = counter.reserve(&mut *audit.store().conn()?, lockout.attempts, now)?;
+    let Reserved::Attempt(failures) = reserved else {
+        // Locked, or every attempt of the budget is being checked right now: refused
+        // before any hash is computed.
+        audit.record_with(|conn| {
+            let mut events = vec![
                 AuditEvent::new(actor.clone(), "auth.login.failed")
                     .source(source)
                     .target(account.id)
                     .outcome(Outcome::Denied)
-                    .details(serde_json::json!({ "reason": reason, "password_correct": password_ok })),
-            ),
-            None => {
-                diesel::update(users::table.find(account.id))
-                    .set((users::failed_logins.eq(0), users::locked_until_us.eq(None::<i64>)))
-                    .execute(conn)?;
-                events.push(AuditEvent::new(actor.clone(), "auth.login.succeeded").source(source).target(account.id));
+                    .details(serde_json::json!({ "reason": "account locked", "browser": browser })),
+            ];
+            events.extend(lock.apply(conn)?);
+            Ok(((), events))
+        })?;
+        return Ok(LoginResult {
+            user: None,
+            reason: "account locked",
+        });
+    };
+    let password_ok = verify_password(
+        account.password_hash.as_deref().unwrap_or(decoy_hash()),
+        password,
+    ) && account.password_hash.is_some();
+    if !password_ok {
+        audit.record_with(|conn| {
+            let mut events = vec![
+                AuditEvent::new(actor.clone(), "auth.login.failed")
+                    .source(source)
+                    .target(account.id)
+                    .outcome(Outcome::Failure)
+                    .details(serde_json::json!({
+                        "reason": "wrong password", "failures": failures, "browser": browser,
+                    })),
+            ];
+            // The count the store returned decides: the attempt that fills the budget locks.
+            if i64::from(failures) >= i64::from(lockout.attempts) {
+                events.extend(lock.apply(conn)?);
             }
-        }
-        let user = match refusal {
-            None => Some(users::table.find(account.id).select(User::as_select()).first(conn)?),
-            Some(_) => None,
-        };
-        Ok((user, events))
+            Ok(((), events))
+        })?;
+        return Ok(LoginResult {
+            user: None,
+            reason: "wrong password",
+        });
+    }
+    let user = audit.record_with(|conn| {
+        counter.reset(conn)?;
+        let user = users::table
+            .find(account.id)
+            .select(User::as_select())
+            .first(conn)?;
+        let event = AuditEvent::new(actor.clone(), "auth.login.succeeded")
+            .source(source)
+            .target(account.id)
+            .details(serde_json::json!({ "browser": browser }));
+        Ok((user, vec![event]))
     })?;
     Ok(LoginResult {
-        user: result,
-        reason: refusal.unwrap_or("ok"),
+        user: Some(user),
+        reason: "ok",
     })
 }
 
-/// Lifts a lockout before it runs out. `user` must belong to `organisation`.
+/// What locking a counter of a password attempt tells: the audit record and the owner's
+/// email, once per lock.
+struct LockNotice<'a> {
+    actor: &'a Actor,
+    email: &'a str,
+    user: UserId,
+    counter: Counter,
+    attempts: u32,
+    source: &'a str,
+    until: i64,
+    now: i64,
+}
+
+impl LockNotice<'_> {
+    /// Locks the counter unless it is locked already; when this call locked it, queues the
+    /// owner's email and returns the audit record.
+    fn apply(&self, conn: &mut DbConnection) -> Result<Option<AuditEvent>> {
+        if !self.counter.lock(conn, self.until)? {
+            return Ok(None);
+        }
+        let (attempts, source, until) = (self.attempts, self.source, format_us(self.until));
+        let (scope, body, browser) = match self.counter {
+            Counter::KnownBrowser(id) => (
+                "known browser",
+                format!(
+                    "After {attempts} wrong passwords in a row from a browser you signed in with before, the last from {source}, \
+                     sign-ins from that browser are locked until {until}.\n\n\
+                     If this was not you, tell your administrator: someone may have that browser.\n"
+                ),
+                Some(id),
+            ),
+            _ => (
+                "new browsers",
+                format!(
+                    "After {attempts} wrong passwords in a row, the last from {source}, your Plantgate account is locked until {until} \
+                     for sign-ins from browsers it has not been used in before.\n\n\
+                     A browser you signed in with before still signs you in. If this was not you, tell your administrator: \
+                     someone may be guessing your password.\n"
+                ),
+                None,
+            ),
+        };
+        crate::mail::enqueue(
+            conn,
+            self.email,
+            "[Plantgate] Your account was locked",
+            &body,
+            &self.user.to_string(),
+            self.now,
+        )?;
+        Ok(Some(
+            AuditEvent::new(self.actor.clone(), "auth.account.locked")
+                .source(self.source)
+                .target(self.user)
+                .outcome(Outcome::Denied)
+                .details(serde_json::json!({
+                    "until": until, "after_failures": attempts, "scope": scope, "browser": browser,
+                })),
+        ))
+    }
+}
+
+/// Remembers the browser a user just signed in with (password and any second factor):
+/// returns the cookie value to give it, the one it presented when that is one of the
+/// user's known browsers. A new browser is audited `auth.browser.remembered`.
+pub fn remember_browser(
+    audit: &Audit,
+    user: UserId,
+    presented: Option<&str>,
+    source: &str,
+    user_agent: &str,
+    now: i64,
+) -> Result<String> {
+    audit.record_with(|conn| {
+        let (token, new) =
+            crate::lockout::remember_browser(conn, user, presented, source, user_agent, now)?;
+        let events = new
+            .then(|| {
+                AuditEvent::new(Actor::User(user), "auth.browser.remembered")
+                    .source(source)
+                    .target(user)
+                    .details(serde_json::json!({ "user_agent": user_agent.chars().take(300).collect::<String>() }))
+            })
+            .into_iter()
+            .collect();
+        Ok((token, events))
+    })
+}
+
+/// Lifts a lockout before it runs out: wrong passwords from new browsers and from each
+/// known browser, and wrong second-factor codes. `user` must belong to `organisation`.
 pub fn unlock(
     audit: &Audit,
     actor: &Actor,
@@ -279,19 +413,16 @@ pub fn unlock(
     user: UserId,
 ) -> Result<()> {
     audit.record_with(|conn| {
-        let updated = diesel::update(
-            users::table
-                .find(user)
-                .filter(users::organisation_id.eq(organisation)),
-        )
-        .set((
-            users::failed_logins.eq(0),
-            users::locked_until_us.eq(None::<i64>),
-        ))
-        .execute(conn)?;
-        if updated == 0 {
+        let found: Option<UserId> = users::table
+            .find(user)
+            .filter(users::organisation_id.eq(organisation))
+            .select(users::id)
+            .first(conn)
+            .optional()?;
+        if found.is_none() {
             return Err(Error::NotFound("user"));
         }
+        crate::lockout::clear_all(conn, user)?;
         Ok((
             (),
             vec![AuditEvent::new(actor.clone(), "auth.account.unlocked").target(user)],
@@ -309,8 +440,11 @@ pub struct Account {
     pub email: String,
     pub role: String,
     pub disabled_at_us: Option<i64>,
+    /// Sign-ins from browsers the account has not used before are locked until then.
     pub locked_until_us: Option<i64>,
     pub expires_at_us: Option<i64>,
+    /// Second-factor codes are refused until then (too many wrong ones).
+    pub code_locked_until_us: Option<i64>,
 }
 
 /// The accounts of one organisation, by email.

@@ -115,6 +115,10 @@ pub struct WebConfig {
     /// The updater's settings (trust anchors, product), which firmware uploads are
     /// verified with.
     pub updater_config: std::path::PathBuf,
+    /// Reverse proxies in front of the portal, by address. Only from these TCP peers are
+    /// `Forwarded`, `X-Forwarded-Host`, `-Proto` and `-For` believed (for the origin check,
+    /// source addresses and per-address limits). Empty: the portal is reached directly.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// The appliance's two ports.
@@ -185,6 +189,19 @@ pub struct IngestConfig {
     pub retention_days: Option<u32>,
     /// How often the writer looks for readings past retention.
     pub retention_check_seconds: u64,
+    /// One deadline for a new connection to prove who it is: MQTT's TLS handshake and
+    /// CONNECT together; HTTPS's TLS handshake and first request head together (half each),
+    /// and again any body read before the request authenticated. Slow or silent clients are
+    /// closed.
+    pub handshake_timeout_seconds: u64,
+    /// MQTT connections not yet authenticated (in the TLS handshake or before their CONNECT
+    /// was accepted), in all. At the limit, a new connection closes the oldest of the
+    /// address that holds the most, so that a device is never refused for them.
+    pub max_unauthenticated: usize,
+    /// The same, per source address.
+    pub max_unauthenticated_per_address: usize,
+    /// HTTPS connections at once, in all (shared out between the HTTP workers).
+    pub https_max_connections: usize,
 }
 
 /// Webhook delivery: a failed attempt is retried after 1 s, doubling up to
@@ -323,6 +340,7 @@ impl Default for WebConfig {
             reauthenticate_seconds: 600,
             max_firmware_bytes: 128 * 1024 * 1024,
             updater_config: "/etc/plantgate/updater.toml".into(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -378,6 +396,10 @@ impl Default for IngestConfig {
             connectors: ConnectorsConfig::default(),
             retention_days: None,
             retention_check_seconds: 3600,
+            handshake_timeout_seconds: 10,
+            max_unauthenticated: 256,
+            max_unauthenticated_per_address: 32,
+            https_max_connections: 1024,
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 pub use crate::ids::DeviceId;
 use crate::ids::{OrganisationId, SiteId};
 use crate::on_backend;
-use crate::schema::{devices, sites};
+use crate::schema::{audit_append_lock, device_certificates, devices, sites};
 use crate::store::DbConnection;
 use crate::time::now_us;
 
@@ -342,6 +342,138 @@ impl Device {
             .select(Device::as_select())
             .load(conn)?)
     }
+}
+
+/// What a device proved itself with, as a connection keeps it to check it again later
+/// (a revoke must reach connections that are already open): the SHA-256 of its secret, or
+/// the SHA-256 fingerprint of its client certificate. Neither is secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Credential {
+    Secret(Vec<u8>),
+    Certificate(Vec<u8>),
+}
+
+/// Rows per `IN (...)` list, well below both backends' bound-parameter limits.
+const CHECK_CHUNK: usize = 500;
+
+impl Credential {
+    pub fn of_secret(secret: &str) -> Credential {
+        Credential::Secret(secret_hash(secret))
+    }
+
+    /// The credential of a client certificate (DER).
+    pub fn of_certificate(der: &[u8]) -> Result<Credential> {
+        let cert = openssl::x509::X509::from_der(der)?;
+        Ok(Credential::Certificate(
+            cert.digest(openssl::hash::MessageDigest::sha256())?
+                .to_vec(),
+        ))
+    }
+
+    /// Inside a transaction: whether the credential still authenticates its device (the
+    /// secret is the device's current one and the device is not revoked; the certificate is
+    /// issued, unrevoked, unexpired, and its device not revoked), and if so, holds it so
+    /// until the transaction ends.
+    ///
+    /// It checks with writes that change nothing: on SQLite the first write takes the
+    /// database's write lock (so call this before anything else in the transaction, which
+    /// then never reads a snapshot a concurrent commit could make stale); on PostgreSQL each
+    /// takes the row's lock, and a row a concurrent revoke changed is checked again as that
+    /// revoke committed it. Either way a revoke, rotation or certificate revocation commits
+    /// wholly before this check or wholly after the transaction.
+    pub fn hold(&self, conn: &mut DbConnection) -> Result<bool> {
+        let device = match self {
+            Credential::Secret(hash) => {
+                let held = diesel::update(
+                    devices::table
+                        .filter(devices::secret_hash.eq(hash))
+                        .filter(devices::revoked_at_us.is_null()),
+                )
+                .set(devices::revoked_at_us.eq(None::<i64>))
+                .execute(conn)?;
+                return Ok(held == 1);
+            }
+            Credential::Certificate(fingerprint) => {
+                let held = diesel::update(
+                    device_certificates::table
+                        .filter(device_certificates::fingerprint.eq(fingerprint))
+                        .filter(device_certificates::revoked_at_us.is_null())
+                        .filter(device_certificates::not_after_us.gt(now_us())),
+                )
+                .set(device_certificates::revoked_at_us.eq(None::<i64>))
+                .execute(conn)?;
+                if held != 1 {
+                    return Ok(false);
+                }
+                device_certificates::table
+                    .filter(device_certificates::fingerprint.eq(fingerprint))
+                    .select(device_certificates::device_id)
+                    .first::<DeviceId>(conn)?
+            }
+        };
+        let held = diesel::update(
+            devices::table
+                .find(device)
+                .filter(devices::revoked_at_us.is_null()),
+        )
+        .set(devices::revoked_at_us.eq(None::<i64>))
+        .execute(conn)?;
+        Ok(held == 1)
+    }
+}
+
+/// Of `credentials`, the ones that no longer authenticate, by the same rules as
+/// [`Device::authenticate`] and [`crate::device_ca::authenticate`]. Reads only.
+pub fn revoked_among(
+    conn: &mut DbConnection,
+    credentials: &[Credential],
+) -> Result<Vec<Credential>> {
+    let mut secrets = Vec::new();
+    let mut certificates = Vec::new();
+    for credential in credentials {
+        match credential {
+            Credential::Secret(hash) => secrets.push(hash.clone()),
+            Credential::Certificate(fingerprint) => certificates.push(fingerprint.clone()),
+        }
+    }
+    let mut live = std::collections::HashSet::new();
+    for chunk in secrets.chunks(CHECK_CHUNK) {
+        let hashes: Vec<Option<Vec<u8>>> = devices::table
+            .filter(devices::secret_hash.eq_any(chunk))
+            .filter(devices::revoked_at_us.is_null())
+            .select(devices::secret_hash)
+            .load(conn)?;
+        live.extend(hashes.into_iter().flatten().map(Credential::Secret));
+    }
+    let now = now_us();
+    for chunk in certificates.chunks(CHECK_CHUNK) {
+        let fingerprints: Vec<Vec<u8>> = device_certificates::table
+            .inner_join(devices::table)
+            .filter(device_certificates::fingerprint.eq_any(chunk))
+            .filter(device_certificates::revoked_at_us.is_null())
+            .filter(device_certificates::not_after_us.gt(now))
+            .filter(devices::revoked_at_us.is_null())
+            .select(device_certificates::fingerprint)
+            .load(conn)?;
+        live.extend(fingerprints.into_iter().map(Credential::Certificate));
+    }
+    Ok(credentials
+        .iter()
+        .filter(|credential| !live.contains(*credential))
+        .cloned()
+        .collect())
+}
+
+/// A number that moves whenever a device credential may have changed, for a process that
+/// keeps connections open and polls it (one row, one read). Every change to a credential
+/// (rotation, revocation, certificate revocation) is audited in its own transaction
+/// ([`Audit::record_with`]), and every such transaction first counts itself in
+/// `audit_append_lock.appends`: as long as the number has not moved, nothing was revoked.
+/// It moves for every other audited change too, so it says "look again", not what changed.
+pub fn credentials_generation(conn: &mut DbConnection) -> Result<i64> {
+    Ok(audit_append_lock::table
+        .select(audit_append_lock::appends)
+        .first(conn)?)
 }
 
 #[cfg(test)]

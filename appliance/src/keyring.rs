@@ -369,19 +369,25 @@ pub fn self_check(config: &Config, service: Service) -> Result<(), String> {
             ));
         }
     }
-    let mut shared = vec![config.data_dir.join("audit-head.json")];
+    // Every appender reads the signed head and takes its lock; the head itself is replaced
+    // by a rename in the (group-writable) data directory, so its own mode need not allow
+    // writing.
+    let mut shared = vec![
+        (config.data_dir.join("audit-head.json"), false),
+        (config.data_dir.join("audit-head.lock"), true),
+    ];
     if let Ok(crate::config::StoreTarget::Sqlite(db)) = config.store_target() {
-        shared.push(db);
+        shared.push((db, true));
     }
-    for path in shared.into_iter().filter(|path| path.exists()) {
-        let opened = fs::OpenOptions::new().read(true).write(true).open(&path);
+    for (path, write) in shared.into_iter().filter(|(path, _)| path.exists()) {
+        let opened = fs::OpenOptions::new().read(true).write(write).open(&path);
         if let Err(err) = opened {
-            return Err(refusal(
-                service,
-                &path,
-                "read and write it (the shared store)",
-                &err,
-            ));
+            let need = if write {
+                "read and write it (the shared store)"
+            } else {
+                "read it (the audit log's signed head)"
+            };
+            return Err(refusal(service, &path, need, &err));
         }
     }
     Ok(())

@@ -16,6 +16,7 @@ pub mod grants;
 pub mod ids;
 pub mod keyring;
 pub mod keys;
+pub mod lockout;
 pub mod mail;
 pub mod models;
 pub mod provision;

@@ -38,6 +38,8 @@ diesel::table! {
         totp_last_step -> Nullable<BigInt>,
         site_id -> Nullable<BigInt>,
         email_factor -> Bool,
+        code_failures -> Integer,
+        code_locked_until_us -> Nullable<BigInt>,
     }
 }
 
@@ -443,6 +445,23 @@ diesel::table! {
         used_at_us -> Nullable<BigInt>,
     }
 }
+
+diesel::table! {
+    known_browsers (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        token_hash -> Binary,
+        created_at_us -> BigInt,
+        last_signed_in_at_us -> BigInt,
+        source -> Text,
+        user_agent -> Text,
+        failed_logins -> Integer,
+        locked_until_us -> Nullable<BigInt>,
+    }
+}
+
+diesel::joinable!(known_browsers -> users (user_id));
+diesel::allow_tables_to_appear_in_same_query!(known_browsers, users);
 
 diesel::table! {
     settings (name) {

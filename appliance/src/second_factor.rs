@@ -14,6 +14,7 @@ use crate::audit::{Actor, Audit, AuditEvent, Outcome};
 use crate::connectors::SealingKey;
 use crate::error::{Error, Result};
 use crate::ids::UserId;
+use crate::lockout::{Counter, Reserved};
 use crate::models::User;
 use crate::schema::{email_codes, recovery_codes, users};
 use crate::store::DbConnection;
@@ -287,7 +288,30 @@ pub fn enable(
     })
 }
 
-/// Checks a TOTP code or a recovery code for `user` at `now`; records the attempt.
+/// Wrong codes (TOTP, emailed or recovery) an account may give before codes are refused
+/// for a while; see [`check`].
+pub const WRONG_CODES_ALLOWED: u32 = 5;
+
+/// What [`check`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeCheck {
+    Accepted,
+    /// Wrong, already used, or expired.
+    Refused,
+    /// The account gave too many wrong codes: refused without looking at the code, and
+    /// every sign-in still waiting for a code was ended.
+    LockedOut,
+}
+
+/// Checks a TOTP code, an emailed code or a recovery code for `user` at `now`; records the
+/// attempt.
+///
+/// Wrong codes are counted per account, whichever sign-in or address they come from, and
+/// counted in the store before the code is looked at (`crate::lockout`). The
+/// [`WRONG_CODES_ALLOWED`]th wrong code locks codes for `lock_minutes` and tells the owner
+/// by email: someone has their password. Any code given while locked is refused unread
+/// and ends every sign-in of the account that still waits for its second factor, so the
+/// next wrong code ends the sign-in that gave it. An administrator's unlock lifts it.
 pub fn check(
     audit: &Audit,
     key: &SealingKey,
@@ -295,7 +319,34 @@ pub fn check(
     code: &str,
     source: &str,
     now_us: i64,
-) -> Result<bool> {
+    lock_minutes: u32,
+) -> Result<CodeCheck> {
+    let counter = Counter::Codes(user);
+    let until = now_us + i64::from(lock_minutes) * 60_000_000;
+    let reserved = counter.reserve(&mut *audit.store().conn()?, WRONG_CODES_ALLOWED, now_us)?;
+    let Reserved::Attempt(attempt) = reserved else {
+        return audit.record_with(|conn| {
+            let mut events = lock_codes(conn, user, source, until, now_us)?
+                .into_iter()
+                .collect::<Vec<_>>();
+            let ended = crate::sessions::end_pending(
+                conn,
+                user,
+                "too many wrong second-factor codes",
+                now_us,
+            )?;
+            events.push(
+                AuditEvent::new(Actor::User(user), "auth.second_factor.failed")
+                    .source(source)
+                    .target(user)
+                    .outcome(Outcome::Denied)
+                    .details(serde_json::json!({
+                        "reason": "too many wrong codes", "sign_ins_ended": ended,
+                    })),
+            );
+            Ok((CodeCheck::LockedOut, events))
+        });
+    };
     let secret: Option<String> = users::table
         .find(user)
         .select(users::totp_secret)
@@ -344,20 +395,64 @@ pub fn check(
                 )
             }
         };
-        let event = if accepted {
-            AuditEvent::new(Actor::User(user), "auth.second_factor.accepted")
+        if accepted {
+            counter.reset(conn)?;
+            let event = AuditEvent::new(Actor::User(user), "auth.second_factor.accepted")
                 .source(source)
                 .target(user)
-                .details(serde_json::json!({ "method": method }))
-        } else {
+                .details(serde_json::json!({ "method": method }));
+            return Ok((CodeCheck::Accepted, vec![event]));
+        }
+        let mut events = vec![
             AuditEvent::new(Actor::User(user), "auth.second_factor.failed")
                 .source(source)
                 .target(user)
                 .outcome(Outcome::Failure)
-                .details(serde_json::json!({ "reason": why }))
-        };
-        Ok((accepted, vec![event]))
+                .details(serde_json::json!({ "reason": why, "wrong_codes": attempt })),
+        ];
+        // The count the store returned decides: the wrong code that fills the budget locks.
+        if i64::from(attempt) >= i64::from(WRONG_CODES_ALLOWED) {
+            events.extend(lock_codes(conn, user, source, until, now_us)?);
+        }
+        Ok((CodeCheck::Refused, events))
     })
+}
+
+/// Locks `user`'s codes until `until` unless they are locked already; when this call
+/// locked them, queues the owner's email and returns the audit record.
+fn lock_codes(
+    conn: &mut DbConnection,
+    user: UserId,
+    source: &str,
+    until: i64,
+    now_us: i64,
+) -> Result<Option<AuditEvent>> {
+    if !Counter::Codes(user).lock(conn, until)? {
+        return Ok(None);
+    }
+    let email: String = users::table.find(user).select(users::email).first(conn)?;
+    let until = crate::time::format_us(until);
+    crate::mail::enqueue(
+        conn,
+        &email,
+        "[Plantgate] Too many wrong sign-in codes",
+        &format!(
+            "Someone signed in to your Plantgate account with your password and then gave {WRONG_CODES_ALLOWED} wrong \
+             second-factor codes, the last from {source}. Codes for your account are refused until {until}, and a \
+             sign-in that still waits for its code ends at its next try.\n\n\
+             If this was not you, someone knows your password: change it as soon as you can sign in, and tell your \
+             administrator.\n"
+        ),
+        &user.to_string(),
+        now_us,
+    )?;
+    Ok(Some(
+        AuditEvent::new(Actor::User(user), "auth.second_factor.locked")
+            .source(source)
+            .target(user)
+            .outcome(Outcome::Denied)
+            .details(serde_json::json!({ "until": until, "wrong_codes": WRONG_CODES_ALLOWED })),
+    ))
 }
 
 #[cfg(test)]

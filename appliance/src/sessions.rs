@@ -265,6 +265,22 @@ pub fn end_all(
     Ok(ended)
 }
 
+/// Ends every open session of `user` that still waits for its second factor (a sign-in
+/// that gave the password only); returns how many ended.
+pub fn end_pending(conn: &mut DbConnection, user: UserId, reason: &str, now: i64) -> Result<usize> {
+    Ok(diesel::update(
+        sessions::table
+            .filter(sessions::user_id.eq(user))
+            .filter(sessions::ended_at_us.is_null())
+            .filter(sessions::second_factor.eq(SecondFactor::Pending.as_str())),
+    )
+    .set((
+        sessions::ended_at_us.eq(now),
+        sessions::end_reason.eq(reason),
+    ))
+    .execute(conn)?)
+}
+
 /// The user's sessions that are still open and inside their limits.
 pub fn open_sessions(
     conn: &mut DbConnection,

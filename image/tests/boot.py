@@ -419,6 +419,26 @@ def tampered_boot_loader_is_refused(out, version, run, ovmf_code, ovmf_vars, acc
         shutil.rmtree(trun, ignore_errors=True)
 
 
+def key_files_match_the_table(con):
+    """The key files first boot made, as the console's `keys` lists them, against
+    ARCHITECTURE.md's table (which a unit test holds against the code's)."""
+    text = open(os.path.join(os.path.dirname(__file__), "..", "..", "ARCHITECTURE.md")).read()
+    section = text.split("## Keys: who reads what", 1)[1].split("\n## ", 1)[0]
+    table = {m.group(1): (m.group(2), int(m.group(3), 8))
+             for m in re.finditer(r"^\| `([^`]+)` \| (\S+) \| (\d+) \|", section, re.M)}
+    rc, listing = con.command("keys")
+    found = {}
+    for line in listing.splitlines():
+        m = re.match(r"/var/lib/plantgate/keys/(\S+) (\S+) ([0-7]+)$", line.strip())
+        if m:
+            found[m.group(1)] = (m.group(2), int(m.group(3), 8))
+    check(rc == 0 and table and found == table,
+          "first boot made exactly the key files of ARCHITECTURE.md's table, with its owners and modes",
+          f"table {table} on the box {found}")
+    check(re.search(r"^/var/lib/plantgate/keys root:plantgate 750$", listing, re.M) is not None,
+          "the keys directory is root's, entered by the services' group only", listing)
+
+
 def kvm_probe(qcow2, ovmf_code, ovmf_vars):
     """Power-on to portal under KVM, where KVM works: a quick probe first (does the guest print
     anything on its serial port within 30 s?). On this project's build machine a KVM guest
@@ -579,6 +599,11 @@ def main():
             token=enrolment_token, on=lambda side, argv: ["ip", "netns", "exec", sides[side]] + argv,
             console=con, check=check, figure=figure, mail_listen=(UP_HOST, 25), mail_relay=(MAIL_NAME, 25),
             machine=(DEV_HOST, 4840), run_dir=run, log=log))
+        # What the services logged meanwhile (the console's `errors`), shown whatever happened,
+        # so that a failed step above comes with the box's own account of it.
+        _, errors = con.command("errors 60")
+        log("-- the console's `errors` after the journeys\n    " + errors.strip().replace("\n", "\n    "))
+        key_files_match_the_table(con)
 
         log("-- nmap -p- from each side (TCP)")
         t = time.time()

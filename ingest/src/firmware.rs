@@ -18,7 +18,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::error::IngestError;
-use crate::http::{Shared, bearer};
+use crate::http::{Shared, authenticated, bearer};
 
 /// Payload bytes read per chunk while streaming.
 const CHUNK: usize = 256 * 1024;
@@ -68,7 +68,7 @@ async fn with_offer<T: Send + 'static>(
     let secret = bearer(req)?;
     let source = source(req);
     let shared = shared.clone();
-    web::block(move || {
+    let result = web::block(move || {
         let device = authenticate(&shared, &secret, &source)?;
         let offer = {
             let mut conn = shared.app.store.conn().map_err(unavailable)?;
@@ -84,7 +84,11 @@ async fn with_offer<T: Send + 'static>(
         work(&shared, offer, path)
     })
     .await
-    .map_err(unavailable)?
+    .map_err(unavailable)?;
+    if result.is_ok() {
+        authenticated(req);
+    }
+    result
 }
 
 fn offer_json(offer: &Offer) -> serde_json::Value {
@@ -117,6 +121,7 @@ async fn list_offers(
     })
     .await
     .map_err(unavailable)??;
+    authenticated(&req);
     let list: Vec<_> = offers.iter().map(offer_json).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "firmware": list })))
 }
@@ -286,6 +291,7 @@ async fn post_status(
     })
     .await
     .map_err(unavailable)??;
+    authenticated(&req);
     Ok(HttpResponse::Ok().json(receipt))
 }
 

@@ -1,17 +1,33 @@
 //! `POST /v1/readings` over HTTPS: a batch of readings, acknowledged once durable.
+//!
+//! A connection that has not authenticated is held to deadlines: actix's TLS handshake
+//! timeout and its first-request timeout (the head) take half of
+//! `ingest.handshake_timeout_seconds` each; then [`guard`] bounds the body read before the
+//! request authenticated by the whole of it, and closes the connection after every response
+//! to a request that did not authenticate ([`authenticated`]), so keep-alive (whose later
+//! request heads actix does not time) is only for devices. `POST /v1/readings`
+//! authenticates before it reads the body.
 
+use std::cell::Cell;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{ConnectionType, header};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use appliance::device_ca::{self, DeviceCa};
-use appliance::devices::Device;
+use appliance::devices::{self, Device};
 use appliance::time::now_us;
 use appliance::{Actor, Appliance, AuditEvent, Outcome};
 
 use crate::decode::{self, Format, Limits};
 use crate::error::IngestError;
-use crate::writer::Writer;
+use crate::writer::{Refused, Writer};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -40,9 +56,91 @@ pub fn peer_certificate(connection: &dyn std::any::Any, data: &mut actix_web::de
 }
 
 /// How a request proved who sent it.
+#[derive(Clone)]
 enum Credential {
     Secret(String),
     Certificate(Vec<u8>),
+}
+
+impl Credential {
+    /// What the writer checks again when it stores the request's readings.
+    fn key(&self) -> Result<devices::Credential, IngestError> {
+        match self {
+            Credential::Secret(secret) => Ok(devices::Credential::of_secret(secret)),
+            Credential::Certificate(der) => {
+                devices::Credential::of_certificate(der).map_err(|_| IngestError::BadCredential)
+            }
+        }
+    }
+}
+
+/// Whether the request authenticated; shared by [`guard`] and the request's body.
+#[derive(Clone, Default)]
+struct Authenticated(Rc<Cell<bool>>);
+
+/// Marks the request as sent by an authenticated device: its body is no longer held to the
+/// deadline, and its connection may stay open for the next request.
+pub(crate) fn authenticated(req: &HttpRequest) {
+    if let Some(state) = req.extensions().get::<Authenticated>() {
+        state.0.set(true);
+    }
+}
+
+/// Middleware for every route: see the module's comment.
+pub async fn guard(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let deadline = req
+        .app_data::<web::Data<Shared>>()
+        .map(|shared| shared.app.config.ingest.handshake_timeout_seconds)
+        .unwrap_or(10);
+    let state = Authenticated::default();
+    req.extensions_mut().insert(state.clone());
+    let body = req.take_payload();
+    let body: Pin<Box<dyn futures_util::Stream<Item = _>>> = Box::pin(Deadlined {
+        body,
+        sleep: Box::pin(tokio::time::sleep(Duration::from_secs(deadline))),
+        lifted: state.0.clone(),
+        expired: false,
+    });
+    req.set_payload(body.into());
+    let mut response = next.call(req).await?;
+    if !state.0.get() {
+        response
+            .response_mut()
+            .head_mut()
+            .set_connection_type(ConnectionType::Close);
+    }
+    Ok(response)
+}
+
+/// A request body that fails once the deadline passed, unless the request authenticated.
+struct Deadlined {
+    body: actix_web::dev::Payload,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    lifted: Rc<Cell<bool>>,
+    expired: bool,
+}
+
+impl futures_util::Stream for Deadlined {
+    type Item = Result<bytes::Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.expired {
+            return Poll::Ready(None);
+        }
+        if !self.lifted.get() && self.sleep.as_mut().poll(cx).is_ready() {
+            self.expired = true;
+            return Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the body did not arrive before the deadline",
+                ),
+            ))));
+        }
+        Pin::new(&mut self.body).poll_next(cx)
+    }
 }
 
 /// A bearer secret if there is one, else the client certificate.
@@ -180,8 +278,33 @@ async fn post_readings(
     shared: web::Data<Shared>,
 ) -> Result<HttpResponse, IngestError> {
     let credential = credential(&req)?;
+    let key = credential.key()?;
     let (format, gzipped) = check_headers(&req)?;
     let limits = shared.limits;
+    let source = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    // Who sends, before the body is read: a client that cannot authenticate gets its 401
+    // without the service buffering (or waiting for) a body for it.
+    let worker = shared.clone();
+    let sender = web::block(move || {
+        let mut conn = worker.app.store.conn().map_err(|err| {
+            tracing::error!(error = %err, "no store connection");
+            IngestError::Unavailable
+        })?;
+        let sender = authenticate(&mut conn, &credential)?;
+        drop(conn);
+        sender.ok_or_else(|| {
+            worker
+                .auth_failures
+                .record(&worker.app, &source, "https", None);
+            IngestError::BadCredential
+        })
+    })
+    .await
+    .map_err(|_| IngestError::Unavailable)??;
+    authenticated(&req);
     let body = payload
         .to_bytes_limited(limits.max_body_bytes)
         .await
@@ -189,10 +312,6 @@ async fn post_readings(
             limit: limits.max_body_bytes,
         })?
         .map_err(|err| IngestError::BadJson(format!("the body could not be read: {err}")))?;
-    let source = req
-        .peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into());
     let worker = shared.clone();
     let accepted = web::block(move || {
         let body = if gzipped {
@@ -200,19 +319,11 @@ async fn post_readings(
         } else {
             body.to_vec()
         };
+        let batch = decode::parse(format, &body, &limits)?;
         let mut conn = worker.app.store.conn().map_err(|err| {
             tracing::error!(error = %err, "no store connection");
             IngestError::Unavailable
         })?;
-        let sender = authenticate(&mut conn, &credential)?;
-        let Some(sender) = sender else {
-            drop(conn);
-            worker
-                .auth_failures
-                .record(&worker.app, &source, "https", None);
-            return Err(IngestError::BadCredential);
-        };
-        let batch = decode::parse(format, &body, &limits)?;
         let default_device = sender.serial.clone();
         decode::accept(
             &mut conn,
@@ -227,9 +338,12 @@ async fn post_readings(
     .map_err(|_| IngestError::Unavailable)??;
     let outcome = shared
         .writer
-        .store(accepted)
+        .store(accepted, key)
         .await
-        .map_err(|()| IngestError::Unavailable)?;
+        .map_err(|refused| match refused {
+            Refused::Revoked => IngestError::BadCredential,
+            Refused::Unavailable => IngestError::Unavailable,
+        })?;
     let answer = serde_json::json!({
         "accepted": outcome.accepted,
         "stored": outcome.stored,

@@ -11,13 +11,21 @@
 //! connection. MQTT 3.1.1 has no negative acknowledgement, so it closes without a PUBACK;
 //! MQTT 5 first sends a PUBACK (at QoS 1) and a DISCONNECT carrying a reason code and a
 //! reason string.
+//!
+//! Until its CONNECT is accepted a connection holds a slot of the [`Gate`] and must finish
+//! the TLS handshake and the CONNECT within one deadline (`ingest.handshake_timeout_seconds`),
+//! however slowly its bytes arrive. Once signed in, it is registered in [`Live`] with its
+//! credential: when that is revoked (the device revoked, its secret rotated, its
+//! certificates revoked), the connection is closed within [`live::POLL`] and a moment, with
+//! DISCONNECT 0x98 (administrative action) in MQTT 5; and the writer refuses anything it
+//! sent after the revoke committed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use appliance::device_ca;
-use appliance::devices::Device;
+use appliance::devices::{Credential, Device};
 use appliance::time::now_us;
 use bytes::BytesMut;
 use futures_util::FutureExt;
@@ -29,13 +37,24 @@ use tokio_openssl::SslStream;
 
 use crate::decode::{self, Accepted};
 use crate::error::IngestError;
+use crate::gate::{Gate, Pending};
 use crate::http::Shared;
+use crate::live::{self, Live};
+use crate::writer::Refused;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest CONNECT read. A device's is a few hundred bytes (no will messages are
+/// served); a client announcing more is closed at once instead of being waited for.
+const MAX_CONNECT_BYTES: usize = 16 * 1024;
+/// `accept` failed for want of file descriptors: the process's (EMFILE) or the system's (ENFILE).
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
 /// How long a client may stay quiet when it asked for no keep-alive.
 const IDLE_LIMIT: Duration = Duration::from_secs(600);
 /// The most packets of one connection handled (and their publishes stored) together.
 const MAX_PACKETS_PER_BATCH: usize = 1000;
+
+/// The reason string of the DISCONNECT sent when the credential was revoked.
+const REVOKED: &str = "the device's credential was revoked";
 
 /// The topic a device publishes its readings to.
 pub fn readings_topic(serial: &str) -> String {
@@ -51,6 +70,13 @@ fn topic_device(topic: &str) -> Option<&str> {
 
 /// Accepts connections until the listener fails.
 pub async fn serve(listener: TcpListener, acceptor: SslAcceptor, shared: Arc<Shared>) {
+    let ingest = &shared.app.config.ingest;
+    let gate = Arc::new(Gate::new(
+        ingest.max_unauthenticated,
+        ingest.max_unauthenticated_per_address,
+    ));
+    let live = Arc::new(Live::default());
+    tokio::spawn(live::watch(live.clone(), shared.app.store.clone()));
     let acceptor = Arc::new(acceptor);
     loop {
         match listener.accept().await {
@@ -61,13 +87,24 @@ pub async fn serve(listener: TcpListener, acceptor: SslAcceptor, shared: Arc<Sha
                 if let Err(err) = tcp.set_nodelay(true) {
                     tracing::warn!(error = %err, "cannot set TCP_NODELAY");
                 }
+                let pending = gate.admit(peer.ip());
                 let acceptor = acceptor.clone();
                 let shared = shared.clone();
+                let live = live.clone();
                 tokio::spawn(async move {
-                    if let Err(reason) = connection(tcp, peer, &acceptor, &shared).await {
+                    if let Err(reason) =
+                        connection(tcp, peer, pending, &acceptor, &shared, &live).await
+                    {
                         tracing::info!(%peer, %reason, "MQTT connection closed");
                     }
                 });
+            }
+            Err(err) if matches!(err.raw_os_error(), Some(EMFILE | ENFILE)) => {
+                // Out of file descriptors: a connection that has not signed in gives its
+                // own up, so that the next one (perhaps a device) can be accepted.
+                let shed = gate.shed_one();
+                tracing::warn!(error = %err, shed, "MQTT accept failed: no file descriptor left");
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(err) => {
                 tracing::warn!(error = %err, "MQTT accept failed");
@@ -129,6 +166,8 @@ enum Reason {
     QoSNotSupported,
     ProtocolError,
     Unavailable,
+    /// The credential was revoked after the connection signed in.
+    Revoked,
 }
 
 impl Reason {
@@ -144,7 +183,7 @@ impl Reason {
 
     fn puback(self) -> v5::PubAckReason {
         match self {
-            Reason::NotAuthorized => v5::PubAckReason::NotAuthorized,
+            Reason::NotAuthorized | Reason::Revoked => v5::PubAckReason::NotAuthorized,
             Reason::TopicNameInvalid => v5::PubAckReason::TopicNameInvalid,
             Reason::PayloadFormatInvalid => v5::PubAckReason::PayloadFormatInvalid,
             Reason::QoSNotSupported | Reason::ProtocolError | Reason::Unavailable => {
@@ -161,6 +200,7 @@ impl Reason {
             Reason::QoSNotSupported => v5::DisconnectReasonCode::QoSNotSupported,
             Reason::ProtocolError => v5::DisconnectReasonCode::ProtocolError,
             Reason::Unavailable => v5::DisconnectReasonCode::ImplementationSpecificError,
+            Reason::Revoked => v5::DisconnectReasonCode::AdministrativeAction,
         }
     }
 }
@@ -303,9 +343,16 @@ async fn next_packet(
 }
 
 async fn read_more(stream: &mut Stream, buf: &mut BytesMut, limit: Duration) -> Result<(), String> {
-    let read = tokio::time::timeout(limit, stream.read_buf(buf))
+    tokio::time::timeout(limit, read_some(stream, buf))
         .await
         .map_err(|_| "keep-alive expired".to_owned())?
+}
+
+/// Reads what arrives, without a limit of its own (the caller's deadline bounds it).
+async fn read_some(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), String> {
+    let read = stream
+        .read_buf(buf)
+        .await
         .map_err(|err| format!("read failed: {err}"))?;
     if read == 0 {
         return Err("client closed the connection".into());
@@ -383,6 +430,20 @@ impl Encoder {
         };
     }
 
+    /// MQTT 5 only: DISCONNECT 0x98 (administrative action), the credential was revoked.
+    /// MQTT 3.1.1 can only close the connection.
+    fn revoked(&mut self) {
+        if self.version != Version::V5 {
+            return;
+        }
+        let mut disconnect = v5::Disconnect::new();
+        disconnect.reason_code = v5::DisconnectReasonCode::AdministrativeAction;
+        let mut props = v5::DisconnectProperties::new();
+        props.reason_string = Some(REVOKED.into());
+        disconnect.properties = Some(props);
+        let _ = disconnect.write(&mut self.out);
+    }
+
     /// MQTT 5 only: a negative PUBACK for the refused publish (at QoS 1), then DISCONNECT,
     /// both with the reason. MQTT 3.1.1 can only close the connection.
     fn refusal(&mut self, refusal: &Refusal) {
@@ -416,99 +477,69 @@ impl Encoder {
     }
 }
 
+/// A connection that signed in: its stream, what is left of the bytes read with the
+/// CONNECT, and who it is.
+struct SignedIn {
+    stream: Stream,
+    buf: BytesMut,
+    out: Encoder,
+    keep_alive: u16,
+    sender: Device,
+    credential: Credential,
+    registration: live::Registration,
+}
+
 async fn connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
+    mut pending: Pending,
     acceptor: &SslAcceptor,
     shared: &Arc<Shared>,
+    live: &Arc<Live>,
 ) -> Result<(), String> {
-    let ssl = Ssl::new(acceptor.context()).map_err(|err| err.to_string())?;
-    let mut stream = SslStream::new(ssl, tcp).map_err(|err| err.to_string())?;
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, std::pin::Pin::new(&mut stream).accept())
-        .await
-        .map_err(|_| "TLS handshake timed out".to_owned())?
-        .map_err(|err| format!("TLS handshake failed: {err}"))?;
+    let deadline = Duration::from_secs(shared.app.config.ingest.handshake_timeout_seconds);
+    // One deadline for the TLS handshake, the CONNECT and its check, however the bytes
+    // trickle in; and the slot may be taken back for a newer connection meanwhile.
+    let signed_in = tokio::select! {
+        // A connection that signed in as its slot was taken keeps going.
+        biased;
+        signed_in = tokio::time::timeout(deadline, sign_in(tcp, peer, acceptor, shared, live)) => {
+            signed_in.map_err(|_| "no accepted CONNECT within the deadline".to_owned())??
+        }
+        _ = &mut pending.evicted => {
+            return Err("closed to make room: too many connections have not signed in".into());
+        }
+    };
+    drop(pending);
+    let SignedIn {
+        mut stream,
+        mut buf,
+        mut out,
+        keep_alive,
+        sender,
+        credential,
+        mut registration,
+    } = signed_in;
+    let version = out.version;
     let max = shared.limits.max_body_bytes;
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-
-    let hello = loop {
-        if let Some(hello) = read_connect(&mut buf, max)? {
-            break hello;
-        }
-        read_more(&mut stream, &mut buf, HANDSHAKE_TIMEOUT).await?;
-    };
-    let version = hello.version;
-    let mut out = Encoder {
-        version,
-        out: BytesMut::with_capacity(1024),
-    };
-    let certificate = stream
-        .ssl()
-        .peer_certificate()
-        .and_then(|c| c.to_der().ok());
-    let sender = match (certificate, hello.login) {
-        // A client certificate from the device CA names the device; a username, if sent,
-        // must agree with it.
-        (Some(der), login) => {
-            let worker = shared.clone();
-            let username = login.map(|l| l.0);
-            let claimed = username.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut conn = worker.app.store.conn().ok()?;
-                device_ca::authenticate(&mut conn, &der)
-                    .ok()
-                    .flatten()
-                    .filter(|device| claimed.as_ref().is_none_or(|u| *u == device.serial))
-            })
-            .await
-            .ok()
-            .flatten()
-            .ok_or(username)
-        }
-        (None, Some((username, password))) => {
-            let worker = shared.clone();
-            let claimed = username.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut conn = worker.app.store.conn().ok()?;
-                Device::authenticate(&mut conn, &password)
-                    .ok()
-                    .flatten()
-                    .filter(|device| device.serial == claimed)
-            })
-            .await
-            .ok()
-            .flatten()
-            .ok_or(Some(username))
-        }
-        (None, None) => Err(None),
-    };
-    let sender = match sender {
-        Ok(sender) => sender,
-        Err(username) => {
-            let worker = shared.clone();
-            let source = peer.ip().to_string();
-            let _ = tokio::task::spawn_blocking(move || {
-                worker
-                    .auth_failures
-                    .record(&worker.app, &source, "mqtt", username.as_deref())
-            })
-            .await;
-            out.connack(false, max);
-            let _ = out.flush(&mut stream).await;
-            return Err("bad username or secret".into());
-        }
-    };
-    out.connack(true, max);
-    out.flush(&mut stream).await?;
-    let idle = if hello.keep_alive == 0 {
+    let idle = if keep_alive == 0 {
         IDLE_LIMIT
     } else {
-        Duration::from_millis(u64::from(hello.keep_alive) * 1500)
+        Duration::from_millis(u64::from(keep_alive) * 1500)
     };
     let sender = Arc::new(sender);
 
     loop {
-        let first = next_packet(version, &mut stream, &mut buf, max, idle).await?;
+        let first = tokio::select! {
+            packet = next_packet(version, &mut stream, &mut buf, max, idle) => packet?,
+            _ = &mut registration.revoked => {
+                out.revoked();
+                let _ = out.flush(&mut stream).await;
+                let _ = stream.shutdown().await;
+                return Err(REVOKED.into());
+            }
+        };
+
         let mut packets = vec![first];
         // Everything that has already arrived goes into the same batch. TLS hands over one
         // record per read, and a client sends each PUBLISH as its own record, so read on
@@ -558,7 +589,7 @@ async fn connection(
                 }
             }
         }
-        let (acks, refusal) = store_publishes(shared, &sender, peer, pending).await;
+        let (acks, refusal) = store_publishes(shared, &sender, &credential, peer, pending).await;
         for pkid in acks {
             out.puback(pkid);
         }
@@ -584,17 +615,127 @@ async fn connection(
     }
 }
 
+/// The TLS handshake, the CONNECT and its check against the store; a refused CONNECT is
+/// answered (CONNACK with a failure code) and audited. The caller bounds it in time.
+async fn sign_in(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: &SslAcceptor,
+    shared: &Arc<Shared>,
+    live: &Arc<Live>,
+) -> Result<SignedIn, String> {
+    let ssl = Ssl::new(acceptor.context()).map_err(|err| err.to_string())?;
+    let mut stream = SslStream::new(ssl, tcp).map_err(|err| err.to_string())?;
+    std::pin::Pin::new(&mut stream)
+        .accept()
+        .await
+        .map_err(|err| format!("TLS handshake failed: {err}"))?;
+    let max = shared.limits.max_body_bytes;
+    let mut buf = BytesMut::with_capacity(1024);
+    let hello = loop {
+        if let Some(hello) = read_connect(&mut buf, MAX_CONNECT_BYTES.min(max))? {
+            break hello;
+        }
+        read_some(&mut stream, &mut buf).await?;
+    };
+    let mut out = Encoder {
+        version: hello.version,
+        out: BytesMut::with_capacity(1024),
+    };
+    let certificate = stream
+        .ssl()
+        .peer_certificate()
+        .and_then(|c| c.to_der().ok());
+    // Registered before the store is asked, so that a revoke committing after the check
+    // finds the connection registered (see `live`).
+    let credential = match (&certificate, &hello.login) {
+        (Some(der), _) => Credential::of_certificate(der).ok(),
+        (None, Some((_, password))) => Some(Credential::of_secret(password)),
+        (None, None) => None,
+    };
+    let registration = credential.clone().map(|c| live.register(c));
+    let sender = match (certificate, hello.login) {
+        // A client certificate from the device CA names the device; a username, if sent,
+        // must agree with it.
+        (Some(der), login) => {
+            let worker = shared.clone();
+            let username = login.map(|l| l.0);
+            let claimed = username.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut conn = worker.app.store.conn().ok()?;
+                device_ca::authenticate(&mut conn, &der)
+                    .ok()
+                    .flatten()
+                    .filter(|device| claimed.as_ref().is_none_or(|u| *u == device.serial))
+            })
+            .await
+            .ok()
+            .flatten()
+            .ok_or(username)
+        }
+        (None, Some((username, password))) => {
+            let worker = shared.clone();
+            let claimed = username.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut conn = worker.app.store.conn().ok()?;
+                Device::authenticate(&mut conn, &password)
+                    .ok()
+                    .flatten()
+                    .filter(|device| device.serial == claimed)
+            })
+            .await
+            .ok()
+            .flatten()
+            .ok_or(Some(username))
+        }
+        (None, None) => Err(None),
+    };
+    let (sender, credential, registration) = match (sender, credential, registration) {
+        (Ok(sender), Some(credential), Some(registration)) => (sender, credential, registration),
+        (Ok(sender), _, _) => return Err(format!("no credential kept for {}", sender.serial)),
+        (Err(username), _, _) => {
+            let worker = shared.clone();
+            let source = peer.ip().to_string();
+            let _ = tokio::task::spawn_blocking(move || {
+                worker
+                    .auth_failures
+                    .record(&worker.app, &source, "mqtt", username.as_deref())
+            })
+            .await;
+            out.connack(false, max);
+            let _ = out.flush(&mut stream).await;
+            return Err("bad username or secret".into());
+        }
+    };
+    out.connack(true, max);
+    out.flush(&mut stream).await?;
+    Ok(SignedIn {
+        stream,
+        buf,
+        out,
+        keep_alive: hello.keep_alive,
+        sender,
+        credential,
+        registration,
+    })
+}
+
 /// Validates and stores the publishes, in order, up to the first bad one. Returns the
 /// packet ids to acknowledge (all stored) and why the connection must close, if it must.
 async fn store_publishes(
     shared: &Arc<Shared>,
     sender: &Arc<Device>,
+    credential: &Credential,
     peer: SocketAddr,
     publishes: Vec<Publication>,
 ) -> (Vec<u16>, Option<Refusal>) {
     if publishes.is_empty() {
         return (Vec::new(), None);
     }
+    let first_pkid = publishes
+        .iter()
+        .find(|p| p.qos == QoS::AtLeastOnce)
+        .map(|p| p.pkid);
     let worker = shared.clone();
     let sender_for_check = sender.clone();
     let checked = tokio::task::spawn_blocking(move || {
@@ -700,9 +841,17 @@ async fn store_publishes(
     if merged.readings.is_empty() && merged.states.is_empty() {
         return (Vec::new(), refusal);
     }
-    match shared.writer.store(merged).await {
+    match shared.writer.store(merged, credential.clone()).await {
         Ok(_) => (acks, refusal),
-        Err(()) => (
+        Err(Refused::Revoked) => (
+            Vec::new(),
+            Some(Refusal {
+                pkid: first_pkid,
+                reason: Reason::Revoked,
+                message: format!("{REVOKED}; nothing of this batch was stored"),
+            }),
+        ),
+        Err(Refused::Unavailable) => (
             Vec::new(),
             Some(Refusal {
                 pkid: None,

@@ -7,12 +7,19 @@
 //! `silent_check_seconds` it looks for silent devices: alerts have one writer too. With
 //! `retention_days` set, every `retention_check_seconds` it deletes readings received longer
 //! ago than that, one audited chunk at a time between group commits.
+//!
+//! Each request comes with the credential its sender authenticated with, and the group's
+//! transaction first checks and holds every one of them ([`Credential::hold`]): a request
+//! whose credential was revoked, rotated away or whose certificate was revoked since its
+//! sender authenticated is refused ([`Refused::Revoked`]) and nothing of it is stored. A
+//! revoke commits either before that check or after the group's commit, never between.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use appliance::alerts::{self, AlertChange};
 use appliance::connectors;
+use appliance::devices::Credential;
 use appliance::ids::DeviceId;
 use appliance::readings::{self, DeviceState, NewReading};
 use appliance::time::{format_us, now_us};
@@ -31,9 +38,20 @@ pub struct Stored {
     pub stored: usize,
 }
 
+/// Why a request's readings were not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The store failed (or the writer is gone); the request may be retried.
+    Unavailable,
+    /// The sender's credential no longer authenticates it.
+    Revoked,
+}
+
 struct Job {
     batch: Accepted,
-    reply: oneshot::Sender<Result<Stored, ()>>,
+    /// What the sender authenticated with, checked again in the storing transaction.
+    credential: Credential,
+    reply: oneshot::Sender<Result<Stored, Refused>>,
 }
 
 /// The handle request handlers hold. Cheap to clone.
@@ -61,11 +79,19 @@ impl Writer {
         Ok(Writer { jobs })
     }
 
-    /// Stores the batch and returns once it is durable. An error means nothing was stored.
-    pub async fn store(&self, batch: Accepted) -> Result<Stored, ()> {
+    /// Stores the batch, if `credential` still authenticates its sender when the batch is
+    /// committed, and returns once it is durable. An error means nothing was stored.
+    pub async fn store(&self, batch: Accepted, credential: Credential) -> Result<Stored, Refused> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job { batch, reply }).await.map_err(|_| ())?;
-        answer.await.map_err(|_| ())?
+        self.jobs
+            .send(Job {
+                batch,
+                credential,
+                reply,
+            })
+            .await
+            .map_err(|_| Refused::Unavailable)?;
+        answer.await.map_err(|_| Refused::Unavailable)?
     }
 }
 
@@ -182,20 +208,32 @@ fn commit_group(
     let seen_at = now_us();
     let result = app.store.conn().and_then(|mut conn| {
         conn.transaction(|conn| {
+            // First, before anything is read: see `Credential::hold`.
+            let mut held: BTreeMap<&Credential, bool> = BTreeMap::new();
+            for job in &group {
+                if !held.contains_key(&job.credential) {
+                    let live = job.credential.hold(conn)?;
+                    held.insert(&job.credential, live);
+                }
+            }
             let mut outcomes = Vec::with_capacity(group.len());
             let mut states: BTreeMap<DeviceId, DeviceState> = BTreeMap::new();
             let mut for_connectors: Vec<&NewReading> = Vec::new();
             for job in &group {
+                if held.get(&job.credential) != Some(&true) {
+                    outcomes.push(Err(Refused::Revoked));
+                    continue;
+                }
                 let stored = readings::insert_new(conn, &job.batch.readings)?;
                 // A retried batch stored nothing new and is not sent again. A batch that is
                 // partly a retry is sent whole: receivers deduplicate on (device, seq).
                 if stored > 0 {
                     for_connectors.extend(job.batch.readings.iter());
                 }
-                outcomes.push(Stored {
+                outcomes.push(Ok(Stored {
                     accepted: job.batch.readings.len(),
                     stored,
-                });
+                }));
                 for reading in &job.batch.readings {
                     states.entry(reading.device_id).or_default();
                 }
@@ -219,6 +257,10 @@ fn commit_group(
     match result {
         Ok(outcomes) => {
             for (job, outcome) in group.into_iter().zip(outcomes) {
+                if outcome.is_err() {
+                    let _ = job.reply.send(outcome);
+                    continue;
+                }
                 for NewReading {
                     device_id, metric, ..
                 } in &job.batch.readings
@@ -231,13 +273,13 @@ fn commit_group(
                 for device in job.batch.states.keys() {
                     touched.entry(*device).or_default();
                 }
-                let _ = job.reply.send(Ok(outcome));
+                let _ = job.reply.send(outcome);
             }
         }
         Err(err) => {
             tracing::error!(error = %err, jobs = group.len(), "group commit failed; nothing stored");
             for job in group {
-                let _ = job.reply.send(Err(()));
+                let _ = job.reply.send(Err(Refused::Unavailable));
             }
             return;
         }

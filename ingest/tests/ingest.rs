@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use appliance::devices::{Device, DeviceKind};
@@ -200,25 +200,27 @@ fn acknowledged_readings_survive_kill_9_exactly_once(backend: Backend) {
     let acked_batches = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicBool::new(false));
 
-    // The load generator: curl, batch after batch; a batch without a 200 is sent again.
-    let https_port = t.lock().unwrap().https_port;
+    // The load generator: curl, batch after batch; a batch without a 200 is sent again. Each
+    // start of the service listens on new ports: the generator follows `https_port`.
+    let https_port = Arc::new(AtomicU16::new(t.lock().unwrap().https_port));
     let cert = t.lock().unwrap().cert();
     let sender = {
-        let (acked, acked_batches, done, secret) = (
+        let (acked, acked_batches, done, secret, https_port) = (
             acked.clone(),
             acked_batches.clone(),
             done.clone(),
             monitor.secret.clone(),
+            https_port.clone(),
         );
         std::thread::spawn(move || {
-            let client = common::Curl {
-                port: https_port,
-                cert,
-            };
             for b in 0..BATCHES {
                 let first = b * PER_BATCH;
                 let body = batch(None, "cycle_count", first, PER_BATCH, b as f64);
                 for _attempt in 0..500 {
+                    let client = common::Curl {
+                        port: https_port.load(Ordering::SeqCst),
+                        cert: cert.clone(),
+                    };
                     let (status, _) = client.post(&secret, body.as_bytes());
                     if status == 200 {
                         acked.lock().unwrap().extend(first..first + PER_BATCH);
@@ -238,6 +240,7 @@ fn acknowledged_readings_survive_kill_9_exactly_once(backend: Backend) {
         let mut guard = t.lock().unwrap();
         guard.kill9();
         guard.start();
+        https_port.store(guard.https_port, Ordering::SeqCst);
     }
     sender.join().unwrap();
     let t = t.lock().unwrap();

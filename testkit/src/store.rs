@@ -113,6 +113,38 @@ fn create_postgres_database() -> String {
     panic!("cannot create test database {name}: {last_err:?}");
 }
 
+/// A fresh PostgreSQL database, cloned from the migrated template, for a test that runs
+/// its own processes against it (the portal's tests). Dropped, with any connections still
+/// open, when this is dropped.
+#[derive(Debug)]
+pub struct PostgresDatabase {
+    name: String,
+}
+
+impl PostgresDatabase {
+    pub fn create() -> PostgresDatabase {
+        PostgresDatabase {
+            name: create_postgres_database(),
+        }
+    }
+
+    /// The URL for `store.url`.
+    pub fn url(&self) -> String {
+        url_for_database(&self.name)
+    }
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        let mut admin = admin_connection();
+        let _ = diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin);
+    }
+}
+
 #[derive(diesel::QueryableByName)]
 struct One {
     #[diesel(sql_type = diesel::sql_types::Integer)]

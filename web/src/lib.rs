@@ -31,6 +31,8 @@ use appliance::sessions::{self, Session, SessionLimits};
 use askama::Template;
 
 pub const SESSION_COOKIE: &str = "__Host-plantgate";
+/// Marks a browser that signed in completely before (`appliance::lockout`).
+pub const BROWSER_COOKIE: &str = "__Host-plantgate-browser";
 
 /// Microseconds since the epoch; tests put their own clock here.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -214,6 +216,13 @@ pub fn security_headers() -> DefaultHeaders {
 
 /// Refuses any request that changes state unless its `Origin` is this portal: a page on
 /// another site cannot make a signed-in browser post here.
+///
+/// The portal's origins are the configured one (`access.portal_url`, else
+/// `https://{web.host_name}`, with the HTTPS listener's port unless it is 443) and the
+/// host the browser connected to (its `Host`, which a page on another site cannot choose).
+/// Forwarding headers (`Forwarded`, `X-Forwarded-Host`, `X-Forwarded-Proto`) say which host
+/// and scheme a proxy was asked for; they are believed only from a TCP peer listed in
+/// `web.trusted_proxies`, since from anyone else they are just more text a client chose.
 pub async fn same_origin_only(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -222,16 +231,20 @@ pub async fn same_origin_only(
     let safe = matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS")
         || req.path().starts_with("/api/");
     if !safe {
-        let host = req.connection_info().host().to_owned();
         let origin = req
             .headers()
             .get("origin")
             .and_then(|v| v.to_str().ok())
             .and_then(|o| url::Url::parse(o).ok());
-        let same = origin.is_some_and(|o| {
-            let port = o.port().map(|p| format!(":{p}")).unwrap_or_default();
-            o.scheme() == "https" && format!("{}{port}", o.host_str().unwrap_or("")) == host
-        });
+        let config = req
+            .app_data::<web::Data<AppState>>()
+            .map(|state| &state.app.config);
+        let same = match (origin, config) {
+            (Some(origin), Some(config)) => portal_origins(req.request(), config)
+                .iter()
+                .any(|allowed| *allowed == origin_key(&origin)),
+            _ => false,
+        };
         if !same {
             let response = WebError::Forbidden(
                 "This request did not come from the portal's own pages.".into(),
@@ -243,6 +256,176 @@ pub async fn same_origin_only(
     next.call(req)
         .await
         .map(ServiceResponse::map_into_boxed_body)
+}
+
+/// `scheme://host[:port]`, lower case, the port left out when it is the scheme's default.
+fn origin_key(url: &url::Url) -> String {
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "{}://{}{port}",
+        url.scheme(),
+        url.host_str().unwrap_or("").to_ascii_lowercase()
+    )
+}
+
+/// `scheme://authority` as [`origin_key`] writes it, from a host header's value.
+fn origin_of(scheme: &str, authority: &str) -> Option<String> {
+    let scheme = scheme.trim().to_ascii_lowercase();
+    if !matches!(scheme.as_str(), "https" | "http") {
+        return None;
+    }
+    url::Url::parse(&format!("{scheme}://{}", authority.trim()))
+        .ok()
+        .map(|url| origin_key(&url))
+}
+
+/// The origins a state-changing request to this portal may come from; see
+/// [`same_origin_only`].
+fn portal_origins(req: &HttpRequest, config: &appliance::config::Config) -> Vec<String> {
+    let mut origins: Vec<String> = Vec::new();
+    origins.extend(
+        url::Url::parse(&config.portal_url())
+            .ok()
+            .map(|u| origin_key(&u)),
+    );
+    let port = config
+        .web
+        .https_listen
+        .parse::<std::net::SocketAddr>()
+        .map_or(443, |a| a.port());
+    origins.extend(origin_of(
+        "https",
+        &format!("{}:{port}", config.web.host_name),
+    ));
+    // What the browser connected to: HTTP/2's :authority, else the Host header.
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(actix_web::http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        });
+    let forwarded = from_trusted_proxy(req, config).then(|| forwarded_host(req));
+    match forwarded.flatten() {
+        // Behind a trusted proxy, the host and scheme it was asked for.
+        Some((host, scheme)) => origins.extend(origin_of(&scheme, &host)),
+        None => origins.extend(host.and_then(|h| origin_of("https", &h))),
+    }
+    origins
+}
+
+/// True when the TCP peer is one of `web.trusted_proxies`.
+fn from_trusted_proxy(req: &HttpRequest, config: &appliance::config::Config) -> bool {
+    req.peer_addr()
+        .is_some_and(|peer| is_trusted_proxy(config, peer.ip()))
+}
+
+fn is_trusted_proxy(config: &appliance::config::Config, ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    config.web.trusted_proxies.contains(&ip)
+}
+
+/// The `Forwarded` header's parameters, element by element (RFC 7239), lower-case names,
+/// quotes removed.
+fn forwarded_elements(req: &HttpRequest) -> Vec<Vec<(String, String)>> {
+    req.headers()
+        .get_all("forwarded")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|element| {
+            element
+                .split(';')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(k, v)| {
+                    (
+                        k.trim().to_ascii_lowercase(),
+                        v.trim().trim_matches('"').to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The host and scheme a proxy says the client asked for: `Forwarded: host=..;proto=..`
+/// (its first element, the one nearest the client), else `X-Forwarded-Host` and
+/// `X-Forwarded-Proto` (their first values); the scheme defaults to https.
+fn forwarded_host(req: &HttpRequest) -> Option<(String, String)> {
+    let first_value = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let elements = forwarded_elements(req);
+    let param = |name: &str| {
+        elements
+            .first()
+            .and_then(|e| e.iter().find(|(k, _)| k == name))
+            .map(|(_, v)| v.clone())
+    };
+    let host = param("host").or_else(|| first_value("x-forwarded-host"))?;
+    let scheme = param("proto")
+        .or_else(|| first_value("x-forwarded-proto"))
+        .unwrap_or_else(|| "https".to_owned());
+    Some((host, scheme))
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy, the nearest
+/// address before it that is not one (`Forwarded: for=`, else `X-Forwarded-For`, read from
+/// the right, since a client can write anything on the left).
+pub(crate) fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return Some(peer);
+    };
+    let config = &state.app.config;
+    if !is_trusted_proxy(config, peer) {
+        return Some(peer);
+    }
+    let parse = |text: &str| -> Option<IpAddr> {
+        let text = text.trim().trim_matches('"');
+        // `for=` may be `"[2001:db8::1]:4711"` or `192.0.2.1:4711`.
+        text.parse::<IpAddr>()
+            .ok()
+            .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+            .or_else(|| {
+                text.strip_prefix('[')
+                    .and_then(|t| t.split(']').next())
+                    .and_then(|t| t.parse().ok())
+            })
+    };
+    let mut chain: Vec<String> = forwarded_elements(req)
+        .into_iter()
+        .filter_map(|e| e.into_iter().find(|(k, _)| k == "for").map(|(_, v)| v))
+        .collect();
+    if chain.is_empty() {
+        chain = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::to_owned)
+            .collect();
+    }
+    for hop in chain.iter().rev() {
+        match parse(hop) {
+            Some(ip) if is_trusted_proxy(config, ip) => continue,
+            Some(ip) => return Some(ip),
+            // An address hidden by the proxy ("unknown", an obfuscated name): the proxy is
+            // the nearest address known.
+            None => return Some(peer),
+        }
+    }
+    Some(peer)
 }
 
 /// Refuses a form whose fields, once percent-decoded, are not UTF-8. The form reader would
@@ -614,10 +797,11 @@ impl FromRequest for PartlySignedIn {
     }
 }
 
-/// The address a request came from, as audit records give it.
+/// The address a request came from, as audit records give it: the client's, also behind
+/// a trusted proxy ([`client_ip`]).
 pub(crate) fn source(req: &HttpRequest) -> String {
-    req.peer_addr()
-        .map(|a| a.ip().to_string())
+    client_ip(req)
+        .map(|ip| ip.to_string())
         .unwrap_or_else(|| "unknown".into())
 }
 

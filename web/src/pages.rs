@@ -15,8 +15,8 @@ use askama::Template;
 use serde::Deserialize;
 
 use crate::{
-    AppState, CsrfForm, Nav, PartlySignedIn, SESSION_COOKIE, SignedIn, WebError, html, see_other,
-    source,
+    AppState, BROWSER_COOKIE, CsrfForm, Nav, PartlySignedIn, SESSION_COOKIE, SignedIn, WebError,
+    html, see_other, source,
 };
 
 type Page = Result<HttpResponse, WebError>;
@@ -234,6 +234,11 @@ pub struct LoginForm {
 pub const LOGIN_REFUSED: &str =
     "The email or password is wrong, or the account cannot log in right now.";
 
+/// Why a sign-in that waited for its second factor was ended. Only someone who gave the
+/// right password sees it.
+pub const CODES_LOCKED: &str = "Too many wrong codes were given for this account, so this sign-in has ended \
+     and codes are refused for a while. The account's owner was told by email.";
+
 /// The session cookie: host-only, HTTPS-only, invisible to scripts, never sent cross-site.
 fn session_cookie(
     token: &sessions::SessionToken,
@@ -250,9 +255,29 @@ fn session_cookie(
         .finish()
 }
 
+/// The known-browser cookie: set at every complete sign-in, it lets this browser's
+/// password attempts count apart from strangers' (`appliance::lockout`). Host-only,
+/// HTTPS-only, invisible to scripts, never sent cross-site; it outlives sessions and logout.
+fn browser_cookie(token: String) -> Cookie<'static> {
+    Cookie::build(BROWSER_COOKIE, token)
+        .path("/")
+        .secure(true)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .max_age(actix_web::cookie::time::Duration::days(
+            appliance::lockout::KNOWN_BROWSER_DAYS,
+        ))
+        .finish()
+}
+
+/// The known-browser cookie the request carries, if any.
+fn presented_browser(req: &HttpRequest) -> Option<String> {
+    req.cookie(BROWSER_COOKIE).map(|c| c.value().to_owned())
+}
+
 /// Counts an attempt at a password or a code from this source, refusing it past the limit.
 async fn throttle(state: &web::Data<AppState>, req: &HttpRequest) -> Result<(), WebError> {
-    let Some(ip) = req.peer_addr().map(|a| a.ip()) else {
+    let Some(ip) = crate::client_ip(req) else {
         return Ok(());
     };
     let Err(seconds) = state.throttle_login(ip) else {
@@ -264,6 +289,18 @@ async fn throttle(state: &web::Data<AppState>, req: &HttpRequest) -> Result<(), 
     let audit = state.app.audit.clone();
     web::block(move || audit.record(event)).await??;
     Err(WebError::TooManyRequests(seconds))
+}
+
+/// Removes the session cookie from the browser.
+fn ended_session_cookie() -> Cookie<'static> {
+    let mut gone = Cookie::build(SESSION_COOKIE, "")
+        .path("/")
+        .secure(true)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .finish();
+    gone.make_removal();
+    gone
 }
 
 fn user_agent(req: &HttpRequest) -> String {
@@ -284,63 +321,79 @@ pub async fn login_submit(
     let (now, source, lockout, agent) =
         (state.now(), source(&req), state.lockout, user_agent(&req));
     let old_token = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
+    let browser = presented_browser(&req);
     let email = form.email.clone();
+    type Started = (sessions::SessionToken, SecondFactor, Option<String>);
     let started = {
         let state = state.clone();
-        web::block(
-            move || -> appliance::error::Result<Option<(sessions::SessionToken, SecondFactor)>> {
-                let result = accounts::login(
+        web::block(move || -> appliance::error::Result<Option<Started>> {
+            let result = accounts::login_from(
+                &state.app.audit,
+                &form.email,
+                &form.password,
+                &source,
+                browser.as_deref(),
+                now,
+                lockout,
+            )?;
+            let Some(user) = result.user else {
+                return Ok(None);
+            };
+            // A fresh id at every login; an id held before login is ended, never promoted.
+            if let Some(old) = old_token
+                && let Ok((old_session, _)) =
+                    sessions::resume(&state.app.audit, &old, now, state.limits)?
+            {
+                sessions::end(
                     &state.app.audit,
-                    &form.email,
-                    &form.password,
-                    &source,
+                    &Actor::User(user.id),
+                    old_session.id,
+                    "replaced at login",
                     now,
-                    lockout,
                 )?;
-                let Some(user) = result.user else {
-                    return Ok(None);
-                };
-                // A fresh id at every login; an id held before login is ended, never promoted.
-                if let Some(old) = old_token
-                    && let Ok((old_session, _)) =
-                        sessions::resume(&state.app.audit, &old, now, state.limits)?
-                {
-                    sessions::end(
-                        &state.app.audit,
-                        &Actor::User(user.id),
-                        old_session.id,
-                        "replaced at login",
-                        now,
-                    )?;
-                }
-                let mut conn = state.app.store.conn()?;
-                let factor = if second_factor::is_enrolled(&mut conn, user.id)? {
-                    SecondFactor::Pending
-                } else if state.second_factor_roles.contains(&user.role()?)
+            }
+            let mut conn = state.app.store.conn()?;
+            let factor = if second_factor::is_enrolled(&mut conn, user.id)? {
+                SecondFactor::Pending
+            } else if state.second_factor_roles.contains(&user.role()?)
                     // Contractors (accounts limited to one site) always use a second factor.
                     || appliance::access::user_site(&mut conn, user.id)?.is_some()
-                {
-                    SecondFactor::Enrol
-                } else {
-                    SecondFactor::Done
-                };
-                let (token, _) = sessions::start(&mut conn, user.id, &source, &agent, now, factor)?;
-                Ok(Some((token, factor)))
-            },
-        )
+            {
+                SecondFactor::Enrol
+            } else {
+                SecondFactor::Done
+            };
+            let (token, _) = sessions::start(&mut conn, user.id, &source, &agent, now, factor)?;
+            drop(conn);
+            // Signed in completely: this browser is now one the account knows.
+            let browser = match factor {
+                SecondFactor::Done => Some(accounts::remember_browser(
+                    &state.app.audit,
+                    user.id,
+                    browser.as_deref(),
+                    &source,
+                    &agent,
+                    now,
+                )?),
+                SecondFactor::Pending | SecondFactor::Enrol => None,
+            };
+            Ok(Some((token, factor, browser)))
+        })
         .await??
     };
     match started {
-        Some((token, factor)) => {
+        Some((token, factor, browser)) => {
             let next = match factor {
                 SecondFactor::Done => "/",
                 SecondFactor::Pending => "/login/second-factor",
                 SecondFactor::Enrol => "/account/second-factor",
             };
-            Ok(HttpResponse::SeeOther()
-                .cookie(session_cookie(&token, state.limits))
-                .insert_header(("Location", next))
-                .finish())
+            let mut response = HttpResponse::SeeOther();
+            response.cookie(session_cookie(&token, state.limits));
+            if let Some(browser) = browser {
+                response.cookie(browser_cookie(browser));
+            }
+            Ok(response.insert_header(("Location", next)).finish())
         }
         None => {
             let page = LoginPage {
@@ -356,13 +409,28 @@ pub async fn login_submit(
     }
 }
 
-/// Replaces a partly signed-in session with a complete one: a new id once every factor passed.
+/// A sign-in just completed: the new session's id and the known-browser cookie.
+struct Completed {
+    session: sessions::SessionToken,
+    browser: String,
+}
+
+impl Completed {
+    fn set_cookies(self, response: &mut actix_web::HttpResponseBuilder, state: &AppState) {
+        response.cookie(session_cookie(&self.session, state.limits));
+        response.cookie(browser_cookie(self.browser));
+    }
+}
+
+/// Replaces a partly signed-in session with a complete one: a new id once every factor
+/// passed; the browser (`presented`: its known-browser cookie) is remembered.
 fn complete_session(
     state: &AppState,
     partial: &SignedIn,
     reason: &str,
+    presented: Option<&str>,
     now: i64,
-) -> appliance::error::Result<sessions::SessionToken> {
+) -> appliance::error::Result<Completed> {
     let session = &partial.session;
     sessions::end(
         &state.app.audit,
@@ -379,7 +447,18 @@ fn complete_session(
         now,
         SecondFactor::Done,
     )?;
-    Ok(token)
+    let browser = accounts::remember_browser(
+        &state.app.audit,
+        partial.user.id,
+        presented,
+        &session.source,
+        &session.user_agent,
+        now,
+    )?;
+    Ok(Completed {
+        session: token,
+        browser,
+    })
 }
 
 #[derive(Template)]
@@ -462,27 +541,33 @@ pub async fn enrol_email_submit(
     throttle(&state, &req).await?;
     let required = partial.session.second_factor == "enrol";
     let (now, source, code) = (state.now(), source(&req), form.code.clone());
+    let browser = presented_browser(&req);
     let outcome = {
         let state = state.clone();
         let partial = partial.clone();
-        web::block(
-            move || -> appliance::error::Result<Option<sessions::SessionToken>> {
-                second_factor::enable_email(&state.app.audit, &partial.user, &code, &source, now)?;
-                if required {
-                    complete_session(&state, &partial, "second factor enrolled", now).map(Some)
-                } else {
-                    Ok(None)
-                }
-            },
-        )
+        web::block(move || -> appliance::error::Result<Option<Completed>> {
+            second_factor::enable_email(&state.app.audit, &partial.user, &code, &source, now)?;
+            if required {
+                complete_session(
+                    &state,
+                    &partial,
+                    "second factor enrolled",
+                    browser.as_deref(),
+                    now,
+                )
+                .map(Some)
+            } else {
+                Ok(None)
+            }
+        })
         .await?
     };
     match outcome {
-        Ok(token) => {
+        Ok(completed) => {
             state.worker.poke();
             let mut response = HttpResponse::SeeOther();
-            if let Some(token) = token {
-                response.cookie(session_cookie(&token, state.limits));
+            if let Some(completed) = completed {
+                completed.set_cookies(&mut response, &state);
             }
             Ok(response.insert_header(("Location", "/")).finish())
         }
@@ -539,32 +624,60 @@ pub async fn second_factor_submit(
     }
     throttle(&state, &req).await?;
     let (now, source, code) = (state.now(), source(&req), form.code.clone());
+    let browser = presented_browser(&req);
     let outcome = {
         let state = state.clone();
         let partial = partial.clone();
         web::block(
-            move || -> appliance::error::Result<Option<sessions::SessionToken>> {
-                if !second_factor::check(
+            move || -> appliance::error::Result<Result<Completed, second_factor::CodeCheck>> {
+                let checked = second_factor::check(
                     &state.app.audit,
                     &state.totp_key()?,
                     partial.user.id,
                     &code,
                     &source,
                     now,
-                )? {
-                    return Ok(None);
+                    state.lockout.minutes,
+                )?;
+                if checked != second_factor::CodeCheck::Accepted {
+                    return Ok(Err(checked));
                 }
-                complete_session(&state, &partial, "second factor passed", now).map(Some)
+                complete_session(
+                    &state,
+                    &partial,
+                    "second factor passed",
+                    browser.as_deref(),
+                    now,
+                )
+                .map(Ok)
             },
         )
         .await??
     };
     match outcome {
-        Some(token) => Ok(HttpResponse::SeeOther()
-            .cookie(session_cookie(&token, state.limits))
-            .insert_header(("Location", "/"))
-            .finish()),
-        None => {
+        Ok(completed) => {
+            let mut response = HttpResponse::SeeOther();
+            completed.set_cookies(&mut response, &state);
+            Ok(response.insert_header(("Location", "/")).finish())
+        }
+        Err(second_factor::CodeCheck::LockedOut) => {
+            // This sign-in has ended. A new one starts at the password again, and its codes
+            // meet the same refusal until the lock ends or an administrator unlocks.
+            state.worker.poke();
+            let page = LoginPage {
+                signed_in: None,
+                email: partial.user.email.clone(),
+                problem: Some(CODES_LOCKED),
+                note: None,
+            };
+            Ok(HttpResponse::TooManyRequests()
+                .cookie(ended_session_cookie())
+                .content_type("text/html; charset=utf-8")
+                .body(page.render().unwrap_or_default()))
+        }
+        Err(_) => {
+            // The wrong code that reaches the limit queued the owner's email: send it now.
+            state.worker.poke();
             let page = SecondFactorPage {
                 signed_in: None,
                 email: uses_email(&state, partial.user.id).await?,
@@ -651,6 +764,7 @@ pub async fn enrol_form(
 
 pub async fn enrol_submit(
     state: web::Data<AppState>,
+    req: HttpRequest,
     partial: PartlySignedIn,
     form: web::Form<CodeForm>,
 ) -> Page {
@@ -662,12 +776,13 @@ pub async fn enrol_submit(
     let now = state.now();
     let required = partial.session.second_factor == "enrol";
     let (secret, code) = (form.secret.trim().to_owned(), form.code.clone());
+    let browser = presented_browser(&req);
     let outcome = {
         let state = state.clone();
         let partial = partial.clone();
         let secret = secret.clone();
         web::block(
-            move || -> appliance::error::Result<(Vec<String>, Option<sessions::SessionToken>)> {
+            move || -> appliance::error::Result<(Vec<String>, Option<Completed>)> {
                 let codes = second_factor::enable(
                     &state.app.audit,
                     &state.totp_key()?,
@@ -681,6 +796,7 @@ pub async fn enrol_submit(
                         &state,
                         &partial,
                         "second factor enrolled",
+                        browser.as_deref(),
                         now,
                     )?)
                 } else {
@@ -700,8 +816,8 @@ pub async fn enrol_submit(
                 .render()
                 .map_err(|err| WebError::Internal(err.to_string()))?;
             let mut response = HttpResponse::Ok();
-            if let Some(token) = token {
-                response.cookie(session_cookie(&token, state.limits));
+            if let Some(completed) = token {
+                completed.set_cookies(&mut response, &state);
             }
             Ok(response.content_type("text/html; charset=utf-8").body(body))
         }
@@ -724,15 +840,8 @@ pub async fn logout(state: web::Data<AppState>, user: SignedIn, form: web::Form<
         Actor::User(user.user.id),
     );
     web::block(move || sessions::end(&audit, &actor, session, "logout", now)).await??;
-    let mut gone = Cookie::build(SESSION_COOKIE, "")
-        .path("/")
-        .secure(true)
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .finish();
-    gone.make_removal();
     Ok(HttpResponse::SeeOther()
-        .cookie(gone)
+        .cookie(ended_session_cookie())
         .insert_header(("Location", "/login?ended=1"))
         .finish())
 }
@@ -1071,7 +1180,9 @@ async fn users_page_with(
     let rows = accounts
         .into_iter()
         .map(|a| {
-            let locked = a.locked_until_us.is_some_and(|until| until > now);
+            // Locked for new browsers (wrong passwords) or for codes (wrong second factors).
+            let locked = a.locked_until_us.is_some_and(|until| until > now)
+                || a.code_locked_until_us.is_some_and(|until| until > now);
             let status = if a.disabled_at_us.is_some() {
                 "disabled"
             } else if a.expires_at_us.is_some_and(|at| at <= now) {
@@ -1384,16 +1495,18 @@ pub async fn password_submit(
     throttle(&state, &req).await?;
     let form = form.into_inner();
     let (now, source) = (state.now(), source(&req));
+    let browser = presented_browser(&req);
     let changed = {
         let state = state.clone();
         let user = user.clone();
         web::block(
             move || -> appliance::error::Result<Result<sessions::SessionToken, String>> {
-                let check = accounts::login(
+                let check = accounts::login_from(
                     &state.app.audit,
                     &user.user.email,
                     &form.current,
                     &source,
+                    browser.as_deref(),
                     now,
                     state.lockout,
                 )?;
@@ -1535,6 +1648,7 @@ pub async fn confirm_submit(
     throttle(&state, &req).await?;
     let form = form.into_inner();
     let (now, source) = (state.now(), source(&req));
+    let browser = presented_browser(&req);
     let (confirmed, needs_code) = {
         let state = state.clone();
         let user = user.clone();
@@ -1542,11 +1656,12 @@ pub async fn confirm_submit(
         web::block(move || -> appliance::error::Result<(bool, bool)> {
             let needs_code =
                 second_factor::is_enrolled(&mut *state.app.store.conn()?, user.user.id)?;
-            let password_ok = accounts::login(
+            let password_ok = accounts::login_from(
                 &state.app.audit,
                 &user.user.email,
                 &password,
                 &source,
+                browser.as_deref(),
                 now,
                 state.lockout,
             )?
@@ -1561,7 +1676,8 @@ pub async fn confirm_submit(
                         &code,
                         &source,
                         now,
-                    )?);
+                        state.lockout.minutes,
+                    )? == second_factor::CodeCheck::Accepted);
             if password_ok && code_ok {
                 sessions::confirm_authentication(&state.app.audit, &user.session, now)?;
             }
@@ -1630,10 +1746,9 @@ pub async fn invitation_submit(
             .content_type("text/html; charset=utf-8")
             .body(body))
     };
-    if let Err(seconds) = state.throttle_login(
-        req.peer_addr()
-            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip()),
-    ) {
+    if let Err(seconds) =
+        state.throttle_login(crate::client_ip(&req).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])))
+    {
         return Err(WebError::TooManyRequests(seconds));
     }
     if form.password != form.repeat {

@@ -3,6 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -89,6 +90,17 @@ pub struct HeadFile {
     lock_path: PathBuf,
 }
 
+/// The head and its lock are written by every process that appends (each service under its
+/// own account, root's CLI and updater, in the data directory's group): read-write for the
+/// group whatever the umask of the process that made them, nothing for others.
+const SHARED_MODE: u32 = 0o660;
+
+/// Gives a file this process made [`SHARED_MODE`]; a file of another account keeps its mode
+/// (only its owner or root may change it), which `plantgate init` sets at every boot.
+fn share(file: &File) {
+    let _ = file.set_permissions(fs::Permissions::from_mode(SHARED_MODE));
+}
+
 impl HeadFile {
     pub fn in_dir(data_dir: &Path) -> HeadFile {
         HeadFile {
@@ -162,7 +174,14 @@ impl HeadFile {
         &self,
         change: impl FnOnce(Option<HeadState>) -> Result<Option<HeadState>>,
     ) -> Result<()> {
-        let lock = File::create(&self.lock_path).map_err(|err| self.error(err))?;
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(SHARED_MODE)
+            .open(&self.lock_path)
+            .map_err(|err| self.error(err))?;
+        share(&lock);
         lock.lock().map_err(|err| self.error(err))?;
         // An unreadable file is replaced rather than blocking every append; verify reports it.
         let Some(state) = change(self.read().ok().flatten())? else {
@@ -171,11 +190,15 @@ impl HeadFile {
         let json = serde_json::to_vec_pretty(&state).map_err(|err| self.error(err))?;
         let tmp = self.path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
+            // One writer at a time (the lock): a leftover is a crashed writer's, maybe
+            // another account's, and never reused.
+            let _ = fs::remove_file(&tmp);
             let mut file = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
+                .mode(SHARED_MODE)
                 .open(&tmp)?;
+            share(&file);
             file.write_all(&json)?;
             file.sync_all()?;
             fs::rename(&tmp, &self.path)?;

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 use appliance::config::Config;
@@ -38,6 +39,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(problem) = ingest::gate::validate(&config.ingest) {
+        eprintln!("plantgate-ingest: config: {problem}");
+        return ExitCode::from(2);
+    }
     if let Err(line) = appliance::keyring::self_check(&config, appliance::keyring::Service::Ingest)
     {
         appliance::telemetry::refuse_to_start(&config.data_dir, "plantgate-ingest", &line);
@@ -82,6 +87,7 @@ fn run(config: Config) -> Result<(), String> {
         device_ca,
     });
 
+    let mut mqtt_addr = None;
     if let Some(mqtt_listen) = &ingest.mqtt_listen {
         let mut mqtt_tls = acceptor(&paths).map_err(|e| e.to_string())?;
         request_device_certificates(&mut mqtt_tls, &shared.device_ca, &app.store)
@@ -92,6 +98,7 @@ fn run(config: Config) -> Result<(), String> {
         std_listener
             .set_nonblocking(true)
             .map_err(|e| e.to_string())?;
+        mqtt_addr = Some(std_listener.local_addr().map_err(|e| e.to_string())?);
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("ingest-mqtt".into())
@@ -121,19 +128,69 @@ fn run(config: Config) -> Result<(), String> {
     request_device_certificates(&mut https_tls, &shared.device_ca, &app.store)
         .map_err(|e| e.to_string())?;
     let data = web::Data::from(shared);
+    // Clients that have not authenticated: see `ingest::http`. actix times the TLS handshake
+    // and the first request's head separately: half the deadline each, so that together
+    // they take no longer than an MQTT client's handshake and CONNECT may. Connections are
+    // shared out between the workers.
+    let half_deadline = Duration::from_secs(ingest.handshake_timeout_seconds) / 2;
+    let per_worker = ingest.https_max_connections.div_ceil(ingest.http_workers);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .wrap(actix_web::middleware::from_fn(ingest::http::guard))
             .configure(ingest::http::config)
     })
     .on_connect(ingest::http::peer_certificate)
     .workers(ingest.http_workers)
+    .max_connections(per_worker)
+    .tls_handshake_timeout(half_deadline)
+    .client_request_timeout(half_deadline)
     .bind_openssl(https_addr, https_tls)
     .map_err(|e| format!("{https_addr}: {e}"))?;
-    tracing::info!(https = %https_addr, mqtt = ?ingest.mqtt_listen, "plantgate-ingest listening");
+    let listening = format!(
+        "https={}{}",
+        server
+            .addrs()
+            .first()
+            .map_or_else(|| https_addr.to_string(), ToString::to_string),
+        mqtt_addr.map_or_else(String::new, |addr| format!(" mqtt={addr}")),
+    );
+    tracing::info!(%listening, "plantgate-ingest listening");
     actix_web::rt::System::new()
-        .block_on(async move { server.run().await })
+        .block_on(async move {
+            let server = server.run();
+            // Both listeners are bound and their TLS set up: tell systemd (or a test), with
+            // the addresses really bound (a configured port 0 gets one from the kernel).
+            notify_ready(&listening);
+            server.await
+        })
         .map_err(|e| e.to_string())
+}
+
+/// `sd_notify(3)`: `READY=1` and `STATUS=` with the bound addresses to `$NOTIFY_SOCKET`,
+/// if there is one (a unit of `Type=notify`, or a test waiting for the service).
+fn notify_ready(listening: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let message = format!("READY=1\nSTATUS={listening}\n");
+    let sent = UnixDatagram::unbound().and_then(|socket| {
+        let path = path.as_bytes();
+        let address = match path.strip_prefix(b"@") {
+            Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name)?,
+            None => {
+                SocketAddr::from_pathname(std::path::Path::new(std::ffi::OsStr::from_bytes(path)))?
+            }
+        };
+        socket.send_to_addr(message.as_bytes(), &address)
+    });
+    if let Err(err) = sent {
+        tracing::warn!(error = %err, "cannot notify readiness to $NOTIFY_SOCKET");
+    }
 }
 
 /// Asks clients for a certificate from the device CA, optionally: a client without one

@@ -4,10 +4,19 @@
 //! PostgreSQL is the server at `TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); each test gets its own database. An
 //! unreachable server fails the test: the PostgreSQL half never passes by skipping.
+//!
+//! The service listens on port 0: the kernel gives it free ports while it binds them, and
+//! it reports them with its readiness (`sd_notify`'s `READY=1` and `STATUS=`, sent once both
+//! listeners are bound with their TLS set up) on a socket the test listens on. Nothing here
+//! picks a port by binding and releasing it (another process could take it meanwhile, and a
+//! TCP connect would then find that process's listener and call the service ready), and
+//! nothing waits a fixed time for the service.
 #![allow(dead_code)] // each test binary uses part of this
 
+pub mod client;
+
 use std::io::Write;
-use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -54,7 +63,9 @@ fn database_url(name: &str) -> String {
     url.to_string()
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, but which anyone may take before the caller binds
+/// it: only for the helpers that must be given a port up front (testkit's SMTP catcher; the
+/// webhook receiver, which keeps its port across a restart). Never for the service.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -78,11 +89,14 @@ pub struct TestIngest {
     pub config_path: PathBuf,
     pub app: Appliance,
     pub site: Site,
+    /// The service's ports, as it reported them at its last [`TestIngest::start`].
     pub https_port: u16,
     pub mqtt_port: u16,
     pub smtp_port: u16,
     child: Option<Child>,
     database: Option<String>,
+    /// `RLIMIT_NOFILE` for the service, as a unit's `LimitNOFILE=`.
+    nofile: Option<u64>,
 }
 
 impl TestIngest {
@@ -100,7 +114,8 @@ impl TestIngest {
                 .expect("create database");
             name
         });
-        let (https_port, mqtt_port, smtp_port) = (free_port(), free_port(), free_port());
+        // The SMTP catcher (testkit) needs its port up front.
+        let smtp_port = free_port();
         let mut toml = format!(
             "data_dir = {:?}\n",
             dir.path().join("data").display().to_string()
@@ -109,8 +124,8 @@ impl TestIngest {
             toml.push_str(&format!("[store]\nurl = {:?}\n", database_url(db)));
         }
         toml.push_str(&format!(
-            "[log]\nlevel = \"warn\"\n[ingest]\nhttps_listen = \"127.0.0.1:{https_port}\"\n\
-             mqtt_listen = \"127.0.0.1:{mqtt_port}\"\nmax_body_bytes = 65536\nmax_decoded_bytes = 262144\n\
+            "[log]\nlevel = \"warn\"\n[ingest]\nhttps_listen = \"127.0.0.1:0\"\n\
+             mqtt_listen = \"127.0.0.1:0\"\nmax_body_bytes = 65536\nmax_decoded_bytes = 262144\n\
              silent_check_seconds = 1\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\n\
              security = \"none\"\nfrom = \"plantgate@plant.example\"\n"
         ));
@@ -128,11 +143,12 @@ impl TestIngest {
             config_path,
             app,
             site,
-            https_port,
-            mqtt_port,
+            https_port: 0,
+            mqtt_port: 0,
             smtp_port,
             child: None,
             database,
+            nofile: None,
         }
     }
 
@@ -203,31 +219,92 @@ impl TestIngest {
         self.app.config.ingest_certificate().cert
     }
 
-    /// Starts `plantgate-ingest` and waits until both listeners accept connections.
+    /// Runs the service with at most `n` open files (`prlimit --nofile=n:n`), as a unit's
+    /// `LimitNOFILE=n` would; call before [`TestIngest::start`].
+    pub fn limit_files(&mut self, n: u64) {
+        self.nofile = Some(n);
+    }
+
+    /// Starts `plantgate-ingest` and waits until it says it is ready; then `https_port` and
+    /// `mqtt_port` are the ports it listens on.
     pub fn start(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_plantgate-ingest"))
+        static STARTS: AtomicU32 = AtomicU32::new(0);
+        let socket_path = self.dir.path().join(format!(
+            "notify-{}.sock",
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let socket = UnixDatagram::bind(&socket_path).expect("notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("notify socket timeout");
+        let binary = env!("CARGO_BIN_EXE_plantgate-ingest");
+        let mut command = match self.nofile {
+            Some(n) => {
+                let mut command = Command::new("prlimit");
+                command
+                    .arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .env("PLANTGATE_CONFIG", &self.config_path)
+            .env("NOTIFY_SOCKET", &socket_path)
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn plantgate-ingest");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for port in [self.https_port, self.mqtt_port] {
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                if let Some(status) = self
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten())
-                {
-                    panic!("plantgate-ingest exited at start: {status}");
+        // Generous: a cold PostgreSQL database on a busy machine takes its time to migrate.
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let mut message = [0u8; 4096];
+        let status = loop {
+            match socket.recv(&mut message) {
+                Ok(n) => {
+                    let text = String::from_utf8_lossy(&message[..n]).into_owned();
+                    if text.lines().any(|line| line == "READY=1") {
+                        break text;
+                    }
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "plantgate-ingest did not start listening"
-                );
-                std::thread::sleep(Duration::from_millis(20));
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(err) => panic!("notify socket: {err}"),
             }
-        }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("plantgate-ingest exited at start: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plantgate-ingest did not say it was ready"
+            );
+        };
+        let _ = std::fs::remove_file(&socket_path);
+        let port = |name: &str| -> u16 {
+            status
+                .lines()
+                .filter_map(|line| line.strip_prefix("STATUS="))
+                .flat_map(str::split_whitespace)
+                .filter_map(|field| field.strip_prefix(name))
+                .filter_map(|address| address.parse::<std::net::SocketAddr>().ok())
+                .map(|address| address.port())
+                .next()
+                .unwrap_or_else(|| panic!("no {name} address in {status:?}"))
+        };
+        self.https_port = port("https=");
+        self.mqtt_port = port("mqtt=");
+    }
+
+    /// The service's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `kill -9`, and waits for the process to be gone.

@@ -29,6 +29,8 @@ pub struct Portal {
     pub token: String,
     pub app: Appliance,
     child: Child,
+    /// The PostgreSQL database the portal stores in, for [`Portal::start_on`]; dropped last.
+    database: Option<testkit::store::PostgresDatabase>,
 }
 
 /// A response as curl saw it.
@@ -52,6 +54,18 @@ impl Portal {
     /// A portal where no role needs a second factor, unless `web_settings` says otherwise;
     /// the second factor has tests of its own.
     pub fn start(web_settings: &str) -> Portal {
+        Portal::start_on(testkit::store::Backend::Sqlite, web_settings)
+    }
+
+    /// [`Portal::start`] on a store of the given backend: SQLite in the data directory, or
+    /// a fresh PostgreSQL database at `TEST_POSTGRES_URL`.
+    pub fn start_on(backend: testkit::store::Backend, web_settings: &str) -> Portal {
+        let database = (backend == testkit::store::Backend::Postgres)
+            .then(testkit::store::PostgresDatabase::create);
+        let store = database
+            .as_ref()
+            .map(|db| format!("[store]\nurl = {:?}\n", db.url()))
+            .unwrap_or_default();
         let second_factor = if web_settings.contains("second_factor_roles") {
             ""
         } else {
@@ -64,7 +78,7 @@ impl Portal {
         std::fs::write(
             &config_path,
             format!(
-                "data_dir = {:?}\n[log]\nlevel = \"warn\"\n[web]\nhttps_listen = \"127.0.0.1:{https}\"\n\
+                "data_dir = {:?}\n{store}[log]\nlevel = \"warn\"\n[web]\nhttps_listen = \"127.0.0.1:{https}\"\n\
                  http_listen = \"127.0.0.1:{http}\"\nhost_name = \"localhost\"\n{web_settings}\n",
                 dir.path().join("data").display().to_string()
             ),
@@ -93,6 +107,7 @@ impl Portal {
             token: token.reveal().to_owned(),
             app,
             child,
+            database,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", https)).is_err() {
@@ -147,8 +162,21 @@ impl Portal {
 
     /// A form post from the portal's own page (Origin set, as a browser does).
     pub fn post(&self, jar: Option<&str>, path: &str, fields: &[(&str, &str)]) -> Reply {
+        self.post_with(jar, path, fields, &[])
+    }
+
+    /// [`Portal::post`] with more curl arguments, such as `--interface 127.0.0.2` to come
+    /// from another address, or extra headers.
+    pub fn post_with(
+        &self,
+        jar: Option<&str>,
+        path: &str,
+        fields: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Reply {
         let origin = format!("Origin: {}", self.origin());
-        let mut args: Vec<String> = vec!["-H".into(), origin, format!("{}{path}", self.origin())];
+        let mut args: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+        args.extend(["-H".into(), origin, format!("{}{path}", self.origin())]);
         for (k, v) in fields {
             args.push("--data-urlencode".into());
             args.push(format!("{k}={v}"));
@@ -206,6 +234,18 @@ impl Portal {
         })
         .unwrap();
         actions
+    }
+
+    /// Every audit record, oldest first.
+    pub fn records(&self) -> Vec<appliance::audit::chain::AuditRecord> {
+        let mut records = Vec::new();
+        let mut conn = self.app.store.conn().unwrap();
+        appliance::audit::export::for_each_record(&mut conn, &Default::default(), |r| {
+            records.push(r);
+            Ok(true)
+        })
+        .unwrap();
+        records
     }
 
     pub fn s_client(&self, args: &[&str]) -> String {
