@@ -166,10 +166,16 @@ fn addr(value: &Value) -> Option<Ipv4Addr> {
     value.as_str()?.parse().ok()
 }
 
+/// The protocol of an element. nft prints it by name ("tcp") or, with other kernels and
+/// nft builds (Debian bookworm's 6.1 kernel on the image), by number (6): both are the
+/// same element, and an element not recognised is one the controller can never remove.
 fn proto(value: &Value) -> Option<Protocol> {
-    match value.as_str()? {
-        "tcp" => Some(Protocol::Tcp),
-        "udp" => Some(Protocol::Udp),
+    let number = value
+        .as_u64()
+        .or_else(|| value.as_str().and_then(|text| text.parse().ok()));
+    match (value.as_str(), number) {
+        (Some("tcp"), _) | (_, Some(6)) => Some(Protocol::Tcp),
+        (Some("udp"), _) | (_, Some(17)) => Some(Protocol::Udp),
         _ => None,
     }
 }
@@ -193,4 +199,37 @@ pub fn drop_counters(listing: &Value) -> Vec<(String, u64)> {
             ))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A grant element as `nft -j list table` gives it, with the protocol as `protocol`.
+    fn listing(protocol: Value) -> Value {
+        serde_json::json!({"nftables": [{"set": {"name": GRANTS, "elem": [{"elem": {
+            "val": {"concat": ["10.77.0.1", "192.168.50.20", protocol, 4840]},
+            "timeout": 1800, "expires": 1690
+        }}]}}]})
+    }
+
+    #[test]
+    fn an_element_is_recognised_whether_its_protocol_is_a_name_or_a_number() {
+        let want = Pinhole {
+            requester: Ipv4Addr::new(10, 77, 0, 1),
+            device: Ipv4Addr::new(192, 168, 50, 20),
+            protocol: Protocol::Tcp,
+            port: 4840,
+        };
+        for protocol in [Value::from("tcp"), Value::from(6), Value::from("6")] {
+            let (pinholes, _) = elements(&listing(protocol.clone()));
+            assert_eq!(
+                pinholes.into_iter().collect::<Vec<_>>(),
+                vec![(want, Some(1690))],
+                "{protocol}"
+            );
+        }
+        let (pinholes, _) = elements(&listing(Value::from(17)));
+        assert!(pinholes.keys().all(|p| p.protocol == Protocol::Udp) && pinholes.len() == 1);
+    }
 }
