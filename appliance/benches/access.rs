@@ -25,7 +25,7 @@ fn main() {
     config.prepare_data_dir().unwrap();
     SigningKey::generate(&config.keys_dir()).unwrap();
     let actor = Actor::System("bench".into());
-    let app = Appliance::open(config, &actor).unwrap();
+    let app = Appliance::create(config, &actor).unwrap();
     let (audit, config) = (&app.audit, &app.config);
     let org = Organisation::create(audit, &actor, "Plant").unwrap();
     let site = Site::create(audit, &actor, org.id, "Hall A", "").unwrap();

@@ -60,7 +60,7 @@ fn main() {
     };
     config.prepare_data_dir().expect("data dir");
     SigningKey::generate(&config.keys_dir()).expect("key");
-    let app = Appliance::open(config.clone(), &Actor::System("bench".into())).expect("open");
+    let app = Appliance::create(config.clone(), &Actor::System("bench".into())).expect("create");
     println!(
         "audit benchmark on SQLite (WAL, synchronous=FULL) in {}",
         dir.path().display()

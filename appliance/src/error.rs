@@ -43,6 +43,15 @@ pub enum StoreError {
     Pool(#[from] diesel::r2d2::PoolError),
     #[error("store query failed: {0}")]
     Query(#[from] diesel::result::Error),
+    /// The store does not exist, or holds no Plantgate tables. Only `plantgate init`
+    /// creates one: everything else stops here rather than start on an empty store.
+    #[error(
+        "the store {target} {problem}: restore it from backup, or run `plantgate init` if this is a new appliance"
+    )]
+    Missing {
+        target: String,
+        problem: &'static str,
+    },
     #[error("store migration failed: {0}")]
     Migration(String),
     #[error("cannot take the migration lock {path}: {source}")]
@@ -75,6 +84,7 @@ impl Error {
             Error::Config(_) => "config.invalid",
             Error::Store(StoreError::Connect { .. }) => "store.unavailable",
             Error::Store(StoreError::Pool(_)) => "store.unavailable",
+            Error::Store(StoreError::Missing { .. }) => "store.missing",
             Error::Store(StoreError::Query(_)) => "store.query_failed",
             Error::Store(StoreError::Migration(_) | StoreError::MigrationLock { .. }) => {
                 "store.migration_failed"

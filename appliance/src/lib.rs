@@ -19,6 +19,7 @@ pub mod keys;
 pub mod lockout;
 pub mod mail;
 pub mod models;
+pub mod output;
 pub mod provision;
 pub mod readings;
 pub mod schema;
@@ -49,12 +50,29 @@ pub struct Appliance {
 }
 
 impl Appliance {
-    /// Opens the store, applies pending migrations (recording them as `actor`), and loads
-    /// the signing key. Fails with "run `plantgate init`" on a machine never initialised.
+    /// Opens the existing store, applies pending migrations (recording them as `actor`), and
+    /// loads the signing key. Fails with "run `plantgate init`" on a machine never
+    /// initialised, and never creates the store (see [`Store::open`]).
     pub fn open(config: Config, actor: &Actor) -> Result<Appliance> {
         config.prepare_data_dir()?;
         let store = Store::open(&config)?;
         // The key is checked before migrating, so that an uninitialised machine is left untouched.
+        let audit = Audit::open(store.clone(), &config)?;
+        let appliance = Appliance {
+            config,
+            store,
+            audit,
+        };
+        appliance.migrate(actor)?;
+        Ok(appliance)
+    }
+
+    /// Creates the store when there is none (SQLite file, or the tables in an empty
+    /// PostgreSQL database), then opens it as [`Appliance::open`] does. For test harnesses
+    /// that stand in for `plantgate init`; the signing key must exist already.
+    pub fn create(config: Config, actor: &Actor) -> Result<Appliance> {
+        config.prepare_data_dir()?;
+        let store = Store::create(&config)?;
         let audit = Audit::open(store.clone(), &config)?;
         let appliance = Appliance {
             config,

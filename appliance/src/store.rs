@@ -2,7 +2,7 @@
 //! `MultiConnection` type, with an r2d2 pool and migrations embedded per backend.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -61,6 +61,9 @@ impl Backend {
 pub struct StoreManager {
     target: StoreTarget,
     busy_timeout_ms: u32,
+    /// Only `plantgate init` (and test harnesses that stand in for it) may create the
+    /// SQLite file; everything else opens it `mode=rw`, so a missing file stays missing.
+    create: bool,
 }
 
 impl ManageConnection for StoreManager {
@@ -70,7 +73,7 @@ impl ManageConnection for StoreManager {
     fn connect(&self) -> Result<DbConnection, Self::Error> {
         match &self.target {
             StoreTarget::Sqlite(path) => {
-                let mut conn = SqliteConnection::establish(&path.to_string_lossy())
+                let mut conn = SqliteConnection::establish(&sqlite_uri(path, self.create))
                     .map_err(diesel::r2d2::Error::ConnectionError)?;
                 // WAL lets readers run beside the writer; FULL makes every commit survive
                 // power loss, not only a killed process.
@@ -107,18 +110,45 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the pool, failing at once (not after a pool timeout) when the database cannot
-    /// be reached. Does not migrate: see [`Store::migrate`].
+    /// Opens an existing Plantgate store, failing at once (not after a pool timeout) when
+    /// the database cannot be reached, and with [`StoreError::Missing`] when it does not
+    /// exist or holds no Plantgate tables. Never creates anything. Does not migrate: see
+    /// [`Store::migrate`].
     pub fn open(config: &Config) -> Result<Store> {
+        Store::connect(config, false)
+    }
+
+    /// Opens the store, creating the SQLite file when there is none and accepting an empty
+    /// PostgreSQL database. Only `plantgate init` (first boot) calls this, and test
+    /// harnesses that stand in for it; migrate afterwards.
+    pub fn create(config: &Config) -> Result<Store> {
+        Store::connect(config, true)
+    }
+
+    fn connect(config: &Config, create: bool) -> Result<Store> {
         let target = config.store_target()?;
+        let missing = |problem: &'static str| StoreError::Missing {
+            target: target.redacted(),
+            problem,
+        };
+        if let StoreTarget::Sqlite(path) = &target
+            && !create
+            && !path.is_file()
+        {
+            return Err(missing("is missing").into());
+        }
         let manager = StoreManager {
             target: target.clone(),
             busy_timeout_ms: config.store.busy_timeout_ms,
+            create,
         };
-        let first = manager.connect().map_err(|err| StoreError::Connect {
+        let mut first = manager.connect().map_err(|err| StoreError::Connect {
             target: target.redacted(),
             reason: err.to_string(),
         })?;
+        if !create && !has_migrations_table(&mut first)? {
+            return Err(missing("is not a Plantgate store (it has no Plantgate tables)").into());
+        }
         let pool = Pool::builder()
             .max_size(config.store.pool_size)
             .min_idle(Some(0))
@@ -213,4 +243,44 @@ fn migrations_of(backend: Backend) -> EmbeddedMigrations {
         Backend::Sqlite => SQLITE_MIGRATIONS,
         Backend::Postgres => POSTGRES_MIGRATIONS,
     }
+}
+
+/// The `file:` URI diesel opens (it passes `SQLITE_OPEN_URI`): `mode=rw` never creates the
+/// file, `mode=rwc` does.
+fn sqlite_uri(path: &Path, create: bool) -> String {
+    let mut uri = String::from("file:");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3F"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str(if create { "?mode=rwc" } else { "?mode=rw" });
+    uri
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// Whether the database holds diesel's migrations table, that is, was ever migrated by
+/// Plantgate. An empty database (or an empty file) is not a Plantgate store.
+fn has_migrations_table(conn: &mut DbConnection) -> Result<bool> {
+    let count = match conn {
+        DbConnection::Sqlite(c) => diesel::sql_query(
+            "SELECT count(*) AS n FROM sqlite_master \
+             WHERE type = 'table' AND name = '__diesel_schema_migrations'",
+        )
+        .get_result::<Count>(c)?,
+        DbConnection::Postgres(c) => diesel::sql_query(
+            "SELECT count(*) AS n FROM (SELECT to_regclass('__diesel_schema_migrations') AS t) AS r \
+             WHERE r.t IS NOT NULL",
+        )
+        .get_result::<Count>(c)?,
+    };
+    Ok(count.n > 0)
 }

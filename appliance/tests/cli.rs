@@ -298,6 +298,117 @@ fn commands_before_init_say_to_run_init(backend: Backend) {
     assert!(stderr(&output).contains("restore"), "{}", stderr(&output));
 }
 
+/// The store is created by `plantgate init` only: with it gone (SQLite: the file moved
+/// away; PostgreSQL: a database without Plantgate's tables), every command refuses, names
+/// the store, exits non-zero, and creates nothing, and the signed audit head is untouched.
+fn a_missing_store_is_refused_and_never_recreated(backend: Backend) {
+    let t = TestAppliance::new(backend);
+    t.populate(3, 3);
+    let data_dir = t.app.config.data_dir.clone();
+    let head = std::fs::read(data_dir.join("audit-head.json")).expect("head");
+    let db = data_dir.join("plantgate.db");
+    let empty = (backend == Backend::Postgres).then(testkit::store::PostgresDatabase::create_empty);
+    let moved = t.dir.path().join("moved-away");
+    if backend == Backend::Sqlite {
+        std::fs::create_dir(&moved).expect("mkdir");
+        for suffix in ["", "-wal", "-shm"] {
+            let from = data_dir.join(format!("plantgate.db{suffix}"));
+            if from.exists() {
+                std::fs::rename(&from, moved.join(format!("plantgate.db{suffix}"))).expect("move");
+            }
+        }
+    }
+    let cli = || {
+        let mut cmd = t.cli();
+        if let Some(db) = &empty {
+            cmd.env("PLANTGATE_STORE__URL", db.url());
+        }
+        cmd
+    };
+    let problem = match backend {
+        Backend::Sqlite => "is missing",
+        Backend::Postgres => "is not a Plantgate store",
+    };
+    let commands: [&[&str]; 6] = [
+        &["audit", "verify"],
+        &["user", "list"],
+        &[
+            "grant",
+            "open",
+            "--from",
+            "10.0.0.5",
+            "--to",
+            "10.0.1.7",
+            "--agent",
+            "s7",
+            "--seconds",
+            "60",
+            "--reason",
+            "maintenance",
+        ],
+        &["grant", "revoke", "1"],
+        &["migrate"],
+        &["audit", "export"],
+    ];
+    for args in commands {
+        let output = cli().args(args).output().expect("run");
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("the store")
+                && err.contains(problem)
+                && err.contains("restore it from backup")
+                && err.contains("plantgate init"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("firewall: applied"), "{args:?}: {err}");
+        assert!(stdout(&output).is_empty(), "{args:?}: {}", stdout(&output));
+        assert!(!db.exists(), "{args:?} created {}", db.display());
+        if let Some(empty) = &empty {
+            assert_eq!(empty.table_count(), 0, "{args:?} created tables");
+        }
+        assert_eq!(
+            std::fs::read(data_dir.join("audit-head.json")).expect("head"),
+            head,
+            "{args:?} rewrote the signed audit head"
+        );
+    }
+
+    // Put back, the store is the same one, intact.
+    if backend == Backend::Sqlite {
+        for entry in std::fs::read_dir(&moved).expect("moved") {
+            let entry = entry.expect("entry");
+            std::fs::rename(entry.path(), data_dir.join(entry.file_name())).expect("move back");
+        }
+    }
+    let output = t.cli().args(["audit", "verify"]).output().expect("verify");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).starts_with("audit log intact"),
+        "{}",
+        stdout(&output)
+    );
+
+    // `init` on a new appliance (a fresh data directory) still creates the store.
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let output = cli()
+        .env("PLANTGATE_DATA_DIR", fresh.path())
+        .arg("init")
+        .output()
+        .expect("init");
+    assert!(output.status.success(), "{}", stderr(&output));
+    match &empty {
+        None => assert!(fresh.path().join("plantgate.db").is_file()),
+        Some(empty) => assert!(empty.table_count() > 0),
+    }
+    let output = cli()
+        .env("PLANTGATE_DATA_DIR", fresh.path())
+        .args(["user", "list"])
+        .output()
+        .expect("user list");
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
 fn export_streams_jsonl_and_csv_with_time_bounds(backend: Backend) {
     let t = TestAppliance::new(backend);
     t.populate(30, 10);
@@ -551,9 +662,39 @@ on_both_backends!(
     init_prints_the_enrolment_token_once,
     init_audits_what_it_creates,
     commands_before_init_say_to_run_init,
+    a_missing_store_is_refused_and_never_recreated,
     export_streams_jsonl_and_csv_with_time_bounds,
     csv_export_neutralises_spreadsheet_formulas,
     user_list_shows_users_with_role_and_organisation,
     migrate_reports_an_up_to_date_store,
     checkpoints_reach_syslog,
 );
+
+/// A reader that closes the pipe early (`plantgate config check | head -1`) ends the
+/// command quietly with success, not with a panic.
+#[test]
+fn a_closed_pipe_ends_printing_quietly() {
+    let t = TestAppliance::new(Backend::Sqlite);
+    for args in [
+        &["config", "check"][..],
+        &["user", "list"],
+        &["grant", "list"],
+    ] {
+        let mut child = t
+            .cli()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("wait");
+        let err = stderr(&output);
+        assert!(
+            output.status.success(),
+            "{args:?}: {:?} {err}",
+            output.status
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

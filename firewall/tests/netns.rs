@@ -641,3 +641,81 @@ fn an_extended_grant_outlives_its_first_expiry_without_dropping_the_stream() {
             .any(|(action, _, _)| action == "grant.extended")
     );
 }
+
+/// Only `plantgate init` creates the store: with the SQLite file moved away, the controller
+/// refuses to start or reconcile, names the missing store, and creates nothing.
+#[test]
+fn the_controller_refuses_to_start_without_its_store() {
+    require_root();
+    let topology = Topology::new();
+    let data = topology.dir.path().join("data");
+    let moved = topology.dir.path().join("moved-away");
+    std::fs::create_dir(&moved).expect("mkdir");
+    for suffix in ["", "-wal", "-shm"] {
+        let from = data.join(format!("plantgate.db{suffix}"));
+        if from.exists() {
+            std::fs::rename(&from, moved.join(format!("plantgate.db{suffix}"))).expect("move");
+        }
+    }
+    let head = std::fs::read(data.join("audit-head.json")).expect("head");
+    for args in [&["run"][..], &["reconcile"]] {
+        let mut child = topology
+            .firewall_command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().expect("wait").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{args:?} still runs without its store"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let output = child.wait_with_output().expect("output");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("the store")
+                && stderr.contains("is missing")
+                && stderr.contains("restore it from backup"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !data.join("plantgate.db").exists(),
+            "{args:?} created the store"
+        );
+        assert_eq!(
+            std::fs::read(data.join("audit-head.json")).expect("head"),
+            head,
+            "{args:?} rewrote the signed audit head"
+        );
+    }
+}
+
+/// `plantgate-firewall status | head -1`: a reader that closes the pipe early ends the
+/// command quietly with success, not with a panic.
+#[test]
+fn status_ends_quietly_on_a_closed_pipe() {
+    require_root();
+    let mut topology = Topology::new();
+    topology.start_daemon();
+    for args in [&["status"][..], &["dry-run"]] {
+        let mut child = topology
+            .firewall_command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{args:?}: {:?} {stderr}",
+            output.status
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

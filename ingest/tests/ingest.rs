@@ -331,3 +331,22 @@ on_both_backends!(
     acknowledged_readings_survive_kill_9_exactly_once,
     mqtt_publishes_are_stored_and_a_device_cannot_publish_as_another,
 );
+
+/// Only `plantgate init` creates the store: the ingest refuses to start on a missing one
+/// (SQLite) or an empty database (PostgreSQL), and creates nothing.
+#[test]
+fn the_ingest_refuses_to_start_without_its_store() {
+    for backend in [
+        testkit::store::Backend::Sqlite,
+        testkit::store::Backend::Postgres,
+    ] {
+        let w = testkit::store::WithoutStore::new(
+            backend,
+            "[ingest]\nhttps_listen = \"127.0.0.1:0\"\nmqtt_listen = \"127.0.0.1:0\"\n",
+        );
+        w.assert_refused(
+            std::process::Command::new(env!("CARGO_BIN_EXE_plantgate-ingest"))
+                .env("PLANTGATE_CONFIG", &w.config_path),
+        );
+    }
+}

@@ -80,8 +80,8 @@ fn create_postgres_database() -> String {
             .expect("create template");
         let mut config = Config::default();
         config.store.url = Some(url_for_database(&template));
-        appliance::Store::open(&config)
-            .expect("open template")
+        appliance::Store::create(&config)
+            .expect("create template")
             .migrate()
             .expect("migrate template");
     }
@@ -126,6 +126,38 @@ impl PostgresDatabase {
         PostgresDatabase {
             name: create_postgres_database(),
         }
+    }
+
+    /// A new, empty PostgreSQL database with none of Plantgate's tables: what a store that
+    /// was never initialised, or was lost, looks like to the services.
+    pub fn create_empty() -> PostgresDatabase {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "plantgate_empty_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin_connection())
+            .expect("create empty database");
+        PostgresDatabase { name }
+    }
+
+    /// How many tables the database holds in any schema but the system's.
+    pub fn table_count(&self) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = PgConnection::establish(&self.url()).expect("connect");
+        diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_catalog.pg_tables \
+             WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+        )
+        .get_result::<Count>(&mut conn)
+        .expect("count tables")
+        .n
     }
 
     /// The URL for `store.url`.
@@ -185,7 +217,7 @@ impl TestAppliance {
         let config = Config::load(Some(&config_path)).expect("valid test config");
         config.prepare_data_dir().expect("data dir");
         appliance::provision::keys(&config).expect("keys");
-        let app = Appliance::open(config, &test_actor()).expect("open appliance");
+        let app = Appliance::create(config, &test_actor()).expect("create appliance");
         TestAppliance {
             backend,
             dir,
@@ -266,4 +298,80 @@ pub fn stdout(output: &Output) -> String {
 
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A data directory with its keys made (as `plantgate init` makes them) but no store:
+/// SQLite has no file, PostgreSQL an empty database. For tests that a service refuses to
+/// start on a missing store rather than create an empty one.
+#[derive(Debug)]
+pub struct WithoutStore {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub database: Option<PostgresDatabase>,
+}
+
+impl WithoutStore {
+    /// `extra` is TOML appended to the generated config (top-level keys, then sections).
+    pub fn new(backend: Backend, extra: &str) -> WithoutStore {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database = (backend == Backend::Postgres).then(PostgresDatabase::create_empty);
+        let mut toml = format!(
+            "data_dir = {:?}\n",
+            dir.path().join("data").display().to_string()
+        );
+        toml.push_str(extra);
+        if let Some(db) = &database {
+            toml.push_str(&format!("\n[store]\nurl = {:?}\n", db.url()));
+        }
+        let config_path = dir.path().join("plantgate.toml");
+        std::fs::write(&config_path, toml).expect("write config");
+        let config = Config::load(Some(&config_path)).expect("valid test config");
+        config.prepare_data_dir().expect("data dir");
+        appliance::provision::keys(&config).expect("keys");
+        WithoutStore {
+            dir,
+            config_path,
+            database,
+        }
+    }
+
+    /// Runs `cmd`, which must stop within 30 s, exit non-zero, say the store is missing (or
+    /// not a Plantgate store) and what to do, and create no store.
+    pub fn assert_refused(&self, cmd: &mut std::process::Command) {
+        use std::process::Stdio;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{cmd:?} still runs without its store");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let output = child.wait_with_output().expect("output");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{cmd:?} succeeded: {stderr}");
+        let problem = if self.database.is_some() {
+            "is not a Plantgate store"
+        } else {
+            "is missing"
+        };
+        assert!(
+            stderr.contains("the store")
+                && stderr.contains(problem)
+                && stderr.contains("restore it from backup")
+                && stderr.contains("plantgate init"),
+            "{cmd:?}: {stderr}"
+        );
+        let db = self.dir.path().join("data/plantgate.db");
+        assert!(!db.exists(), "{cmd:?} created {}", db.display());
+        if let Some(database) = &self.database {
+            assert_eq!(database.table_count(), 0, "{cmd:?} created tables");
+        }
+    }
 }

@@ -110,6 +110,7 @@ pub fn read_header(path: &Path) -> Result<(Envelope, Manifest)> {
 pub fn sign(path: &Path, signer: &dyn BundleSigner) -> Result<usize> {
     let (mut envelope, _) = read_header(path)?;
     let old_header = envelope.header_len();
+    refuse_second_signature(&envelope.signatures, &envelope.body, signer)?;
     envelope.signatures.push(signer.sign(&envelope.body)?);
     let count = envelope.signatures.len();
     write_with_payloads(path, &envelope, |writer| {
@@ -120,6 +121,24 @@ pub fn sign(path: &Path, signer: &dyn BundleSigner) -> Result<usize> {
         Ok(())
     })?;
     Ok(count)
+}
+
+/// Refuses a signature by a key that already signed: it would count twice toward nothing
+/// and hide that a second signer was meant.
+pub fn refuse_second_signature(
+    signatures: &[Vec<u8>],
+    body: &[u8],
+    signer: &dyn BundleSigner,
+) -> Result<()> {
+    match signatures.iter().position(|der| signer.made(der, body)) {
+        Some(index) => Err(UpdaterError::Usage(format!(
+            "already signed by {} (signature {} of {}): a second signature by the same key is refused; sign with another key",
+            signer.describe(),
+            index + 1,
+            signatures.len()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Writes the header, then whatever `payloads` writes, to a temp file beside `out`, and

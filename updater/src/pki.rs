@@ -173,6 +173,9 @@ pub trait BundleSigner {
     /// A DER-encoded CMS SignedData over `body`, detached, carrying the signing certificate
     /// and any intermediates (never trusted by the verifier, only used to build the chain).
     fn sign(&self, body: &[u8]) -> Result<Vec<u8>>;
+    /// Whether `signature` (a CMS SignedData over `body`) was made by this signer's
+    /// certificate and key: a second signature by the same key is refused.
+    fn made(&self, signature: &[u8], body: &[u8]) -> bool;
 }
 
 /// A signing key and certificate (followed by any intermediates) in PEM files.
@@ -233,6 +236,28 @@ impl BundleSigner for FileSigner {
             CMSOptions::DETACHED | CMSOptions::BINARY,
         )?;
         Ok(cms.to_der()?)
+    }
+
+    fn made(&self, signature: &[u8], body: &[u8]) -> bool {
+        let Ok(mut cms) = CmsContentInfo::from_der(signature) else {
+            return false;
+        };
+        let Ok(mut mine) = Stack::new() else {
+            return false;
+        };
+        if mine.push(self.cert.clone()).is_err() {
+            return false;
+        }
+        // Only this signer's certificate may be the signer's (NOINTERN), and the signature
+        // must verify with its key: then this key made it.
+        cms.verify(
+            Some(&mine),
+            None,
+            Some(body),
+            None,
+            CMSOptions::BINARY | CMSOptions::NOINTERN | CMSOptions::NO_SIGNER_CERT_VERIFY,
+        )
+        .is_ok()
     }
 }
 

@@ -233,6 +233,7 @@ pub fn anchor_set_envelope(
 }
 
 pub fn sign_envelope(envelope: &mut Envelope, signer: &dyn BundleSigner) -> Result<()> {
+    crate::bundle::refuse_second_signature(&envelope.signatures, &envelope.body, signer)?;
     let signature = signer.sign(&envelope.body)?;
     envelope.signatures.push(signature);
     Ok(())

@@ -99,6 +99,31 @@ fn vendor_signs_with_two_keys_and_the_box_verifies_installs_and_reports() {
         "{}",
         stderr(&out)
     );
+    // The same key again is refused, and the bundle keeps its one signature.
+    let out = tb
+        .cli()
+        .args([
+            "bundle",
+            "sign",
+            &bundle,
+            "--cert",
+            &format!("{k}/alice-q1.pem"),
+            "--key",
+            &format!("{k}/alice-q1.key"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a second signature by one key was accepted"
+    );
+    assert!(
+        stderr(&out).contains("already signed by")
+            && stderr(&out).contains("a second signature by the same key is refused"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(run(&["bundle", "show", &bundle]).contains("signatures: 1"));
     run(&[
         "bundle",
         "sign",

@@ -1618,3 +1618,19 @@ fn the_email_one_time_code_is_a_second_factor_end_to_end() {
         );
     }
 }
+
+/// Only `plantgate init` creates the store: the portal refuses to start on a missing one
+/// (SQLite) or an empty database (PostgreSQL), and creates nothing.
+#[test]
+fn the_portal_refuses_to_start_without_its_store() {
+    for backend in [
+        testkit::store::Backend::Sqlite,
+        testkit::store::Backend::Postgres,
+    ] {
+        let w = testkit::store::WithoutStore::new(backend, "");
+        w.assert_refused(
+            std::process::Command::new(env!("CARGO_BIN_EXE_plantgate-web"))
+                .env("PLANTGATE_CONFIG", &w.config_path),
+        );
+    }
+}

@@ -418,7 +418,7 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
         Command::Errors { limit } => {
             let entries = appliance::telemetry::recent_errors(&config.data_dir, limit);
             if entries.is_empty() {
-                println!("No service has logged a warning or an error.");
+                appliance::outln!("No service has logged a warning or an error.");
             }
             for entry in entries.iter().rev() {
                 let fields: Vec<String> = entry
@@ -426,7 +426,7 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
                     .iter()
                     .map(|(name, value)| format!("{name}={value}"))
                     .collect();
-                println!(
+                appliance::outln!(
                     "{} {} {:5} {}: {} {}",
                     entry.at,
                     entry.service,
@@ -456,16 +456,16 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
             }
             .migrate(&actor)?;
             if applied.is_empty() {
-                println!("store is up to date");
+                appliance::outln!("store is up to date");
             } else {
-                println!("applied migrations: {}", applied.join(", "));
+                appliance::outln!("applied migrations: {}", applied.join(", "));
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {
             command: ConfigCommand::Check,
         } => {
-            println!("# configuration is valid\n{}", config.to_redacted_toml());
+            appliance::outln!("# configuration is valid\n{}", config.to_redacted_toml());
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {
@@ -477,7 +477,7 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
             let report = verify(&mut *store.conn()?, &key, head.as_ref())?;
             match &report.problem {
                 None => {
-                    println!(
+                    appliance::outln!(
                         "audit log intact: {} records, {} signed checkpoints, signed head at seq {}",
                         report.records,
                         report.checkpoints,
@@ -487,7 +487,7 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
                 }
                 Some(problem) => {
                     tracing::error!(%problem, "audit log verification failed");
-                    println!("audit log TAMPERED: {problem}");
+                    appliance::outln!("audit log TAMPERED: {problem}");
                     Ok(ExitCode::FAILURE)
                 }
             }
@@ -579,25 +579,32 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
             let app = Appliance::open(config, &actor)?;
             let users = User::list_all(&mut *app.store.conn()?)?;
             if json {
-                println!(
+                appliance::outln!(
                     "{}",
                     serde_json::to_string_pretty(&users)
                         .map_err(|err| Error::invalid("output", err.to_string()))?
                 );
             } else if users.is_empty() {
-                println!(
+                appliance::outln!(
                     "no users yet: create the first administrator in the portal with the enrolment token"
                 );
             } else {
-                println!(
+                appliance::outln!(
                     "{:<6} {:<24} {:<32} {:<11} ORGANISATION",
-                    "ID", "NAME", "EMAIL", "ROLE"
+                    "ID",
+                    "NAME",
+                    "EMAIL",
+                    "ROLE"
                 );
                 for listing in &users {
                     let u = &listing.user;
-                    println!(
+                    appliance::outln!(
                         "{:<6} {:<24} {:<32} {:<11} {}",
-                        u.id.0, u.name, u.email, u.role, listing.organisation
+                        u.id.0,
+                        u.name,
+                        u.email,
+                        u.role,
+                        listing.organisation
                     );
                 }
             }
@@ -621,7 +628,7 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
                 &read(&cert)?,
                 &read(&key)?,
             )?;
-            println!(
+            appliance::outln!(
                 "installed the portal certificate for {} ({}), valid until {}; plantgate-web serves it within access.tick_seconds ({} s)",
                 summary.subject,
                 summary.names.join(", "),
@@ -636,7 +643,7 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
                 AgentCommand::List => {
                     for agent in Agent::all(&mut *app.store.conn()?)? {
                         let kind = if agent.builtin { "built-in" } else { "custom" };
-                        println!(
+                        appliance::outln!(
                             "{:<14} {:<22} {:<28} {kind}",
                             agent.name,
                             agent.label,
@@ -647,7 +654,7 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
                 AgentCommand::Add { name, ports, label } => {
                     let agent =
                         Agent::create(&app.audit, &actor, &app.config, &name, &label, &ports)?;
-                    println!("agent {} opens {}", agent.name, agent.ports);
+                    appliance::outln!("agent {} opens {}", agent.name, agent.ports);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -754,13 +761,13 @@ fn connector(command: ConnectorCommand, config: Config, actor: &Actor) -> Result
                 "added {} {} -> {}; its signing secret is shown once, below:",
                 connector.id, connector.name, connector.url
             );
-            println!("{}", secret.reveal());
+            appliance::outln!("{}", secret.reveal());
         }
         ConnectorCommand::List { json } => {
             let mut conn = app.store.conn()?;
             let all = Connector::list(&mut conn)?;
             if json {
-                println!(
+                appliance::outln!(
                     "{}",
                     serde_json::to_string_pretty(&all)
                         .map_err(|err| Error::invalid("output", err.to_string()))?
@@ -783,16 +790,21 @@ fn connector(command: ConnectorCommand, config: Config, actor: &Actor) -> Result
                     } else {
                         "active"
                     };
-                    println!(
+                    appliance::outln!(
                         "{:<5} site:{:<4} {:<20} {:<16} {:<8} owed={owed} dead={dead} {}",
-                        c.id.0, c.site_id.0, c.name, events, state, c.url
+                        c.id.0,
+                        c.site_id.0,
+                        c.name,
+                        events,
+                        state,
+                        c.url
                     );
                 }
             }
         }
         ConnectorCommand::Remove { id } => {
             let c = Connector::remove(&app.audit, actor, ConnectorId(id))?;
-            println!("removed connector {} {}", c.id.0, c.name);
+            appliance::outln!("removed connector {} {}", c.id.0, c.name);
         }
         ConnectorCommand::Deliveries { id } => {
             for d in connectors::deliveries(&mut *app.store.conn()?, ConnectorId(id))? {
@@ -801,7 +813,7 @@ fn connector(command: ConnectorCommand, config: Config, actor: &Actor) -> Result
                     (None, Some(at)) => format!("dead {}", format_us(at)),
                     (None, None) => format!("owed, next {}", format_us(d.next_attempt_at_us)),
                 };
-                println!(
+                appliance::outln!(
                     "{:<8} {:<8} attempts={:<3} {state} {}",
                     d.id,
                     d.kind,
@@ -825,17 +837,17 @@ fn organisation(command: OrganisationCommand, config: Config, actor: &Actor) -> 
     match command {
         OrganisationCommand::Disable { name } => {
             let ended = Organisation::set_disabled(&app.audit, actor, find(&name)?.id, true, now)?;
-            println!(
+            appliance::outln!(
                 "disabled; {ended} portal sessions ended; remote sessions end within a second (the portal's worker) or at the next `plantgate-web` start"
             );
         }
         OrganisationCommand::Enable { name } => {
             Organisation::set_disabled(&app.audit, actor, find(&name)?.id, false, now)?;
-            println!("enabled");
+            appliance::outln!("enabled");
         }
         OrganisationCommand::List => {
             for org in Organisation::list(&mut *app.store.conn()?)? {
-                println!("{:<6} {}", org.id.0, org.name);
+                appliance::outln!("{:<6} {}", org.id.0, org.name);
             }
         }
     }
@@ -858,7 +870,7 @@ fn site(command: SiteCommand, config: Config, actor: &Actor) -> Result<ExitCode>
                 None => Organisation::create(&app.audit, actor, &organisation)?,
             };
             let site = Site::create(&app.audit, actor, org.id, &name, &location)?;
-            println!("{}", site.id.0);
+            appliance::outln!("{}", site.id.0);
         }
         SiteCommand::KeySwitch { site, position } => {
             let found: Site = {
@@ -885,7 +897,7 @@ fn site(command: SiteCommand, config: Config, actor: &Actor) -> Result<ExitCode>
                     "plantgate: the firewall did not answer ({why}); it applies the change at its next reconcile"
                 );
             }
-            println!(
+            appliance::outln!(
                 "{}: remote access {position}; {cut} sessions cut",
                 found.name
             );
@@ -894,7 +906,7 @@ fn site(command: SiteCommand, config: Config, actor: &Actor) -> Result<ExitCode>
             let mut conn = app.store.conn()?;
             for org in Organisation::list(&mut conn)? {
                 for site in Site::list_for(&mut conn, org.id)? {
-                    println!("{:<6} {:<24} {}", site.id.0, org.name, site.name);
+                    appliance::outln!("{:<6} {:<24} {}", site.id.0, org.name, site.name);
                 }
             }
         }
@@ -925,30 +937,30 @@ fn device(command: DeviceCommand, config: Config, actor: &Actor) -> Result<ExitC
                 "registered {} {} ({}); its secret is shown once, below:",
                 device.kind, device.serial, device.id
             );
-            println!("{}", secret.reveal());
+            appliance::outln!("{}", secret.reveal());
         }
         DeviceCommand::Rotate { serial } => {
             let secret = Device::rotate_secret(&app.audit, actor, &serial)?;
             eprintln!("new secret for {serial}; the old one no longer works:");
-            println!("{}", secret.reveal());
+            appliance::outln!("{}", secret.reveal());
         }
         DeviceCommand::Revoke { serial } => {
             let device = Device::revoke(&app.audit, actor, &serial)?;
-            println!("revoked the credential of {}", device.serial);
+            appliance::outln!("revoked the credential of {}", device.serial);
         }
         DeviceCommand::EnrolToken { serial } => {
             let token = device_ca::issue_enrolment_token(&app.audit, actor, &serial)?;
             eprintln!("one-time enrolment token for {serial}, valid 7 days, shown once:");
-            println!("{}", token.reveal());
+            appliance::outln!("{}", token.reveal());
         }
         DeviceCommand::RevokeCertificates { serial } => {
             let count = device_ca::revoke_certificates(&app.audit, actor, &serial)?;
-            println!("revoked {count} certificate(s) of {serial}");
+            appliance::outln!("revoked {count} certificate(s) of {serial}");
         }
         DeviceCommand::List { json } => {
             let devices = Device::list(&mut *app.store.conn()?)?;
             if json {
-                println!(
+                appliance::outln!(
                     "{}",
                     serde_json::to_string_pretty(&devices)
                         .map_err(|err| Error::invalid("output", err.to_string()))?
@@ -960,7 +972,7 @@ fn device(command: DeviceCommand, config: Config, actor: &Actor) -> Result<ExitC
                         .map(format_us)
                         .unwrap_or_else(|| "never".into());
                     let state = if d.is_revoked() { "revoked" } else { "active" };
-                    println!(
+                    appliance::outln!(
                         "{:<20} {:<12} site:{:<4} {:<8} model={} firmware={} battery={} signal={} last_seen={seen}",
                         d.serial,
                         d.kind,
@@ -1005,12 +1017,16 @@ fn token(command: TokenCommand, config: Config, actor: &Actor) -> Result<ExitCod
                 token.scopes,
                 format_us(token.expires_at_us)
             );
-            println!("{}", secret.reveal());
+            appliance::outln!("{}", secret.reveal());
         }
         TokenCommand::List => {
-            println!(
+            appliance::outln!(
                 "{:<5} {:<8} {:<24} {:<32} {:<27} STATE",
-                "ID", "USER", "NAME", "SCOPES", "EXPIRES"
+                "ID",
+                "USER",
+                "NAME",
+                "SCOPES",
+                "EXPIRES"
             );
             for t in tokens::list(&mut *app.store.conn()?)? {
                 let state = if t.revoked_at_us.is_some() {
@@ -1020,7 +1036,7 @@ fn token(command: TokenCommand, config: Config, actor: &Actor) -> Result<ExitCod
                 } else {
                     "live"
                 };
-                println!(
+                appliance::outln!(
                     "{:<5} {:<8} {:<24} {:<32} {:<27} {state}",
                     t.id,
                     t.user_id.0,
@@ -1032,7 +1048,7 @@ fn token(command: TokenCommand, config: Config, actor: &Actor) -> Result<ExitCod
         }
         TokenCommand::Revoke { id } => {
             tokens::revoke(&app.audit, actor, id, now)?;
-            println!("token {id} revoked");
+            appliance::outln!("token {id} revoked");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -1059,7 +1075,7 @@ fn grant(command: GrantCommand, config: Config, actor: &Actor) -> Result<ExitCod
                 dnat_port,
             };
             let grant = Grant::open(&app.audit, actor, &app.config, &request)?;
-            println!(
+            appliance::outln!(
                 "grant {} opens {} from {} to {} until {}",
                 grant.id,
                 grant.ports,
@@ -1071,21 +1087,25 @@ fn grant(command: GrantCommand, config: Config, actor: &Actor) -> Result<ExitCod
         }
         GrantCommand::Revoke { id, reason } => {
             let grant = Grant::revoke(&app.audit, actor, id, &reason)?;
-            println!("grant {} revoked", grant.id);
+            appliance::outln!("grant {} revoked", grant.id);
             report_poke(&app.config, "cut it");
         }
         GrantCommand::List { json } => {
             let grants = Grant::recent(&mut *app.store.conn()?, 100)?;
             if json {
-                println!(
+                appliance::outln!(
                     "{}",
                     serde_json::to_string_pretty(&grants)
                         .map_err(|err| Error::invalid("output", err.to_string()))?
                 );
             } else {
-                println!(
+                appliance::outln!(
                     "{:<5} {:<15} {:<15} {:<22} {:<27} STATE",
-                    "ID", "FROM", "TO", "PORTS", "EXPIRES"
+                    "ID",
+                    "FROM",
+                    "TO",
+                    "PORTS",
+                    "EXPIRES"
                 );
                 let now = appliance::time::now_us();
                 for g in grants {
@@ -1096,7 +1116,7 @@ fn grant(command: GrantCommand, config: Config, actor: &Actor) -> Result<ExitCod
                         (None, None) if g.applied_at_us.is_some() => "open",
                         (None, None) => "pending",
                     };
-                    println!(
+                    appliance::outln!(
                         "{:<5} {:<15} {:<15} {:<22} {:<27} {state}",
                         g.id,
                         g.requester_addr,
@@ -1123,7 +1143,8 @@ fn report_poke(config: &Config, action: &str) {
 
 #[allow(clippy::print_stdout)]
 fn init(config: Config, actor: &Actor, reissue_token: bool) -> Result<ExitCode> {
-    let store = Store::open(&config)?;
+    // The one place that creates the store (first boot runs `plantgate init`).
+    let store = Store::create(&config)?;
     let applied = store.migrate()?;
     let key_path = private_key_path(&config.keys_dir());
     if !key_path.exists() {
@@ -1184,20 +1205,22 @@ fn init(config: Config, actor: &Actor, reissue_token: bool) -> Result<ExitCode> 
     let admins = User::count_with_role(&mut conn, Role::Admin)?;
     let pending = enrolment::pending(&mut conn, FIRST_ADMIN)?;
     drop(conn);
-    println!("Plantgate is initialised.");
-    println!("  data directory:    {}", config.data_dir.display());
-    println!("  store:             {}", store.describe());
-    println!("  audit signing key: {}", key_path.display());
+    appliance::outln!("Plantgate is initialised.");
+    appliance::outln!("  data directory:    {}", config.data_dir.display());
+    appliance::outln!("  store:             {}", store.describe());
+    appliance::outln!("  audit signing key: {}", key_path.display());
     if admins > 0 {
-        println!("  administrators:    {admins}");
+        appliance::outln!("  administrators:    {admins}");
         if reissue_token {
-            println!("An administrator exists, so no first-admin enrolment token is needed.");
+            appliance::outln!(
+                "An administrator exists, so no first-admin enrolment token is needed."
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
     match pending {
         Some(token) if !reissue_token => {
-            println!(
+            appliance::outln!(
                 "\nA first-admin enrolment token was issued at {} and is valid until {}.\n\
                  It is shown only once. Lost it? Run `plantgate init --reissue-token`.",
                 format_us(token.created_at_us),
@@ -1207,12 +1230,14 @@ fn init(config: Config, actor: &Actor, reissue_token: bool) -> Result<ExitCode> 
         _ => {
             let (token, pending) =
                 enrolment::issue(&audit, actor, FIRST_ADMIN, FIRST_ADMIN_VALIDITY_US)?;
-            println!(
+            appliance::outln!(
                 "\nFirst-admin enrolment token (shown once, valid until {}):",
                 format_us(pending.expires_at_us)
             );
-            println!("\n    {}\n", token.reveal());
-            println!("Enter it in the portal's first-run page to create the first administrator.");
+            appliance::outln!("\n    {}\n", token.reveal());
+            appliance::outln!(
+                "Enter it in the portal's first-run page to create the first administrator."
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -222,7 +222,7 @@ fn confirm(config: &Config) -> Result<(), FirewallError> {
         .map_err(socket_error)?;
     match answer.trim().strip_prefix("ok ") {
         Some(words) => {
-            println!("{words}");
+            appliance::outln!("{words}");
             Ok(())
         }
         None => Err(FirewallError::Nft(answer.trim().to_owned())),
@@ -232,17 +232,17 @@ fn confirm(config: &Config) -> Result<(), FirewallError> {
 #[allow(clippy::print_stdout)]
 fn status() -> Result<(), FirewallError> {
     let Some(listing) = firewall::nft::list_table()? else {
-        println!("table inet plantgate: absent (the controller has not run here)");
+        appliance::outln!("table inet plantgate: absent (the controller has not run here)");
         return Ok(());
     };
     let (pinholes, forwards) = firewall::nft::elements(&listing);
-    println!(
+    appliance::outln!(
         "table inet plantgate: present, {} pinholes, {} port forwards",
         pinholes.len(),
         forwards.len()
     );
     for (counter, packets) in firewall::nft::drop_counters(&listing) {
-        println!("{counter:<20} {packets} packets dropped");
+        appliance::outln!("{counter:<20} {packets} packets dropped");
     }
     Ok(())
 }
@@ -260,13 +260,13 @@ fn dry_run(config: &Config, json: bool) -> Result<(), FirewallError> {
     let forwards: Vec<_> = wanted.forwards.into_values().collect();
     let batch = ruleset::replace_table(&policy, &pinholes, &forwards);
     if json {
-        println!(
+        appliance::outln!(
             "{}",
             serde_json::to_string_pretty(&batch)
                 .map_err(|err| FirewallError::Nft(err.to_string()))?
         );
     } else {
-        print!("{}", text::render(&batch));
+        appliance::out!("{}", text::render(&batch));
     }
     Ok(())
 }

@@ -157,7 +157,7 @@ impl Topology {
         config.prepare_data_dir().expect("data dir");
         appliance::provision::keys(&config).expect("keys");
         let app =
-            appliance::Appliance::open(config.clone(), &test_actor()).expect("open appliance");
+            appliance::Appliance::create(config.clone(), &test_actor()).expect("create appliance");
         // As first boot does after opening the store: its files go to the services' group
         // when the config names service accounts (tests/service_accounts.rs).
         appliance::provision::keys(&config).expect("share the store");

@@ -134,7 +134,7 @@ impl TestIngest {
         let config = Config::load(Some(&config_path)).expect("valid config");
         config.prepare_data_dir().expect("data dir");
         appliance::provision::keys(&config).expect("keys");
-        let app = Appliance::open(config, &actor()).expect("open appliance");
+        let app = Appliance::create(config, &actor()).expect("create appliance");
         let org = Organisation::create(&app.audit, &actor(), "Moulding Nord").expect("org");
         let site = Site::create(&app.audit, &actor(), org.id, "Hall 3", "").expect("site");
         TestIngest {

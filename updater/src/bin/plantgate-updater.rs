@@ -284,7 +284,7 @@ fn run(cli: Cli) -> Result<ExitCode, UpdaterError> {
                 .collect::<Result<Vec<_>, _>>()?;
             let envelope = trust::anchor_set_envelope(version, threshold, now(), &certs)?;
             trust::write_anchor_set(&envelope, &out)?;
-            println!(
+            appliance::outln!(
                 "anchor set v{version}: {} anchors, threshold {threshold} -> {}",
                 certs.len(),
                 out.display()
@@ -297,7 +297,7 @@ fn run(cli: Cli) -> Result<ExitCode, UpdaterError> {
             TrustSet::from_body(&envelope.body)?;
             trust::sign_envelope(&mut envelope, signer.as_ref())?;
             trust::write_anchor_set(&envelope, &file)?;
-            println!(
+            appliance::outln!(
                 "signed by {}: {} signatures",
                 signer.describe(),
                 envelope.signatures.len()
@@ -308,7 +308,7 @@ fn run(cli: Cli) -> Result<ExitCode, UpdaterError> {
         Command::Trust(TrustCommand::Rotate { file }) => {
             let updater = open_box(&cli.config, &cli.updater_config)?;
             let set = updater.rotate_trust(&file)?;
-            println!(
+            appliance::outln!(
                 "trust anchors rotated to v{}: {} anchors, threshold {}",
                 set.version,
                 set.anchors.len(),
@@ -319,7 +319,7 @@ fn run(cli: Cli) -> Result<ExitCode, UpdaterError> {
         Command::Verify { bundle } => {
             let updater = open_box(&cli.config, &cli.updater_config)?;
             let verified = updater.verify(&bundle, &Bar::default())?;
-            println!(
+            appliance::outln!(
                 "OK: {} {} version {} (security version {}), signed by {}",
                 verified.manifest.product,
                 verified.manifest.target,
@@ -332,9 +332,11 @@ fn run(cli: Cli) -> Result<ExitCode, UpdaterError> {
         Command::Install { bundle } => {
             let updater = open_box(&cli.config, &cli.updater_config)?;
             let report = updater.install(&bundle, &Bar::default())?;
-            println!(
+            appliance::outln!(
                 "installed version {} into slot {}; it boots next, with {} trial boots to pass `plantgate-updater health`",
-                report.version, report.slot, report.tries
+                report.version,
+                report.slot,
+                report.tries
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -343,10 +345,10 @@ fn run(cli: Cli) -> Result<ExitCode, UpdaterError> {
         Command::Status => {
             let updater = open_box(&cli.config, &cli.updater_config)?;
             let status = updater.status()?;
-            println!("booted slot: {}", status.booted);
-            println!("boot order: {:?}", status.boot.order());
+            appliance::outln!("booted slot: {}", status.booted);
+            appliance::outln!("boot order: {:?}", status.boot.order());
             for slot in [updater::slots::SlotId::A, updater::slots::SlotId::B] {
-                println!(
+                appliance::outln!(
                     "slot {slot}: {} version={} ok={} good={} trial_boots_left={}",
                     updater.slots.describe(slot),
                     status
@@ -359,13 +361,16 @@ fn run(cli: Cli) -> Result<ExitCode, UpdaterError> {
                     status.boot.tries(slot)
                 );
             }
-            println!(
+            appliance::outln!(
                 "floor: version {} security version {}",
-                status.state.floor.version, status.state.floor.security_version
+                status.state.floor.version,
+                status.state.floor.security_version
             );
-            println!(
+            appliance::outln!(
                 "trust: anchor set v{}, {} anchors, threshold {}",
-                status.trust_version, status.anchors, status.threshold
+                status.trust_version,
+                status.anchors,
+                status.threshold
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -406,7 +411,7 @@ fn firmware_command(
                 &model,
                 &Bar::default(),
             )?;
-            println!(
+            appliance::outln!(
                 "stored firmware {}: {} version {} (security version {}), {} bytes, sha256 {}, signed by {}",
                 stored.id.0,
                 stored.model,
@@ -420,10 +425,10 @@ fn firmware_command(
         FirmwareCommand::List { json } => {
             let all = Firmware::list(&mut *app.store.conn()?)?;
             if json {
-                println!("{}", json_out(&all)?);
+                appliance::outln!("{}", json_out(&all)?);
             } else {
                 for fw in all {
-                    println!(
+                    appliance::outln!(
                         "{:<5} {:<20} {:<12} security={} size={} sha256={} uploaded={}",
                         fw.id.0,
                         fw.model,
@@ -456,16 +461,16 @@ fn firmware_command(
                     organisation: None,
                 },
             )?;
-            println!("{}", rollout.id.0);
+            appliance::outln!("{}", rollout.id.0);
         }
         FirmwareCommand::Rollout(RolloutCommand::List { json }) => {
             let all = Rollout::list(&mut *app.store.conn()?)?;
             if json {
-                println!("{}", json_out(&all)?);
+                appliance::outln!("{}", json_out(&all)?);
             } else {
                 for summary in all {
                     let r = &summary.rollout;
-                    println!(
+                    appliance::outln!(
                         "rollout {} firmware {} ({} {}) {} {} threshold={}% devices={} updated={} failed={}{}",
                         r.id.0,
                         summary.firmware.id.0,
@@ -483,18 +488,18 @@ fn firmware_command(
                             .unwrap_or_default()
                     );
                     for (serial, status, detail) in &summary.devices {
-                        println!("  {serial:<20} {status:<12} {detail}");
+                        appliance::outln!("  {serial:<20} {status:<12} {detail}");
                     }
                 }
             }
         }
         FirmwareCommand::Rollout(RolloutCommand::Pause { id }) => {
             let rollout = Rollout::set_paused(&app.audit, &actor, RolloutId(id), true)?;
-            println!("rollout {} is {}", rollout.id.0, rollout.state);
+            appliance::outln!("rollout {} is {}", rollout.id.0, rollout.state);
         }
         FirmwareCommand::Rollout(RolloutCommand::Resume { id }) => {
             let rollout = Rollout::set_paused(&app.audit, &actor, RolloutId(id), false)?;
-            println!("rollout {} is {}", rollout.id.0, rollout.state);
+            appliance::outln!("rollout {} is {}", rollout.id.0, rollout.state);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -516,7 +521,7 @@ fn health(config: &Option<PathBuf>, updater_config: &Path) -> Result<ExitCode, U
     let app = match Appliance::open(config, &Actor::System("updater".into())) {
         Ok(app) => app,
         Err(err) => {
-            println!("UNHEALTHY: store migrated: {err}");
+            appliance::outln!("UNHEALTHY: store migrated: {err}");
             return Ok(ExitCode::from(1));
         }
     };
@@ -524,18 +529,18 @@ fn health(config: &Option<PathBuf>, updater_config: &Path) -> Result<ExitCode, U
     let updater = Updater::open(app, updater_config);
     let report = updater.health(&checks)?;
     if let Some(slot) = report.rolled_back_from {
-        println!(
+        appliance::outln!(
             "ROLLED BACK: slot {slot} never passed its health check; running slot {}",
             report.booted
         );
     }
     for (check, problem) in &report.failures {
-        println!("UNHEALTHY: {check}: {problem}");
+        appliance::outln!("UNHEALTHY: {check}: {problem}");
     }
     if report.marked_good {
-        println!("slot {} is healthy and marked good", report.booted);
+        appliance::outln!("slot {} is healthy and marked good", report.booted);
     } else if report.healthy() {
-        println!("slot {} is healthy", report.booted);
+        appliance::outln!("slot {} is healthy", report.booted);
     }
     Ok(if report.healthy() {
         ExitCode::SUCCESS
@@ -560,7 +565,7 @@ fn key(command: KeyCommand) -> Result<ExitCode, UpdaterError> {
                 out_dir.join(format!("{name}.anchor.key")),
             );
             pki::write_pair(&pair, &cert, &key)?;
-            println!(
+            appliance::outln!(
                 "anchor {name}: {} and {} (keep the key offline)",
                 cert.display(),
                 key.display()
@@ -585,7 +590,7 @@ fn key(command: KeyCommand) -> Result<ExitCode, UpdaterError> {
                 out_dir.join(format!("{name}.key")),
             );
             pki::write_pair(&pair, &cert, &key)?;
-            println!(
+            appliance::outln!(
                 "signing key {name}, valid {days} days: {} and {}",
                 cert.display(),
                 key.display()
@@ -636,7 +641,7 @@ fn bundle_command(command: BundleCommand) -> Result<ExitCode, UpdaterError> {
                 payloads,
             };
             let manifest = bundle::create(&spec, &out, &Bar::default())?;
-            println!(
+            appliance::outln!(
                 "unsigned bundle {} version {} with {} payloads -> {}; sign it with `bundle sign`",
                 manifest.target,
                 manifest.version,
@@ -647,12 +652,12 @@ fn bundle_command(command: BundleCommand) -> Result<ExitCode, UpdaterError> {
         BundleCommand::Sign { bundle: path, key } => {
             let signer = signer_from_args(&key.cert, &key.key)?;
             let count = bundle::sign(&path, signer.as_ref())?;
-            println!("signed by {}: {count} signatures", signer.describe());
+            appliance::outln!("signed by {}: {count} signatures", signer.describe());
         }
         BundleCommand::Show { bundle: path } => {
             let (envelope, _) = bundle::read_header(&path)?;
-            println!("{}", String::from_utf8_lossy(&envelope.body));
-            println!(
+            appliance::outln!("{}", String::from_utf8_lossy(&envelope.body));
+            appliance::outln!(
                 "signatures: {} (not checked; use `verify` on the box)",
                 envelope.signatures.len()
             );

@@ -87,7 +87,7 @@ impl Portal {
         let config = Config::load(Some(&config_path)).unwrap();
         config.prepare_data_dir().unwrap();
         appliance::provision::keys(&config).unwrap();
-        let app = Appliance::open(config, &Actor::System("test".into())).unwrap();
+        let app = Appliance::create(config, &Actor::System("test".into())).unwrap();
         let (token, _) = enrolment::issue(
             &app.audit,
             &Actor::System("test".into()),
