@@ -249,7 +249,7 @@ fn three_services_under_their_own_accounts_carry_an_administrators_first_day() {
         3_600_000_000,
     )
     .expect("token");
-    let (status, _) = browser.post(
+    let (status, page) = browser.post(
         "/setup",
         &[
             ("token", token.reveal()),
@@ -259,7 +259,7 @@ fn three_services_under_their_own_accounts_carry_an_administrators_first_day() {
             ("password", PASSWORD),
         ],
     );
-    assert_eq!(status, 200, "setup");
+    assert_eq!(status, 200, "setup: {page}");
 
     // Sign in; the second factor must be enrolled first (this answered 500 on the image).
     let (_, page) = browser.post("/login", &[("email", EMAIL), ("password", PASSWORD)]);
