@@ -56,15 +56,7 @@ impl Appliance {
     pub fn open(config: Config, actor: &Actor) -> Result<Appliance> {
         config.prepare_data_dir()?;
         let store = Store::open(&config)?;
-        // The key is checked before migrating, so that an uninitialised machine is left untouched.
-        let audit = Audit::open(store.clone(), &config)?;
-        let appliance = Appliance {
-            config,
-            store,
-            audit,
-        };
-        appliance.migrate(actor)?;
-        Ok(appliance)
+        Appliance::with_store(config, store, actor)
     }
 
     /// Creates the store when there is none (SQLite file, or the tables in an empty
@@ -73,6 +65,11 @@ impl Appliance {
     pub fn create(config: Config, actor: &Actor) -> Result<Appliance> {
         config.prepare_data_dir()?;
         let store = Store::create(&config)?;
+        Appliance::with_store(config, store, actor)
+    }
+
+    fn with_store(config: Config, store: Store, actor: &Actor) -> Result<Appliance> {
+        // The key is checked before migrating, so that an uninitialised machine is left untouched.
         let audit = Audit::open(store.clone(), &config)?;
         let appliance = Appliance {
             config,
