@@ -19,6 +19,7 @@ use crate::ids::UserId;
 use crate::lockout::{Counter, Reserved};
 use crate::models::{Role, User, clean_email, clean_name, email_taken_or};
 use crate::on_backend;
+use crate::refusals::{CheckGate, Noted, Refusals};
 use crate::schema::{organisations, users};
 use crate::store::DbConnection;
 use crate::time::format_us;
@@ -143,6 +144,17 @@ pub struct LoginResult {
     pub reason: &'static str,
 }
 
+/// The reason of an attempt refused unchecked because too many password checks wait.
+pub const TOO_BUSY: &str = "too busy";
+
+impl LoginResult {
+    /// Refused unchecked because too many password checks wait: the caller says "try again
+    /// shortly" (429 with `Retry-After`), not "wrong password".
+    pub fn too_busy(&self) -> bool {
+        self.reason == TOO_BUSY
+    }
+}
+
 /// True when the user's organisation is disabled.
 fn organisation_disabled(audit: &Audit, user: UserId) -> Result<bool> {
     let disabled: Option<Option<i64>> = users::table
@@ -175,7 +187,9 @@ pub fn login(
 /// the account's "new browsers" (`crate::lockout` explains why). Each attempt is counted
 /// in the store before the password is checked, and one that finds its budget spent or
 /// locked is refused without computing a hash: `lockout.attempts` guesses arriving at once
-/// are all counted, and only that many are ever checked.
+/// are all counted, and only that many are ever checked. Every refusal is recorded, and the
+/// password check waits for the [`CheckGate`] as long as it takes; the sign-in page uses
+/// [`login_summarised`] instead.
 pub fn login_from(
     audit: &Audit,
     email: &str,
@@ -185,7 +199,79 @@ pub fn login_from(
     now: i64,
     lockout: Lockout,
 ) -> Result<LoginResult> {
-    let email = email.trim().to_lowercase();
+    let attempt = Attempt {
+        email,
+        password,
+        source,
+        browser,
+        now,
+    };
+    check_login(audit, None, &attempt, lockout)
+}
+
+/// One sign-in attempt as it arrived: `browser` is its known-browser cookie, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    pub email: &'a str,
+    pub password: &'a str,
+    pub source: &'a str,
+    pub browser: Option<&'a str>,
+    pub now: i64,
+}
+
+/// [`login_from`] for the sign-in page under a flood: refusals go through `refusals`
+/// (each kind recorded in full once per source and window, the rest summarised; see
+/// `crate::refusals`), and when too many password checks already wait for the
+/// [`CheckGate`] the attempt is refused at once, as [`LoginResult::too_busy`], counting
+/// nothing. Successful sign-ins, wrong passwords, locks and a right password on a closed
+/// account are recorded one by one as always.
+pub fn login_summarised(
+    audit: &Audit,
+    refusals: &Refusals,
+    attempt: &Attempt<'_>,
+    lockout: Lockout,
+) -> Result<LoginResult> {
+    check_login(audit, Some(refusals), attempt, lockout)
+}
+
+fn check_login(
+    audit: &Audit,
+    refusals: Option<&Refusals>,
+    attempt: &Attempt<'_>,
+    lockout: Lockout,
+) -> Result<LoginResult> {
+    let Attempt {
+        password,
+        source,
+        browser,
+        now,
+        ..
+    } = *attempt;
+    let email = attempt.email.trim().to_lowercase();
+    // Refusals that cost nothing to repeat are summarised on the sign-in page; elsewhere
+    // (and the first of each kind) they are recorded in full.
+    let in_full = |reason: &'static str| {
+        refusals.is_none_or(|r| r.note(source, reason, Some(&email), now) == Noted::InFull)
+    };
+    // The sign-in page refuses rather than queue without end; other callers wait.
+    let gate = CheckGate::shared();
+    let enter = || gate.enter(refusals.is_some());
+    let busy = |actor: Actor, target: Option<UserId>| -> Result<LoginResult> {
+        if in_full(TOO_BUSY) {
+            let mut event = AuditEvent::new(actor, "auth.login.failed")
+                .source(source)
+                .outcome(Outcome::Denied)
+                .details(serde_json::json!({ "reason": TOO_BUSY, "email": email }));
+            if let Some(user) = target {
+                event = event.target(user);
+            }
+            audit.record(event)?;
+        }
+        Ok(LoginResult {
+            user: None,
+            reason: TOO_BUSY,
+        })
+    };
     let mut conn = audit.store().conn()?;
     let found: Option<Credentials> = users::table
         .filter(users::email.eq(&email))
@@ -200,12 +286,18 @@ pub fn login_from(
     };
     drop(conn);
     let Some(account) = found else {
+        let Some(pass) = enter() else {
+            return busy(Actor::System("web".into()), None);
+        };
         verify_password(decoy_hash(), password);
-        let event = AuditEvent::new(Actor::System("web".into()), "auth.login.failed")
-            .source(source)
-            .outcome(Outcome::Failure)
-            .details(serde_json::json!({ "reason": "unknown account", "email": email }));
-        audit.record(event)?;
+        drop(pass);
+        if in_full("unknown account") {
+            let event = AuditEvent::new(Actor::System("web".into()), "auth.login.failed")
+                .source(source)
+                .outcome(Outcome::Failure)
+                .details(serde_json::json!({ "reason": "unknown account", "email": email }));
+            audit.record(event)?;
+        }
         return Ok(LoginResult {
             user: None,
             reason: "unknown account",
@@ -227,17 +319,26 @@ pub fn login_from(
         None
     };
     if let Some(reason) = closed {
+        let Some(pass) = enter() else {
+            return busy(actor, Some(account.id));
+        };
         let password_ok = verify_password(
             account.password_hash.as_deref().unwrap_or(decoy_hash()),
             password,
         ) && account.password_hash.is_some();
-        audit.record(
-            AuditEvent::new(actor, "auth.login.failed")
-                .source(source)
-                .target(account.id)
-                .outcome(Outcome::Denied)
-                .details(serde_json::json!({ "reason": reason, "password_correct": password_ok })),
-        )?;
+        drop(pass);
+        // Someone who has the password of a closed account is always worth a record.
+        if password_ok || in_full(reason) {
+            audit.record(
+                AuditEvent::new(actor, "auth.login.failed")
+                    .source(source)
+                    .target(account.id)
+                    .outcome(Outcome::Denied)
+                    .details(
+                        serde_json::json!({ "reason": reason, "password_correct": password_ok }),
+                    ),
+            )?;
+        }
         return Ok(LoginResult { user: None, reason });
     }
     let until = now + i64::from(lockout.minutes) * 60_000_000;
@@ -255,26 +356,42 @@ pub fn login_from(
     let Reserved::Attempt(failures) = reserved else {
         // Locked, or every attempt of the budget is being checked right now: refused
         // before any hash is computed.
-        audit.record_with(|conn| {
-            let mut events = vec![
-                AuditEvent::new(actor.clone(), "auth.login.failed")
-                    .source(source)
-                    .target(account.id)
-                    .outcome(Outcome::Denied)
-                    .details(serde_json::json!({ "reason": "account locked", "browser": browser })),
-            ];
-            events.extend(lock.apply(conn)?);
-            Ok(((), events))
-        })?;
+        let full = in_full("account locked");
+        // The lock itself is always recorded, by the one caller that sets it; when the
+        // counter is locked already (the usual case in a flood) there is nothing to set,
+        // and a summarised refusal then writes nothing at all.
+        let unlocked = counter.state(&mut *audit.store().conn()?)?.1.is_none();
+        if full || unlocked {
+            audit.record_with(|conn| {
+                let mut events = Vec::new();
+                if full {
+                    events.push(
+                        AuditEvent::new(actor.clone(), "auth.login.failed")
+                            .source(source)
+                            .target(account.id)
+                            .outcome(Outcome::Denied)
+                            .details(serde_json::json!({ "reason": "account locked", "browser": browser })),
+                    );
+                }
+                events.extend(lock.apply(conn)?);
+                Ok(((), events))
+            })?;
+        }
         return Ok(LoginResult {
             user: None,
             reason: "account locked",
         });
     };
+    let Some(pass) = enter() else {
+        // Not checked, so no guess: its place in the budget goes back.
+        counter.release(&mut *audit.store().conn()?)?;
+        return busy(actor, Some(account.id));
+    };
     let password_ok = verify_password(
         account.password_hash.as_deref().unwrap_or(decoy_hash()),
         password,
     ) && account.password_hash.is_some();
+    drop(pass);
     if !password_ok {
         audit.record_with(|conn| {
             let mut events = vec![

@@ -101,6 +101,9 @@ pub struct WebConfig {
     pub password_min_chars: u32,
     /// Login attempts per source address per minute.
     pub logins_per_minute: u32,
+    /// Refused sign-ins from one address: the first of each kind in a window this long is
+    /// audited in full, the rest in one summary record when it ends (`appliance::refusals`).
+    pub refusal_summary_seconds: u32,
     pub max_body_bytes: usize,
     /// Roles that must use a second factor; they enrol one at their first login.
     pub second_factor_roles: Vec<String>,
@@ -153,6 +156,10 @@ pub struct FirewallConfig {
     pub max_ports_per_grant: u32,
     pub max_grant_minutes: u32,
     pub reconcile_seconds: u64,
+    /// Every pinhole needs a lease the running controller renews every third of this; a
+    /// controller that is down (or cannot read the store) lets it lapse, and every pinhole
+    /// closes within this many seconds, revoked or not.
+    pub lease_seconds: u64,
     /// A change to how admins reach the appliance (uplink interface, portal ports, SSH) is
     /// rolled back unless `plantgate-firewall confirm` runs within this many seconds.
     pub confirm_seconds: u64,
@@ -334,6 +341,7 @@ impl Default for WebConfig {
             lockout_minutes: 15,
             password_min_chars: 12,
             logins_per_minute: 10,
+            refusal_summary_seconds: 60,
             max_body_bytes: 64 * 1024,
             second_factor_roles: vec!["admin".to_owned()],
             api_requests_per_minute: 600,
@@ -373,6 +381,7 @@ impl Default for FirewallConfig {
             max_ports_per_grant: 16,
             max_grant_minutes: 8 * 60,
             reconcile_seconds: 30,
+            lease_seconds: 60,
             confirm_seconds: 120,
             socket: None,
         }
@@ -598,6 +607,15 @@ impl Config {
                 "firewall.reconcile_seconds",
                 self.firewall.reconcile_seconds,
                 "must be between 1 and 3600",
+            ));
+        }
+        // Renewal runs on a one-second tick every third of the lease: below 3 s a busy
+        // moment could let it lapse; above 10 minutes a revoke would not hold in any sense.
+        if !(3..=600).contains(&self.firewall.lease_seconds) {
+            return Err(ConfigError::new(
+                "firewall.lease_seconds",
+                self.firewall.lease_seconds,
+                "must be between 3 and 600",
             ));
         }
         if !(1..=3600).contains(&self.firewall.confirm_seconds) {
@@ -892,7 +910,7 @@ impl Config {
                 ));
             }
         }
-        let ranges: [(&str, u32, std::ops::RangeInclusive<u32>); 8] = [
+        let ranges: [(&str, u32, std::ops::RangeInclusive<u32>); 9] = [
             (
                 "web.session_absolute_minutes",
                 web.session_absolute_minutes,
@@ -907,6 +925,11 @@ impl Config {
             ("web.lockout_minutes", web.lockout_minutes, 1..=24 * 60),
             ("web.password_min_chars", web.password_min_chars, 10..=128),
             ("web.logins_per_minute", web.logins_per_minute, 1..=10_000),
+            (
+                "web.refusal_summary_seconds",
+                web.refusal_summary_seconds,
+                1..=3600,
+            ),
             (
                 "web.api_requests_per_minute",
                 web.api_requests_per_minute,

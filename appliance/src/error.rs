@@ -33,6 +33,12 @@ pub enum Error {
     Key { path: PathBuf, problem: String },
     #[error("{what} is missing; run `plantgate init` first ({path})")]
     NotInitialised { what: &'static str, path: PathBuf },
+    /// The data partition (or the database server's disk) has no space left: nothing was
+    /// stored. It clears by itself once space is freed, so callers refuse with "retry
+    /// later" rather than fail. `what` says what could not be written (no file paths: the
+    /// message reaches devices and browsers).
+    #[error("storage full: {what} could not be written; nothing was stored, retry later")]
+    StorageFull { what: &'static str },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +75,10 @@ pub enum AuditError {
     Key { path: PathBuf, problem: String },
     #[error("signed audit head {path}: {problem}")]
     Head { path: PathBuf, problem: String },
+    /// The store does not extend the signed audit head (truncated, replaced or diverged):
+    /// nothing may append until the real store is back or a restore is accepted.
+    #[error("{0}")]
+    Discontinuity(Box<crate::audit::continuity::Discontinuity>),
     #[error("audit signature: {0}")]
     Crypto(#[from] openssl::error::ErrorStack),
     #[error("audit export: {0}")]
@@ -92,6 +102,7 @@ impl Error {
             Error::Audit(AuditError::InvalidEvent(_)) => "audit.invalid_event",
             Error::Audit(AuditError::Key { .. } | AuditError::Crypto(_)) => "audit.key",
             Error::Audit(AuditError::Head { .. }) => "audit.head",
+            Error::Audit(AuditError::Discontinuity(found)) => found.code(),
             Error::Audit(AuditError::Export(_)) => "audit.export_failed",
             Error::Audit(AuditError::Syslog(_)) => "audit.syslog_failed",
             Error::Invalid { .. } => "request.invalid",
@@ -100,7 +111,14 @@ impl Error {
             Error::Forbidden(_) => "request.forbidden",
             Error::Key { .. } => "appliance.key",
             Error::NotInitialised { .. } => "appliance.not_initialised",
+            Error::StorageFull { .. } => "storage.full",
         }
+    }
+
+    /// Whether this is [`Error::StorageFull`]: the one question callers ask to answer 503
+    /// with a reason instead of a generic failure.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, Error::StorageFull { .. })
     }
 
     pub fn invalid(field: &'static str, problem: impl Into<String>) -> Self {
@@ -113,12 +131,106 @@ impl Error {
 
 impl From<diesel::result::Error> for Error {
     fn from(err: diesel::result::Error) -> Self {
+        if is_disk_full(&err) {
+            return Error::StorageFull { what: "the store" };
+        }
         Error::Store(StoreError::Query(err))
     }
+}
+
+/// Whether a store error says the disk is full. Neither backend gives diesel a distinct
+/// kind for it, so the text decides: SQLite's `SQLITE_FULL` is "database or disk is full"
+/// (for the database, its WAL or a temporary file); PostgreSQL reports `ENOSPC` as "could
+/// not extend file ...: No space left on device" (SQLSTATE 53100) or a failed write with
+/// the same suffix.
+pub fn is_disk_full(err: &diesel::result::Error) -> bool {
+    let message = match err {
+        diesel::result::Error::DatabaseError(_, info) => info.message(),
+        // A COMMIT that failed for want of space, and whose rollback failed too.
+        diesel::result::Error::RollbackErrorOnCommit { commit_error, .. } => {
+            return is_disk_full(commit_error);
+        }
+        _ => return false,
+    };
+    let message = message.to_ascii_lowercase();
+    message.contains("database or disk is full") || message.contains("no space left on device")
+}
+
+/// Whether a file system error means no space is left: `ENOSPC`, or `EDQUOT` (a quota
+/// fills the same way and clears the same way).
+pub fn is_io_full(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 impl From<openssl::error::ErrorStack> for Error {
     fn from(err: openssl::error::ErrorStack) -> Self {
         Error::Audit(AuditError::Crypto(err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind};
+
+    struct Message(&'static str);
+
+    impl DatabaseErrorInformation for Message {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn details(&self) -> Option<&str> {
+            None
+        }
+        fn hint(&self) -> Option<&str> {
+            None
+        }
+        fn table_name(&self) -> Option<&str> {
+            None
+        }
+        fn column_name(&self) -> Option<&str> {
+            None
+        }
+        fn constraint_name(&self) -> Option<&str> {
+            None
+        }
+        fn statement_position(&self) -> Option<i32> {
+            None
+        }
+    }
+
+    fn database(message: &'static str) -> diesel::result::Error {
+        diesel::result::Error::DatabaseError(DatabaseErrorKind::Unknown, Box::new(Message(message)))
+    }
+
+    #[test]
+    fn either_backends_words_for_a_full_disk_are_storage_full() {
+        // SQLite's SQLITE_FULL, and PostgreSQL's ENOSPC (SQLSTATE 53100), which the loop
+        // mount test cannot provoke: the server's disk is the machine's.
+        for message in [
+            "database or disk is full",
+            "could not extend file \"base/16384/16385\": No space left on device",
+        ] {
+            let err = Error::from(database(message));
+            assert!(err.is_storage_full(), "{message}");
+            assert_eq!(err.code(), "storage.full");
+        }
+        let commit = diesel::result::Error::RollbackErrorOnCommit {
+            rollback_error: Box::new(diesel::result::Error::BrokenTransactionManager),
+            commit_error: Box::new(database("database or disk is full")),
+        };
+        assert!(Error::from(commit).is_storage_full());
+        for other in [
+            "disk I/O error",
+            "duplicate key value violates unique constraint",
+        ] {
+            assert_eq!(Error::from(database(other)).code(), "store.query_failed");
+        }
+        assert!(is_io_full(&std::io::Error::from_raw_os_error(28))); // ENOSPC
+        assert!(is_io_full(&std::io::Error::from_raw_os_error(122))); // EDQUOT
+        assert!(!is_io_full(&std::io::Error::from_raw_os_error(13))); // EACCES
     }
 }

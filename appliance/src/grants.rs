@@ -4,6 +4,8 @@
 //! until it expires or is revoked. Grants are written here, validated before anything is
 //! stored; the firewall controller reads the live ones and applies them to nftables.
 
+pub mod control;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -598,6 +600,39 @@ impl Grant {
             .load(conn)?)
     }
 
+    /// Live grants from `requester` to `device`: the only ones that can share a pinhole
+    /// with a grant between the two, so a change to one grant reads only these.
+    pub fn live_between(
+        conn: &mut DbConnection,
+        requester: &str,
+        device: &str,
+        now: i64,
+    ) -> Result<Vec<Grant>> {
+        Ok(firewall_grants::table
+            .filter(firewall_grants::requester_addr.eq(requester))
+            .filter(firewall_grants::device_addr.eq(device))
+            .filter(firewall_grants::revoked_at_us.is_null())
+            .filter(firewall_grants::closed_at_us.is_null())
+            .filter(firewall_grants::expires_at_us.gt(now))
+            .order(firewall_grants::id)
+            .select(Grant::as_select())
+            .load(conn)?)
+    }
+
+    /// Grants that ended (revoked, or past their expiry) but are not yet marked closed.
+    pub fn ended_unclosed(conn: &mut DbConnection, now: i64) -> Result<Vec<Grant>> {
+        Ok(firewall_grants::table
+            .filter(firewall_grants::closed_at_us.is_null())
+            .filter(
+                firewall_grants::revoked_at_us
+                    .is_not_null()
+                    .or(firewall_grants::expires_at_us.le(now)),
+            )
+            .order(firewall_grants::id)
+            .select(Grant::as_select())
+            .load(conn)?)
+    }
+
     /// Grants not yet marked closed, live or not: what the controller still has to act on.
     pub fn unclosed(conn: &mut DbConnection) -> Result<Vec<Grant>> {
         Ok(firewall_grants::table
@@ -680,24 +715,10 @@ impl Grant {
 /// Asks the firewall controller to reconcile now, and returns its one-line answer. A
 /// controller that is not running applies the store's state at its next start.
 pub fn poke_firewall(config: &Config) -> std::result::Result<String, String> {
-    use std::io::{BufRead, BufReader, Write};
-    let path = config.firewall_socket();
-    let stream = std::os::unix::net::UnixStream::connect(&path)
-        .map_err(|err| format!("{}: {err}", path.display()))?;
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .map_err(|err| err.to_string())?;
-    (&stream)
-        .write_all(b"reconcile\n")
-        .map_err(|err| err.to_string())?;
-    let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .map_err(|err| err.to_string())?;
-    let answer = answer.trim().to_owned();
-    match answer.strip_prefix("ok") {
-        Some(rest) => Ok(rest.trim().to_owned()),
-        None => Err(answer),
+    match control::ask(config, control::Request::Reconcile)? {
+        control::Answer::Done(words) => Ok(words),
+        control::Answer::Failed(why) => Err(why),
+        other => Err(format!("unexpected answer {:?}", other.line())),
     }
 }
 

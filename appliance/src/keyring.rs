@@ -351,8 +351,9 @@ fn refusal(service: Service, path: &Path, need: &str, err: &std::io::Error) -> S
 }
 
 /// Checks with this process's own rights that every file `service` needs can be used the
-/// way it needs it: each key of the table it reads, and the shared store files it writes.
-/// `Err` is one line naming the file, its owner and mode, and what was needed.
+/// way it needs it: each key of the table it reads, and the shared store files it writes;
+/// then that the store extends the signed audit head. `Err` is one line naming the file,
+/// its owner and mode, and what was needed, or the two sequence numbers that disagree.
 pub fn self_check(config: &Config, service: Service) -> Result<(), String> {
     let keys = config.keys_dir();
     for row in KEY_FILES
@@ -390,7 +391,30 @@ pub fn self_check(config: &Config, service: Service) -> Result<(), String> {
             return Err(refusal(service, &path, need, &err));
         }
     }
-    Ok(())
+    store_extends_head(config, service)
+}
+
+/// The store must extend the signed audit head: a service never starts on a store that is
+/// empty or older than the head says (its appends would be refused anyway). A store that
+/// cannot be opened is left to the service's own open, which names the problem.
+fn store_extends_head(config: &Config, service: Service) -> Result<(), String> {
+    // A missing file is the open's to report (and to note, once).
+    if let Ok(crate::config::StoreTarget::Sqlite(db)) = config.store_target()
+        && !db.is_file()
+    {
+        return Ok(());
+    }
+    let Ok(store) = crate::store::Store::open(config) else {
+        return Ok(());
+    };
+    let head = crate::audit::head::HeadFile::in_dir(&config.data_dir);
+    match crate::audit::continuity::check(&store, &head, service.program()) {
+        Err(err @ Error::Audit(crate::error::AuditError::Discontinuity(_))) => {
+            Err(format!("{}: cannot start: {err}", service.program()))
+        }
+        // Any other failure (the store busy, say) is the service's open to report.
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

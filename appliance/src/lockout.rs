@@ -138,6 +138,18 @@ impl Counter {
         })
     }
 
+    /// Gives back the place [`Counter::reserve`] counted for an attempt that was then not
+    /// checked at all (the password checks were too busy): it was no guess. A lock set
+    /// meanwhile stays, with its count.
+    pub fn release(self, conn: &mut DbConnection) -> Result<()> {
+        on_counter!(self, |target, failures, locked| {
+            diesel::update(target.filter(locked.is_null()).filter(failures.gt(0)))
+                .set(failures.eq(failures - 1))
+                .execute(conn)?;
+            Ok(())
+        })
+    }
+
     /// A right secret: the count starts again.
     pub fn reset(self, conn: &mut DbConnection) -> Result<()> {
         on_counter!(self, |target, failures, locked| {

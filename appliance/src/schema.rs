@@ -470,3 +470,14 @@ diesel::table! {
         updated_at_us -> BigInt,
     }
 }
+
+diesel::table! {
+    firewall_status (id) {
+        id -> Integer,
+        started_at_us -> BigInt,
+        lease_seconds -> Integer,
+        lease_renewed_at_us -> BigInt,
+        reconciled_at_us -> Nullable<BigInt>,
+        last_error -> Nullable<Text>,
+    }
+}

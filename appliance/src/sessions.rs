@@ -197,11 +197,22 @@ pub fn resume(
         return Ok(Err(rejected));
     }
     // Write the last-seen time at most once a minute, not on every request.
+    // On a full disk the page is still served (reading stores nothing); the time is written
+    // at a later request, and meanwhile the idle limit counts from the last one written.
     if now - session.last_seen_us >= 60_000_000 {
         let mut conn = audit.store().conn()?;
-        diesel::update(sessions::table.find(session.id))
+        let written = diesel::update(sessions::table.find(session.id))
             .set(sessions::last_seen_us.eq(now))
-            .execute(&mut *conn)?;
+            .execute(&mut *conn)
+            .map_err(crate::Error::from);
+        match written {
+            Err(err) if err.is_storage_full() => {
+                tracing::warn!(error = %err, "session last-seen time not written");
+            }
+            other => {
+                other?;
+            }
+        }
     }
     Ok(Ok((
         Session {

@@ -127,9 +127,13 @@ impl Store {
 
     fn connect(config: &Config, create: bool) -> Result<Store> {
         let target = config.store_target()?;
-        let missing = |problem: &'static str| StoreError::Missing {
-            target: target.redacted(),
-            problem,
+        let missing = |problem: &'static str| {
+            // On an initialised box this is an episode the audit log must not lose.
+            crate::audit::continuity::note_store_missing(&config.data_dir, &target.redacted());
+            StoreError::Missing {
+                target: target.redacted(),
+                problem,
+            }
         };
         if let StoreTarget::Sqlite(path) = &target
             && !create
@@ -142,10 +146,20 @@ impl Store {
             busy_timeout_ms: config.store.busy_timeout_ms,
             create,
         };
-        let mut first = manager.connect().map_err(|err| StoreError::Connect {
-            target: target.redacted(),
-            reason: err.to_string(),
-        })?;
+        let mut first = match manager.connect() {
+            Ok(conn) => conn,
+            // A dropped or renamed PostgreSQL database is a missing store, not an outage.
+            Err(err) if !create && is_missing_database(&err) => {
+                return Err(missing("does not exist").into());
+            }
+            Err(err) => {
+                return Err(StoreError::Connect {
+                    target: target.redacted(),
+                    reason: err.to_string(),
+                }
+                .into());
+            }
+        };
         if !create && !has_migrations_table(&mut first)? {
             return Err(missing("is not a Plantgate store (it has no Plantgate tables)").into());
         }
@@ -259,6 +273,18 @@ fn sqlite_uri(path: &Path, create: bool) -> String {
     }
     uri.push_str(if create { "?mode=rwc" } else { "?mode=rw" });
     uri
+}
+
+/// Whether PostgreSQL refused the connection because the named database does not exist
+/// (SQLSTATE 3D000). libpq gives only the server's message text, so the text decides; with
+/// any other wording the error stays "cannot open the store", which also refuses.
+fn is_missing_database(err: &diesel::r2d2::Error) -> bool {
+    match err {
+        diesel::r2d2::Error::ConnectionError(diesel::ConnectionError::BadConnection(message)) => {
+            message.contains("database") && message.contains("does not exist")
+        }
+        _ => false,
+    }
 }
 
 #[derive(diesel::QueryableByName)]

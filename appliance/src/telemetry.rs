@@ -213,6 +213,9 @@ struct ErrorFile {
     path: PathBuf,
     rotated: PathBuf,
     open: Option<File>,
+    /// A write failed, perhaps half done (a full disk takes what fits in the last block):
+    /// the next line starts on a line of its own, so that the cut one does not swallow it.
+    cut: bool,
 }
 
 impl ErrorFile {
@@ -235,6 +238,7 @@ impl ErrorFile {
             rotated: dir.join(format!("{name}.errors.1")),
             dir,
             open: None,
+            cut: false,
         }
     }
 
@@ -247,7 +251,15 @@ impl ErrorFile {
     /// Appends one line (in one write, so that two processes' lines do not interleave),
     /// rotating first when the file would pass [`MAX_FILE_BYTES`].
     fn append(&mut self, line: &[u8]) -> io::Result<()> {
-        let result = self.try_append(line);
+        let result = if self.cut {
+            let mut fresh = Vec::with_capacity(line.len() + 1);
+            fresh.push(b'\n');
+            fresh.extend_from_slice(line);
+            self.try_append(&fresh)
+        } else {
+            self.try_append(line)
+        };
+        self.cut = result.is_err();
         if result.is_err() {
             // Start from the path again next time.
             self.open = None;
@@ -514,6 +526,27 @@ mod tests {
             0o640,
             "group-readable, whatever the umask"
         );
+    }
+
+    #[test]
+    fn after_a_failed_write_the_next_entry_starts_on_its_own_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = ErrorFile::new(dir.path(), "plantgate-ingest");
+        file.append(b"{\"first\":1}\n").unwrap();
+        // What a write cut short by a full disk leaves: the start of a line. A handle that
+        // cannot write stands in for the full disk.
+        let path = dir.path().join("log/plantgate-ingest.errors");
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"cut")
+            .unwrap();
+        file.open = Some(File::open(&path).unwrap());
+        assert!(file.append(b"{\"lost\":2}\n").is_err());
+        file.append(b"{\"after\":3}\n").unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"first\":1}\n{\"cut\n{\"after\":3}\n");
     }
 
     #[test]

@@ -2,20 +2,25 @@
 //!
 //! `cargo bench -p plantgate-firewall --bench firewall` prints the time to replace the whole
 //! table with 10, 1,000 and 10,000 live grants, the time to add one grant to each, and TCP
-//! throughput across the appliance (iperf3) with 10 and with 10,000 grants. Under
-//! `cargo test` it runs on small numbers, so it cannot rot.
+//! throughput across the appliance (iperf3) with 10 and with 10,000 grants. Then, with the
+//! controller running on a store holding 10, 1,000 and 10,000 live grants, the time to open
+//! and to revoke one grant as `plantgate grant open/revoke` does it (store, then the
+//! controller's confirmation), beside a full reconcile. Under `cargo test` it runs on small
+//! numbers, so it cannot rot.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::io::BufRead;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use appliance::config::Config;
-use appliance::grants::{Pinhole, Protocol};
-use common::{DEVICE, REQUESTER, Topology};
+use appliance::grants::control::{self, Enforcement, GrantState};
+use appliance::grants::{Grant, GrantRequest, Pinhole, Protocol};
+use common::{DEVICE, REQUESTER, Topology, test_actor};
 use firewall::ruleset::{self, Policy, TimedPinhole};
 
 /// `n` pinholes: the iperf3 one, and fillers from other requesters to other ports.
@@ -93,12 +98,25 @@ fn main() {
     let config = Config::load(Some(&t.config_path)).unwrap();
     let policy = Policy::from_config(&config).unwrap();
     let mut server = Command::new("ip")
-        .args(["netns", "exec", &t.device_ns, "iperf3", "-s"])
-        .stdout(Stdio::null())
+        .args([
+            "netns",
+            "exec",
+            &t.device_ns,
+            "iperf3",
+            "-s",
+            "--forceflush",
+        ])
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("iperf3 server (apt-get install iperf3)");
-    std::thread::sleep(Duration::from_millis(300));
+    // It says "Server listening on 5201" once it listens; the rest of its output is drained.
+    let mut output = std::io::BufReader::new(server.stdout.take().expect("stdout")).lines();
+    assert!(
+        output.any(|l| l.is_ok_and(|l| l.contains("Server listening"))),
+        "iperf3 did not start"
+    );
+    std::thread::spawn(move || output.for_each(drop));
 
     println!(
         "firewall benchmark (nftables {}; namespaces and veth on this machine)",
@@ -139,6 +157,91 @@ fn main() {
     }
     let _ = server.kill();
     let _ = server.wait();
+    drop(t);
+    grant_changes(sizes, if full { 9 } else { 3 });
+}
+
+/// `n` live grants straight into the store (already applied), from 10.98.x.y to the
+/// device's s7 port: what a busy appliance holds.
+fn fill_store(t: &Topology, n: u32) {
+    use appliance::schema::firewall_grants as g;
+    use diesel::prelude::*;
+    let now = appliance::time::now_us();
+    let rows: Vec<_> = (0..n)
+        .map(|i| {
+            (
+                g::requester_addr.eq(format!("10.98.{}.{}", i / 250, i % 250 + 1)),
+                g::device_addr.eq(DEVICE),
+                g::agent.eq("s7"),
+                g::ports.eq("tcp/102"),
+                g::reason.eq("benchmark"),
+                g::created_by.eq("system:bench"),
+                g::created_at_us.eq(now),
+                g::expires_at_us.eq(now + 3_600_000_000),
+                g::applied_at_us.eq(Some(now)),
+            )
+        })
+        .collect();
+    let mut conn = t.app.store.conn().unwrap();
+    for chunk in rows.chunks(1000) {
+        appliance::on_backend!(&mut *conn, c => diesel::insert_into(g::table)
+            .values(chunk)
+            .execute(c))
+        .unwrap();
+    }
+}
+
+fn median(mut times: Vec<Duration>) -> f64 {
+    times.sort();
+    times[times.len() / 2].as_secs_f64() * 1e3
+}
+
+/// Opening and revoking one grant against `n` live ones, end to end: the median of `rounds`.
+fn grant_changes(sizes: &[u32], rounds: usize) {
+    println!("{:<52} {:>14}", "", "median");
+    for &n in sizes {
+        let mut t = Topology::new();
+        fill_store(&t, n);
+        // The timer's full reconcile stays out of the way of what is measured.
+        t.start_daemon_with(&[("PLANTGATE_FIREWALL__RECONCILE_SECONDS", "3600")]);
+        let config = &t.app.config;
+        let (mut open, mut revoke, mut full) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let started = Instant::now();
+            let request = GrantRequest {
+                requester: "10.97.0.1".into(),
+                device: DEVICE.into(),
+                agent: "s7".into(),
+                duration_seconds: 600,
+                reason: "benchmark".into(),
+                dnat_port: None,
+            };
+            let grant = Grant::open(&t.app.audit, &test_actor(), config, &request).unwrap();
+            let state = control::apply_grant(config, grant.id).unwrap();
+            open.push(started.elapsed());
+            assert_eq!(state, GrantState::Open { pinholes: 1 });
+
+            let started = Instant::now();
+            Grant::revoke(&t.app.audit, &test_actor(), grant.id, "benchmark").unwrap();
+            let enforced = control::enforce_revoke(&t.app.audit, &test_actor(), config, grant.id);
+            revoke.push(started.elapsed());
+            assert!(
+                matches!(enforced, Enforcement::Confirmed { removed: 1, .. }),
+                "{enforced}"
+            );
+
+            let started = Instant::now();
+            t.poke().unwrap();
+            full.push(started.elapsed());
+        }
+        for (what, times) in [
+            (format!("open one grant, {n} live"), open),
+            (format!("revoke one grant, {n} live"), revoke),
+            (format!("full reconcile (start, timer), {n} live"), full),
+        ] {
+            println!("{what:<52} {:>11.1} ms", median(times));
+        }
+    }
 }
 
 fn nft_version() -> String {

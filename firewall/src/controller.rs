@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use appliance::grants::control::{FirewallStatus, GrantState};
 use appliance::grants::{Grant, Pinhole};
 use appliance::time::now_us;
 use appliance::{Actor, Appliance, AuditEvent};
@@ -51,6 +52,10 @@ pub struct Controller {
     /// A change to management access that rolls back unless confirmed.
     pending: Option<Pending>,
     rolled_back: bool,
+    /// When the kernel's lease was last renewed by us; `None` before the first apply.
+    lease_renewed: Option<Instant>,
+    /// What the portal reads about us; written at every renewal.
+    status: FirewallStatus,
 }
 
 impl Controller {
@@ -73,6 +78,13 @@ impl Controller {
                 "management access changed: run `plantgate-firewall confirm` in time, or it is rolled back"
             );
         }
+        let status = FirewallStatus {
+            started_at_us: now_us(),
+            lease_seconds: i32::try_from(policy.lease_seconds).unwrap_or(i32::MAX),
+            lease_renewed_at_us: 0,
+            reconciled_at_us: None,
+            last_error: None,
+        };
         Ok(Controller {
             app,
             policy,
@@ -81,6 +93,8 @@ impl Controller {
             confirmed,
             pending,
             rolled_back: false,
+            lease_renewed: None,
+            status,
         })
     }
 
@@ -107,8 +121,29 @@ impl Controller {
         Ok("confirmed")
     }
 
-    /// Brings the kernel to what the store says, and records what it changed.
+    /// Brings the kernel to what the store says, and records what it changed. A success
+    /// proves the store readable and the kernel in line with it, so the lease is renewed.
     pub fn reconcile(&mut self) -> Result<Summary> {
+        let result = self.reconcile_inner();
+        match &result {
+            Ok(_) => {
+                self.status.reconciled_at_us = Some(now_us());
+                self.status.last_error = None;
+                if self.renewal_due() {
+                    self.renew_lease()?;
+                } else {
+                    self.record_status();
+                }
+            }
+            Err(err) => {
+                self.status.last_error = Some(err.to_string());
+                self.record_status();
+            }
+        }
+        result
+    }
+
+    fn reconcile_inner(&mut self) -> Result<Summary> {
         if self.rollback_due()
             && let Some(change) = self.pending.take()
         {
@@ -135,6 +170,10 @@ impl Controller {
 
         let shape_matches = matches!((&listing, &self.applied_shape), (Some(l), Some(applied)) if nft::shape(l) == *applied);
         if shape_matches {
+            // A lease element deleted by hand closed everything; put it back with the rest.
+            if !listing.as_ref().is_some_and(lease_present) {
+                self.lease_renewed = None;
+            }
             self.sync_elements(listing.as_ref(), &wanted, &live, &mut summary)?;
         } else {
             let why = match (&listing, &self.applied_shape) {
@@ -151,6 +190,9 @@ impl Controller {
                 crate::FirewallError::Nft("the table vanished after apply".into())
             })?;
             self.applied_shape = Some(nft::shape(&after));
+            // The new table holds a fresh lease.
+            self.lease_renewed = Some(Instant::now());
+            self.status.lease_renewed_at_us = now_us();
             summary.replaced = Some(why);
             summary.added = pinholes.len() + forwards.len();
             let action = if why.contains("by hand") {
@@ -290,33 +332,169 @@ impl Controller {
             .into_iter()
             .filter(|g| !live_ids.contains(&g.id));
         for grant in ended {
-            // Not live and not closed: revoked, or past its expiry.
-            let (action, why) = if grant.revoked_at_us.is_some() {
-                ("cut", "revoked")
-            } else {
-                ("expired", "expired")
-            };
-            let mut cut = 0;
-            for pinhole in grant
+            let pinholes: Vec<Pinhole> = grant
                 .pinholes()?
-                .iter()
-                .filter(|p| !still_open.contains(*p))
-            {
-                cut += conntrack::cut(pinhole)?;
-            }
-            summary.connections_cut += cut;
+                .into_iter()
+                .filter(|p| !still_open.contains(p))
+                .collect();
+            summary.connections_cut += self.close(&grant, &pinholes)?;
             summary.closed += 1;
-            let details = json!({
-                "why": why,
-                "connections_cut": cut,
-                "requester": grant.requester_addr,
-                "device": grant.device_addr,
-                "ports": grant.ports,
-            });
-            Grant::mark_closed(&self.app.audit, &self.actor, grant.id, action, details)?;
         }
         Ok(())
     }
+
+    /// Not live and not closed: revoked, or past its expiry. Cuts the conntrack entries of
+    /// `pinholes` (those no other live grant opens) and records the grant closed, audited
+    /// with how long a revoke waited for the kernel.
+    fn close(&self, grant: &Grant, pinholes: &[Pinhole]) -> Result<u32> {
+        let (action, why) = if grant.revoked_at_us.is_some() {
+            ("cut", "revoked")
+        } else {
+            ("expired", "expired")
+        };
+        let mut cut = 0;
+        for pinhole in pinholes {
+            cut += conntrack::cut(pinhole)?;
+        }
+        let mut details = json!({
+            "why": why,
+            "connections_cut": cut,
+            "requester": grant.requester_addr,
+            "device": grant.device_addr,
+            "ports": grant.ports,
+        });
+        if let Some(revoked) = grant.revoked_at_us {
+            // Milliseconds from the revoke to the kernel's confirmation: large after the
+            // controller was down, when the lease had closed the pinhole meanwhile.
+            details["confirmed_after_ms"] = json!((now_us() - revoked).max(0) / 1000);
+        }
+        Grant::mark_closed(&self.app.audit, &self.actor, grant.id, action, details)?;
+        Ok(cut)
+    }
+
+    /// Applies one grant's change and touches nothing else: reads that grant and the live
+    /// grants between the same two addresses (they may share its pinholes), then adds or
+    /// removes only its elements in one transaction. When that transaction fails (the table
+    /// is missing or was changed by hand), a full reconcile does it instead.
+    pub fn apply_grant(&mut self, id: i64) -> Result<GrantState> {
+        let now = now_us();
+        let (grant, between) = {
+            let mut conn = self.app.store.conn()?;
+            let grant = Grant::find(&mut conn, id)?;
+            let between =
+                Grant::live_between(&mut conn, &grant.requester_addr, &grant.device_addr, now)?;
+            (grant, between)
+        };
+        let live = between.iter().any(|g| g.id == id);
+        let wanted = desired(&between, now)?;
+        let own = desired(std::slice::from_ref(&grant), now)?;
+        let (mut put, mut remove) = (Vec::new(), Vec::new());
+        for (key, timed) in &own.pinholes {
+            match wanted.pinholes.get(key) {
+                Some(kept) => put.push(*kept),
+                None => remove.push(timed.pinhole),
+            }
+        }
+        let (mut put_forwards, mut remove_forwards) = (Vec::new(), Vec::new());
+        for (key, forward) in &own.forwards {
+            match wanted.forwards.get(key) {
+                Some(kept) => put_forwards.push(*kept),
+                None => remove_forwards.push(*forward),
+            }
+        }
+        let batch = ruleset::grant_change(&put, &remove, &put_forwards, &remove_forwards);
+        if let Err(err) = nft::apply(&batch) {
+            tracing::warn!(error = %err, grant = id, "changing one grant failed; reconciling the whole table");
+            let summary = self.reconcile()?;
+            return Ok(if live {
+                GrantState::Open {
+                    pinholes: put.len(),
+                }
+            } else {
+                GrantState::Closed {
+                    removed: remove.len(),
+                    connections_cut: summary.connections_cut,
+                }
+            });
+        }
+        if live {
+            if grant.applied_at_us.is_none() {
+                Grant::mark_applied(&self.app.audit, &self.actor, id)?;
+            }
+            return Ok(GrantState::Open {
+                pinholes: put.len(),
+            });
+        }
+        let connections_cut = if grant.closed_at_us.is_none() {
+            self.close(&grant, &remove)?
+        } else {
+            0
+        };
+        Ok(GrantState::Closed {
+            removed: remove.len(),
+            connections_cut,
+        })
+    }
+
+    fn renewal_due(&self) -> bool {
+        let third = Duration::from_secs(u64::from(self.policy.lease_seconds) / 3)
+            .max(Duration::from_millis(500));
+        self.lease_renewed.is_none_or(|at| at.elapsed() >= third)
+    }
+
+    /// Called every second. When a third of the lease has passed, closes every grant that
+    /// ended without being closed (a revoke whose poke never arrived), and only then renews
+    /// the lease. A store that cannot be read, or a grant that cannot be closed, leaves the
+    /// lease to lapse: every pinhole then closes within it. Returns whether it renewed.
+    pub fn keep_lease(&mut self) -> Result<bool> {
+        if !self.renewal_due() {
+            return Ok(false);
+        }
+        let ended = Grant::ended_unclosed(&mut *self.app.store.conn()?, now_us())?;
+        for grant in ended {
+            self.apply_grant(grant.id)?;
+        }
+        self.renew_lease()?;
+        Ok(true)
+    }
+
+    fn renew_lease(&mut self) -> Result<()> {
+        nft::apply(&ruleset::renew_lease(&self.policy))?;
+        self.lease_renewed = Some(Instant::now());
+        self.status.lease_renewed_at_us = now_us();
+        self.record_status();
+        Ok(())
+    }
+
+    /// For the portal's overview; a store that cannot take it is logged, not fatal: the
+    /// lease, not this row, is what keeps a revoke holding.
+    fn record_status(&self) {
+        let written = self
+            .app
+            .store
+            .conn()
+            .map_err(crate::FirewallError::from)
+            .and_then(|mut conn| Ok(self.status.record(&mut conn)?));
+        if let Err(err) = written {
+            tracing::warn!(error = %err, "cannot record the controller's status in the store");
+        }
+    }
+}
+
+/// Whether the listing holds the lease element (it lapses, or was deleted by hand).
+fn lease_present(listing: &Value) -> bool {
+    listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|object| object.get("set"))
+        .filter(|set| set.get("name") == Some(&Value::from(ruleset::LEASE)))
+        .any(|set| {
+            set.get("elem")
+                .and_then(Value::as_array)
+                .is_some_and(|elems| !elems.is_empty())
+        })
 }
 
 fn describe(p: &Pinhole) -> String {
@@ -347,13 +525,15 @@ pub fn desired(live: &[Grant], now: i64) -> Result<Desired> {
             .unwrap_or(u32::MAX)
             .max(1);
         for pinhole in grant.pinholes()? {
-            wanted.pinholes.insert(
-                pinhole,
-                TimedPinhole {
+            // Two grants may open the same pinhole: it lasts as long as the longer one.
+            wanted
+                .pinholes
+                .entry(pinhole)
+                .and_modify(|t| t.timeout_seconds = t.timeout_seconds.max(timeout_seconds))
+                .or_insert(TimedPinhole {
                     pinhole,
                     timeout_seconds,
-                },
-            );
+                });
             if let Some(uplink_port) = grant.dnat_port.and_then(|p| u16::try_from(p).ok()) {
                 let forward = PortForward {
                     requester: pinhole.requester,

@@ -7,6 +7,7 @@
 pub mod conntrack;
 pub mod controller;
 pub mod management;
+pub mod monitor;
 pub mod nft;
 pub mod ruleset;
 pub mod text;

@@ -20,10 +20,18 @@ pub fn apply(batch: &Nftables) -> Result<()> {
     let mut file = tempfile::NamedTempFile::new().map_err(|e| failed(&e))?;
     serde_json::to_writer(&mut file, batch).map_err(|e| failed(&e))?;
     file.flush().map_err(|e| failed(&e))?;
-    let output = std::process::Command::new("nft")
+    let child = std::process::Command::new("nft")
         .args(["-j", "-f"])
         .arg(file.path())
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|err| FirewallError::Nft(format!("cannot run nft: {err}")))?;
+    // So the drift watcher does not take our own transaction for someone else's.
+    crate::monitor::note_own_transaction(child.id());
+    let output = child
+        .wait_with_output()
         .map_err(|err| FirewallError::Nft(format!("cannot run nft: {err}")))?;
     if output.status.success() {
         Ok(())

@@ -16,16 +16,21 @@ use nftables::expr::{
     CT, Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, SetItem,
 };
 use nftables::schema::{
-    Chain, Counter as CounterObject, Element, Map, NfCmd, NfListObject, NfObject, Nftables, Rule,
-    Set, SetFlag, SetType, SetTypeValue, Table,
+    Chain, Counter as CounterObject, Element, FlushObject, Map, NfCmd, NfListObject, NfObject,
+    Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
 };
 use nftables::stmt::{Counter, Limit, Log, Match, NAT, NATFamily, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::{FirewallError, Result};
 
+mod ipv6;
+
 pub const TABLE: &str = "plantgate";
 pub const GRANTS: &str = "grants";
+/// The controller's lease: one element (the uplink's name) with a short timeout that the
+/// running controller keeps renewing. Every grant lookup needs it as well.
+pub const LEASE: &str = "lease";
 /// Port forwards: (requester, protocol, uplink port) to the device's address, and to its port.
 pub const FORWARD_ADDRS: &str = "forward_addrs";
 pub const FORWARD_PORTS: &str = "forward_ports";
@@ -52,6 +57,8 @@ pub struct Policy {
     pub device_ntp: bool,
     pub outbound: Vec<PortRange>,
     pub icmp_echo_per_second: u32,
+    /// How long the pinholes stay open after the controller's last renewal.
+    pub lease_seconds: u32,
 }
 
 impl Policy {
@@ -87,6 +94,7 @@ impl Policy {
             device_ntp: config.firewall.device_ntp,
             outbound,
             icmp_echo_per_second: config.firewall.icmp_echo_per_second,
+            lease_seconds: u32::try_from(config.firewall.lease_seconds).unwrap_or(u32::MAX),
         })
     }
 
@@ -286,6 +294,16 @@ pub fn table_objects(policy: &Policy) -> Vec<NfListObject<'static>> {
         flags: Some(HashSet::from([SetFlag::Timeout])),
         ..Default::default()
     })));
+    // A killed controller, or one that cannot read the store, stops renewing this element:
+    // within the lease every grant lookup fails, so a revoke it never applied still holds.
+    objects.push(NfListObject::Set(Box::new(Set {
+        family: NfFamily::INet,
+        table: Cow::Borrowed(TABLE),
+        name: Cow::Borrowed(LEASE),
+        set_type: SetTypeValue::Single(SetType::Ifname),
+        flags: Some(HashSet::from([SetFlag::Timeout])),
+        ..Default::default()
+    })));
     // Two plain maps rather than one with concatenated data: nft 1.0.6 crashes parsing the
     // JSON of a `dnat ... map` whose data is a concatenation.
     for (name, data) in [
@@ -336,6 +354,9 @@ pub fn table_objects(policy: &Policy) -> Vec<NfListObject<'static>> {
             set_of(vec![s("established"), s("related")]),
         )]),
     ));
+    for rule in ipv6::neighbour_discovery(policy, ipv6::Direction::In) {
+        rules.push(("input", rule));
+    }
     rules.push((
         "input",
         accept(vec![
@@ -361,6 +382,7 @@ pub fn table_objects(policy: &Policy) -> Vec<NfListObject<'static>> {
             Statement::Accept(None),
         ],
     ));
+    rules.push(("input", ipv6::icmpv6_echo(policy)));
     if policy.ssh {
         rules.push((
             "input",
@@ -421,11 +443,13 @@ pub fn table_objects(policy: &Policy) -> Vec<NfListObject<'static>> {
         rules.push(("forward", rule));
     }
     let grants = s(&format!("@{GRANTS}"));
+    let lease = s(&format!("@{LEASE}"));
     rules.push((
         "forward",
         accept(vec![
             uplink(),
             is(meta(MetaKey::Oifname), s(&policy.device)),
+            is(meta(MetaKey::Iifname), lease.clone()),
             is(ct("direction"), s("original")),
             is(grant_key("saddr", "daddr", "dport"), grants.clone()),
         ]),
@@ -435,6 +459,7 @@ pub fn table_objects(policy: &Policy) -> Vec<NfListObject<'static>> {
         accept(vec![
             device(),
             is(meta(MetaKey::Oifname), s(&policy.uplink)),
+            is(meta(MetaKey::Oifname), lease),
             is(ct("direction"), s("reply")),
             is(grant_key("daddr", "saddr", "sport"), grants),
         ]),
@@ -459,6 +484,9 @@ pub fn table_objects(policy: &Policy) -> Vec<NfListObject<'static>> {
             set_of(vec![s("established"), s("related")]),
         )]),
     ));
+    for rule in ipv6::neighbour_discovery(policy, ipv6::Direction::Out) {
+        rules.push(("output", rule));
+    }
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         let wanted: Vec<Expression<'static>> = policy
             .outbound
@@ -660,6 +688,66 @@ pub fn replace_table(
             .map(|object| NfObject::CmdObject(NfCmd::Add(object))),
     );
     commands.extend(additions(pinholes, forwards));
+    commands.push(NfObject::CmdObject(NfCmd::Add(lease_element(policy))));
+    Nftables {
+        objects: Cow::Owned(commands),
+    }
+}
+
+fn lease_element(policy: &Policy) -> NfListObject<'static> {
+    elements(LEASE, vec![timed(s(&policy.uplink), policy.lease_seconds)])
+}
+
+/// One transaction that renews the lease: emptied and filled again, so it works whether
+/// the element is there, lapsed or deleted; packets see the old or the new, never neither.
+pub fn renew_lease(policy: &Policy) -> Nftables<'static> {
+    let set = Set {
+        family: NfFamily::INet,
+        table: Cow::Borrowed(TABLE),
+        name: Cow::Borrowed(LEASE),
+        ..Default::default()
+    };
+    Nftables {
+        objects: Cow::Owned(vec![
+            NfObject::CmdObject(NfCmd::Flush(FlushObject::Set(Box::new(set)))),
+            NfObject::CmdObject(NfCmd::Add(lease_element(policy))),
+        ]),
+    }
+}
+
+/// One transaction that changes one grant's elements and touches no others: `put` ends
+/// up in the kernel with its timeout, `remove` ends up absent, whatever was there before.
+/// Each key is first added (a no-op when present), then deleted, then `put` is added again:
+/// nft refuses to delete what is absent, and an add alone keeps an older, shorter timeout
+/// on kernels before 6.10. The kernel applies the three steps at once.
+pub fn grant_change(
+    put: &[TimedPinhole],
+    remove: &[Pinhole],
+    put_forwards: &[PortForward],
+    remove_forwards: &[PortForward],
+) -> Nftables<'static> {
+    let touched: Vec<TimedPinhole> = put
+        .iter()
+        .copied()
+        .chain(remove.iter().map(|&pinhole| TimedPinhole {
+            pinhole,
+            timeout_seconds: 1,
+        }))
+        .collect();
+    let touched_forwards: Vec<PortForward> = put_forwards
+        .iter()
+        .chain(remove_forwards)
+        .copied()
+        .collect();
+    let mut commands = additions(&touched, &touched_forwards);
+    let keys: Vec<Pinhole> = touched.iter().map(|t| t.pinhole).collect();
+    let forward_keys: Vec<ForwardKey> = touched_forwards.iter().map(PortForward::key).collect();
+    commands.extend(
+        change_elements(&[], &keys, &[], &forward_keys)
+            .objects
+            .into_owned(),
+    );
+    commands.extend(additions(put, put_forwards));
     Nftables {
         objects: Cow::Owned(commands),
     }

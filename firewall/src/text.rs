@@ -127,9 +127,11 @@ fn statement(stmt: &Statement) -> String {
         Statement::Match(m) => {
             let left = expression(&m.left);
             let right = match (&m.left, &m.right) {
-                // Interface names are strings in nft's grammar; other symbols are bare words.
+                // Interface names are strings in nft's grammar; other symbols are bare words,
+                // and so is a set reference (`iifname @lease`).
                 (Expression::Named(NamedExpression::Meta(meta)), Expression::String(name))
-                    if matches!(meta.key, MetaKey::Iifname | MetaKey::Oifname) =>
+                    if matches!(meta.key, MetaKey::Iifname | MetaKey::Oifname)
+                        && !name.starts_with('@') =>
                 {
                     format!("{name:?}")
                 }

@@ -314,12 +314,10 @@ fn hand_made_changes_to_the_table_are_repaired_and_audited() {
     t.start_daemon();
     let u = t.uplink_ns.clone();
 
-    // What an intruder or a hurried admin would do: accept everything, first.
+    // What an intruder or a hurried admin would do: accept everything, first. The
+    // controller sees it and repairs it at once (tests/self_repair.rs times that), so the
+    // hole may be gone before any connection could try it; the poke makes sure it is.
     t.nft("insert rule inet plantgate forward accept");
-    assert!(
-        t.connect_from(&u, REQUESTER, DEVICE, 502).is_some(),
-        "the hand-made hole did not open"
-    );
     t.poke().expect("poke");
     assert!(
         t.connect_from(&u, REQUESTER, DEVICE, 502).is_none(),
@@ -377,12 +375,15 @@ fn an_unconfirmed_change_to_the_portal_port_rolls_back_and_a_confirmed_one_stays
     // Nobody confirms: the old portal port comes back by itself.
     t.start_daemon_with(&moved);
     assert_eq!(portal(&t), [false, true], "the new port was not applied");
-    std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(
-        portal(&t),
-        [true, false],
-        "the unconfirmed change was not rolled back"
-    );
+    // The controller rolls back once the 2 s pass; a busy machine may take longer to do it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while portal(&t) != [true, false] {
+        assert!(
+            Instant::now() < deadline,
+            "the unconfirmed change was not rolled back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     t.kill_daemon();
 
     // Confirmed in time: the change stays, and is not asked about again after a restart.

@@ -305,10 +305,7 @@ pub fn accept(
         BTreeMap::from([(sender.serial.clone(), sender.clone())])
     } else {
         Device::find_by_serials(conn, &serials)
-            .map_err(|err| {
-                tracing::error!(error = %err, "device lookup failed");
-                IngestError::Unavailable
-            })?
+            .map_err(IngestError::from)?
             .into_iter()
             .map(|d| (d.serial.clone(), d))
             .collect()

@@ -46,6 +46,12 @@ pub enum IngestError {
     BadStatus(String),
     #[error("the store is unavailable; nothing was stored, retry later")]
     Unavailable,
+    /// The appliance's data partition is full: refused, not failed; it clears by itself
+    /// once space is freed.
+    #[error(
+        "storage full: the appliance has no space left to store this; nothing was stored, retry later"
+    )]
+    StorageFull,
     /// A certificate enrolment was refused: bad token, unknown device, bad CSR.
     #[error("enrolment refused: {0}")]
     Enrolment(String),
@@ -71,7 +77,33 @@ impl IngestError {
             IngestError::RangeNotSatisfiable { .. } => "range.not_satisfiable",
             IngestError::BadStatus(_) => "firmware.bad_status",
             IngestError::Unavailable => "store.unavailable",
+            IngestError::StorageFull => "storage.full",
             IngestError::Enrolment(_) => "enrolment.refused",
+        }
+    }
+}
+
+impl From<appliance::Error> for IngestError {
+    /// A failure of the store or the audit log while serving a device: storage full is said
+    /// as such (503 with the reason); anything else is logged here and answered as
+    /// unavailable, without its cause (which may name files on the appliance).
+    fn from(err: appliance::Error) -> Self {
+        if err.is_storage_full() {
+            tracing::warn!(error = %err, "refused: storage full");
+            IngestError::StorageFull
+        } else {
+            tracing::error!(error = %err, code = err.code(), "store failed");
+            IngestError::Unavailable
+        }
+    }
+}
+
+impl From<crate::writer::Refused> for IngestError {
+    fn from(refused: crate::writer::Refused) -> Self {
+        match refused {
+            crate::writer::Refused::Revoked => IngestError::BadCredential,
+            crate::writer::Refused::Unavailable => IngestError::Unavailable,
+            crate::writer::Refused::StorageFull => IngestError::StorageFull,
         }
     }
 }
@@ -98,15 +130,23 @@ impl ResponseError for IngestError {
             IngestError::BadReading { .. } | IngestError::BadStatus(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            IngestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Unavailable | IngestError::StorageFull => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Enrolment(_) => StatusCode::BAD_REQUEST,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, IngestError::Unavailable) {
-            response.insert_header(("Retry-After", "5"));
+        match self {
+            IngestError::Unavailable => {
+                response.insert_header(("Retry-After", "5"));
+            }
+            // Space is freed by a person, not in seconds: a device that retries every
+            // five seconds only adds load meanwhile.
+            IngestError::StorageFull => {
+                response.insert_header(("Retry-After", "60"));
+            }
+            _ => {}
         }
         if let IngestError::RangeNotSatisfiable { size } = self {
             response.insert_header(("Content-Range", format!("bytes */{size}")));

@@ -286,7 +286,7 @@ async fn post_status(
         .map_err(|err| match err {
             appliance::Error::NotFound(_) => IngestError::FirmwareNotOffered,
             appliance::Error::Invalid { .. } => IngestError::BadStatus(err.to_string()),
-            other => unavailable(other),
+            other => IngestError::from(other),
         })
     })
     .await

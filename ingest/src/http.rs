@@ -27,7 +27,7 @@ use appliance::{Actor, Appliance, AuditEvent, Outcome};
 
 use crate::decode::{self, Format, Limits};
 use crate::error::IngestError;
-use crate::writer::{Refused, Writer};
+use crate::writer::Writer;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -162,10 +162,7 @@ fn authenticate(
         Credential::Secret(secret) => Device::authenticate(conn, secret),
         Credential::Certificate(der) => device_ca::authenticate(conn, der),
     }
-    .map_err(|err| {
-        tracing::error!(error = %err, "credential lookup failed");
-        IngestError::Unavailable
-    })
+    .map_err(IngestError::from)
 }
 
 /// Audits authentication failures, at most `per_minute` a minute, so that a flood of bad
@@ -340,10 +337,7 @@ async fn post_readings(
         .writer
         .store(accepted, key)
         .await
-        .map_err(|refused| match refused {
-            Refused::Revoked => IngestError::BadCredential,
-            Refused::Unavailable => IngestError::Unavailable,
-        })?;
+        .map_err(IngestError::from)?;
     let answer = serde_json::json!({
         "accepted": outcome.accepted,
         "stored": outcome.stored,
@@ -392,10 +386,7 @@ async fn post_enrol(
             appliance::Error::Invalid { .. }
             | appliance::Error::NotFound(_)
             | appliance::Error::Conflict(_) => IngestError::Enrolment(err.to_string()),
-            other => {
-                tracing::error!(error = %other, "enrolment failed");
-                IngestError::Unavailable
-            }
+            other => IngestError::from(other),
         };
         let app = &worker.app;
         match credential {

@@ -166,6 +166,8 @@ enum Reason {
     QoSNotSupported,
     ProtocolError,
     Unavailable,
+    /// The data partition is full: MQTT 5's "quota exceeded", the nearest code it has.
+    StorageFull,
     /// The credential was revoked after the connection signed in.
     Revoked,
 }
@@ -177,6 +179,7 @@ impl Reason {
                 Reason::NotAuthorized
             }
             IngestError::Unavailable => Reason::Unavailable,
+            IngestError::StorageFull => Reason::StorageFull,
             _ => Reason::PayloadFormatInvalid,
         }
     }
@@ -189,6 +192,7 @@ impl Reason {
             Reason::QoSNotSupported | Reason::ProtocolError | Reason::Unavailable => {
                 v5::PubAckReason::ImplementationSpecificError
             }
+            Reason::StorageFull => v5::PubAckReason::QuotaExceeded,
         }
     }
 
@@ -200,6 +204,7 @@ impl Reason {
             Reason::QoSNotSupported => v5::DisconnectReasonCode::QoSNotSupported,
             Reason::ProtocolError => v5::DisconnectReasonCode::ProtocolError,
             Reason::Unavailable => v5::DisconnectReasonCode::ImplementationSpecificError,
+            Reason::StorageFull => v5::DisconnectReasonCode::QuotaExceeded,
             Reason::Revoked => v5::DisconnectReasonCode::AdministrativeAction,
         }
     }
@@ -857,6 +862,20 @@ async fn store_publishes(
                 pkid: None,
                 reason: Reason::Unavailable,
                 message: "store unavailable; nothing acknowledged".into(),
+            }),
+        ),
+        // Nothing of the batch is acknowledged: the client keeps its QoS 1 publishes and
+        // sends them again after reconnecting, once space is freed.
+        Err(Refused::StorageFull) => (
+            Vec::new(),
+            Some(Refusal {
+                pkid: first_pkid,
+                reason: Reason::StorageFull,
+                message: format!(
+                    "{}: {}",
+                    IngestError::StorageFull.code(),
+                    IngestError::StorageFull
+                ),
             }),
         ),
     }

@@ -43,6 +43,9 @@ pub struct Stored {
 pub enum Refused {
     /// The store failed (or the writer is gone); the request may be retried.
     Unavailable,
+    /// The data partition is full ([`Error::StorageFull`]); the request may be retried once
+    /// space is freed, with no restart.
+    StorageFull,
     /// The sender's credential no longer authenticates it.
     Revoked,
 }
@@ -254,6 +257,7 @@ fn commit_group(
         })
     });
     let mut touched: BTreeMap<DeviceId, BTreeSet<String>> = BTreeMap::new();
+    let mut answers = Vec::new();
     match result {
         Ok(outcomes) => {
             for (job, outcome) in group.into_iter().zip(outcomes) {
@@ -273,13 +277,18 @@ fn commit_group(
                 for device in job.batch.states.keys() {
                     touched.entry(*device).or_default();
                 }
-                let _ = job.reply.send(outcome);
+                answers.push((job.reply, outcome));
             }
         }
         Err(err) => {
-            tracing::error!(error = %err, jobs = group.len(), "group commit failed; nothing stored");
+            tracing::error!(error = %err, code = err.code(), jobs = group.len(), "group commit failed; nothing stored");
+            let refused = if err.is_storage_full() {
+                Refused::StorageFull
+            } else {
+                Refused::Unavailable
+            };
             for job in group {
-                let _ = job.reply.send(Err(Refused::Unavailable));
+                let _ = job.reply.send(Err(refused));
             }
             return;
         }
@@ -295,5 +304,10 @@ fn commit_group(
             let _ = alerts_changed.send(());
         }
         Err(err) => tracing::error!(error = %err, "alert evaluation failed"),
+    }
+    // Answered only now: the alerts an acknowledged reading raises are stored (with their
+    // outbox rows) before the device hears back, so a crash just after an answer loses none.
+    for (reply, outcome) in answers {
+        let _ = reply.send(outcome);
     }
 }

@@ -15,7 +15,7 @@ fn reading(seq: i64, value: f64) -> String {
 
 fn a_hot_mold_emails_once_clears_with_hysteresis_and_silence_raises_no_data(backend: Backend) {
     let mut t = TestIngest::new(backend);
-    let smtp = testkit::MailCatcher::start(t.smtp_port);
+    let smtp = t.mail_catcher();
     let monitor = t.register("MM-HOT", DeviceKind::Monitor, None);
     let quiet = t.register("MM-QUIET", DeviceKind::Monitor, None);
     let rule = |scope, name: &str, kind, silent_seconds| RuleRequest {

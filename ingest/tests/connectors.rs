@@ -6,40 +6,60 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use appliance::alerts::{AlertKind, AlertRule, Measure, RuleRequest, RuleScope};
 use appliance::connectors::{self, Connector, ConnectorRequest, SealingKey};
 use appliance::devices::DeviceKind;
 use appliance::schema::audit_log;
-use common::{Backend, TestIngest, actor, free_port};
+use common::{Backend, TestIngest, actor};
 use diesel::prelude::*;
 
+/// The receiver's port, held by the test for its whole length, so that no other process
+/// can take it while the receiver is down (a port found free by binding and releasing it
+/// can be taken by anyone meanwhile, and a connect would then reach them).
+struct Port {
+    listener: TcpListener,
+}
+
+impl Port {
+    fn new() -> Port {
+        Port {
+            listener: TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"),
+        }
+    }
+
+    fn number(&self) -> u16 {
+        self.listener.local_addr().expect("bound address").port()
+    }
+}
+
+/// The real receiver, serving on the test's listening socket, given to it as its standard
+/// input: it serves what is queued there as soon as it runs, so there is nothing to wait
+/// for.
 struct Receiver {
     child: Child,
 }
 
 impl Receiver {
-    fn start(port: u16, cert: &Path, key: &Path, secret: &str, out: &Path) -> Receiver {
+    fn start(port: &Port, cert: &Path, key: &Path, secret: &str, out: &Path) -> Receiver {
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/webhook_receiver.py");
+        let listener = port.listener.try_clone().expect("dup the listening socket");
         let child = Command::new("/usr/bin/python3")
             .arg(script)
-            .arg(port.to_string())
             .args([cert, key])
             .arg(secret)
             .arg(out)
-            .stdin(Stdio::null())
+            .stdin(Stdio::from(OwnedFd::from(listener)))
             .spawn()
             .expect("start the Python receiver");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the receiver did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
         Receiver { child }
     }
 }
@@ -48,6 +68,47 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The receiver down: while it lives, every connection to the port is accepted and closed
+/// at once, as a receiver that has stopped refuses. (The port stays the test's, so the
+/// kernel would otherwise queue the connections until a receiver came back.)
+struct Down {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Down {
+    fn start(port: &Port) -> Down {
+        let listener = port.listener.try_clone().expect("dup the listening socket");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for connection in listener.incoming() {
+                drop(connection);
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+            }
+        });
+        Down {
+            port: port.number(),
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        // Raise the flag, then wake the blocking accept with a connection of our own.
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -104,7 +165,7 @@ fn a_receiver_that_was_down_gets_every_event_signed_and_in_order(backend: Backen
     std::fs::write(&cert, &cert_pem).unwrap();
     std::fs::write(&key, &key_pem).unwrap();
     let out = t.dir.path().join("received.jsonl");
-    let port = free_port();
+    let port = Port::new();
 
     let sealing = SealingKey::load(&appliance::keyring::path(
         &t.app.config,
@@ -118,7 +179,7 @@ fn a_receiver_that_was_down_gets_every_event_signed_and_in_order(backend: Backen
         &ConnectorRequest {
             site: t.site.id,
             name: "MES".into(),
-            url: format!("https://127.0.0.1:{port}/plantgate"),
+            url: format!("https://127.0.0.1:{}/plantgate", port.number()),
             send_readings: true,
             send_alerts: true,
             ca_pem: Some(String::from_utf8(cert_pem).unwrap()),
@@ -146,7 +207,7 @@ fn a_receiver_that_was_down_gets_every_event_signed_and_in_order(backend: Backen
     )
     .unwrap();
 
-    let receiver = Receiver::start(port, &cert, &key, &secret, &out);
+    let receiver = Receiver::start(&port, &cert, &key, &secret, &out);
     t.start();
     for seq in 1..=3 {
         post(&t, &monitor.secret, seq, 20.0);
@@ -156,21 +217,35 @@ fn a_receiver_that_was_down_gets_every_event_signed_and_in_order(backend: Backen
     });
 
     drop(receiver);
+    let down = Down::start(&port);
+    let down_since = Instant::now();
     for seq in 4..=6 {
         post(&t, &monitor.secret, seq, 20.0);
     }
     post(&t, &monitor.secret, 7, 95.0); // raises the alert
     t.kill9(); // the outbox is in the store, not in the process
     t.start();
-    std::thread::sleep(Duration::from_secs(30)); // down for 30 s, as a maintenance window might be
-    let failures: i64 = audit_log::table
-        .filter(audit_log::action.eq("connector.delivery.failed"))
-        .count()
-        .get_result(&mut *t.app.store.conn().unwrap())
-        .unwrap();
-    assert!(failures >= 2, "failed attempts are audited, got {failures}");
+    // Down for 30 s at least, as a maintenance window might be, and until the failed
+    // attempts are seen in the audit log (they are retried, and each is audited).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let failures: i64 = audit_log::table
+            .filter(audit_log::action.eq("connector.delivery.failed"))
+            .count()
+            .get_result(&mut *t.app.store.conn().unwrap())
+            .unwrap();
+        if failures >= 2 && down_since.elapsed() >= Duration::from_secs(30) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "failed attempts are audited, got {failures}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(down);
 
-    let _receiver = Receiver::start(port, &cert, &key, &secret, &out);
+    let _receiver = Receiver::start(&port, &cert, &key, &secret, &out);
     wait_until(
         "not everything arrived after the receiver came back",
         &out,

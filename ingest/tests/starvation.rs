@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use appliance::devices::DeviceKind;
@@ -95,6 +95,9 @@ struct Flood {
     closed: AtomicUsize,
     /// Connections on which the service sent anything at all (a CONNACK, say).
     answered: AtomicUsize,
+    /// The longest a connection stayed open, in milliseconds: printed, as a figure (the
+    /// deadline is what closes a trickler that is not evicted first).
+    longest_ms: AtomicU64,
 }
 
 /// A CONNECT that announces 1,000 bytes; it is sent a byte at a time and never finished.
@@ -153,7 +156,11 @@ async fn trickler(
             continue;
         };
         flood.connections.fetch_add(1, Ordering::SeqCst);
-        match trickle_once(tcp, &tls, &flood).await {
+        let opened = Instant::now();
+        let outcome = trickle_once(tcp, &tls, &flood).await;
+        let held = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        flood.longest_ms.fetch_max(held, Ordering::SeqCst);
+        match outcome {
             Outcome::Closed => flood.closed.fetch_add(1, Ordering::SeqCst),
             Outcome::Answered => flood.answered.fetch_add(1, Ordering::SeqCst),
         };
@@ -253,8 +260,10 @@ fn tricklers_cannot_keep_a_device_out(backend: Backend) {
     let answered = flood.answered.load(Ordering::SeqCst);
     eprintln!(
         "{connections} trickling connections (at least {least_trickling} open at each round), \
-         {closed} closed unanswered, {answered} answered; the service held at most {most_files} \
-         files (limit {nofile}; {before} before the flood)"
+         {closed} closed unanswered, {answered} answered, the longest open for {} ms \
+         (deadline {DEADLINE_SECONDS} s); the service held at most {most_files} files \
+         (limit {nofile}; {before} before the flood)",
+        flood.longest_ms.load(Ordering::SeqCst)
     );
     assert_eq!(answered, 0, "a trickler was answered");
     assert_eq!(

@@ -100,7 +100,9 @@ fn create_postgres_database() -> String {
             .unwrap_or(0)
     );
     let mut last_err = None;
-    for _ in 0..20 {
+    // A deadline, not a count of tries: on a busy machine many tests clone at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
         // Cloning fails while another session is connected to the template; that is brief.
         match diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {template}"))
             .execute(&mut admin)

@@ -99,7 +99,7 @@ pub fn create(spec: &BundleSpec, out: &Path, progress: &dyn Progress) -> Result<
 
 /// Reads a bundle's header: its manifest and signatures.
 pub fn read_header(path: &Path) -> Result<(Envelope, Manifest)> {
-    let file = File::open(path).map_err(UpdaterError::io(path))?;
+    let file = crate::verify::open_bundle(path)?;
     let envelope = Envelope::read(&mut BufReader::new(file), Kind::Bundle)?;
     let manifest = Manifest::parse(&envelope.body)?;
     Ok((envelope, manifest))

@@ -1,7 +1,6 @@
 //! The box side: verify, install into the inactive slot, check health at boot, mark good or
 //! record the rollback. Every step is audited through the core library.
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -277,7 +276,7 @@ impl Updater {
             slot: slot.to_string(),
             reason,
         };
-        let mut file = File::open(path).map_err(UpdaterError::io(path))?;
+        let mut file = crate::verify::open_bundle(path)?;
         file.seek(SeekFrom::Start(offset))
             .map_err(UpdaterError::io(path))?;
         let mut source = file.take(payload.size);

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use openssl::sha::Sha256;
@@ -21,6 +22,36 @@ pub const MAX_VALIDITY_DAYS: i64 = 400;
 pub const MAX_CLOCK_SKEW_SECS: i64 = 15 * 60;
 /// Read and hash in chunks of this size: constant memory for any payload size.
 pub const CHUNK: usize = 1 << 20;
+
+/// Opens a bundle, which must be a regular file: it is read more than once (its header and
+/// length, then its payloads to verify, then again to install), and its length is checked
+/// against the manifest, none of which a pipe allows. Standard input (`-`, `/dev/stdin`)
+/// and other pipes or devices are refused with a message saying so, rather than being read
+/// as an empty file.
+pub fn open_bundle(path: &Path) -> Result<File> {
+    let refuse = |what: &str| {
+        UpdaterError::Usage(format!(
+            "{}: {what}; a bundle must be a regular file (it is read more than once: to verify it, \
+             then to install it), so standard input and pipes are not supported: save it to a file first",
+            path.display()
+        ))
+    };
+    if path.as_os_str() == "-" {
+        return Err(refuse("standard input"));
+    }
+    let file = File::open(path).map_err(UpdaterError::io(path))?;
+    let kind = file.metadata().map_err(UpdaterError::io(path))?.file_type();
+    if !kind.is_file() {
+        return Err(refuse(if kind.is_fifo() {
+            "a pipe"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        }));
+    }
+    Ok(file)
+}
 
 /// What the box is and has, against which a bundle is judged.
 #[derive(Debug, Clone)]
@@ -67,7 +98,7 @@ pub fn check_header_with(
     trust: &TrustSet,
     claims: &dyn Fn(&Manifest) -> Result<(), Rejection>,
 ) -> Result<(Envelope, Manifest, Vec<String>, u64)> {
-    let file = File::open(path).map_err(UpdaterError::io(path))?;
+    let file = open_bundle(path)?;
     let file_len = file.metadata().map_err(UpdaterError::io(path))?.len();
     let envelope = Envelope::read(&mut BufReader::new(file), Kind::Bundle)?;
     if envelope.signatures.is_empty() {
@@ -201,7 +232,7 @@ pub fn verify_bundle_with(
     progress: &dyn Progress,
 ) -> Result<VerifiedBundle> {
     let (_, manifest, signed_by, offset) = check_header_with(path, trust, claims)?;
-    let mut file = File::open(path).map_err(UpdaterError::io(path))?;
+    let mut file = open_bundle(path)?;
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
         .map_err(UpdaterError::io(path))?;
     progress.start("verifying", manifest.payload_total().unwrap_or(0));

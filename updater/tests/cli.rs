@@ -167,6 +167,65 @@ fn vendor_signs_with_two_keys_and_the_box_verifies_installs_and_reports() {
     );
 }
 
+/// A bundle piped on standard input (as `-` or `/dev/stdin`) is refused as such, with what
+/// to do instead, never reported as a truncated bundle; nothing is written to a slot. The
+/// same bundle saved to a file verifies.
+#[test]
+fn a_bundle_on_standard_input_is_refused_as_such() {
+    use std::io::Write;
+    use std::process::Stdio;
+    use updater::slots::SlotId;
+
+    let vendor = Vendor::new(1, "vendor");
+    let tb = TestBox::new(Backend::Sqlite, &vendor, 1);
+    let payload = payload_file(&tb.work, "rootfs.img", 64 * 1024, 3);
+    let bundle = make_bundle(
+        &spec("2.0.0", 2, &payload),
+        &tb.work.join("b.pgb"),
+        &[&vendor.signers[0]],
+    );
+    let bytes = std::fs::read(&bundle).unwrap();
+    for command in ["verify", "install"] {
+        for arg in ["-", "/dev/stdin"] {
+            let mut child = tb
+                .cli()
+                .args([command, arg])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            let bytes = bytes.clone();
+            // The command may stop before reading it all; a closed pipe is not a failure here.
+            let writer = std::thread::spawn(move || {
+                let _ = stdin.write_all(&bytes);
+            });
+            let out = child.wait_with_output().unwrap();
+            writer.join().unwrap();
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{command} {arg}: {err}");
+            assert!(
+                err.contains("standard input") && err.contains("save it to a file first"),
+                "{command} {arg}: {err}"
+            );
+            assert!(!err.contains("truncated"), "{command} {arg}: {err}");
+        }
+    }
+    assert_eq!(tb.slot_bytes(SlotId::B), SLOT_B_IMAGE, "slot B was written");
+    let out = tb
+        .cli()
+        .args(["verify", &bundle.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&out).contains("OK: plantgate appliance version 2.0.0"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
 #[test]
 fn health_exits_nonzero_and_names_the_failed_check() {
     let vendor = Vendor::new(1, "vendor");

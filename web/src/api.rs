@@ -2,12 +2,10 @@
 //! (`{"error": code, "message": ...}`), rate limits per token and per address, and an
 //! OpenAPI 3 document generated from the handlers by utoipa.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 
-use actix_web::http::StatusCode;
-use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, Route, web};
 use appliance::audit::export::{self, ExportFilter};
 use appliance::models::{Role, User};
 use appliance::time::{format_us, parse_instant};
@@ -17,23 +15,71 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::AppState;
 
+mod firmware;
+mod rate;
+
+use firmware::FirmwareItem;
+
+/// One operation of the API: its method, its path under `/api/v1`, and its handler.
+pub struct ApiRoute {
+    pub method: Method,
+    pub path: &'static str,
+    route: Route,
+}
+
+impl std::fmt::Debug for ApiRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} /api/v1{}", self.method, self.path)
+    }
+}
+
+fn op(method: Method, path: &'static str, route: Route) -> ApiRoute {
+    ApiRoute {
+        method,
+        path,
+        route,
+    }
+}
+
+/// The API's route table: the router is built from it ([`config`]), and the tests compare
+/// it with the OpenAPI document, so neither can gain an operation the other lacks.
+pub fn routes() -> Vec<ApiRoute> {
+    use crate::stream;
+    vec![
+        op(Method::GET, "/openapi.json", web::to(openapi)),
+        op(Method::GET, "/me", web::to(me)),
+        op(Method::GET, "/users", web::to(users)),
+        op(Method::GET, "/audit", web::to(audit)),
+        op(Method::GET, "/readings", web::to(readings)),
+        op(Method::GET, "/readings/export", web::to(stream::export)),
+        op(Method::GET, "/readings/stream", web::to(stream::stream)),
+        op(Method::GET, "/machines", web::to(machines)),
+        op(Method::GET, "/access-requests", web::to(access_requests)),
+        op(Method::GET, "/firmware", web::to(firmware::firmware_list)),
+        op(
+            Method::POST,
+            "/firmware",
+            web::to(firmware::firmware_upload),
+        ),
+    ]
+}
+
 pub fn config(cfg: &mut web::ServiceConfig) {
+    let scope = web::scope("/api/v1")
+        // Malformed parameters get the API's error shape too, not actix's plain text.
+        .app_data(
+            web::QueryConfig::default()
+                .error_handler(|err, _| ApiError::Invalid(err.to_string()).into()),
+        );
+    let scope = routes().into_iter().fold(scope, |scope, r| {
+        scope.route(r.path, r.route.method(r.method))
+    });
     cfg.service(
-        web::scope("/api/v1")
-            // Malformed parameters get the API's error shape too, not actix's plain text.
-            .app_data(
-                web::QueryConfig::default()
-                    .error_handler(|err, _| ApiError::Invalid(err.to_string()).into()),
-            )
-            .route("/openapi.json", web::get().to(openapi))
-            .route("/me", web::get().to(me))
-            .route("/users", web::get().to(users))
-            .route("/audit", web::get().to(audit))
-            .route("/readings", web::get().to(readings))
-            .route("/machines", web::get().to(machines))
-            .route("/access-requests", web::get().to(access_requests))
-            .route("/firmware", web::get().to(firmware_list))
-            .route("/firmware", web::post().to(firmware_upload))
+        scope
+            .configure(crate::unrouted(
+                || ApiError::NotFound.error_response(),
+                |allow| ApiError::MethodNotAllowed(allow.to_owned()).error_response(),
+            ))
             .default_service(web::to(|| async {
                 Err::<HttpResponse, ApiError>(ApiError::NotFound)
             })),
@@ -43,7 +89,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Plantgate API", version = "1", description = "The appliance's REST API. Authenticate with `Authorization: Bearer pgt_...`."),
-    paths(me, users, audit, readings, machines, access_requests, firmware_list, firmware_upload),
+    paths(openapi, me, users, audit, readings, machines, access_requests, firmware::firmware_list, firmware::firmware_upload),
     components(schemas(Me, UserItem, AuditItem, AuditPage, ReadingItem, ReadingsPage, MachineItem, AgentItem, AccessRequestItem, FirmwareItem, ErrorBody)),
     modifiers(&BearerAuth)
 )]
@@ -63,10 +109,19 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-async fn openapi() -> HttpResponse {
+/// The whole OpenAPI document of the API: every operation of [`routes`].
+pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
-    doc.merge(<crate::stream::ReadingsExportDoc as OpenApi>::openapi());
-    HttpResponse::Ok().json(doc)
+    doc.merge(<crate::stream::ReadingsDoc as OpenApi>::openapi());
+    doc
+}
+
+/// This document: the API's operations, parameters and answers (OpenAPI 3.1).
+#[utoipa::path(get, path = "/api/v1/openapi.json", responses(
+    (status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)
+))]
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(document())
 }
 
 /// Every API error, as `{"error": code, "message": ...}`.
@@ -82,6 +137,9 @@ pub enum ApiError {
     Invalid(String),
     #[error("no such resource")]
     NotFound,
+    /// The path exists but not for this method; the value is the `Allow` header's.
+    #[error("this path takes only {0}")]
+    MethodNotAllowed(String),
     #[error("too many requests; retry in {0} seconds")]
     RateLimited(u64),
     /// A bundle refused by verification: the code is the refusal's (`bundle.untrusted_signer`, ...).
@@ -91,9 +149,16 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Conflict(String),
-    /// Firmware cannot be verified here (no updater settings or trust anchors).
-    #[error("firmware cannot be verified on this appliance: {0}")]
+    /// Firmware cannot be verified here (no updater settings or trust anchors). The value
+    /// is the cause for the log: it names files on the appliance, which a client is not
+    /// told.
+    #[error(
+        "firmware cannot be verified on this appliance: its updater settings or trust anchors are missing or unreadable; an administrator finds the cause in the log"
+    )]
     Unavailable(String),
+    /// The data partition is full: nothing was stored; retry once space is freed.
+    #[error("{0}")]
+    StorageFull(String),
     #[error("the appliance could not answer; the event was logged")]
     Internal,
 }
@@ -113,11 +178,13 @@ impl ApiError {
             ApiError::MissingScope(_) => "auth.missing_scope",
             ApiError::Invalid(_) => "request.invalid",
             ApiError::NotFound => "request.not_found",
+            ApiError::MethodNotAllowed(_) => "request.method_not_allowed",
             ApiError::RateLimited(_) => "rate.limited",
             ApiError::Rejected { code, .. } => code,
             ApiError::TooLarge(_) => "bundle.too_large",
             ApiError::Conflict(_) => "request.conflict",
             ApiError::Unavailable(_) => "firmware.unavailable",
+            ApiError::StorageFull(_) => "storage.full",
             ApiError::Internal => "internal",
         }
     }
@@ -130,11 +197,12 @@ impl ResponseError for ApiError {
             ApiError::MissingScope(_) => StatusCode::FORBIDDEN,
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::StorageFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -146,6 +214,13 @@ impl ResponseError for ApiError {
         }
         if matches!(self, ApiError::MissingToken | ApiError::InvalidToken) {
             response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if let ApiError::MethodNotAllowed(allow) = self {
+            response.insert_header((actix_web::http::header::ALLOW, allow.as_str()));
+        }
+        // The client's message is generic; the cause, with its paths, is for the log.
+        if let ApiError::Unavailable(cause) = self {
+            tracing::error!(cause = %cause, "firmware cannot be verified");
         }
         response.json(ErrorBody {
             error: self.code(),
@@ -161,6 +236,8 @@ impl From<appliance::Error> for ApiError {
                 ApiError::Invalid(format!("{field}: {problem}"))
             }
             appliance::Error::NotFound(_) => ApiError::NotFound,
+            // Its message names what could not be written, never where.
+            full @ appliance::Error::StorageFull { .. } => ApiError::StorageFull(full.to_string()),
             other => {
                 tracing::error!(error = %other, "api request failed");
                 ApiError::Internal
@@ -175,72 +252,7 @@ impl From<actix_web::error::BlockingError> for ApiError {
     }
 }
 
-/// Requests per minute, counted per key; the minute is the state clock's.
-#[derive(Debug)]
-pub struct RateLimiter<K> {
-    /// Per key: the tokens left (in millionths) and when they were last counted.
-    buckets: Mutex<HashMap<K, (i64, i64)>>,
-}
-
-impl<K> Default for RateLimiter<K> {
-    fn default() -> Self {
-        RateLimiter {
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl<K: std::hash::Hash + Eq> RateLimiter<K> {
-    /// Counts one request; `Err(seconds to wait)` past `per_minute`. A token bucket: a full
-    /// minute's worth may come at once, then they come back evenly, so no boundary between
-    /// minutes lets twice the limit through.
-    pub fn hit(&self, key: K, per_minute: u32, now_us: i64) -> Result<(), u64> {
-        const ONE: i64 = 1_000_000;
-        let capacity = i64::from(per_minute) * ONE;
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Full buckets hold nothing worth keeping.
-        buckets.retain(|_, (tokens, at)| {
-            *tokens + (now_us - *at).max(0) * i64::from(per_minute) / 60 < capacity
-        });
-        let (tokens, at) = buckets.entry(key).or_insert((capacity, now_us));
-        let refilled = (now_us - *at).max(0) * i64::from(per_minute) / 60;
-        *tokens = (*tokens + refilled).min(capacity);
-        *at = now_us;
-        if *tokens >= ONE {
-            *tokens -= ONE;
-            Ok(())
-        } else {
-            let missing = ONE - *tokens;
-            let wait_us = missing * 60 / i64::from(per_minute.max(1));
-            Err(u64::try_from(wait_us / 1_000_000 + 1).unwrap_or(60))
-        }
-    }
-}
-
-#[cfg(test)]
-mod rate_tests {
-    use super::RateLimiter;
-
-    #[test]
-    fn a_minutes_worth_then_one_per_interval_and_no_double_at_a_boundary() {
-        let limiter = RateLimiter::default();
-        let start = 59_900_000; // just before a minute boundary
-        for _ in 0..10 {
-            assert!(limiter.hit("a", 10, start).is_ok());
-        }
-        assert!(limiter.hit("a", 10, start).is_err(), "the eleventh at once");
-        // Across the boundary, 0.2 s later: still limited (a fixed window would reset here).
-        assert!(limiter.hit("a", 10, start + 200_000).is_err());
-        // One comes back every 6 s at 10 per minute.
-        assert!(limiter.hit("a", 10, start + 6_100_000).is_ok());
-        assert!(limiter.hit("a", 10, start + 6_200_000).is_err());
-        // Other keys are not affected.
-        assert!(limiter.hit("b", 10, start).is_ok());
-    }
-}
+pub use rate::RateLimiter;
 
 /// An API request with a live token, within its rate limits.
 #[derive(Debug, Clone)]
@@ -377,13 +389,33 @@ pub struct AuditParams {
     action: Option<String>,
     actor: Option<String>,
     target: Option<String>,
-    /// success, failure or denied.
-    outcome: Option<String>,
+    /// Only records with this outcome.
+    #[param(inline)]
+    outcome: Option<AuditOutcome>,
     /// Records older than this sequence number (the previous page's `next_before`).
     before: Option<i64>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+}
+
+/// An audit record's outcome, as the `outcome` filter takes it.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditOutcome {
+    Success,
+    Failure,
+    Denied,
+}
+
+impl AuditOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            AuditOutcome::Success => "success",
+            AuditOutcome::Failure => "failure",
+            AuditOutcome::Denied => "denied",
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -440,20 +472,13 @@ async fn audit(
             .transpose()
             .map_err(ApiError::Invalid)
     };
-    if let Some(outcome) = &params.outcome
-        && !matches!(outcome.as_str(), "success" | "failure" | "denied")
-    {
-        return Err(ApiError::Invalid(format!(
-            "outcome {outcome:?} is not success, failure or denied"
-        )));
-    }
     let filter = ExportFilter {
         since_us: instant(&params.since)?,
         until_us: instant(&params.until)?,
         actor: params.actor,
         action: params.action,
         target: params.target,
-        outcome: params.outcome,
+        outcome: params.outcome.map(|o| o.as_str().to_owned()),
     };
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -656,10 +681,19 @@ async fn machines(state: web::Data<AppState>, caller: ApiCaller) -> Result<HttpR
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct AccessRequestParams {
     /// `open` (pending and approved, the default) or `all`.
-    state: Option<String>,
+    #[param(inline)]
+    state: Option<RequestsShown>,
     /// At most this many, newest first: 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+}
+
+/// Which remote-access requests to list.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestsShown {
+    Open,
+    All,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -698,14 +732,9 @@ async fn access_requests(
     params: web::Query<AccessRequestParams>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require("access:read")?;
-    let show = match params.state.as_deref() {
-        None | Some("open") => appliance::access::Show::Open,
-        Some("all") => appliance::access::Show::All,
-        Some(other) => {
-            return Err(ApiError::Invalid(format!(
-                "state: {other:?} is not open or all"
-            )));
-        }
+    let show = match params.state {
+        None | Some(RequestsShown::Open) => appliance::access::Show::Open,
+        Some(RequestsShown::All) => appliance::access::Show::All,
     };
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -741,135 +770,4 @@ async fn access_requests(
         })
         .collect();
     Ok(HttpResponse::Ok().json(items))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct FirmwareItem {
-    id: i64,
-    /// The device model it is for (target `device:MODEL`).
-    model: String,
-    version: String,
-    security_version: i64,
-    /// The payload's size in bytes.
-    size: i64,
-    /// The payload's SHA-256, as the signed manifest pins it.
-    sha256: String,
-    /// The trust anchors whose signatures met the threshold.
-    signed_by: String,
-    uploaded_at: String,
-}
-
-impl From<appliance::firmware::Firmware> for FirmwareItem {
-    fn from(f: appliance::firmware::Firmware) -> FirmwareItem {
-        FirmwareItem {
-            id: f.id.0,
-            model: f.model,
-            version: f.version,
-            security_version: f.security_version,
-            size: f.payload_size,
-            sha256: f.payload_sha256,
-            signed_by: f.signed_by,
-            uploaded_at: format_us(f.uploaded_at_us),
-        }
-    }
-}
-
-/// Firmware is for administrators: their tokens, with the scope.
-fn firmware_caller(
-    caller: &ApiCaller,
-    scope: &'static str,
-    for_admin: &'static str,
-) -> Result<(), ApiError> {
-    caller.require(scope)?;
-    if caller.role != Role::Admin {
-        return Err(ApiError::MissingScope(for_admin));
-    }
-    Ok(())
-}
-
-/// Stored firmware for field devices, newest first.
-#[utoipa::path(get, path = "/api/v1/firmware", responses(
-    (status = 200, body = [FirmwareItem]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)
-), security(("bearer" = ["firmware:read"])))]
-async fn firmware_list(
-    state: web::Data<AppState>,
-    caller: ApiCaller,
-) -> Result<HttpResponse, ApiError> {
-    firmware_caller(
-        &caller,
-        "firmware:read",
-        "firmware:read (for an administrator)",
-    )?;
-    let all =
-        web::block(move || appliance::firmware::Firmware::list(&mut *state.app.store.conn()?))
-            .await??;
-    let items: Vec<FirmwareItem> = all.into_iter().rev().map(FirmwareItem::from).collect();
-    Ok(HttpResponse::Ok().json(items))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct FirmwareUploadParams {
-    /// The device model the bundle is for: 1-64 of `A-Z a-z 0-9 . _ -`.
-    model: String,
-}
-
-/// Uploads a signed firmware bundle (the `.pgb` file as the body) for a device model. It is
-/// verified before anything is kept: signatures and threshold against this appliance's
-/// trust anchors, expiry, target and hardware, no downgrade, length, payload hash. A
-/// refusal is 422 with the refusal's code (`bundle.untrusted_signer`, `bundle.wrong_target`,
-/// `bundle.truncated`, ...) and reason, is audited, and stores nothing.
-#[utoipa::path(post, path = "/api/v1/firmware", params(FirmwareUploadParams),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The signed bundle (.pgb)"),
-    responses(
-    (status = 201, body = FirmwareItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
-    (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)
-), security(("bearer" = ["firmware:write"])))]
-async fn firmware_upload(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    caller: ApiCaller,
-    params: web::Query<FirmwareUploadParams>,
-    body: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    firmware_caller(
-        &caller,
-        "firmware:write",
-        "firmware:write (for an administrator)",
-    )?;
-    // A declared length over the limit is refused before a byte is read.
-    let declared = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let max = state.app.config.web.max_firmware_bytes;
-    let actor = appliance::Actor::User(caller.user.id);
-    let from = crate::source(&req);
-    if declared.is_some_and(|len| len > max) {
-        let reason = format!(
-            "the file is larger than {max} bytes, the most this appliance accepts (web.max_firmware_bytes)"
-        );
-        let (app, model, actor, from, why) = (
-            state.app.clone(),
-            params.model.clone(),
-            actor,
-            from,
-            reason.clone(),
-        );
-        web::block(move || {
-            let uploader = updater::firmware::Uploader {
-                actor: &actor,
-                source: &from,
-                file: "api upload",
-            };
-            updater::firmware::audit_rejection(&app, &uploader, &model, "bundle.too_large", &why)
-        })
-        .await?
-        .map_err(|_| ApiError::Internal)?;
-        return Err(ApiError::TooLarge(reason));
-    }
-    let stored =
-        crate::firmware::api_upload(&state, actor, from, params.into_inner().model, body).await?;
-    Ok(HttpResponse::Created().json(FirmwareItem::from(stored)))
 }

@@ -924,7 +924,19 @@ where
 {
     use crate::api::ApiError;
     let file = format!("api upload for {model}");
-    if let Err(err) = appliance::firmware::clean_model(&model) {
+    // Exactly as the API's document gives the pattern: the pages' forms trim spaces away,
+    // the API does not.
+    let checked = appliance::firmware::clean_model(&model).and_then(|clean| {
+        if clean == model {
+            Ok(clean)
+        } else {
+            Err(appliance::Error::invalid(
+                "model",
+                format!("{model:?} has spaces around it"),
+            ))
+        }
+    });
+    if let Err(err) = checked {
         let problem = err.to_string();
         audit_refusal(
             state,

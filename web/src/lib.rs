@@ -49,6 +49,8 @@ pub struct AppState {
     logins_per_minute: u32,
     /// Attempts at a password or code, per source address.
     logins: api::RateLimiter<IpAddr>,
+    /// Refused sign-ins, summarised per source address (`appliance::refusals`).
+    pub refusals: appliance::refusals::Refusals,
     pub api_requests_per_minute: u32,
     pub reauthenticate_us: i64,
     pub api_by_address: api::RateLimiter<IpAddr>,
@@ -92,6 +94,7 @@ impl AppState {
                 .filter_map(|r| r.parse().ok())
                 .collect(),
             logins: api::RateLimiter::default(),
+            refusals: appliance::refusals::Refusals::new(web.refusal_summary_seconds),
             api_requests_per_minute: web.api_requests_per_minute,
             reauthenticate_us: i64::from(web.reauthenticate_seconds) * 1_000_000,
             api_by_address: api::RateLimiter::default(),
@@ -192,10 +195,49 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .configure(remote::config)
         .configure(devices::config)
         .configure(firmware::config)
-        // Before the API's scope, whose fallback would answer 404 for these paths.
-        .configure(stream::config)
         .configure(api::config)
+        .configure(unrouted(
+            || WebError::NotFound.error_response(),
+            |allow| WebError::MethodNotAllowed(allow.to_owned()).error_response(),
+        ))
         .default_service(web::to(pages::not_found));
+}
+
+/// The end of a route table, for requests that no route took: 405 Method Not Allowed with
+/// `Allow` when some route serves the path with another method, else `not_found`. Both the
+/// portal's table and the API's scope end with it, so every path answers an unsupported
+/// method the same way, decided here rather than route by route.
+///
+/// The methods come from the router itself: on the way here it tried every route whose
+/// path matched, noting each one's method, and an empty resource answers 405 with those
+/// methods in `Allow` (or without `Allow` when no path matched), which this turns into the
+/// caller's own error shape.
+pub(crate) fn unrouted(
+    not_found: fn() -> HttpResponse,
+    method_not_allowed: fn(&str) -> HttpResponse,
+) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.service(
+            web::resource("/{unrouted:.*}").wrap(actix_web::middleware::from_fn(
+                move |req: ServiceRequest, next: Next<BoxBody>| async move {
+                    let response = next.call(req).await?;
+                    let allow = response
+                        .headers()
+                        .get(actix_web::http::header::ALLOW)
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_owned);
+                    let answer = match allow {
+                        Some(allow) if response.status() == StatusCode::METHOD_NOT_ALLOWED => {
+                            method_not_allowed(&allow)
+                        }
+                        _ => not_found(),
+                    };
+                    Ok(response.into_response(answer))
+                },
+            )),
+        );
+    }
 }
 
 /// Headers on every response, errors included.
@@ -493,10 +535,18 @@ pub enum WebError {
     Forbidden(String),
     #[error("This page does not exist.")]
     NotFound,
+    /// The page exists but not for this method; the value is the `Allow` header's.
+    #[error("This page does not take that kind of request.")]
+    MethodNotAllowed(String),
     #[error("Too many attempts; try again in {0} seconds.")]
     TooManyRequests(u64),
     #[error("Something went wrong on the appliance; the event was logged.")]
     Internal(String),
+    /// The data partition is full: nothing was changed; it works again once space is freed.
+    #[error(
+        "Storage full: the appliance has no space left, so nothing was saved. Try again once an administrator has freed space on its data partition."
+    )]
+    StorageFull,
     /// A sensitive page whose user must give the password again first: a redirect to the
     /// confirmation page, which sends them back.
     #[error("confirm your password first")]
@@ -512,6 +562,10 @@ impl From<appliance::Error> for WebError {
             appliance::Error::NotFound(_) => WebError::NotFound,
             appliance::Error::Conflict(message) => WebError::BadRequest(message),
             appliance::Error::Forbidden(message) => WebError::Forbidden(message),
+            err @ appliance::Error::StorageFull { .. } => {
+                tracing::warn!(error = %err, "refused: storage full");
+                WebError::StorageFull
+            }
             other => {
                 tracing::error!(error = %other, code = other.code(), "request failed");
                 WebError::Internal(other.code().to_owned())
@@ -543,8 +597,10 @@ impl ResponseError for WebError {
             WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
             WebError::Forbidden(_) => StatusCode::FORBIDDEN,
             WebError::NotFound => StatusCode::NOT_FOUND,
+            WebError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             WebError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            WebError::StorageFull => StatusCode::SERVICE_UNAVAILABLE,
             WebError::ConfirmFirst(_) => StatusCode::SEE_OTHER,
         }
     }
@@ -558,7 +614,9 @@ impl ResponseError for WebError {
             WebError::BadRequest(_) => "That did not work",
             WebError::Forbidden(_) => "Not allowed",
             WebError::NotFound => "Not found",
+            WebError::MethodNotAllowed(_) => "Not allowed",
             WebError::TooManyRequests(_) => "Slow down",
+            WebError::StorageFull => "Storage full",
             WebError::Internal(_) | WebError::ConfirmFirst(_) => "Error",
         };
         let page = MessagePage {
@@ -571,6 +629,12 @@ impl ResponseError for WebError {
         let mut response = HttpResponse::build(self.status_code());
         if let WebError::TooManyRequests(seconds) = self {
             response.insert_header(("Retry-After", seconds.to_string()));
+        }
+        if let WebError::StorageFull = self {
+            response.insert_header(("Retry-After", "60"));
+        }
+        if let WebError::MethodNotAllowed(allow) = self {
+            response.insert_header((actix_web::http::header::ALLOW, allow.as_str()));
         }
         response
             .content_type("text/html; charset=utf-8")

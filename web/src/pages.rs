@@ -45,6 +45,8 @@ struct HomePage {
     role: String,
     session_ends: String,
     idle_minutes: i64,
+    /// The firewall controller's state, and whether it is running.
+    firewall: (String, bool),
 }
 
 pub async fn home(state: web::Data<AppState>, user: Result<SignedIn, actix_web::Error>) -> Page {
@@ -75,6 +77,7 @@ pub async fn home(state: web::Data<AppState>, user: Result<SignedIn, actix_web::
         role: user.role.to_string(),
         session_ends: format_us(user.session.created_at_us + state.limits.absolute_us),
         idle_minutes: state.limits.idle_us / 60_000_000,
+        firewall: crate::remote::firewall_overview(&state).await?,
     })
 }
 
@@ -277,19 +280,58 @@ fn presented_browser(req: &HttpRequest) -> Option<String> {
 
 /// Counts an attempt at a password or a code from this source, refusing it past the limit.
 async fn throttle(state: &web::Data<AppState>, req: &HttpRequest) -> Result<(), WebError> {
+    throttle_for(state, req, None).await
+}
+
+/// [`throttle`] for an attempt at `account` (the email it names). A refusal computes no
+/// hash, and only the first in a window from the source is written at once; the rest are
+/// counted for its summary (`appliance::refusals`), so a flood costs no disk per request.
+async fn throttle_for(
+    state: &web::Data<AppState>,
+    req: &HttpRequest,
+    account: Option<&str>,
+) -> Result<(), WebError> {
     let Some(ip) = crate::client_ip(req) else {
         return Ok(());
     };
     let Err(seconds) = state.throttle_login(ip) else {
         return Ok(());
     };
-    let event = AuditEvent::new(Actor::System("web".into()), "auth.login.throttled")
-        .source(ip)
-        .outcome(appliance::Outcome::Denied);
-    let audit = state.app.audit.clone();
-    web::block(move || audit.record(event)).await??;
+    let source = ip.to_string();
+    // The attacker chooses the text: a bounded piece of it, as the login compares it.
+    let account: Option<String> = account.map(|a| {
+        a.trim()
+            .chars()
+            .take(254)
+            .collect::<String>()
+            .to_lowercase()
+    });
+    let noted = state
+        .refusals
+        .note(&source, "throttled", account.as_deref(), state.now());
+    if noted == appliance::refusals::Noted::InFull {
+        let event = AuditEvent::new(Actor::System("web".into()), "auth.login.throttled")
+            .source(&source)
+            .outcome(appliance::Outcome::Denied)
+            .details(match account {
+                Some(email) => serde_json::json!({ "email": email }),
+                None => serde_json::json!({}),
+            });
+        let audit = state.app.audit.clone();
+        web::block(move || audit.record(event)).await??;
+    }
+    // Answered after a pause that holds no thread: a client that waits for its answers, as
+    // browsers and load tools do, then sends one attempt per connection per pause, so a
+    // flood of refusals cannot take the CPU the pages need.
+    actix_web::rt::time::sleep(THROTTLED_PAUSE).await;
     Err(WebError::TooManyRequests(seconds))
 }
+
+/// How long a throttled attempt waits for its 429.
+const THROTTLED_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `Retry-After` when too many password checks wait (`appliance::refusals::CheckGate`).
+const BUSY_RETRY_SECONDS: u64 = 2;
 
 /// Removes the session cookie from the browser.
 fn ended_session_cookie() -> Cookie<'static> {
@@ -316,7 +358,7 @@ pub async fn login_submit(
     req: HttpRequest,
     form: web::Form<LoginForm>,
 ) -> Page {
-    throttle(&state, &req).await?;
+    throttle_for(&state, &req, Some(&form.email)).await?;
     let form = form.into_inner();
     let (now, source, lockout, agent) =
         (state.now(), source(&req), state.lockout, user_agent(&req));
@@ -324,20 +366,25 @@ pub async fn login_submit(
     let browser = presented_browser(&req);
     let email = form.email.clone();
     type Started = (sessions::SessionToken, SecondFactor, Option<String>);
+    // `Err(seconds)`: too many password checks wait; nothing was checked or counted.
+    type Checked = appliance::error::Result<Result<Option<Started>, u64>>;
     let started = {
         let state = state.clone();
-        web::block(move || -> appliance::error::Result<Option<Started>> {
-            let result = accounts::login_from(
-                &state.app.audit,
-                &form.email,
-                &form.password,
-                &source,
-                browser.as_deref(),
+        web::block(move || -> Checked {
+            let attempt = accounts::Attempt {
+                email: &form.email,
+                password: &form.password,
+                source: &source,
+                browser: browser.as_deref(),
                 now,
-                lockout,
-            )?;
+            };
+            let result =
+                accounts::login_summarised(&state.app.audit, &state.refusals, &attempt, lockout)?;
+            if result.too_busy() {
+                return Ok(Err(BUSY_RETRY_SECONDS));
+            }
             let Some(user) = result.user else {
-                return Ok(None);
+                return Ok(Ok(None));
             };
             // A fresh id at every login; an id held before login is ended, never promoted.
             if let Some(old) = old_token
@@ -377,9 +424,10 @@ pub async fn login_submit(
                 )?),
                 SecondFactor::Pending | SecondFactor::Enrol => None,
             };
-            Ok(Some((token, factor, browser)))
+            Ok(Ok(Some((token, factor, browser))))
         })
         .await??
+        .map_err(WebError::TooManyRequests)?
     };
     match started {
         Some((token, factor, browser)) => {
@@ -622,7 +670,7 @@ pub async fn second_factor_submit(
     if partial.session.second_factor != "pending" {
         return Ok(see_other("/"));
     }
-    throttle(&state, &req).await?;
+    throttle_for(&state, &req, Some(&partial.user.email)).await?;
     let (now, source, code) = (state.now(), source(&req), form.code.clone());
     let browser = presented_browser(&req);
     let outcome = {

@@ -6,13 +6,19 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use appliance::access::{
     self, Decision, Machine, NewRequest, PolicyChange, RequestView, Show, SitePolicy, State,
 };
-use appliance::grants::Agent;
+use appliance::grants::control::FirewallStatus;
+use appliance::grants::{Agent, Grant};
 use appliance::models::{Role, Site, User};
 use appliance::{Actor, AuditEvent};
 use askama::Template;
 use serde::Deserialize;
 
 use crate::{AppState, CsrfForm, Nav, SignedIn, WebError, html_with_status, see_other, source};
+
+mod firewall;
+
+pub use firewall::firewall_overview;
+use firewall::{after_grant_change, revoke_pending};
 
 type Page = Result<HttpResponse, WebError>;
 
@@ -280,6 +286,8 @@ struct RequestPage {
     approved_minutes: i64,
     requested_minutes: i64,
     problem: Option<String>,
+    /// Set while a revoke waits for the firewall controller.
+    revoke_pending: Option<String>,
 }
 
 async fn request_page_with(
@@ -289,12 +297,21 @@ async fn request_page_with(
     problem: Option<String>,
 ) -> Page {
     let (app, account, now) = (state.app.clone(), user.user.clone(), state.now());
-    let (view, approver, extendable) = blocking(move || {
+    let lease_seconds = state.app.config.firewall.lease_seconds;
+    let (view, approver, extendable, revoke_pending) = blocking(move || {
         let mut conn = app.store.conn()?;
         let view = access::find_visible(&mut conn, &account, id)?;
         let approver = access::is_approver(&mut conn, &account, view.request.site_id)?;
         let extendable = SitePolicy::of(&mut conn, view.request.site_id)?.requester_may_extend;
-        Ok((view, approver, extendable))
+        let pending = match view.request.grant_id {
+            Some(grant) => {
+                let grant = Grant::find(&mut conn, grant)?;
+                let health = FirewallStatus::health(FirewallStatus::read(&mut conn)?, now);
+                revoke_pending(&grant, &health, lease_seconds, now)
+            }
+            None => None,
+        };
+        Ok((view, approver, extendable, pending))
     })
     .await?;
     let r = &view.request;
@@ -324,6 +341,7 @@ async fn request_page_with(
         approved_minutes: r.approved_seconds.unwrap_or(0) / 60,
         requested_minutes: r.requested_seconds / 60,
         problem: problem.clone(),
+        revoke_pending,
         view,
     };
     let status = status_for(&problem);
@@ -366,8 +384,8 @@ async fn decide_with(
     })
     .await?;
     match decided {
-        Ok(_) => {
-            after_change(&state).await;
+        Ok(request) => {
+            after_grant_change(&state, Actor::User(user.user.id), request.grant_id).await;
             Ok(see_other(&format!("/access/{id}")))
         }
         Err(err) => {
@@ -426,8 +444,8 @@ pub async fn end(
         web::block(move || access::end(&app.audit, &app.config, &account, id, &reason, &from, now))
             .await?;
     match ended {
-        Ok(_) => {
-            after_change(&state).await;
+        Ok(request) => {
+            after_grant_change(&state, Actor::User(user.user.id), request.grant_id).await;
             let back = req
                 .headers()
                 .get("referer")
@@ -465,8 +483,8 @@ pub async fn extend(
     let extended =
         web::block(move || access::extend(&app.audit, &account, id, &minutes, &from, now)).await?;
     match extended {
-        Ok(_) => {
-            after_change(&state).await;
+        Ok(request) => {
+            after_grant_change(&state, Actor::User(user.user.id), request.grant_id).await;
             Ok(see_other(&format!("/access/{id}")))
         }
         Err(appliance::Error::Forbidden(why)) => Err(WebError::Forbidden(why)),

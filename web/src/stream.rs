@@ -5,7 +5,8 @@
 //! `ingest` is another process, so the stream polls the store (the processes' shared source
 //! of truth) for readings with a larger id than the last one sent. An event's `id` is the
 //! reading's id: a client that reconnects with `Last-Event-ID` misses nothing. The token is
-//! checked again at every poll, so a revoked or expired token ends the stream.
+//! checked again at every poll, so a revoked or expired token ends the stream. Both are in
+//! the OpenAPI document; the stream as `text/event-stream`.
 
 use std::time::Duration;
 
@@ -72,36 +73,62 @@ impl Drop for StreamSlot {
     }
 }
 
-pub fn config(cfg: &mut web::ServiceConfig) {
-    let query_errors = || {
-        web::QueryConfig::default()
-            .error_handler(|err, _| ApiError::Invalid(err.to_string()).into())
-    };
-    cfg.service(
-        web::resource("/api/v1/readings/export")
-            .app_data(query_errors())
-            .route(web::get().to(export)),
-    )
-    .service(
-        web::resource("/api/v1/readings/stream")
-            .app_data(query_errors())
-            .route(web::get().to(stream)),
-    );
+/// The readings part of the OpenAPI document, merged into `/api/v1/openapi.json`. The
+/// routes are in the API's table (`crate::api::routes`).
+#[derive(OpenApi)]
+#[openapi(paths(export, stream), components(schemas(ErrorBody)))]
+#[derive(Debug)]
+pub struct ReadingsDoc;
+
+/// Whose readings, for the OpenAPI document: exactly one of `device` (a serial) or `site`
+/// (an id), both of the caller's own organisation. Separate query parameters cannot say
+/// "exactly one of these two"; an exploded query object whose schema is one of two
+/// one-property objects can, and it puts the same `device=` or `site=` in the URL.
+#[derive(Debug)]
+pub struct ReadingsOf;
+
+impl utoipa::PartialSchema for ReadingsOf {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            AdditionalProperties, KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type,
+        };
+        let only = |name: &str, kind: Type, format: Option<KnownFormat>, about: &str| {
+            ObjectBuilder::new()
+                .property(
+                    name,
+                    ObjectBuilder::new()
+                        .schema_type(kind)
+                        .format(format.map(SchemaFormat::KnownFormat))
+                        .description(Some(about)),
+                )
+                .required(name)
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        };
+        OneOfBuilder::new()
+            .item(only("device", Type::String, None, "A device's serial."))
+            .item(only(
+                "site",
+                Type::Integer,
+                Some(KnownFormat::Int64),
+                "A site's id.",
+            ))
+            .description(Some(
+                "One device (`device=SERIAL`) or one site (`site=ID`).",
+            ))
+            .into()
+    }
 }
 
-/// The export's part of the OpenAPI document, merged into `/api/v1/openapi.json`. The
-/// stream is left out: a generated client or fuzzer would wait on it for ever.
-#[derive(OpenApi)]
-#[openapi(paths(export), components(schemas(ErrorBody)))]
-#[derive(Debug)]
-pub struct ReadingsExportDoc;
+impl utoipa::ToSchema for ReadingsOf {}
 
 /// Which readings: one device or one site, of the caller's own organisation.
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ExportParams {
-    /// A device's serial. Give `device` or `site`.
+    /// A device's serial. Give `device` or `site` (documented as [`ReadingsOf`]).
+    #[param(ignore)]
     device: Option<String>,
     /// A site's id. Give `device` or `site`.
+    #[param(ignore)]
     site: Option<i64>,
     /// Only this metric, such as `temperature_c`.
     metric: Option<String>,
@@ -112,13 +139,28 @@ pub struct ExportParams {
     #[param(format = DateTime)]
     until: Option<String>,
     /// `csv` (default) or `jsonl`.
-    format: Option<String>,
+    #[param(inline)]
+    format: Option<ExportFileFormat>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The export's file format.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFileFormat {
+    Csv,
+    Jsonl,
+}
+
+/// Which readings to stream: one device or one site, of the caller's own organisation.
+#[derive(Debug, Deserialize, IntoParams)]
 pub struct StreamParams {
+    /// A device's serial. Give `device` or `site` (documented as [`ReadingsOf`]).
+    #[param(ignore)]
     device: Option<String>,
+    /// A site's id. Give `device` or `site`.
+    #[param(ignore)]
     site: Option<i64>,
+    /// Only this metric, such as `temperature_c`.
     metric: Option<String>,
 }
 
@@ -160,12 +202,15 @@ fn scope(
 
 /// A device's or a site's readings as CSV (or JSONL), in measurement order, streamed with
 /// no row cap. Audited as `readings.exported`.
-#[utoipa::path(get, path = "/api/v1/readings/export", params(ExportParams), responses(
-    (status = 200, description = "CSV: device,seq,metric,value,measured_at,measured_at_us,received_at_us", content_type = "text/csv"),
+#[utoipa::path(get, path = "/api/v1/readings/export", params(("of" = inline(ReadingsOf), Query, style = Form, explode, description = "Whose readings: `device=SERIAL` or `site=ID`, exactly one"), ExportParams), responses(
+    (status = 200, description = "The readings: CSV with the columns device,seq,metric,value,measured_at,measured_at_us,received_at_us, or JSON Lines with those fields", content(
+        (String = "text/csv"),
+        (String = "application/x-ndjson")
+    )),
     (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)
 ), security(("bearer" = ["readings:read"])))]
-async fn export(
+pub(crate) async fn export(
     state: web::Data<AppState>,
     caller: ApiCaller,
     req: HttpRequest,
@@ -173,14 +218,9 @@ async fn export(
 ) -> Result<HttpResponse, ApiError> {
     caller.require("readings:read")?;
     let params = params.into_inner();
-    let (format, content_type, extension) = match params.format.as_deref() {
-        Some("csv") | None => (ExportFormat::Csv, "text/csv; charset=utf-8", "csv"),
-        Some("jsonl") => (ExportFormat::Jsonl, "application/x-ndjson", "jsonl"),
-        Some(other) => {
-            return Err(ApiError::Invalid(format!(
-                "format {other:?} is not csv or jsonl"
-            )));
-        }
+    let (format, content_type, extension) = match params.format {
+        Some(ExportFileFormat::Csv) | None => (ExportFormat::Csv, "text/csv; charset=utf-8", "csv"),
+        Some(ExportFileFormat::Jsonl) => (ExportFormat::Jsonl, "application/x-ndjson", "jsonl"),
     };
     let instant = |raw: &Option<String>| {
         raw.as_deref()
@@ -269,12 +309,24 @@ fn event(serial: &str, r: &Reading) -> String {
     format!("id: {}\nevent: reading\ndata: {json}\n\n", r.id)
 }
 
-/// `GET /api/v1/readings/stream?device=SERIAL|site=ID[&metric=]`: new readings as
-/// Server-Sent Events (`event: reading`, `id` = the reading's id, `data` = JSON). It starts
-/// after `Last-Event-ID` if the client sends one (a reconnect), else with the next reading
-/// stored. It ends with `event: end` when the token is revoked or expires. A token may hold
-/// [`MAX_STREAMS_PER_TOKEN`] streams open; one more is 429.
-async fn stream(
+/// New readings of a device or a site as Server-Sent Events, as they are stored: `event:
+/// reading` with `id` the reading's id and `data` a JSON object (id, device, seq, metric,
+/// value, measured_at, received_at). It starts after `Last-Event-ID` if the client sends
+/// one (a reconnect misses nothing), else with the next reading stored. A comment line
+/// comes every 15 s without events. It ends with `event: end` when the token is revoked or
+/// expires. A token may hold 4 streams open at once; one more is 429.
+#[utoipa::path(get, path = "/api/v1/readings/stream",
+    params(
+        ("of" = inline(ReadingsOf), Query, style = Form, explode, description = "Whose readings: `device=SERIAL` or `site=ID`, exactly one"),
+        StreamParams,
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "The `id` of the last event received, to resume after it")
+    ),
+    responses(
+    (status = 200, description = "An endless event stream: `event: reading`, `id: <reading id>`, `data: {\"id\":..,\"device\":..,\"seq\":..,\"metric\":..,\"value\":..,\"measured_at\":..,\"received_at\":..}`; `event: end` when the token stops being valid", content_type = "text/event-stream", body = String),
+    (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)
+), security(("bearer" = ["readings:read"])))]
+pub(crate) async fn stream(
     state: web::Data<AppState>,
     caller: ApiCaller,
     req: HttpRequest,

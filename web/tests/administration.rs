@@ -178,8 +178,8 @@ fn the_portal_certificate_is_replaced_without_a_restart_and_bad_pairs_change_not
 
 #[test]
 fn the_mail_relay_set_in_the_portal_carries_every_email_and_keeps_its_password_sealed() {
-    let smtp_port = free_port();
-    let mail = testkit::MailCatcher::start(smtp_port);
+    let mail = testkit::MailCatcher::start();
+    let smtp_port = mail.port();
     // No [smtp] in the file: the relay comes from the portal alone.
     let portal = Portal::start("logins_per_minute = 100");
     portal.setup_admin();
@@ -275,7 +275,8 @@ fn the_mail_relay_set_in_the_portal_carries_every_email_and_keeps_its_password_s
     // A relay that does not answer: the test says what went wrong, and nothing breaks.
     portal.login("admin", EMAIL, "Neue-Schraube-2027");
     let csrf = portal.csrf("admin");
-    let dead = free_port().to_string();
+    let relay = testkit::ClosedPort::new();
+    let dead = relay.port().to_string();
     let moved = portal.post(
         Some("admin"),
         "/settings/mail",
@@ -298,8 +299,8 @@ fn the_mail_relay_set_in_the_portal_carries_every_email_and_keeps_its_password_s
 
 #[test]
 fn the_operator_runs_organisations_whose_administrators_see_only_their_own() {
-    let smtp_port = free_port();
-    let mail = testkit::MailCatcher::start(smtp_port);
+    let mail = testkit::MailCatcher::start();
+    let smtp_port = mail.port();
     let portal = Portal::start(&format!(
         "logins_per_minute = 1000\nsecond_factor_roles = []\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nsecurity = \"none\"\n"
     ));
@@ -678,8 +679,8 @@ fn the_operator_runs_organisations_whose_administrators_see_only_their_own() {
 
 #[test]
 fn users_and_sites_are_edited_and_deleted_and_an_email_change_is_told_to_both_addresses() {
-    let smtp_port = free_port();
-    let mail = testkit::MailCatcher::start(smtp_port);
+    let mail = testkit::MailCatcher::start();
+    let smtp_port = mail.port();
     let portal = Portal::start(&format!(
         "logins_per_minute = 1000\nsecond_factor_roles = []\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nsecurity = \"none\"\n"
     ));

@@ -34,7 +34,8 @@ fn errors_page_showing(portal: &Portal, jar: &str, wanted: &str) -> String {
 #[test]
 fn every_services_warnings_and_errors_are_shown_to_the_operators_administrators_only() {
     // A relay nobody listens at: every email the portal owes fails, with a warning.
-    let relay_port = free_port();
+    let relay = testkit::ClosedPort::new();
+    let relay_port = relay.port();
     let portal = Portal::start(&format!(
         "logins_per_minute = 1000\nsecond_factor_roles = []\n\
          [smtp]\nhost = \"127.0.0.1\"\nport = {relay_port}\nsecurity = \"none\"\n\

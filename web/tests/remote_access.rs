@@ -9,7 +9,6 @@ mod common;
 use common::*;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use appliance::access::{self, Machine, SitePolicy};
@@ -305,15 +304,6 @@ fn screenshot_dir() -> PathBuf {
     dir
 }
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_real_browser_walks_request_approval_banner_and_revoke() {
     use fantoccini::{Client, ClientBuilder, Locator};
@@ -350,20 +340,8 @@ fn a_real_browser_walks_request_approval_banner_and_revoke() {
     let ann = person(&portal, &org, "Ann", Role::Approver);
     access::set_approver(audit, &actor, &site, ann.id, true).unwrap();
 
-    let driver_port = free_port();
-    let _driver = KillOnDrop(
-        Command::new("/usr/bin/chromedriver")
-            .arg(format!("--port={driver_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", driver_port)).is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let driver = ChromeDriver::start();
+    let driver_port = driver.port;
     let shots = screenshot_dir();
     let origin = portal.origin();
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {

@@ -168,6 +168,17 @@ impl HeadFile {
         })
     }
 
+    /// Signs `head` as the committed head, whatever the file held (or if it is unreadable):
+    /// only for an administrator's accepted restore, when the store no longer extends it.
+    pub fn replace(&self, key: &SigningKey, head: (i64, &Hash)) -> Result<()> {
+        self.update(|_| {
+            Ok(Some(HeadState {
+                committed: SignedHead::sign(key, head.0, head.1)?,
+                pending: None,
+            }))
+        })
+    }
+
     /// Reads, changes and atomically replaces the file under its lock. `change` returns
     /// `None` to leave the file as it is.
     fn update(
@@ -180,9 +191,9 @@ impl HeadFile {
             .truncate(false)
             .mode(SHARED_MODE)
             .open(&self.lock_path)
-            .map_err(|err| self.error(err))?;
+            .map_err(|err| self.io_error(err))?;
         share(&lock);
-        lock.lock().map_err(|err| self.error(err))?;
+        lock.lock().map_err(|err| self.io_error(err))?;
         // An unreadable file is replaced rather than blocking every append; verify reports it.
         let Some(state) = change(self.read().ok().flatten())? else {
             return Ok(());
@@ -199,8 +210,11 @@ impl HeadFile {
                 .mode(SHARED_MODE)
                 .open(&tmp)?;
             share(&file);
-            file.write_all(&json)?;
-            file.sync_all()?;
+            if let Err(err) = file.write_all(&json).and_then(|()| file.sync_all()) {
+                // Out of space, say: a half-written leftover would only hold on to blocks.
+                let _ = fs::remove_file(&tmp);
+                return Err(err);
+            }
             fs::rename(&tmp, &self.path)?;
             // The rename itself must reach the disk before the head counts as written.
             if let Some(dir) = self.path.parent() {
@@ -208,6 +222,22 @@ impl HeadFile {
             }
             Ok(())
         };
-        write().map_err(|err| self.error(err))
+        write().map_err(|err| self.io_error(err))
+    }
+
+    /// A failed read or write of the file. No space left is [`Error::StorageFull`], as for
+    /// the store: the append is refused and can be retried once space is freed. Where the
+    /// append stands then: if [`HeadFile::begin`] fails, the transaction rolls back and the
+    /// file still vouches for the store's tail; if [`HeadFile::commit`] fails, the records
+    /// are committed and the file's `pending` entry vouches for them until the next append
+    /// signs them as `committed`. Either way `audit verify` passes.
+    fn io_error(&self, err: std::io::Error) -> Error {
+        if crate::error::is_io_full(&err) {
+            Error::StorageFull {
+                what: "the signed audit head",
+            }
+        } else {
+            self.error(err)
+        }
     }
 }

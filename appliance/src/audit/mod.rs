@@ -6,6 +6,7 @@
 //! records or M minutes a signed checkpoint is stored and optionally sent to syslog.
 
 pub mod chain;
+pub mod continuity;
 pub mod export;
 pub mod head;
 pub mod verify;
@@ -29,7 +30,7 @@ use chain::{AuditRecord, GENESIS, Hash};
 use head::{HeadFile, statement};
 
 pub use export::{ExportFilter, ExportFormat};
-pub use verify::{Tamper, VerifyReport};
+pub use verify::{Tamper, Truncation, VerifyReport};
 
 const MAX_ACTION_LEN: usize = 100;
 const MAX_SHORT_FIELD_LEN: usize = 1024;
@@ -242,8 +243,26 @@ pub struct Audit {
 }
 
 impl Audit {
-    /// Opens the appender; fails with "run `plantgate init`" when there is no signing key.
+    /// Opens the appender; fails with "run `plantgate init`" when there is no signing key,
+    /// and with [`AuditError::Discontinuity`] when the store does not extend the signed head
+    /// (every process opens the appliance through here, so none starts on such a store). An
+    /// episode of mismatch that has ended is recorded now, as `audit.head.mismatch`.
     pub fn open(store: Store, config: &Config) -> Result<Audit> {
+        let audit = Audit::open_for_restore(store, config)?;
+        // Without a head file there is nothing to compare yet (a store being created); the
+        // append path refuses a store with records but no head.
+        if audit.head.path().exists() {
+            continuity::check(&audit.store, &audit.head, &continuity::process_name())?;
+            if continuity::pending_episode(&audit.head).is_some() {
+                audit.record_all(Vec::new())?;
+            }
+        }
+        Ok(audit)
+    }
+
+    /// Opens the appender without comparing the store with the signed head: for
+    /// [`Audit::accept_restore`] only.
+    pub fn open_for_restore(store: Store, config: &Config) -> Result<Audit> {
         let key = SigningKey::load(&config.keys_dir())?;
         Ok(Audit {
             store,
@@ -294,9 +313,17 @@ impl Audit {
         change: impl FnOnce(&mut DbConnection) -> Result<(T, Vec<AuditEvent>)>,
     ) -> Result<(T, ChainHead)> {
         let mut conn = self.store.conn()?;
-        let (value, before, after) = conn.transaction(|conn| {
+        let (value, before, after, episode) = conn.transaction(|conn| {
             let before = lock_and_read_head(conn)?;
-            let (value, events) = change(conn)?;
+            // Never write over a store that does not extend the signed head (continuity).
+            continuity::compare(before, &self.head).map_err(|found| {
+                continuity::refuse(&self.head, found, &continuity::process_name())
+            })?;
+            let episode = continuity::pending_episode(&self.head);
+            let (value, mut events) = change(conn)?;
+            if let Some(details) = &episode {
+                events.insert(0, continuity::episode_event(details.clone()));
+            }
             let after = append_locked(conn, before, &events)?;
             if after.seq != before.seq {
                 // Signed before commit: if this fails, nothing is appended.
@@ -306,9 +333,12 @@ impl Audit {
                     (after.seq, &after.hash),
                 )?;
             }
-            Ok::<_, Error>((value, before, after))
+            Ok::<_, Error>((value, before, after, episode))
         })?;
         self.after_commit(&mut conn, before, after);
+        if let Some(recorded) = &episode {
+            continuity::clear(&self.head, recorded);
+        }
         Ok((value, after))
     }
 

@@ -46,6 +46,28 @@ pub struct VerifyReport {
     pub checkpoints: usize,
     pub head_seq: Option<i64>,
     pub problem: Option<Tamper>,
+    /// Set when the log ends before the record the signed head vouches for: the store was
+    /// replaced by an empty or an older one, or its tail was dropped.
+    pub truncated: Option<Truncation>,
+}
+
+/// Where the signed head and the store each end, when the store ends first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    pub head_seq: i64,
+    /// Hex SHA-256 of record `head_seq`, as signed.
+    pub head_hash: String,
+    pub store_seq: i64,
+}
+
+impl fmt::Display for Truncation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the head says seq {} (hash {}), the store ends at seq {}",
+            self.head_seq, self.head_hash, self.store_seq
+        )
+    }
 }
 
 impl VerifyReport {
@@ -75,6 +97,7 @@ pub fn verify(
         checkpoints: checkpoint_rows.len(),
         head_seq: None,
         problem: None,
+        truncated: None,
     };
 
     // Signatures first: a checkpoint that does not verify cannot vouch for anything.
@@ -179,6 +202,15 @@ pub fn verify(
 
     // The end of the log against what was signed.
     let tail = report.tail_seq;
+    if let Some((seq, hash)) = &committed
+        && *seq > tail
+    {
+        report.truncated = Some(Truncation {
+            head_seq: *seq,
+            head_hash: hex::encode(hash),
+            store_seq: tail,
+        });
+    }
     let signed_end = checkpoints.keys().next_back().copied().unwrap_or(0);
     let removed = |to: i64| {
         bad(

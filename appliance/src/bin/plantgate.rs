@@ -1,7 +1,8 @@
 //! `plantgate`: the appliance's administration command.
 //!
 //! Exit codes: 0 success; 1 the command failed (including a failed `audit verify`);
-//! 2 bad configuration or usage.
+//! 2 bad configuration or usage; 3 a revoke is recorded but the firewall controller has not
+//! confirmed that the kernel dropped it (its lease closes it within `firewall.lease_seconds`).
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -10,22 +11,24 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use appliance::audit::verify::verify;
 use appliance::audit::{self, Checkpoint, ExportFilter, ExportFormat};
 use appliance::config::Config;
 use appliance::connectors::{self, Connector, ConnectorRequest, SealingKey};
 use appliance::device_ca;
 use appliance::devices::{Device, DeviceRequest};
-use appliance::enrolment::{self, FIRST_ADMIN, FIRST_ADMIN_VALIDITY_US};
 use appliance::error::{Error, Result};
-use appliance::grants::{Agent, Grant, GrantRequest, poke_firewall};
+use appliance::grants::{Agent, Grant, GrantRequest, control};
 use appliance::ids::{ConnectorId, SiteId};
 use appliance::keyring::{self, Secret};
-use appliance::keys::{SigningKey, VerifyingKey, private_key_path};
-use appliance::models::{Organisation, Role, Site, User};
+use appliance::models::{Organisation, Site, User};
 use appliance::readings;
 use appliance::time::{format_us, parse_instant};
 use appliance::{Actor, Appliance, Audit, AuditEvent, Store};
+
+#[path = "plantgate/init.rs"]
+mod init;
+#[path = "plantgate/restore.rs"]
+mod restore;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +51,13 @@ enum Command {
         /// Replace a lost first-admin enrolment token with a new one.
         #[arg(long)]
         reissue_token: bool,
+        /// On an initialised appliance whose store is missing, start over with an empty
+        /// store on purpose; recorded with the old signed head. Needs --reason.
+        #[arg(long, requires = "reason")]
+        accept_empty_store: bool,
+        /// Why, for the audit record of --accept-empty-store.
+        #[arg(long, requires = "accept_empty_store")]
+        reason: Option<String>,
     },
     /// Apply pending store migrations.
     Migrate,
@@ -266,8 +276,9 @@ enum TokenCommand {
         /// What the token is for, e.g. the SIEM that uses it.
         #[arg(long)]
         name: String,
-        /// audit:read, users:read or grants:read; repeat for several.
-        #[arg(long = "scope", required = true)]
+        /// What the token may do; repeat for several.
+        #[arg(long = "scope", required = true,
+              value_parser = clap::builder::PossibleValuesParser::new(appliance::tokens::SCOPES))]
         scopes: Vec<String>,
         #[arg(long, default_value_t = 90)]
         days: u32,
@@ -334,8 +345,17 @@ enum ConfigCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain, the signed checkpoints and the signed head; exit 1 on tampering.
+    /// Check the hash chain, the signed checkpoints and the signed head; exit 1 on tampering
+    /// or truncation.
     Verify,
+    /// Accept the store as it is when it no longer extends the signed head (restored from an
+    /// older backup, say): prints both heads, re-signs the head over the store and records
+    /// `audit.restore.accepted` with both and the reason. Until then nothing can append.
+    AcceptRestore {
+        /// Why this store is accepted; recorded.
+        #[arg(long)]
+        reason: String,
+    },
     /// Stream the log.
     Export {
         #[arg(long, value_enum, default_value = "jsonl")]
@@ -438,8 +458,13 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Init { reissue_token } => {
-            let exit = init(config.clone(), &actor, reissue_token)?;
+        Command::Init {
+            reissue_token,
+            accept_empty_store,
+            reason,
+        } => {
+            let accept = reason.as_deref().filter(|_| accept_empty_store);
+            let exit = init::init(config.clone(), &actor, reissue_token, accept)?;
             // Last, after every file init wrote (the store, the audit head it rewrote for the
             // token's record): owners and modes from the key table, the store the services'.
             appliance::provision::enforce_owners(&config)?;
@@ -470,28 +495,10 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
         }
         Command::Audit {
             command: AuditCommand::Verify,
-        } => {
-            let store = Store::open(&config)?;
-            let key = VerifyingKey::load(&config.keys_dir())?;
-            let head = audit::head::HeadFile::in_dir(&config.data_dir).read()?;
-            let report = verify(&mut *store.conn()?, &key, head.as_ref())?;
-            match &report.problem {
-                None => {
-                    appliance::outln!(
-                        "audit log intact: {} records, {} signed checkpoints, signed head at seq {}",
-                        report.records,
-                        report.checkpoints,
-                        report.head_seq.unwrap_or(0)
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Some(problem) => {
-                    tracing::error!(%problem, "audit log verification failed");
-                    appliance::outln!("audit log TAMPERED: {problem}");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
+        } => restore::verify(&config),
+        Command::Audit {
+            command: AuditCommand::AcceptRestore { reason },
+        } => restore::accept_restore(&config, &actor, &reason),
         Command::Audit {
             command:
                 AuditCommand::Export {
@@ -892,15 +899,24 @@ fn site(command: SiteCommand, config: Config, actor: &Actor) -> Result<ExitCode>
                 "key-switch",
                 appliance::time::now_us(),
             )?;
-            if let Err(why) = appliance::grants::poke_firewall(&app.config) {
-                eprintln!(
-                    "plantgate: the firewall did not answer ({why}); it applies the change at its next reconcile"
-                );
-            }
+            let poked = appliance::grants::poke_firewall(&app.config);
             appliance::outln!(
                 "{}: remote access {position}; {cut} sessions cut",
                 found.name
             );
+            // Sessions cut are revokes: confirmed by a full reconcile, or pending.
+            if let Err(why) = poked {
+                if cut > 0 {
+                    eprintln!(
+                        "revoke recorded; pending: firewall controller unreachable ({why}); the pinholes close by themselves within {} s",
+                        app.config.firewall.lease_seconds
+                    );
+                    return Ok(ExitCode::from(PENDING));
+                }
+                eprintln!(
+                    "plantgate: the firewall did not answer ({why}); it applies the change at its next reconcile"
+                );
+            }
         }
         SiteCommand::List => {
             let mut conn = app.store.conn()?;
@@ -1083,12 +1099,17 @@ fn grant(command: GrantCommand, config: Config, actor: &Actor) -> Result<ExitCod
                 grant.device_addr,
                 format_us(grant.expires_at_us)
             );
-            report_poke(&app.config, "open it");
+            report_open(&app.config, grant.id);
         }
         GrantCommand::Revoke { id, reason } => {
             let grant = Grant::revoke(&app.audit, actor, id, &reason)?;
             appliance::outln!("grant {} revoked", grant.id);
-            report_poke(&app.config, "cut it");
+            // Success only once the controller confirms the kernel holds none of it.
+            let enforced = control::enforce_revoke(&app.audit, actor, &app.config, grant.id);
+            eprintln!("{enforced}");
+            if matches!(enforced, control::Enforcement::Pending { .. }) {
+                return Ok(ExitCode::from(PENDING));
+            }
         }
         GrantCommand::List { json } => {
             let grants = Grant::recent(&mut *app.store.conn()?, 100)?;
@@ -1131,114 +1152,21 @@ fn grant(command: GrantCommand, config: Config, actor: &Actor) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// Tells the firewall controller to apply the change now, and says plainly when it cannot.
-fn report_poke(config: &Config, action: &str) {
-    match poke_firewall(config) {
-        Ok(answer) => eprintln!("firewall: applied ({answer})"),
+/// The exit code of a revoke the firewall has not confirmed.
+const PENDING: u8 = 3;
+
+/// Tells the firewall controller to open the grant now (only its own elements), and says
+/// plainly when it cannot.
+fn report_open(config: &Config, id: i64) {
+    match control::apply_grant(config, id) {
+        Ok(control::GrantState::Open { pinholes }) => {
+            eprintln!("firewall: applied ({pinholes} pinholes open)");
+        }
+        Ok(control::GrantState::Closed { .. }) => {
+            eprintln!("plantgate: WARNING: the firewall did not open it: it has already ended");
+        }
         Err(err) => eprintln!(
-            "plantgate: WARNING: the firewall controller did not answer ({err}); it will {action} when it next reconciles"
+            "plantgate: WARNING: the firewall controller did not answer ({err}); it will open it when it next reconciles"
         ),
     }
-}
-
-#[allow(clippy::print_stdout)]
-fn init(config: Config, actor: &Actor, reissue_token: bool) -> Result<ExitCode> {
-    // The one place that creates the store (first boot runs `plantgate init`).
-    let store = Store::create(&config)?;
-    let applied = store.migrate()?;
-    let key_path = private_key_path(&config.keys_dir());
-    if !key_path.exists() {
-        // A log with records but no key means the key was lost or removed: a new key would
-        // make every earlier signature unverifiable, so refuse and say what to do.
-        let records: i64 = {
-            use diesel::prelude::*;
-            appliance::schema::audit_log::table
-                .count()
-                .get_result(&mut store.conn()?)?
-        };
-        if records > 0 {
-            return Err(Error::Conflict(format!(
-                "the audit log holds {records} records but the signing key {} is missing; restore {} from backup",
-                key_path.display(),
-                config.keys_dir().display()
-            )));
-        }
-    }
-    // Every key the table lists (appliance::keyring); owners and modes come at the end.
-    let made = appliance::provision::create_missing_keys(&config)?;
-    let key_generated = made.contains(&"audit-signing.key");
-    let audit = Audit::open(store.clone(), &config)?;
-    let mut events = Vec::new();
-    if !applied.is_empty() {
-        events.push(
-            AuditEvent::new(actor.clone(), "store.migrated")
-                .target(format!("store:{}", store.backend().name()))
-                .details(serde_json::json!({ "applied": applied })),
-        );
-    }
-    if !made.is_empty() {
-        events.push(
-            AuditEvent::new(actor.clone(), "keys.created")
-                .target(format!("dir:{}", config.keys_dir().display()))
-                .details(serde_json::json!({ "files": made })),
-        );
-    }
-    if key_generated {
-        let key = SigningKey::load(&config.keys_dir())?;
-        events.push(
-            AuditEvent::new(actor.clone(), "audit.key.generated")
-                .target(format!("key:{}", key.key_id()))
-                .details(serde_json::json!({ "algorithm": "ed25519", "path": key_path.display().to_string() })),
-        );
-        events.push(
-            AuditEvent::new(actor.clone(), "appliance.initialised").details(serde_json::json!({
-                "store": store.describe(),
-                "data_dir": config.data_dir.display().to_string(),
-            })),
-        );
-    }
-    if !events.is_empty() {
-        audit.record_all(events)?;
-    }
-
-    let mut conn = store.conn()?;
-    let admins = User::count_with_role(&mut conn, Role::Admin)?;
-    let pending = enrolment::pending(&mut conn, FIRST_ADMIN)?;
-    drop(conn);
-    appliance::outln!("Plantgate is initialised.");
-    appliance::outln!("  data directory:    {}", config.data_dir.display());
-    appliance::outln!("  store:             {}", store.describe());
-    appliance::outln!("  audit signing key: {}", key_path.display());
-    if admins > 0 {
-        appliance::outln!("  administrators:    {admins}");
-        if reissue_token {
-            appliance::outln!(
-                "An administrator exists, so no first-admin enrolment token is needed."
-            );
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    match pending {
-        Some(token) if !reissue_token => {
-            appliance::outln!(
-                "\nA first-admin enrolment token was issued at {} and is valid until {}.\n\
-                 It is shown only once. Lost it? Run `plantgate init --reissue-token`.",
-                format_us(token.created_at_us),
-                format_us(token.expires_at_us)
-            );
-        }
-        _ => {
-            let (token, pending) =
-                enrolment::issue(&audit, actor, FIRST_ADMIN, FIRST_ADMIN_VALIDITY_US)?;
-            appliance::outln!(
-                "\nFirst-admin enrolment token (shown once, valid until {}):",
-                format_us(pending.expires_at_us)
-            );
-            appliance::outln!("\n    {}\n", token.reveal());
-            appliance::outln!(
-                "Enter it in the portal's first-run page to create the first administrator."
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -1,8 +1,11 @@
 //! `plantgate-firewall`: the nftables controller daemon.
 //!
 //! Runs with CAP_NET_ADMIN only. Reads the desired state from the store, applies it, and
-//! reconciles when poked over its Unix socket and on a timer. Stopping it, even with
-//! `kill -9`, leaves the table in the kernel as it was: nothing opens, no grant closes early.
+//! reconciles when poked over its Unix socket, when another process changes its table
+//! (`firewall::monitor`), and on a timer. Under systemd (`Type=notify`) it reports ready
+//! once the table is applied and feeds the watchdog while its loop is healthy. Stopping
+//! it, even with `kill -9`, opens nothing; its lease on the pinholes lapses within
+//! `firewall.lease_seconds` and every pinhole closes then, so a revoke it never saw holds.
 //!
 //! Exit codes: 0 success; 1 failure; 2 bad configuration (including a missing interface).
 
@@ -16,6 +19,7 @@ use std::time::Duration;
 
 use appliance::config::Config;
 use appliance::grants::Grant;
+use appliance::grants::control::{self, Answer};
 use appliance::{Actor, Appliance, Store};
 use clap::{Parser, Subcommand};
 use firewall::controller::Controller;
@@ -57,7 +61,11 @@ enum Command {
 enum Request {
     Poke(mpsc::Sender<String>),
     Confirm(mpsc::Sender<String>),
+    /// One grant changed: apply only its elements, and say what the kernel now holds.
+    Grant(i64, mpsc::Sender<String>),
     Tick,
+    /// Someone else changed the table: repair it now.
+    Changed,
 }
 
 fn main() -> ExitCode {
@@ -115,6 +123,11 @@ fn run(config: Config) -> Result<(), FirewallError> {
     let socket = config.firewall_socket();
     let interval = Duration::from_secs(config.firewall.reconcile_seconds);
     let mut controller = controller(config)?;
+    // Watch for changes by others from before the first apply, so none slips in between.
+    let (requests, inbox) = mpsc::channel();
+    let changes = requests.clone();
+    let watch = firewall::monitor::Watch::start(move || changes.send(Request::Changed).is_ok());
+    watch.reconciling();
     let summary = controller.reconcile()?;
     tracing::info!(%summary, "firewall applied at start");
 
@@ -131,7 +144,8 @@ fn run(config: Config) -> Result<(), FirewallError> {
         },
     )?;
 
-    let (requests, inbox) = mpsc::channel();
+    appliance::sd_notify::ready(&format!("applied: {summary}"));
+    let mut liveness = Liveness::default();
     // Ticks come every second; a reconcile runs every `interval`, or at once when an
     // unconfirmed change must be rolled back.
     let ticks = requests.clone();
@@ -149,7 +163,24 @@ fn run(config: Config) -> Result<(), FirewallError> {
     });
     // One reconcile at a time, whoever asked.
     for request in inbox {
+        if matches!(request, Request::Tick) {
+            liveness.tick();
+        }
+        // The lease is renewed every third of it, and only while the store can be read.
+        if matches!(request, Request::Tick)
+            && let Err(err) = controller.keep_lease()
+        {
+            tracing::error!(error = %err, "cannot renew the lease: every pinhole closes when it lapses");
+        }
         let reply = match request {
+            Request::Grant(id, reply) => {
+                let answer = match controller.apply_grant(id) {
+                    Ok(state) => Answer::Grant { id, state },
+                    Err(err) => Answer::Failed(err.to_string()),
+                };
+                let _ = reply.send(answer.line());
+                continue;
+            }
             Request::Tick if last_reconcile.elapsed() < interval && !controller.rollback_due() => {
                 continue;
             }
@@ -161,11 +192,13 @@ fn run(config: Config) -> Result<(), FirewallError> {
                 let _ = reply.send(answer);
                 continue;
             }
-            Request::Tick => None,
+            Request::Tick | Request::Changed => None,
             Request::Poke(reply) => Some(reply),
         };
         last_reconcile = std::time::Instant::now();
+        watch.reconciling();
         let result = controller.reconcile();
+        liveness.record(result.is_ok());
         match &result {
             Ok(summary) if summary != &Default::default() => tracing::info!(%summary, "reconciled"),
             Ok(_) => {}
@@ -181,6 +214,50 @@ fn run(config: Config) -> Result<(), FirewallError> {
     Ok(())
 }
 
+/// How long reconciles may keep failing before the watchdog is starved and systemd restarts
+/// the controller.
+const FAILING_GRACE: Duration = Duration::from_secs(60);
+
+/// The systemd watchdog (`WatchdogSec=` in the unit): fed every second while the loop turns
+/// and its reconciles succeed, so a hung loop or one failing for good gets restarted.
+#[derive(Debug, Default)]
+struct Liveness {
+    failing_since: Option<std::time::Instant>,
+    said_starving: bool,
+    said_unreachable: bool,
+}
+
+impl Liveness {
+    fn record(&mut self, ok: bool) {
+        if ok {
+            self.failing_since = None;
+        } else {
+            self.failing_since
+                .get_or_insert_with(std::time::Instant::now);
+        }
+    }
+
+    fn tick(&mut self) {
+        if self
+            .failing_since
+            .is_some_and(|since| since.elapsed() >= FAILING_GRACE)
+        {
+            if !std::mem::replace(&mut self.said_starving, true) {
+                tracing::error!("reconciles keep failing: no longer feeding the watchdog");
+            }
+            return;
+        }
+        self.said_starving = false;
+        match appliance::sd_notify::notify("WATCHDOG=1\n") {
+            Ok(_) => self.said_unreachable = false,
+            Err(err) if !std::mem::replace(&mut self.said_unreachable, true) => {
+                tracing::warn!(error = %err, "cannot feed the watchdog at $NOTIFY_SOCKET");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 fn serve(stream: UnixStream, requests: &mpsc::Sender<Request>) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = String::new();
@@ -188,13 +265,13 @@ fn serve(stream: UnixStream, requests: &mpsc::Sender<Request>) {
         return;
     }
     let (reply, answer) = mpsc::channel();
-    let request = match line.trim() {
-        "reconcile" => Request::Poke(reply),
-        "confirm" => Request::Confirm(reply),
-        other => {
-            let _ = (&stream).write_all(
-                format!("error unknown command {other:?}; send reconcile or confirm\n").as_bytes(),
-            );
+    // The protocol is parsed where its clients build it (`appliance::grants::control`).
+    let request = match control::Request::parse(&line) {
+        Ok(control::Request::Reconcile) => Request::Poke(reply),
+        Ok(control::Request::Confirm) => Request::Confirm(reply),
+        Ok(control::Request::Grant(id)) => Request::Grant(id, reply),
+        Err(why) => {
+            let _ = (&stream).write_all(format!("{}\n", Answer::Failed(why).line()).as_bytes());
             return;
         }
     };

@@ -10,6 +10,8 @@
 //! namespace (`net_helper`), so every check is a real TCP connection.
 #![allow(dead_code)]
 
+pub mod portal;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -161,36 +161,10 @@ fn run(config: Config) -> Result<(), String> {
             let server = server.run();
             // Both listeners are bound and their TLS set up: tell systemd (or a test), with
             // the addresses really bound (a configured port 0 gets one from the kernel).
-            notify_ready(&listening);
+            appliance::sd_notify::ready(&listening);
             server.await
         })
         .map_err(|e| e.to_string())
-}
-
-/// `sd_notify(3)`: `READY=1` and `STATUS=` with the bound addresses to `$NOTIFY_SOCKET`,
-/// if there is one (a unit of `Type=notify`, or a test waiting for the service).
-fn notify_ready(listening: &str) {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let message = format!("READY=1\nSTATUS={listening}\n");
-    let sent = UnixDatagram::unbound().and_then(|socket| {
-        let path = path.as_bytes();
-        let address = match path.strip_prefix(b"@") {
-            Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name)?,
-            None => {
-                SocketAddr::from_pathname(std::path::Path::new(std::ffi::OsStr::from_bytes(path)))?
-            }
-        };
-        socket.send_to_addr(message.as_bytes(), &address)
-    });
-    if let Err(err) = sent {
-        tracing::warn!(error = %err, "cannot notify readiness to $NOTIFY_SOCKET");
-    }
 }
 
 /// Asks clients for a certificate from the device CA, optionally: a client without one

@@ -10,7 +10,8 @@
 //! listeners are bound with their TLS set up) on a socket the test listens on. Nothing here
 //! picks a port by binding and releasing it (another process could take it meanwhile, and a
 //! TCP connect would then find that process's listener and call the service ready), and
-//! nothing waits a fixed time for the service.
+//! nothing waits a fixed time for the service. The mail relay is a port held closed, or a
+//! real SMTP server that binds its own port ([`TestIngest::mail_catcher`]).
 #![allow(dead_code)] // each test binary uses part of this
 
 pub mod client;
@@ -63,16 +64,6 @@ fn database_url(name: &str) -> String {
     url.to_string()
 }
 
-/// A port nobody listens on right now, but which anyone may take before the caller binds
-/// it: only for the helpers that must be given a port up front (testkit's SMTP catcher; the
-/// webhook receiver, which keeps its port across a restart). Never for the service.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 pub fn actor() -> Actor {
     Actor::System("test".into())
 }
@@ -92,7 +83,10 @@ pub struct TestIngest {
     /// The service's ports, as it reported them at its last [`TestIngest::start`].
     pub https_port: u16,
     pub mqtt_port: u16,
+    /// The mail relay's port: one where nothing listens (held by [`testkit::ClosedPort`], so
+    /// nobody else can take it) until [`TestIngest::mail_catcher`] starts a real one.
     pub smtp_port: u16,
+    smtp_closed: Option<testkit::ClosedPort>,
     child: Option<Child>,
     database: Option<String>,
     /// `RLIMIT_NOFILE` for the service, as a unit's `LimitNOFILE=`.
@@ -114,8 +108,9 @@ impl TestIngest {
                 .expect("create database");
             name
         });
-        // The SMTP catcher (testkit) needs its port up front.
-        let smtp_port = free_port();
+        // A relay that refuses, until a test asks for a real one.
+        let smtp_closed = testkit::ClosedPort::new();
+        let smtp_port = smtp_closed.port();
         let mut toml = format!(
             "data_dir = {:?}\n",
             dir.path().join("data").display().to_string()
@@ -146,10 +141,27 @@ impl TestIngest {
             https_port: 0,
             mqtt_port: 0,
             smtp_port,
+            smtp_closed: Some(smtp_closed),
             child: None,
             database,
             nofile: None,
         }
+    }
+
+    /// Starts a real SMTP server and makes it the service's mail relay; call before
+    /// [`TestIngest::start`].
+    pub fn mail_catcher(&mut self) -> testkit::MailCatcher {
+        let catcher = testkit::MailCatcher::start();
+        let toml = std::fs::read_to_string(&self.config_path).expect("read config");
+        let toml = toml.replacen(
+            &format!("port = {}\n", self.smtp_port),
+            &format!("port = {}\n", catcher.port()),
+            1,
+        );
+        std::fs::write(&self.config_path, toml).expect("write config");
+        self.smtp_port = catcher.port();
+        self.smtp_closed = None;
+        catcher
     }
 
     /// Adds `settings` (TOML lines) to the `[ingest]` table of the service's configuration;
@@ -170,7 +182,11 @@ impl TestIngest {
         payload: &[u8],
         properties: &[&str],
     ) -> Output {
-        let file = self.dir.path().join(format!("payload-{}", free_port()));
+        static PAYLOADS: AtomicU32 = AtomicU32::new(0);
+        let file = self.dir.path().join(format!(
+            "payload-{}",
+            PAYLOADS.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::write(&file, payload).expect("payload file");
         Command::new("mosquitto_pub")
             .args(["-V", "mqttv5", "-h", "127.0.0.1", "-p"])
@@ -288,18 +304,11 @@ impl TestIngest {
         };
         let _ = std::fs::remove_file(&socket_path);
         let port = |name: &str| -> u16 {
-            status
-                .lines()
-                .filter_map(|line| line.strip_prefix("STATUS="))
-                .flat_map(str::split_whitespace)
-                .filter_map(|field| field.strip_prefix(name))
-                .filter_map(|address| address.parse::<std::net::SocketAddr>().ok())
-                .map(|address| address.port())
-                .next()
+            appliance::sd_notify::status_port(&status, name)
                 .unwrap_or_else(|| panic!("no {name} address in {status:?}"))
         };
-        self.https_port = port("https=");
-        self.mqtt_port = port("mqtt=");
+        self.https_port = port("https");
+        self.mqtt_port = port("mqtt");
     }
 
     /// The service's process id, while it runs.

@@ -2,7 +2,10 @@
 """A data connector receiver, as a customer would write one, using only Python's standard
 library: HTTPS, and a check of the Plantgate-Signature header before anything is trusted.
 
-    webhook_receiver.py PORT CERT KEY SECRET OUT.jsonl
+    webhook_receiver.py CERT KEY SECRET OUT.jsonl  < LISTENING-SOCKET
+
+It serves on the listening socket it is given as its standard input (as inetd's "wait"
+services are), so that whoever starts it keeps the port across its restarts.
 
 Each request is appended to OUT.jsonl as {"ok": bool, "delivery", "event", "body"}; a bad or
 stale signature is answered 401 and recorded with "ok": false.
@@ -10,13 +13,14 @@ stale signature is answered 401 and recorded with "ok": false.
 import hashlib
 import hmac
 import json
+import socket
 import ssl
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TOLERANCE_SECONDS = 300
-PORT, CERT, KEY, SECRET, OUT = sys.argv[1:6]
+CERT, KEY, SECRET, OUT = sys.argv[1:5]
 
 
 def verify(header: str, body: bytes) -> bool:
@@ -52,7 +56,11 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-server = ThreadingHTTPServer(("127.0.0.1", int(PORT)), Handler)
+listener = socket.socket(fileno=sys.stdin.fileno())
+listener.setblocking(True)
+server = ThreadingHTTPServer(listener.getsockname(), Handler, bind_and_activate=False)
+server.socket.close()
+server.socket = listener
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 context.minimum_version = ssl.TLSVersion.TLSv1_2
 context.load_cert_chain(CERT, KEY)

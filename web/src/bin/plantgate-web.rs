@@ -4,7 +4,7 @@
 //! service manager's socket or a capability-free sysctl on the image).
 //! Exit codes: 0 success; 1 failure; 2 bad configuration.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -65,12 +65,49 @@ fn certificate_addresses(listen: &SocketAddr) -> Vec<IpAddr> {
     addresses
 }
 
-async fn serve(config: Config) -> Result<(), String> {
-    let https_listen: SocketAddr = config
-        .web
-        .https_listen
-        .parse()
-        .map_err(|e| format!("web.https_listen: {e}"))?;
+/// A listening socket as actix makes one (address reuse, so a restart is not refused while
+/// old connections linger; a backlog of 1024), but bound here, so that the port is known
+/// before anything is built on it.
+fn listen(address: SocketAddr) -> Result<TcpListener, String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .and_then(|socket| {
+        socket.set_reuse_address(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(1024)?;
+        Ok(socket)
+    })
+    .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    Ok(socket.into())
+}
+
+/// Parses and binds one `web.*_listen` address; returns the listener and the address it
+/// really has (a configured port 0 gets a free one from the kernel, as the tests ask).
+fn bind(key: &str, listen_on: &str) -> Result<(TcpListener, SocketAddr), String> {
+    let address: SocketAddr = listen_on.parse().map_err(|e| format!("{key}: {e}"))?;
+    let listener = listen(address)?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    Ok((listener, bound))
+}
+
+async fn serve(mut config: Config) -> Result<(), String> {
+    // Bound first, and the configuration then names the addresses really bound: the
+    // redirect, the origin check and the links in emails carry the port the portal has.
+    let (https_listener, https_listen) = bind("web.https_listen", &config.web.https_listen)?;
+    config.web.https_listen = https_listen.to_string();
+    let http_listener = match config.web.http_listen.as_deref() {
+        Some(http_listen) => Some(bind("web.http_listen", http_listen)?),
+        None => None,
+    };
+    if let Some((_, bound)) = &http_listener {
+        config.web.http_listen = Some(bound.to_string());
+    }
     let paths = config.portal_certificate();
     let app =
         Appliance::open(config.clone(), &Actor::System("web".into())).map_err(|e| e.to_string())?;
@@ -98,6 +135,8 @@ async fn serve(config: Config) -> Result<(), String> {
     state.worker = portal::worker::start(app.clone(), Some(certificate))
         .map_err(|e| format!("cannot start the access worker: {e}"))?;
     let state = actix_web::web::Data::new(state);
+    // Summaries of refused sign-ins: written as their windows end, and all at shutdown.
+    let _refusal_summaries = portal::worker::summarise_refusals(state.clone());
     let body_limit = config.web.max_body_bytes;
 
     let https = HttpServer::new(move || {
@@ -110,7 +149,7 @@ async fn serve(config: Config) -> Result<(), String> {
             .wrap(portal::security_headers())
             .configure(portal::config)
     })
-    .bind_openssl(https_listen, acceptor)
+    .listen_openssl(https_listener, acceptor)
     .map_err(|e| format!("cannot listen on {https_listen}: {e}"))?
     .run();
 
@@ -126,38 +165,39 @@ async fn serve(config: Config) -> Result<(), String> {
         }
     });
 
-    match &config.web.http_listen {
-        None => https.await.map_err(|e| e.to_string()),
-        Some(http_listen) => {
-            let target = match https_listen.port() {
-                443 => format!("https://{}", config.web.host_name),
-                port => format!("https://{}:{port}", config.web.host_name),
-            };
-            let http = HttpServer::new(move || {
-                let target = target.clone();
-                App::new()
-                    .wrap(portal::security_headers())
-                    .default_service(actix_web::web::to(move |req: HttpRequest| {
-                        let location = format!(
-                            "{target}{}",
-                            req.uri()
-                                .path_and_query()
-                                .map(|p| p.as_str())
-                                .unwrap_or("/")
-                        );
-                        async move {
-                            HttpResponse::PermanentRedirect()
-                                .insert_header(("Location", location))
-                                .finish()
-                        }
-                    }))
-            })
-            .bind(http_listen.as_str())
-            .map_err(|e| format!("cannot listen on {http_listen}: {e}"))?
-            .run();
-            tokio::try_join!(https, http)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    }
+    let Some((http_listener, http_listen)) = http_listener else {
+        // Bound, with TLS set up: tell the service manager (or a test) where.
+        appliance::sd_notify::ready(&format!("https={https_listen}"));
+        return https.await.map_err(|e| e.to_string());
+    };
+    let target = match https_listen.port() {
+        443 => format!("https://{}", config.web.host_name),
+        port => format!("https://{}:{port}", config.web.host_name),
+    };
+    let http = HttpServer::new(move || {
+        let target = target.clone();
+        App::new()
+            .wrap(portal::security_headers())
+            .default_service(actix_web::web::to(move |req: HttpRequest| {
+                let location = format!(
+                    "{target}{}",
+                    req.uri()
+                        .path_and_query()
+                        .map(|p| p.as_str())
+                        .unwrap_or("/")
+                );
+                async move {
+                    HttpResponse::PermanentRedirect()
+                        .insert_header(("Location", location))
+                        .finish()
+                }
+            }))
+    })
+    .listen(http_listener)
+    .map_err(|e| format!("cannot listen on {http_listen}: {e}"))?
+    .run();
+    appliance::sd_notify::ready(&format!("https={https_listen} http={http_listen}"));
+    tokio::try_join!(https, http)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

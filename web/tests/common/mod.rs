@@ -1,8 +1,15 @@
 //! The portal harness shared by the tests and the load benchmark: the real `plantgate-web`
-//! binary on free ports, driven by `curl`.
+//! binary, driven by `curl`.
+//!
+//! The portal listens on port 0: the kernel gives it free ports as it binds them, and it
+//! reports them with its readiness (`sd_notify`'s `READY=1` and `STATUS=`, sent once both
+//! listeners are bound and TLS is set up) on a socket the test listens on. Nothing here picks
+//! a port by binding and releasing it (another process could take it meanwhile, and a TCP
+//! connect would then reach that process and call the portal ready), and nothing waits a
+//! fixed time.
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
-use std::net::TcpListener;
+use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,14 +21,6 @@ use appliance::{Actor, Appliance};
 pub const PASSWORD: &str = "Vierkant-Schraube-77";
 pub const EMAIL: &str = "ada@plant.example";
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 pub struct Portal {
     pub dir: tempfile::TempDir,
     pub https: u16,
@@ -31,6 +30,37 @@ pub struct Portal {
     child: Child,
     /// The PostgreSQL database the portal stores in, for [`Portal::start_on`]; dropped last.
     database: Option<testkit::store::PostgresDatabase>,
+}
+
+/// Waits for `READY=1` from `child` on `socket`, and returns the message (with its
+/// `STATUS=` line); fails the test if the child exits first or stays silent too long.
+fn wait_until_ready(socket: &UnixDatagram, child: &mut Child) -> String {
+    // Generous: a cold PostgreSQL database on a busy machine takes its time to migrate.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut message = [0u8; 4096];
+    loop {
+        match socket.recv(&mut message) {
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&message[..n]).into_owned();
+                if text.lines().any(|line| line == "READY=1") {
+                    return text;
+                }
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(err) => panic!("notify socket: {err}"),
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("plantgate-web exited at start: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "plantgate-web did not say it was ready"
+        );
+    }
 }
 
 /// A response as curl saw it.
@@ -73,13 +103,12 @@ impl Portal {
         };
         let web_settings = format!("{web_settings}\n{second_factor}");
         let dir = tempfile::tempdir().unwrap();
-        let (https, http) = (free_port(), free_port());
         let config_path = dir.path().join("plantgate.toml");
         std::fs::write(
             &config_path,
             format!(
-                "data_dir = {:?}\n{store}[log]\nlevel = \"warn\"\n[web]\nhttps_listen = \"127.0.0.1:{https}\"\n\
-                 http_listen = \"127.0.0.1:{http}\"\nhost_name = \"localhost\"\n{web_settings}\n",
+                "data_dir = {:?}\n{store}[log]\nlevel = \"warn\"\n[web]\nhttps_listen = \"127.0.0.1:0\"\n\
+                 http_listen = \"127.0.0.1:0\"\nhost_name = \"localhost\"\n{web_settings}\n",
                 dir.path().join("data").display().to_string()
             ),
         )
@@ -95,26 +124,32 @@ impl Portal {
             3_600_000_000,
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_plantgate-web"))
+        let socket_path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&socket_path).expect("notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("notify socket timeout");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_plantgate-web"))
             .env("PLANTGATE_CONFIG", &config_path)
+            .env("NOTIFY_SOCKET", &socket_path)
             .stdout(Stdio::null())
             .spawn()
             .expect("start plantgate-web");
-        let portal = Portal {
+        let status = wait_until_ready(&socket, &mut child);
+        let _ = std::fs::remove_file(&socket_path);
+        let port = |name: &str| {
+            appliance::sd_notify::status_port(&status, name)
+                .unwrap_or_else(|| panic!("no {name} address in {status:?}"))
+        };
+        Portal {
+            https: port("https"),
+            http: port("http"),
             dir,
-            https,
-            http,
             token: token.reveal().to_owned(),
             app,
             child,
             database,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", https)).is_err() {
-            assert!(Instant::now() < deadline, "plantgate-web did not come up");
-            std::thread::sleep(Duration::from_millis(50));
         }
-        portal
     }
 
     pub fn origin(&self) -> String {
@@ -302,5 +337,66 @@ impl Portal {
             reply.status,
             serde_json::from_str(&reply.body).unwrap_or(serde_json::Value::Null),
         )
+    }
+}
+
+/// Chromium's WebDriver, for the browser tests: it binds a port of its own choosing
+/// (`--port=0`) and says which once it listens, so no port is picked by binding and
+/// releasing, and readiness is read, not guessed by connecting. Killed on drop, so a failed
+/// assertion does not leave it running.
+pub struct ChromeDriver {
+    child: Child,
+    pub port: u16,
+}
+
+impl ChromeDriver {
+    pub fn start() -> ChromeDriver {
+        use std::io::BufRead;
+        let mut child = Command::new("/usr/bin/chromedriver")
+            .arg("--port=0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tell, told) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // "ChromeDriver was started successfully on port 41307."; the rest is drained so
+            // that chromedriver never blocks on a full pipe.
+            const STARTED: &str = "started successfully on port ";
+            for line in stdout.lines().map_while(Result::ok) {
+                if let Some(port) = line
+                    .split_once(STARTED)
+                    .and_then(|(_, rest)| rest.trim_end_matches('.').parse::<u16>().ok())
+                {
+                    let _ = tell.send(port);
+                }
+            }
+        });
+        let mut driver = ChromeDriver { child, port: 0 };
+        driver.port = told
+            .recv_timeout(Duration::from_secs(60))
+            .expect("chromedriver did not say it was listening");
+        driver
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Portal {
+    /// Stops the portal as the service manager does (SIGTERM, a graceful shutdown) and
+    /// waits until it has exited; true when it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "SIGTERM was not delivered");
+        self.child.wait().expect("wait for plantgate-web").success()
     }
 }

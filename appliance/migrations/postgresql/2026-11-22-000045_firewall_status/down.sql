@@ -1,0 +1,2 @@
+DROP INDEX firewall_grants_pair;
+DROP TABLE firewall_status;

@@ -1,0 +1,142 @@
+//! Firmware through the API: `GET` and `POST /api/v1/firmware`, for administrators' tokens.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use appliance::models::Role;
+use appliance::time::format_us;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiCaller, ApiError, ErrorBody};
+use crate::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FirmwareItem {
+    id: i64,
+    /// The device model it is for (target `device:MODEL`).
+    model: String,
+    version: String,
+    security_version: i64,
+    /// The payload's size in bytes.
+    size: i64,
+    /// The payload's SHA-256, as the signed manifest pins it.
+    sha256: String,
+    /// The trust anchors whose signatures met the threshold.
+    signed_by: String,
+    uploaded_at: String,
+}
+
+impl From<appliance::firmware::Firmware> for FirmwareItem {
+    fn from(f: appliance::firmware::Firmware) -> FirmwareItem {
+        FirmwareItem {
+            id: f.id.0,
+            model: f.model,
+            version: f.version,
+            security_version: f.security_version,
+            size: f.payload_size,
+            sha256: f.payload_sha256,
+            signed_by: f.signed_by,
+            uploaded_at: format_us(f.uploaded_at_us),
+        }
+    }
+}
+
+/// Firmware is for administrators: their tokens, with the scope.
+fn firmware_caller(
+    caller: &ApiCaller,
+    scope: &'static str,
+    for_admin: &'static str,
+) -> Result<(), ApiError> {
+    caller.require(scope)?;
+    if caller.role != Role::Admin {
+        return Err(ApiError::MissingScope(for_admin));
+    }
+    Ok(())
+}
+
+/// Stored firmware for field devices, newest first.
+#[utoipa::path(get, path = "/api/v1/firmware", responses(
+    (status = 200, body = [FirmwareItem]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)
+), security(("bearer" = ["firmware:read"])))]
+pub(super) async fn firmware_list(
+    state: web::Data<AppState>,
+    caller: ApiCaller,
+) -> Result<HttpResponse, ApiError> {
+    firmware_caller(
+        &caller,
+        "firmware:read",
+        "firmware:read (for an administrator)",
+    )?;
+    let all =
+        web::block(move || appliance::firmware::Firmware::list(&mut *state.app.store.conn()?))
+            .await??;
+    let items: Vec<FirmwareItem> = all.into_iter().rev().map(FirmwareItem::from).collect();
+    Ok(HttpResponse::Ok().json(items))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct FirmwareUploadParams {
+    /// The device model the bundle is for: 1-64 of `A-Z a-z 0-9 . _ -`.
+    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$", min_length = 1, max_length = 64)]
+    model: String,
+}
+
+/// Uploads a signed firmware bundle (the `.pgb` file as the body) for a device model. It is
+/// verified before anything is kept: signatures and threshold against this appliance's
+/// trust anchors, expiry, target and hardware, no downgrade, length, payload hash. A
+/// refusal is 422 with the refusal's code (`bundle.untrusted_signer`, `bundle.wrong_target`,
+/// `bundle.truncated`, ...) and reason, is audited, and stores nothing.
+#[utoipa::path(post, path = "/api/v1/firmware", params(FirmwareUploadParams),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The signed bundle (.pgb)"),
+    responses(
+    (status = 201, body = FirmwareItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+    (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)
+), security(("bearer" = ["firmware:write"])))]
+pub(super) async fn firmware_upload(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: ApiCaller,
+    params: web::Query<FirmwareUploadParams>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    firmware_caller(
+        &caller,
+        "firmware:write",
+        "firmware:write (for an administrator)",
+    )?;
+    // A declared length over the limit is refused before a byte is read.
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let max = state.app.config.web.max_firmware_bytes;
+    let actor = appliance::Actor::User(caller.user.id);
+    let from = crate::source(&req);
+    if declared.is_some_and(|len| len > max) {
+        let reason = format!(
+            "the file is larger than {max} bytes, the most this appliance accepts (web.max_firmware_bytes)"
+        );
+        let (app, model, actor, from, why) = (
+            state.app.clone(),
+            params.model.clone(),
+            actor,
+            from,
+            reason.clone(),
+        );
+        web::block(move || {
+            let uploader = updater::firmware::Uploader {
+                actor: &actor,
+                source: &from,
+                file: "api upload",
+            };
+            updater::firmware::audit_rejection(&app, &uploader, &model, "bundle.too_large", &why)
+        })
+        .await?
+        .map_err(|_| ApiError::Internal)?;
+        return Err(ApiError::TooLarge(reason));
+    }
+    let stored =
+        crate::firmware::api_upload(&state, actor, from, params.into_inner().model, body).await?;
+    Ok(HttpResponse::Created().json(FirmwareItem::from(stored)))
+}
