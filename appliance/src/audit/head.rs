@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -95,10 +95,18 @@ pub struct HeadFile {
 /// group whatever the umask of the process that made them, nothing for others.
 const SHARED_MODE: u32 = 0o660;
 
-/// Gives a file this process made [`SHARED_MODE`]; a file of another account keeps its mode
-/// (only its owner or root may change it), which `plantgate init` sets at every boot.
-fn share(file: &File) {
+/// Gives a file this process made [`SHARED_MODE`] and the data directory's group; a file of
+/// another account keeps its mode (only its owner or root may change it), which `plantgate
+/// init` sets at every boot. The group matters when root writes the head after init (the
+/// boot health check, an update, an administrator's command): a file left in root's group
+/// would be unreadable to every service, and an unreadable head stops all appends.
+fn share(file: &File, dir: &Path) {
     let _ = file.set_permissions(fs::Permissions::from_mode(SHARED_MODE));
+    if let Ok(meta) = fs::metadata(dir) {
+        // Allowed to root, and to any member of the group; otherwise the file keeps the
+        // process's own group, as before.
+        let _ = std::os::unix::fs::fchown(file, None, Some(meta.gid()));
+    }
 }
 
 impl HeadFile {
@@ -111,6 +119,11 @@ impl HeadFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The data directory the head lives in.
+    fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
     }
 
     fn error(&self, problem: impl std::fmt::Display) -> Error {
@@ -192,7 +205,7 @@ impl HeadFile {
             .mode(SHARED_MODE)
             .open(&self.lock_path)
             .map_err(|err| self.io_error(err))?;
-        share(&lock);
+        share(&lock, self.dir());
         lock.lock().map_err(|err| self.io_error(err))?;
         // An unreadable file is replaced rather than blocking every append; verify reports it.
         let Some(state) = change(self.read().ok().flatten())? else {
@@ -209,7 +222,7 @@ impl HeadFile {
                 .create_new(true)
                 .mode(SHARED_MODE)
                 .open(&tmp)?;
-            share(&file);
+            share(&file, self.dir());
             if let Err(err) = file.write_all(&json).and_then(|()| file.sync_all()) {
                 // Out of space, say: a half-written leftover would only hold on to blocks.
                 let _ = fs::remove_file(&tmp);
