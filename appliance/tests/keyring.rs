@@ -189,4 +189,26 @@ fn first_boot_makes_every_key_with_the_tables_owner_and_mode_and_nothing_else() 
         (db.gid(), db.mode() & 0o007, db.mode() & 0o060),
         (services, 0, 0o060)
     );
+
+    // Root appends after init, as the boot health check does: the signed head it rewrites
+    // stays the services' group's to read and write, or no service could append again.
+    // Without relying on the directory's setgid bit, which the booted image was seen
+    // without.
+    use std::os::unix::fs::PermissionsExt;
+    let data = dir.path().join("data");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let loaded = appliance::config::Config::load(Some(&config)).unwrap();
+    let actor = appliance::Actor::System("health".into());
+    let app = appliance::Appliance::open(loaded, &actor).unwrap();
+    app.audit
+        .record(appliance::AuditEvent::new(actor, "test.root.append"))
+        .unwrap();
+    for file in ["audit-head.json", "audit-head.lock"] {
+        let meta = std::fs::metadata(dir.path().join("data").join(file)).unwrap();
+        assert_eq!(
+            (meta.gid(), meta.mode() & 0o777),
+            (services, 0o660),
+            "{file} after root appended"
+        );
+    }
 }
