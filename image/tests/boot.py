@@ -437,6 +437,9 @@ def key_files_match_the_table(con):
           f"table {table} on the box {found}")
     check(re.search(r"^/var/lib/plantgate/keys root:plantgate 750$", listing, re.M) is not None,
           "the keys directory is root's, entered by the services' group only", listing)
+    for directory in ("/var/lib/plantgate", "/var/lib/plantgate/firmware"):
+        check(re.search(rf"^{directory} root:plantgate 2770$", listing, re.M) is not None,
+              f"{directory} is the services' group's and keeps new files in it (setgid)", listing)
 
 
 def kvm_probe(qcow2, ovmf_code, ovmf_vars):
@@ -558,6 +561,12 @@ def main():
                 break
         check(up, "the portal answers HTTPS on uplink after power-on")
         if not up:
+            # The box's own account of why, from its console, so a CI log says more than
+            # "never answered".
+            if qemu.proc.poll() is None and con.wait_prompt(120):
+                _, errors = con.command("errors 80")
+                log("-- the console's `errors` (the portal never answered)\n    "
+                    + errors.strip().replace("\n", "\n    "))
             raise RuntimeError("portal never answered; serial log: " + os.path.join(run, "serial.log"))
         figure(f"power-on to portal answering (TCG): {time.time() - qemu.started:.0f} s")
         check(con.wait_prompt(180), "the console menu answers on the serial port")
