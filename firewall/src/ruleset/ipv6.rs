@@ -7,6 +7,10 @@ use nftables::stmt::{Limit, Statement};
 
 use super::{Policy, accept, field, is, is_in, meta, s, set_of};
 
+/// ICMPv6's protocol number. By number, not by name: nft looks a name such as `ipv6-icmp` up
+/// in `/etc/protocols`, which the image does not have, and refuses the whole table without it.
+const ICMPV6: Expression<'static> = Expression::Number(58);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Direction {
     In,
@@ -41,7 +45,7 @@ pub(super) fn neighbour_discovery(
                 .collect();
             accept(vec![
                 on(interface),
-                is(meta(MetaKey::L4proto), s("ipv6-icmp")),
+                is(meta(MetaKey::L4proto), ICMPV6),
                 is_in(field("icmpv6", "type"), set_of(types)),
                 is(field("ip6", "hoplimit"), Expression::Number(255)),
             ])
@@ -53,7 +57,7 @@ pub(super) fn neighbour_discovery(
 pub(super) fn icmpv6_echo(policy: &Policy) -> Vec<Statement<'static>> {
     vec![
         is(meta(MetaKey::Iifname), s(&policy.uplink)),
-        is(meta(MetaKey::L4proto), s("ipv6-icmp")),
+        is(meta(MetaKey::L4proto), ICMPV6),
         is(field("icmpv6", "type"), s("echo-request")),
         Statement::Limit(Limit {
             rate: policy.icmp_echo_per_second,
