@@ -34,7 +34,7 @@ UP_HOST, UP_BOX = "10.77.0.1", "10.77.0.10"
 DEV_HOST, DEV_BOX = "192.168.50.20", "192.168.50.1"
 UP_MAC, DEV_MAC = "52:54:00:77:00:10", "52:54:00:50:00:01"
 MAIL_NAME = "mail.plant.test"   # resolved by the uplink's DNS (dnsmasq in pgt-up)
-# The documented ports (README "Image"): portal on uplink, ingest on device, nothing else.
+# The documented ports (docs/image.md, "Ports"): portal on uplink, ingest on device, nothing else.
 UPLINK_PORTS = {80, 443}
 DEVICE_PORTS = {8443, 8883}
 # UDP: nothing answers on either side. Inside, the one UDP socket on a real interface is

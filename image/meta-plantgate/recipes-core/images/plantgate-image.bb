@@ -15,7 +15,7 @@ inherit core-image extrausers
 IMAGE_FEATURES += "read-only-rootfs"
 IMAGE_FEATURES:remove = "debug-tweaks allow-empty-password empty-root-password allow-root-login post-install-logging"
 IMAGE_LINGUAS = ""
-IMAGE_INSTALL = "packagegroup-core-boot kernel-image-bzimage kernel-modules plantgate plantgate-system lynis"
+IMAGE_INSTALL = "packagegroup-core-boot kernel-image-bzimage kernel-modules plantgate plantgate-doc plantgate-system lynis"
 # No password for root, no other login: the console runs the Plantgate menu instead of getty.
 EXTRA_USERS_PARAMS = "usermod -p '!*' root;"
 

@@ -51,6 +51,11 @@ do_install:append() {
     sed -e 's/@VERSION@/${PV}/' ${WORKDIR}/updater.toml.in >${D}${sysconfdir}/plantgate/updater.toml
     install -m 0644 ${WORKDIR}/plantgate.sysusers ${D}${sysusersdir}/plantgate.conf
     echo "${PV}" >${D}${datadir}/plantgate/version
+    # The documentation the units' Documentation= points to (packaged as ${PN}-doc).
+    install -d ${D}${docdir}/plantgate/docs ${D}${docdir}/plantgate/updater
+    install -m 0644 ${S}/README.md ${S}/ARCHITECTURE.md ${D}${docdir}/plantgate/
+    install -m 0644 ${S}/updater/FORMAT.md ${D}${docdir}/plantgate/updater/
+    install -m 0644 ${S}/docs/*.md ${D}${docdir}/plantgate/docs/
 }
 
 # One user per service, all in the group that shares the store, the portal and the ingest
