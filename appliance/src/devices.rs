@@ -26,6 +26,7 @@ use crate::time::now_us;
 
 const SECRET_PREFIX: &str = "pgd_";
 const MAX_SERIAL_LEN: usize = 64;
+const MAX_MODEL_LEN: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -163,6 +164,24 @@ pub fn clean_serial(raw: &str) -> Result<String> {
     }
 }
 
+/// Models are 1-64 of `A-Z a-z 0-9 . _ -`, so that `device:MODEL` is unambiguous.
+pub fn clean_model(raw: &str) -> Result<String> {
+    let model = raw.trim();
+    let valid = !model.is_empty()
+        && model.len() <= MAX_MODEL_LEN
+        && model
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(model.to_owned())
+    } else {
+        Err(Error::invalid(
+            "model",
+            format!("{raw:?} is not a model: 1-{MAX_MODEL_LEN} of A-Z a-z 0-9 . _ -"),
+        ))
+    }
+}
+
 impl Device {
     pub fn kind(&self) -> Result<DeviceKind> {
         self.kind.parse()
@@ -187,11 +206,7 @@ impl Device {
         request: &DeviceRequest,
     ) -> Result<(Device, DeviceSecret)> {
         let serial = clean_serial(&request.serial)?;
-        let model = request
-            .model
-            .as_deref()
-            .map(crate::firmware::clean_model)
-            .transpose()?;
+        let model = request.model.as_deref().map(clean_model).transpose()?;
         let secret = DeviceSecret::generate()?;
         let hash = secret_hash(secret.reveal());
         let device = audit.record_with(|conn| {

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::audit::{Actor, Audit, AuditEvent, Outcome};
 use crate::devices::Device;
+pub use crate::devices::clean_model;
 use crate::error::{Error, Result};
 use crate::ids::OrganisationId;
 pub use crate::ids::{FirmwareId, RolloutId};
@@ -22,27 +23,8 @@ use crate::schema::{devices, firmware, firmware_rollout_devices, firmware_rollou
 use crate::store::DbConnection;
 use crate::time::now_us;
 
-const MAX_MODEL_LEN: usize = 64;
 /// Detail a device may attach to a status report.
 pub const MAX_DETAIL_LEN: usize = 500;
-
-/// Models are 1-64 of `A-Z a-z 0-9 . _ -`, so that `device:MODEL` is unambiguous.
-pub fn clean_model(raw: &str) -> Result<String> {
-    let model = raw.trim();
-    let valid = !model.is_empty()
-        && model.len() <= MAX_MODEL_LEN
-        && model
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if valid {
-        Ok(model.to_owned())
-    } else {
-        Err(Error::invalid(
-            "model",
-            format!("{raw:?} is not a model: 1-{MAX_MODEL_LEN} of A-Z a-z 0-9 . _ -"),
-        ))
-    }
-}
 
 /// A stored, verified firmware bundle.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]

@@ -1,8 +1,11 @@
-//! Test support: the shared harness (`testkit::store`), the `on_both_backends!` macro, and
-//! the `plantgate` binary, which only this crate's tests can name.
+//! Test support: the shared harness (`testkit::store`), the `on_both_backends!` macro, the
+//! `plantgate` binary, which only this crate's tests can name, and `plant`, the site, machines
+//! and people the remote-access tests share.
 #![allow(dead_code)] // each test binary uses part of this
 
 use std::process::Command;
+
+pub mod plant;
 
 pub use testkit::store::*;
 
