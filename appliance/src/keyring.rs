@@ -236,15 +236,21 @@ fn io_error(path: &Path, err: impl std::fmt::Display) -> Error {
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|err| io_error(path, err))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|err| io_error(path, err))?;
     // Without CAP_FSETID the kernel drops a setgid bit silently instead of refusing it
     // (chmod(2)), and new files would then land in the writer's group: check, and say so.
     if mode & 0o2000 != 0 {
-        let kept = fs::metadata(path).map_err(|err| io_error(path, err))?.mode() & 0o7777;
+        let kept = fs::metadata(path)
+            .map_err(|err| io_error(path, err))?
+            .mode()
+            & 0o7777;
         if kept != mode {
             return Err(io_error(
                 path,
-                format!("mode {kept:o} after setting {mode:o}: the setgid bit was dropped (the process lacks CAP_FSETID)"),
+                format!(
+                    "mode {kept:o} after setting {mode:o}: the setgid bit was dropped (the process lacks CAP_FSETID)"
+                ),
             ));
         }
     }
