@@ -1,5 +1,9 @@
 //! The core library's one error type. Each variant has a stable, dotted machine code
 //! (`Error::code`) that the web crate maps to HTTP status and JSON in one place.
+//!
+//! The errors stand on the lowest floor and import nothing of the crate. What a variant
+//! carries lives beside it: [`ConfigError`] (one bad setting) and [`Discontinuity`] (a store
+//! that does not extend the signed audit head).
 
 pub mod config_error;
 pub mod discontinuity;
