@@ -24,11 +24,11 @@ use crate::schema::{connector_deliveries, connectors, devices, sites};
 pub use crate::sealing::SealingKey;
 use crate::store::DbConnection;
 use crate::time::now_us;
+pub use crate::values::check_url;
 
 /// The header carrying `t={unix seconds},v1={hex HMAC-SHA256(secret, "{t}.{body}")}`.
 pub const SIGNATURE_HEADER: &str = "Plantgate-Signature";
 const MAX_NAME_LEN: usize = 64;
-const MAX_URL_LEN: usize = 2048;
 
 /// `t={unix_seconds},v1={hex HMAC-SHA256(secret, "{unix_seconds}.{body}")}`.
 pub fn signature_header(secret: &str, unix_seconds: i64, body: &[u8]) -> Result<String> {
@@ -96,43 +96,6 @@ impl ConnectorSecret {
     pub fn reveal(&self) -> &str {
         &self.0
     }
-}
-
-/// HTTPS anywhere; plain HTTP only to a loopback address (tests and local relays).
-pub fn check_url(raw: &str) -> Result<url::Url> {
-    if raw.len() > MAX_URL_LEN {
-        return Err(Error::invalid("url", format!("longer than {MAX_URL_LEN}")));
-    }
-    let url = url::Url::parse(raw).map_err(|err| Error::invalid("url", err.to_string()))?;
-    let loopback = match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(name)) => name == "localhost",
-        None => return Err(Error::invalid("url", "has no host")),
-    };
-    match url.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        "http" => {
-            return Err(Error::invalid(
-                "url",
-                "must be https (plain http is allowed to loopback only)",
-            ));
-        }
-        other => {
-            return Err(Error::invalid(
-                "url",
-                format!("scheme {other:?} is not https"),
-            ));
-        }
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(Error::invalid(
-            "url",
-            "must not carry credentials; the signature authenticates",
-        ));
-    }
-    Ok(url)
 }
 
 impl Connector {
@@ -507,14 +470,5 @@ mod tests {
         let waits: Vec<i64> = (1..=6).map(|n| backoff_us(n, 10) / 1_000_000).collect();
         assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
         assert_eq!(backoff_us(1000, 300), 300_000_000);
-    }
-
-    #[test]
-    fn only_https_or_loopback_http_is_accepted() {
-        assert!(check_url("https://erp.example/hook").is_ok());
-        assert!(check_url("http://127.0.0.1:8080/hook").is_ok());
-        assert!(check_url("http://erp.example/hook").is_err());
-        assert!(check_url("ftp://erp.example/").is_err());
-        assert!(check_url("https://u:p@erp.example/").is_err());
     }
 }

@@ -34,6 +34,7 @@ pub mod telemetry;
 pub mod time;
 pub mod tls;
 pub mod tokens;
+pub mod values;
 
 use config::Config;
 use error::Result;

@@ -129,7 +129,7 @@ impl Store {
         let target = config.store_target()?;
         let missing = |problem: &'static str| {
             // On an initialised box this is an episode the audit log must not lose.
-            crate::audit::continuity::note_store_missing(&config.data_dir, &target.redacted());
+            crate::audit::episode::note_store_missing(&config.data_dir, &target.redacted());
             StoreError::Missing {
                 target: target.redacted(),
                 problem,

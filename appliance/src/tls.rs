@@ -10,7 +10,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
@@ -27,23 +27,7 @@ use openssl::x509::extension::{
 use openssl::x509::{X509, X509NameBuilder};
 
 use crate::error::{Error, Result};
-
-/// Where a listener's certificate and key live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificatePaths {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl CertificatePaths {
-    /// `{dir}/{name}.crt` and `{dir}/{name}.key`.
-    pub fn in_dir(dir: &Path, name: &str) -> CertificatePaths {
-        CertificatePaths {
-            cert: dir.join(format!("{name}.crt")),
-            key: dir.join(format!("{name}.key")),
-        }
-    }
-}
+pub use crate::values::CertificatePaths;
 
 fn tls_error(what: &str, err: impl std::fmt::Display) -> Error {
     Error::invalid("tls", format!("{what}: {err}"))

@@ -8,125 +8,21 @@
 //! restore (`plantgate audit accept-restore`, `plantgate init --accept-empty-store`)
 //! re-signs it, and that is recorded with both heads.
 //!
-//! Every refusal also notes the episode in a marker file beside the head. The first append
-//! after the store matches again records it as `audit.head.mismatch` and removes the
-//! marker, so putting the real store back does not make the episode vanish.
-
-use std::fmt;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+//! Every refusal also notes the episode in a marker file beside the head (`super::episode`,
+//! whose names this module hands on as well). The first append after the store matches
+//! again records it as `audit.head.mismatch` and removes the marker, so putting the real
+//! store back does not make the episode vanish.
 
 use diesel::Connection;
-use serde::{Deserialize, Serialize};
 
-use super::head::{HeadFile, SignedHead};
+pub use super::episode::{
+    Episode, MARKER_FILE, clear, note, note_store_missing, pending_episode, process_name,
+};
+use super::head::{HeadFile, SignedHead, vouched};
 use super::{Actor, AuditEvent, ChainHead, Outcome, lock_and_read_head};
+pub use crate::error::discontinuity::{Discontinuity, Kind};
 use crate::error::{AuditError, Error, Result, StoreError};
 use crate::store::{DbConnection, Store};
-use crate::time::now_us;
-
-/// The marker's name, in the data directory beside `audit-head.json`.
-pub const MARKER_FILE: &str = "audit-head-mismatch.json";
-
-/// How a refusal ends, for an operator: both ways out.
-const WAY_OUT: &str = "nothing can be appended until the real store is put back, or an \
-    administrator accepts this one as a restore with `plantgate audit accept-restore --reason \"...\"` \
-    (as root on the appliance)";
-
-/// Names kept in a marker's `seen_by`, and the length of each: enough to tell the services
-/// apart without letting the marker grow.
-const MAX_SEEN_BY: usize = 16;
-const MAX_NAME_LEN: usize = 64;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// The store ends before the record the signed head vouches for.
-    Truncated,
-    /// The store ends at or past the head's sequence number, but not at its hash: another
-    /// store, or records appended without the signing key.
-    Diverged,
-    /// The head file is gone while the store holds records.
-    HeadMissing,
-    /// The head file cannot be read or parsed.
-    HeadUnreadable,
-    /// The store itself was missing (only ever noted in the marker; opening the store
-    /// refuses with its own error).
-    StoreMissing,
-}
-
-/// Why the store does not extend the signed head: what each side says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Discontinuity {
-    pub kind: Kind,
-    /// The newest record the head vouches for; `None` when the head is missing or unreadable.
-    pub head_seq: Option<i64>,
-    /// Its hex SHA-256.
-    pub head_hash: Option<String>,
-    /// Where the store ends (0 when empty); `None` when the store is missing.
-    pub store_seq: Option<i64>,
-    pub store_hash: Option<String>,
-    /// The head file's path, the unreadable head's problem, or the missing store's location.
-    pub detail: String,
-}
-
-impl Discontinuity {
-    /// The stable error code: `audit.truncated` for a store behind its head.
-    pub fn code(&self) -> &'static str {
-        match self.kind {
-            Kind::Truncated => "audit.truncated",
-            Kind::StoreMissing => "store.missing",
-            Kind::Diverged | Kind::HeadMissing | Kind::HeadUnreadable => "audit.head_mismatch",
-        }
-    }
-}
-
-impl fmt::Display for Discontinuity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let head_seq = self.head_seq.unwrap_or(0);
-        let head_hash = self.head_hash.as_deref().unwrap_or("-");
-        let store_seq = self.store_seq.unwrap_or(0);
-        let store_hash = self.store_hash.as_deref().unwrap_or("-");
-        match self.kind {
-            Kind::Truncated => write!(
-                f,
-                "the audit log is truncated: the signed head says seq {head_seq} (hash {head_hash}), \
-                 the store ends at seq {store_seq}; {WAY_OUT}"
-            ),
-            Kind::Diverged => write!(
-                f,
-                "the store does not extend the signed audit head: the head says seq {head_seq} \
-                 (hash {head_hash}), the store ends at seq {store_seq} (hash {store_hash}); {WAY_OUT}"
-            ),
-            Kind::HeadMissing => write!(
-                f,
-                "the signed audit head {} is missing, but the store ends at seq {store_seq}; {WAY_OUT}",
-                self.detail
-            ),
-            Kind::HeadUnreadable => write!(
-                f,
-                "the signed audit head cannot be read ({}); the store ends at seq {store_seq}; {WAY_OUT}",
-                self.detail
-            ),
-            Kind::StoreMissing => write!(
-                f,
-                "the store {} is missing, but the signed head says seq {head_seq} (hash {head_hash})",
-                self.detail
-            ),
-        }
-    }
-}
-
-/// The newest entry of the head that could be in the store: the pending one when the store
-/// went past the committed one, else the committed one.
-fn vouched(committed: &SignedHead, pending: Option<&SignedHead>, store_seq: i64) -> (i64, String) {
-    match pending {
-        Some(p) if store_seq > committed.seq => (p.seq, p.hash.clone()),
-        _ => (committed.seq, committed.hash.clone()),
-    }
-}
 
 /// Whether the store, ending at `tail`, extends what `head` holds. Call under the append
 /// lock, so that no appender is between its commit and its head update.
@@ -206,136 +102,12 @@ pub(crate) fn refuse(head: &HeadFile, found: Discontinuity, who: &str) -> Error 
     Error::Audit(AuditError::Discontinuity(Box::new(found)))
 }
 
-/// What the marker holds: the first and the latest refusal, how many, and by whom.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Episode {
-    pub first_seen_us: i64,
-    pub last_seen_us: i64,
-    pub refusals: u64,
-    pub first: Discontinuity,
-    pub last: Discontinuity,
-    pub seen_by: Vec<String>,
-}
-
-fn marker_path(head: &HeadFile) -> PathBuf {
-    head.path().with_file_name(MARKER_FILE)
-}
-
-/// The name this process runs under, for a marker's `seen_by`.
-pub fn process_name() -> String {
-    std::env::args_os()
-        .next()
-        .and_then(|arg0| {
-            Path::new(&arg0)
-                .file_name()
-                .map(|name| name.to_string_lossy().into_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-/// Adds a refusal to the marker, creating it on the first. Best effort: the refusal itself
-/// is what protects the log; a marker that cannot be written is logged.
-pub fn note(head: &HeadFile, found: &Discontinuity, who: &str) {
-    let path = marker_path(head);
-    let now = now_us();
-    let mut episode = fs::read(&path)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<Episode>(&bytes).ok())
-        .unwrap_or_else(|| Episode {
-            first_seen_us: now,
-            last_seen_us: now,
-            refusals: 0,
-            first: found.clone(),
-            last: found.clone(),
-            seen_by: Vec::new(),
-        });
-    episode.last_seen_us = now;
-    episode.refusals = episode.refusals.saturating_add(1);
-    episode.last = found.clone();
-    let who: String = who.chars().take(MAX_NAME_LEN).collect();
-    if !episode.seen_by.contains(&who) && episode.seen_by.len() < MAX_SEEN_BY {
-        episode.seen_by.push(who);
-    }
-    if let Err(err) = write_marker(&path, &episode) {
-        tracing::warn!(error = %err, path = %path.display(), "could not note the audit head mismatch");
-    }
-}
-
-/// Notes that the store was found missing on a box whose head vouches for records. Called
-/// by the store's open path; says nothing on a box never initialised (no head).
-pub fn note_store_missing(data_dir: &Path, store: &str) {
-    let head = HeadFile::in_dir(data_dir);
-    let Ok(Some(state)) = head.read() else {
-        return;
-    };
-    let (seq, hash) = vouched(&state.committed, state.pending.as_ref(), i64::MIN);
-    if seq == 0 {
-        return;
-    }
-    let found = Discontinuity {
-        kind: Kind::StoreMissing,
-        head_seq: Some(seq),
-        head_hash: Some(hash),
-        store_seq: None,
-        store_hash: None,
-        detail: store.to_owned(),
-    };
-    note(&head, &found, &process_name());
-}
-
-fn write_marker(path: &Path, episode: &Episode) -> std::io::Result<()> {
-    let json = serde_json::to_vec_pretty(episode)?;
-    // Per-process name: several processes may refuse at once, and each rename is whole.
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o660)
-        .open(&tmp)?;
-    file.write_all(&json)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)
-}
-
-/// The marker's content as an event's details, if there is a marker. One that does not
-/// parse still counts: its episode is recorded as unreadable rather than dropped.
-pub fn pending_episode(head: &HeadFile) -> Option<serde_json::Value> {
-    let bytes = match fs::read(marker_path(head)) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(err) => return Some(serde_json::json!({ "marker_unreadable": err.to_string() })),
-    };
-    Some(match serde_json::from_slice::<Episode>(&bytes) {
-        Ok(episode) => serde_json::json!({
-            "first_seen": crate::time::format_us(episode.first_seen_us),
-            "last_seen": crate::time::format_us(episode.last_seen_us),
-            "refusals": episode.refusals,
-            "first": episode.first,
-            "last": episode.last,
-            "seen_by": episode.seen_by,
-        }),
-        Err(err) => serde_json::json!({ "marker_unreadable": err.to_string() }),
-    })
-}
-
 /// The record of an episode, appended before the batch that found the store matching again.
 pub fn episode_event(details: serde_json::Value) -> AuditEvent {
     AuditEvent::new(Actor::System("audit".into()), "audit.head.mismatch")
         .target("audit:head")
         .outcome(Outcome::Failure)
         .details(details)
-}
-
-/// Removes the marker once its episode is in the log, unless a refusal changed it since
-/// (then it stays, and the next append records it again: a duplicate, never a loss).
-pub fn clear(head: &HeadFile, recorded: &serde_json::Value) {
-    if pending_episode(head).as_ref() == Some(recorded)
-        && let Err(err) = fs::remove_file(marker_path(head))
-        && err.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(error = %err, "could not remove the audit head mismatch marker");
-    }
 }
 
 /// What an accepted restore replaced and with what.

@@ -82,6 +82,19 @@ pub struct HeadState {
     pub pending: Option<SignedHead>,
 }
 
+/// The newest entry of the head that could be in the store: the pending one when the store
+/// went past the committed one, else the committed one.
+pub(super) fn vouched(
+    committed: &SignedHead,
+    pending: Option<&SignedHead>,
+    store_seq: i64,
+) -> (i64, String) {
+    match pending {
+        Some(p) if store_seq > committed.seq => (p.seq, p.hash.clone()),
+        _ => (committed.seq, committed.hash.clone()),
+    }
+}
+
 /// The file and its lock. Writers from several processes take the lock, and the committed
 /// head only ever moves forward, so a slow writer cannot roll it back.
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@
 
 pub mod chain;
 pub mod continuity;
+pub mod episode;
 pub mod export;
 pub mod head;
 pub mod verify;

@@ -1,9 +1,17 @@
 //! The core library's one error type. Each variant has a stable, dotted machine code
 //! (`Error::code`) that the web crate maps to HTTP status and JSON in one place.
+//!
+//! The errors stand on the lowest floor and import nothing of the crate. What a variant
+//! carries lives beside it: [`ConfigError`] (one bad setting) and [`Discontinuity`] (a store
+//! that does not extend the signed audit head).
+
+pub mod config_error;
+pub mod discontinuity;
 
 use std::path::PathBuf;
 
-use crate::config::ConfigError;
+pub use config_error::ConfigError;
+pub use discontinuity::Discontinuity;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -78,7 +86,7 @@ pub enum AuditError {
     /// The store does not extend the signed audit head (truncated, replaced or diverged):
     /// nothing may append until the real store is back or a restore is accepted.
     #[error("{0}")]
-    Discontinuity(Box<crate::audit::continuity::Discontinuity>),
+    Discontinuity(Box<Discontinuity>),
     #[error("audit signature: {0}")]
     Crypto(#[from] openssl::error::ErrorStack),
     #[error("audit export: {0}")]

@@ -1,0 +1,106 @@
+//! `plantgate readings`: export stored readings as CSV or JSONL; the export is audited.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use appliance::audit::ExportFormat;
+use appliance::config::Config;
+use appliance::devices::Device;
+use appliance::error::{Error, Result};
+use appliance::ids::SiteId;
+use appliance::readings;
+use appliance::time::{format_us, parse_instant};
+use appliance::{Actor, Appliance, AuditEvent};
+
+#[derive(Debug, Subcommand)]
+pub enum ReadingsCommand {
+    /// Stream readings as CSV or JSONL, oldest first, with no row cap; the export is audited.
+    Export {
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
+        /// Only this site's devices (see `plantgate site list`).
+        #[arg(long)]
+        site: Option<i64>,
+        /// Only this device, by serial.
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        metric: Option<String>,
+        /// Only readings measured at or after this time (2026-11-22 or 2026-11-22T08:00:00Z).
+        #[arg(long, value_parser = parse_instant)]
+        since: Option<i64>,
+        /// Only readings measured before this time.
+        #[arg(long, value_parser = parse_instant)]
+        until: Option<i64>,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[allow(clippy::print_stdout)]
+pub fn readings(command: ReadingsCommand, config: Config, actor: &Actor) -> Result<ExitCode> {
+    match command {
+        ReadingsCommand::Export {
+            format,
+            site,
+            device,
+            metric,
+            since,
+            until,
+            output,
+        } => {
+            let app = Appliance::open(config, actor)?;
+            let mut conn = app.store.conn()?;
+            let device_id = match &device {
+                Some(serial) => Some(
+                    Device::find_by_serial(&mut conn, serial)?
+                        .ok_or(Error::NotFound("device"))?
+                        .id,
+                ),
+                None => None,
+            };
+            if let Some(metric) = &metric
+                && !readings::is_metric_name(metric)
+            {
+                return Err(Error::invalid(
+                    "metric",
+                    format!("{metric:?} is not a metric name"),
+                ));
+            }
+            let filter = readings::ExportFilter {
+                site: site.map(SiteId),
+                device: device_id,
+                metric: metric.clone(),
+                since_us: since,
+                until_us: until,
+            };
+            let count = match &output {
+                Some(path) => {
+                    let file = std::fs::File::create(path).map_err(|err| {
+                        Error::invalid("output", format!("{}: {err}", path.display()))
+                    })?;
+                    readings::export(&mut conn, &filter, format, file)?
+                }
+                None => readings::export(&mut conn, &filter, format, std::io::stdout().lock())?,
+            };
+            drop(conn);
+            app.audit
+                .record(AuditEvent::new(actor.clone(), "readings.exported").details(
+                    serde_json::json!({
+                        "format": format!("{format:?}").to_lowercase(),
+                        "site": site,
+                        "device": device,
+                        "metric": metric,
+                        "since": since.map(format_us),
+                        "until": until.map(format_us),
+                        "readings": count,
+                        "output": output.map(|p| p.display().to_string()),
+                    }),
+                ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
