@@ -208,52 +208,6 @@ impl Organisation {
             .load(conn)?)
     }
 
-    /// Disables (or enables) an organisation: its users cannot sign in, their portal
-    /// sessions end now (returned: how many), and the portal's access worker revokes their
-    /// remote sessions at its next tick. Audited `organisation.disabled|enabled`.
-    pub fn set_disabled(
-        audit: &Audit,
-        actor: &Actor,
-        id: OrganisationId,
-        disabled: bool,
-        now: i64,
-    ) -> Result<usize> {
-        audit.record_with(|conn| {
-            if disabled && Organisation::find(conn, id)?.operator {
-                return Err(Error::invalid(
-                    "organisation",
-                    "the operator organisation owns the appliance and cannot be disabled",
-                ));
-            }
-            let updated = diesel::update(organisations::table.find(id))
-                .set(organisations::disabled_at_us.eq(disabled.then_some(now)))
-                .execute(conn)?;
-            if updated == 0 {
-                return Err(Error::NotFound("organisation"));
-            }
-            let mut ended = 0;
-            if disabled {
-                let members: Vec<UserId> = users::table
-                    .filter(users::organisation_id.eq(id))
-                    .select(users::id)
-                    .load(conn)?;
-                for user in members {
-                    ended +=
-                        crate::sessions::end_all(conn, user, None, "organisation disabled", now)?;
-                }
-            }
-            let action = if disabled {
-                "organisation.disabled"
-            } else {
-                "organisation.enabled"
-            };
-            let event = AuditEvent::new(actor.clone(), action)
-                .target(id)
-                .details(serde_json::json!({ "sessions_ended": ended }));
-            Ok((ended, vec![event]))
-        })
-    }
-
     pub fn find(conn: &mut DbConnection, id: OrganisationId) -> Result<Organisation> {
         organisations::table
             .find(id)

@@ -9,7 +9,8 @@ use super::passwords::{PasswordPolicy, hash_password};
 use crate::audit::{Actor, Audit, AuditEvent};
 use crate::enrolment::{self, FIRST_ADMIN};
 use crate::error::{Error, Result};
-use crate::models::{Role, User, clean_email, clean_name, email_taken_or};
+use crate::ids::{OrganisationId, UserId};
+use crate::models::{Organisation, Role, User, clean_email, clean_name, email_taken_or};
 use crate::on_backend;
 use crate::schema::{organisations, users};
 use crate::store::DbConnection;
@@ -150,4 +151,54 @@ pub fn setup_first_admin(
             .details(serde_json::json!({ "enrolment": format!("enrolment:{token}"), "organisation": organisation, "email": email }));
         Ok((user, vec![event]))
     })
+}
+
+// Here rather than beside the rest of `Organisation` in `models`: disabling one ends its
+// members' sessions, which sit above the models.
+impl Organisation {
+    /// Disables (or enables) an organisation: its users cannot sign in, their portal
+    /// sessions end now (returned: how many), and the portal's access worker revokes their
+    /// remote sessions at its next tick. Audited `organisation.disabled|enabled`.
+    pub fn set_disabled(
+        audit: &Audit,
+        actor: &Actor,
+        id: OrganisationId,
+        disabled: bool,
+        now: i64,
+    ) -> Result<usize> {
+        audit.record_with(|conn| {
+            if disabled && Organisation::find(conn, id)?.operator {
+                return Err(Error::invalid(
+                    "organisation",
+                    "the operator organisation owns the appliance and cannot be disabled",
+                ));
+            }
+            let updated = diesel::update(organisations::table.find(id))
+                .set(organisations::disabled_at_us.eq(disabled.then_some(now)))
+                .execute(conn)?;
+            if updated == 0 {
+                return Err(Error::NotFound("organisation"));
+            }
+            let mut ended = 0;
+            if disabled {
+                let members: Vec<UserId> = users::table
+                    .filter(users::organisation_id.eq(id))
+                    .select(users::id)
+                    .load(conn)?;
+                for user in members {
+                    ended +=
+                        crate::sessions::end_all(conn, user, None, "organisation disabled", now)?;
+                }
+            }
+            let action = if disabled {
+                "organisation.disabled"
+            } else {
+                "organisation.enabled"
+            };
+            let event = AuditEvent::new(actor.clone(), action)
+                .target(id)
+                .details(serde_json::json!({ "sessions_ended": ended }));
+            Ok((ended, vec![event]))
+        })
+    }
 }
