@@ -2,21 +2,16 @@
 //! factor have pages of their own). Changing the address is a sensitive action: it asks for
 //! the password again once the last check is stale, and both addresses are told.
 
-use actix_web::{HttpResponse, web};
+use actix_web::web;
 use appliance::accounts::{self, AccountChange};
 use appliance::models::Organisation;
 use askama::Template;
 use serde::Deserialize;
 
-use crate::{AppState, Nav, Problems, SignedIn, WebError, html_with_status};
-
-type Page = Result<HttpResponse, WebError>;
-
-pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/account", web::get().to(account_page))
-        .route("/account/email", web::get().to(account_page))
-        .route("/account/email", web::post().to(change_email));
-}
+use crate::forms::Problems;
+use crate::render::{Nav, Page, html_with_status};
+use crate::session::SignedIn;
+use crate::state::AppState;
 
 const CONFIRM_FOR_EMAIL: &str = "/account/confirm?next=email";
 

@@ -3,7 +3,7 @@
 //! certificate, the mail relay, and every service's recent warnings and errors. Every page
 //! is a sensitive action: it asks for the password again once the last check is stale.
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, web};
 use appliance::accounts;
 use appliance::ids::OrganisationId;
 use appliance::models::Organisation;
@@ -13,25 +13,12 @@ use appliance::{Actor, AuditEvent, Outcome};
 use askama::Template;
 use serde::Deserialize;
 
-use crate::{
-    AppState, CsrfForm, Nav, Problems, SignedIn, WebError, html_with_status, see_other, source,
-};
-
-type Page = Result<HttpResponse, WebError>;
-
-pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/organisations", web::get().to(organisations_page))
-        .route("/organisations", web::post().to(create_organisation))
-        .route(
-            "/organisations/{id}/{change}",
-            web::post().to(change_organisation),
-        )
-        .route("/settings", web::get().to(settings_page))
-        .route("/settings/certificate", web::post().to(replace_certificate))
-        .route("/settings/mail", web::post().to(save_mail))
-        .route("/settings/mail/test", web::post().to(test_mail))
-        .route("/errors", web::get().to(errors_page));
-}
+use crate::client::source;
+use crate::error::WebError;
+use crate::forms::{CsrfForm, Problems};
+use crate::render::{Nav, Page, html_with_status, see_other};
+use crate::session::SignedIn;
+use crate::state::AppState;
 
 /// Checks who is asking, the form's token when there is one, and how fresh their password
 /// is (a stale one is sent to confirm it first).

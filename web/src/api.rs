@@ -2,29 +2,30 @@
 //! (`{"error": code, "message": ...}`), rate limits per token and per address, and an
 //! OpenAPI 3 document generated from the handlers by utoipa.
 
-use std::net::IpAddr;
-
-use actix_web::http::{Method, StatusCode};
-use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, Route, web};
+use actix_web::http::Method;
+use actix_web::{HttpResponse, Route, web};
 use appliance::audit::export::{self, ExportFilter};
 use appliance::models::{Role, User};
 use appliance::time::{format_us, parse_instant};
-use appliance::tokens::{self, ApiToken};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::AppState;
+use crate::state::AppState;
 
+pub mod caller;
+pub mod error;
 mod firmware;
-mod rate;
+pub mod stream;
 
+pub use caller::ApiCaller;
+pub use error::{ApiError, ErrorBody};
 use firmware::FirmwareItem;
 
 /// One operation of the API: its method, its path under `/api/v1`, and its handler.
 pub struct ApiRoute {
     pub method: Method,
     pub path: &'static str,
-    route: Route,
+    pub(crate) route: Route,
 }
 
 impl std::fmt::Debug for ApiRoute {
@@ -41,10 +42,9 @@ fn op(method: Method, path: &'static str, route: Route) -> ApiRoute {
     }
 }
 
-/// The API's route table: the router is built from it ([`config`]), and the tests compare
+/// The API's route table: the router is built from it ([`crate::routes`]), and the tests compare
 /// it with the OpenAPI document, so neither can gain an operation the other lacks.
 pub fn routes() -> Vec<ApiRoute> {
-    use crate::stream;
     vec![
         op(Method::GET, "/openapi.json", web::to(openapi)),
         op(Method::GET, "/me", web::to(me)),
@@ -62,28 +62,6 @@ pub fn routes() -> Vec<ApiRoute> {
             web::to(firmware::firmware_upload),
         ),
     ]
-}
-
-pub fn config(cfg: &mut web::ServiceConfig) {
-    let scope = web::scope("/api/v1")
-        // Malformed parameters get the API's error shape too, not actix's plain text.
-        .app_data(
-            web::QueryConfig::default()
-                .error_handler(|err, _| ApiError::Invalid(err.to_string()).into()),
-        );
-    let scope = routes().into_iter().fold(scope, |scope, r| {
-        scope.route(r.path, r.route.method(r.method))
-    });
-    cfg.service(
-        scope
-            .configure(crate::unrouted(
-                || ApiError::NotFound.error_response(),
-                |allow| ApiError::MethodNotAllowed(allow.to_owned()).error_response(),
-            ))
-            .default_service(web::to(|| async {
-                Err::<HttpResponse, ApiError>(ApiError::NotFound)
-            })),
-    );
 }
 
 #[derive(OpenApi)]
@@ -112,7 +90,7 @@ impl utoipa::Modify for BearerAuth {
 /// The whole OpenAPI document of the API: every operation of [`routes`].
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
-    doc.merge(<crate::stream::ReadingsDoc as OpenApi>::openapi());
+    doc.merge(<stream::ReadingsDoc as OpenApi>::openapi());
     doc
 }
 
@@ -122,203 +100,6 @@ pub fn document() -> utoipa::openapi::OpenApi {
 ))]
 async fn openapi() -> HttpResponse {
     HttpResponse::Ok().json(document())
-}
-
-/// Every API error, as `{"error": code, "message": ...}`.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("send Authorization: Bearer followed by an API token")]
-    MissingToken,
-    #[error("the token is unknown, expired or revoked")]
-    InvalidToken,
-    #[error("the token lacks the scope {0}")]
-    MissingScope(&'static str),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("no such resource")]
-    NotFound,
-    /// The path exists but not for this method; the value is the `Allow` header's.
-    #[error("this path takes only {0}")]
-    MethodNotAllowed(String),
-    #[error("too many requests; retry in {0} seconds")]
-    RateLimited(u64),
-    /// A bundle refused by verification: the code is the refusal's (`bundle.untrusted_signer`, ...).
-    #[error("{message}")]
-    Rejected { code: &'static str, message: String },
-    #[error("{0}")]
-    TooLarge(String),
-    #[error("{0}")]
-    Conflict(String),
-    /// Firmware cannot be verified here (no updater settings or trust anchors). The value
-    /// is the cause for the log: it names files on the appliance, which a client is not
-    /// told.
-    #[error(
-        "firmware cannot be verified on this appliance: its updater settings or trust anchors are missing or unreadable; an administrator finds the cause in the log"
-    )]
-    Unavailable(String),
-    /// The data partition is full: nothing was stored; retry once space is freed.
-    #[error("{0}")]
-    StorageFull(String),
-    #[error("the appliance could not answer; the event was logged")]
-    Internal,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// A stable machine-readable code, such as `auth.invalid_token`.
-    error: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn code(&self) -> &'static str {
-        match self {
-            ApiError::MissingToken => "auth.missing_token",
-            ApiError::InvalidToken => "auth.invalid_token",
-            ApiError::MissingScope(_) => "auth.missing_scope",
-            ApiError::Invalid(_) => "request.invalid",
-            ApiError::NotFound => "request.not_found",
-            ApiError::MethodNotAllowed(_) => "request.method_not_allowed",
-            ApiError::RateLimited(_) => "rate.limited",
-            ApiError::Rejected { code, .. } => code,
-            ApiError::TooLarge(_) => "bundle.too_large",
-            ApiError::Conflict(_) => "request.conflict",
-            ApiError::Unavailable(_) => "firmware.unavailable",
-            ApiError::StorageFull(_) => "storage.full",
-            ApiError::Internal => "internal",
-        }
-    }
-}
-
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            ApiError::MissingToken | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
-            ApiError::MissingScope(_) => StatusCode::FORBIDDEN,
-            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Unavailable(_) | ApiError::StorageFull(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::RateLimited(seconds) = self {
-            response.insert_header(("Retry-After", seconds.to_string()));
-        }
-        if matches!(self, ApiError::MissingToken | ApiError::InvalidToken) {
-            response.insert_header(("WWW-Authenticate", "Bearer"));
-        }
-        if let ApiError::MethodNotAllowed(allow) = self {
-            response.insert_header((actix_web::http::header::ALLOW, allow.as_str()));
-        }
-        // The client's message is generic; the cause, with its paths, is for the log.
-        if let ApiError::Unavailable(cause) = self {
-            tracing::error!(cause = %cause, "firmware cannot be verified");
-        }
-        response.json(ErrorBody {
-            error: self.code(),
-            message: self.to_string(),
-        })
-    }
-}
-
-impl From<appliance::Error> for ApiError {
-    fn from(err: appliance::Error) -> Self {
-        match err {
-            appliance::Error::Invalid { field, problem } => {
-                ApiError::Invalid(format!("{field}: {problem}"))
-            }
-            appliance::Error::NotFound(_) => ApiError::NotFound,
-            // Its message names what could not be written, never where.
-            full @ appliance::Error::StorageFull { .. } => ApiError::StorageFull(full.to_string()),
-            other => {
-                tracing::error!(error = %other, "api request failed");
-                ApiError::Internal
-            }
-        }
-    }
-}
-
-impl From<actix_web::error::BlockingError> for ApiError {
-    fn from(_: actix_web::error::BlockingError) -> Self {
-        ApiError::Internal
-    }
-}
-
-pub use rate::RateLimiter;
-
-/// An API request with a live token, within its rate limits.
-#[derive(Debug, Clone)]
-pub struct ApiCaller {
-    pub token: ApiToken,
-    pub user: User,
-    pub role: Role,
-}
-
-impl ApiCaller {
-    pub(crate) fn require(&self, scope: &'static str) -> Result<(), ApiError> {
-        if self.token.allows(scope) {
-            Ok(())
-        } else {
-            Err(ApiError::MissingScope(scope))
-        }
-    }
-}
-
-impl FromRequest for ApiCaller {
-    type Error = actix_web::Error;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, Self::Error>>>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>().cloned();
-        let secret = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|s| s.trim().to_owned());
-        let address: Option<IpAddr> = req.peer_addr().map(|a| a.ip());
-        Box::pin(async move {
-            let Some(state) = state else {
-                return Err(ApiError::Internal.into());
-            };
-            let now = state.now();
-            let per_minute = state.api_requests_per_minute;
-            if let Some(address) = address {
-                state
-                    .api_by_address
-                    .hit(address, per_minute, now)
-                    .map_err(ApiError::RateLimited)?;
-            }
-            let Some(secret) = secret else {
-                return Err(ApiError::MissingToken.into());
-            };
-            let found = {
-                let state = state.clone();
-                web::block(move || {
-                    tokens::authenticate(&mut *state.app.store.conn()?, &secret, now)
-                })
-                .await
-                .map_err(ApiError::from)?
-            };
-            let Some((token, user)) = found.map_err(ApiError::from)? else {
-                return Err(ApiError::InvalidToken.into());
-            };
-            state
-                .api_by_token
-                .hit(token.id, per_minute, now)
-                .map_err(ApiError::RateLimited)?;
-            let role = user.role().map_err(ApiError::from)?;
-            Ok(ApiCaller { token, user, role })
-        })
-    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -6,11 +6,10 @@ use appliance::alerts::{Alert, AlertRule};
 use appliance::devices::Device;
 use askama::Template;
 
-use crate::{AppState, Nav, SignedIn, WebError, html};
-
-pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/devices", web::get().to(devices_page));
-}
+use crate::error::WebError;
+use crate::render::{Nav, html};
+use crate::session::SignedIn;
+use crate::state::AppState;
 
 struct DeviceRow {
     serial: String,

@@ -3,6 +3,9 @@
 //! filling memory, and no export has a row cap.
 
 use actix_web::{HttpResponse, web};
+use appliance::audit::export::ExportFormat;
+
+use crate::error::WebError;
 
 type Chunk = Result<web::Bytes, std::io::Error>;
 
@@ -61,4 +64,17 @@ pub(crate) fn attachment(
         .streaming(futures_util::stream::poll_fn(move |cx| {
             receiver.poll_recv(cx)
         }))
+}
+
+/// An export's format from `?format=csv|jsonl` (JSONL when absent): the format, its content type and extension.
+pub(crate) fn export_format(
+    raw: Option<&str>,
+) -> Result<(ExportFormat, &'static str, &'static str), WebError> {
+    match raw {
+        Some("csv") => Ok((ExportFormat::Csv, "text/csv; charset=utf-8", "csv")),
+        Some("jsonl") | None => Ok((ExportFormat::Jsonl, "application/x-ndjson", "jsonl")),
+        Some(other) => Err(WebError::BadRequest(format!(
+            "format {other:?} is not csv or jsonl"
+        ))),
+    }
 }

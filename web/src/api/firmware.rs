@@ -1,13 +1,24 @@
 //! Firmware through the API: `GET` and `POST /api/v1/firmware`, for administrators' tokens.
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use appliance::Actor;
+use appliance::firmware::Firmware;
 use appliance::models::Role;
 use appliance::time::format_us;
+use bytes::Bytes;
+use futures_util::Stream;
 use serde::{Deserialize, Serialize};
+use updater::UpdaterError;
+use updater::firmware::{self as fw, Uploader};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiCaller, ApiError, ErrorBody};
-use crate::AppState;
+use super::caller::ApiCaller;
+use super::error::{ApiError, ErrorBody};
+use crate::client::source;
+use crate::firmware::receive::{
+    Received, audit_refusal, receive, updater_config, verify_and_store,
+};
+use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FirmwareItem {
@@ -112,7 +123,7 @@ pub(super) async fn firmware_upload(
         .and_then(|v| v.parse::<u64>().ok());
     let max = state.app.config.web.max_firmware_bytes;
     let actor = appliance::Actor::User(caller.user.id);
-    let from = crate::source(&req);
+    let from = source(&req);
     if declared.is_some_and(|len| len > max) {
         let reason = format!(
             "the file is larger than {max} bytes, the most this appliance accepts (web.max_firmware_bytes)"
@@ -136,7 +147,113 @@ pub(super) async fn firmware_upload(
         .map_err(|_| ApiError::Internal)?;
         return Err(ApiError::TooLarge(reason));
     }
-    let stored =
-        crate::firmware::api_upload(&state, actor, from, params.into_inner().model, body).await?;
+    let stored = api_upload(&state, actor, from, params.into_inner().model, body).await?;
     Ok(HttpResponse::Created().json(FirmwareItem::from(stored)))
+}
+
+/// For the REST API: receives a bundle body, verifies and stores it, all while the request
+/// waits. Refusals are audited (by the updater, or here for what never reached it).
+async fn api_upload<S, E>(
+    state: &web::Data<AppState>,
+    actor: Actor,
+    from: String,
+    model: String,
+    body: S,
+) -> Result<Firmware, ApiError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let file = format!("api upload for {model}");
+    // Exactly as the API's document gives the pattern: the pages' forms trim spaces away,
+    // the API does not.
+    let checked = appliance::firmware::clean_model(&model).and_then(|clean| {
+        if clean == model {
+            Ok(clean)
+        } else {
+            Err(appliance::Error::invalid(
+                "model",
+                format!("{model:?} has spaces around it"),
+            ))
+        }
+    });
+    if let Err(err) = checked {
+        let problem = err.to_string();
+        audit_refusal(
+            state,
+            actor,
+            from,
+            file,
+            model,
+            "request.invalid",
+            problem.clone(),
+        )
+        .await
+        .map_err(|_| ApiError::Internal)?;
+        return Err(ApiError::Invalid(problem));
+    }
+    let config = updater_config(state).map_err(|err| ApiError::Unavailable(err.to_string()))?;
+    let staged = {
+        let app = state.app.clone();
+        web::block(move || fw::staging_file(&app))
+            .await?
+            .map_err(|_| ApiError::Internal)?
+    };
+    let max = state.app.config.web.max_firmware_bytes;
+    let staged = match receive(body, staged, max).await {
+        Ok((staged, _)) => staged,
+        Err(failure) => {
+            let reason = failure.reason();
+            audit_refusal(
+                state,
+                actor,
+                from,
+                file,
+                model,
+                failure.code(),
+                reason.clone(),
+            )
+            .await
+            .map_err(|_| ApiError::Internal)?;
+            return Err(match failure {
+                Received::TooLarge(_) => ApiError::TooLarge(reason),
+                Received::Cut(_) => ApiError::Invalid(reason),
+                Received::Io(_) => ApiError::Internal,
+            });
+        }
+    };
+    let app = state.app.clone();
+    let stored = web::block(move || {
+        let uploader = Uploader {
+            actor: &actor,
+            source: &from,
+            file: &file,
+        };
+        verify_and_store(
+            &app,
+            &uploader,
+            staged,
+            &model,
+            &updater::progress::NoProgress,
+            &config,
+        )
+    })
+    .await?;
+    stored.map_err(|err| match err {
+        UpdaterError::Rejected(rejection) => ApiError::Rejected {
+            code: rejection.code(),
+            message: rejection.to_string(),
+        },
+        UpdaterError::Appliance(appliance::Error::Invalid { field, problem }) => {
+            ApiError::Invalid(format!("{field}: {problem}"))
+        }
+        UpdaterError::Appliance(appliance::Error::Conflict(problem)) => ApiError::Conflict(problem),
+        UpdaterError::Trust(problem) | UpdaterError::Config(problem) => {
+            ApiError::Unavailable(problem)
+        }
+        other => {
+            tracing::error!(error = %other, code = other.code(), "firmware upload failed");
+            ApiError::Internal
+        }
+    })
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, middleware};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer};
 use appliance::config::Config;
 use appliance::tls;
 use appliance::{Actor, Appliance};
@@ -136,22 +136,12 @@ async fn serve(mut config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot start the access worker: {e}"))?;
     let state = actix_web::web::Data::new(state);
     // Summaries of refused sign-ins: written as their windows end, and all at shutdown.
-    let _refusal_summaries = portal::worker::summarise_refusals(state.clone());
-    let body_limit = config.web.max_body_bytes;
+    let _refusal_summaries = portal::refusals::summarise_refusals(state.clone());
 
-    let https = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .app_data(actix_web::web::FormConfig::default().limit(body_limit))
-            .app_data(actix_web::web::PayloadConfig::new(body_limit))
-            .wrap(middleware::from_fn(portal::utf8_forms_only))
-            .wrap(middleware::from_fn(portal::same_origin_only))
-            .wrap(portal::security_headers())
-            .configure(portal::config)
-    })
-    .listen_openssl(https_listener, acceptor)
-    .map_err(|e| format!("cannot listen on {https_listen}: {e}"))?
-    .run();
+    let https = HttpServer::new(move || portal::app(state.clone()))
+        .listen_openssl(https_listener, acceptor)
+        .map_err(|e| format!("cannot listen on {https_listen}: {e}"))?
+        .run();
 
     // The audit log takes time-based checkpoints even when nothing else appends.
     let audit = app.audit.clone();

@@ -1,5 +1,5 @@
-//! What the remote-access pages say about the firewall: the per-grant change after a
-//! decision, an end or an extension; a revoke the controller has not confirmed; and the
+//! What the remote-access pages say about the firewall: the poke after a change to a site,
+//! the per-grant change after a decision, an end or an extension; a revoke the controller has not confirmed; and the
 //! controller's own state for the overview, read from the row it writes at every renewal.
 
 use actix_web::web;
@@ -8,8 +8,19 @@ use appliance::access;
 use appliance::grants::Grant;
 use appliance::grants::control::{self, Enforcement, FirewallStatus, Health};
 
-use super::blocking;
-use crate::{AppState, WebError};
+use super::shared::blocking;
+use crate::error::WebError;
+use crate::state::AppState;
+
+/// Asks the firewall to act now and the access worker to send what is owed. A firewall
+/// that does not answer still applies the store's state at its next reconcile.
+pub(super) async fn after_change(state: &web::Data<AppState>) {
+    state.worker.poke();
+    let config = state.app.config.clone();
+    if let Ok(Err(why)) = web::block(move || appliance::grants::poke_firewall(&config)).await {
+        tracing::warn!(%why, "firewall did not answer the poke; it applies the change at its next reconcile");
+    }
+}
 
 /// After a decision, an end or an extension of one request: the firewall changes only that
 /// request's grant. A revoke the controller does not confirm is audited and mailed to the

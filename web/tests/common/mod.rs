@@ -18,6 +18,9 @@ use appliance::config::Config;
 use appliance::enrolment::{self, FIRST_ADMIN};
 use appliance::{Actor, Appliance};
 
+pub mod certificates;
+pub mod pages;
+
 pub const PASSWORD: &str = "Vierkant-Schraube-77";
 pub const EMAIL: &str = "ada@plant.example";
 
@@ -399,4 +402,9 @@ impl Portal {
         assert!(sent.success(), "SIGTERM was not delivered");
         self.child.wait().expect("wait for plantgate-web").success()
     }
+}
+
+/// How many of `actions` (as [`Portal::actions`] lists them) are `action`.
+pub fn count(actions: &[String], action: &str) -> usize {
+    actions.iter().filter(|a| *a == action).count()
 }

@@ -21,9 +21,10 @@ use appliance::{Actor, AuditEvent};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi};
 
-use crate::AppState;
-use crate::api::{ApiCaller, ApiError, ErrorBody};
-use crate::source;
+use super::caller::ApiCaller;
+use super::error::{ApiError, ErrorBody};
+use crate::client::source;
+use crate::state::AppState;
 
 /// How often a stream looks for new readings.
 const POLL: Duration = Duration::from_secs(1);
@@ -74,7 +75,7 @@ impl Drop for StreamSlot {
 }
 
 /// The readings part of the OpenAPI document, merged into `/api/v1/openapi.json`. The
-/// routes are in the API's table (`crate::api::routes`).
+/// routes are in the API's table (`super::routes`).
 #[derive(OpenApi)]
 #[openapi(paths(export, stream), components(schemas(ErrorBody)))]
 #[derive(Debug)]

@@ -1,0 +1,112 @@
+//! The audit viewer in the portal, against the real `plantgate-web` binary over real TLS:
+//! filtering, paging, export and verification, and who may read the log.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)] // test code
+
+mod common;
+
+use common::*;
+
+use appliance::Actor;
+
+#[test]
+fn the_audit_viewer_filters_pages_exports_and_verifies() {
+    let portal = Portal::start("");
+    portal.setup_admin();
+    for _ in 0..3 {
+        portal.login("x", EMAIL, "Wrong-password-1");
+    }
+    portal.login("admin", EMAIL, PASSWORD);
+    let failed = portal.get(Some("admin"), "/audit?action=auth.login.failed");
+    assert_eq!(
+        failed.body.matches("<td>auth.login.failed</td>").count(),
+        3,
+        "{}",
+        failed.body
+    );
+    assert!(!failed.body.contains("<td>auth.login.succeeded</td>"));
+    let auth = portal.get(Some("admin"), "/audit?action=auth.");
+    assert!(auth.body.contains("<td>auth.login.succeeded</td>"));
+    let bad_filter = portal.get(Some("admin"), "/audit?since=yesterday");
+    assert!(
+        bad_filter.body.contains("is not a time"),
+        "{}",
+        bad_filter.body
+    );
+
+    let verified = portal.get(Some("admin"), "/audit?verify=1");
+    assert!(
+        verified.body.contains("The chain is intact"),
+        "{}",
+        verified.body
+    );
+    let csv = portal.get(
+        Some("admin"),
+        "/audit/export?format=csv&action=auth.login.failed",
+    );
+    assert_eq!(csv.status, 200);
+    assert!(csv.body.starts_with("seq,time,actor_kind"), "{}", csv.body);
+    assert_eq!(csv.body.lines().count(), 4, "{}", csv.body);
+    assert!(portal.actions().contains(&"audit.exported".to_owned()));
+
+    // Paging: 60 more records make more than one page of 50.
+    let events = (0..60)
+        .map(|i| appliance::AuditEvent::new(Actor::System("test".into()), "test.paging").target(i))
+        .collect();
+    portal.app.audit.record_all(events).unwrap();
+    let first = portal.get(Some("admin"), "/audit?action=test.paging");
+    assert_eq!(first.body.matches("<td>test.paging</td>").count(), 50);
+    let next = first
+        .body
+        .split("/audit?before=")
+        .nth(1)
+        .and_then(|s| s.split('&').next())
+        .expect("a next-page link")
+        .to_owned();
+    let second = portal.get(
+        Some("admin"),
+        &format!("/audit?before={next}&action=test.paging"),
+    );
+    assert_eq!(second.body.matches("<td>test.paging</td>").count(), 10);
+}
+
+#[test]
+fn only_admins_and_auditors_read_the_audit_log() {
+    let portal = Portal::start("");
+    portal.setup_admin();
+    let actor = Actor::System("test".into());
+    let org = appliance::models::Organisation::list(&mut portal.app.store.conn().unwrap())
+        .unwrap()
+        .remove(0);
+    for (email, role) in [
+        ("tech@vendor.example", appliance::models::Role::Technician),
+        ("audit@plant.example", appliance::models::Role::Auditor),
+    ] {
+        let user = appliance::models::User::create(
+            &portal.app.audit,
+            &actor,
+            org.id,
+            "Someone",
+            email,
+            role,
+        )
+        .unwrap();
+        appliance::accounts::set_password(
+            &portal.app.audit,
+            &actor,
+            &user,
+            PASSWORD,
+            appliance::accounts::PasswordPolicy { min_chars: 12 },
+            0,
+        )
+        .unwrap();
+    }
+    portal.login("tech", "tech@vendor.example", PASSWORD);
+    assert_eq!(portal.get(Some("tech"), "/audit").status, 403);
+    assert_eq!(portal.get(Some("tech"), "/audit/export").status, 403);
+    portal.login("auditor", "audit@plant.example", PASSWORD);
+    assert_eq!(portal.get(Some("auditor"), "/audit").status, 200);
+    assert_eq!(
+        portal.get(None, "/audit").header("location"),
+        Some("/login")
+    );
+}
