@@ -22,16 +22,7 @@ pub struct MessagePage<'a> {
 
 impl ResponseError for WebError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            WebError::Forbidden(_) => StatusCode::FORBIDDEN,
-            WebError::NotFound => StatusCode::NOT_FOUND,
-            WebError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            WebError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            WebError::StorageFull => StatusCode::SERVICE_UNAVAILABLE,
-            WebError::ConfirmFirst(_) => StatusCode::SEE_OTHER,
-        }
+        self.kind().status()
     }
 
     fn error_response(&self) -> HttpResponse {
@@ -42,6 +33,7 @@ impl ResponseError for WebError {
         let heading = match self {
             WebError::BadRequest(_) => "That did not work",
             WebError::Forbidden(_) => "Not allowed",
+            WebError::Conflict(_) => "That cannot be done now",
             WebError::NotFound => "Not found",
             WebError::MethodNotAllowed(_) => "Not allowed",
             WebError::TooManyRequests(_) => "Slow down",

@@ -5,6 +5,8 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::error::Kind;
+
 /// Every API error, as `{"error": code, "message": ...}`.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -14,6 +16,9 @@ pub enum ApiError {
     InvalidToken,
     #[error("the token lacks the scope {0}")]
     MissingScope(&'static str),
+    /// The core refused the caller: a role or ownership rule, not the token's scope.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Invalid(String),
     #[error("no such resource")]
@@ -52,11 +57,28 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
+    pub fn kind(&self) -> Kind {
+        match self {
+            ApiError::MissingToken | ApiError::InvalidToken => Kind::Unauthenticated,
+            ApiError::MissingScope(_) | ApiError::Forbidden(_) => Kind::Forbidden,
+            ApiError::Invalid(_) => Kind::Invalid,
+            ApiError::NotFound => Kind::NotFound,
+            ApiError::MethodNotAllowed(_) => Kind::MethodNotAllowed,
+            ApiError::RateLimited(_) => Kind::TooMany,
+            ApiError::Rejected { .. } => Kind::Rejected,
+            ApiError::TooLarge(_) => Kind::TooLarge,
+            ApiError::Conflict(_) => Kind::Conflict,
+            ApiError::Unavailable(_) | ApiError::StorageFull(_) => Kind::Unavailable,
+            ApiError::Internal => Kind::Internal,
+        }
+    }
+
     fn code(&self) -> &'static str {
         match self {
             ApiError::MissingToken => "auth.missing_token",
             ApiError::InvalidToken => "auth.invalid_token",
             ApiError::MissingScope(_) => "auth.missing_scope",
+            ApiError::Forbidden(_) => "request.forbidden",
             ApiError::Invalid(_) => "request.invalid",
             ApiError::NotFound => "request.not_found",
             ApiError::MethodNotAllowed(_) => "request.method_not_allowed",
@@ -73,19 +95,7 @@ impl ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            ApiError::MissingToken | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
-            ApiError::MissingScope(_) => StatusCode::FORBIDDEN,
-            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Unavailable(_) | ApiError::StorageFull(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.kind().status()
     }
 
     fn error_response(&self) -> HttpResponse {
@@ -110,6 +120,7 @@ impl ResponseError for ApiError {
     }
 }
 
+/// Each arm gives the variant of [`Kind::of`] (a test holds them together).
 impl From<appliance::Error> for ApiError {
     fn from(err: appliance::Error) -> Self {
         match err {
@@ -117,6 +128,8 @@ impl From<appliance::Error> for ApiError {
                 ApiError::Invalid(format!("{field}: {problem}"))
             }
             appliance::Error::NotFound(_) => ApiError::NotFound,
+            appliance::Error::Conflict(message) => ApiError::Conflict(message),
+            appliance::Error::Forbidden(message) => ApiError::Forbidden(message),
             // Its message names what could not be written, never where.
             full @ appliance::Error::StorageFull { .. } => ApiError::StorageFull(full.to_string()),
             other => {
