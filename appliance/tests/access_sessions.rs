@@ -18,7 +18,7 @@ fn the_key_switch_cuts_everything_and_refuses_approvals(backend: Backend) {
     let p = plant(backend);
     let (audit, config) = (&p.t.app.audit, &p.t.app.config);
     let first = p.ask(&p.tech, &p.press, "s7", "30").unwrap();
-    p.approve(&p.ann, first.id).unwrap();
+    let approved = p.approve(&p.ann, first.id).unwrap();
     let second = p.ask(&p.tech, &p.press, "vnc", "30").unwrap();
     // The technician cannot turn it; an approver of the other site cannot either.
     for who in [&p.tech, &p.carla] {
@@ -36,7 +36,11 @@ fn the_key_switch_cuts_everything_and_refuses_approvals(backend: Backend) {
         now_us(),
     )
     .unwrap();
-    assert_eq!(cut, 1);
+    assert_eq!(
+        cut,
+        Vec::from_iter(approved.grant_id),
+        "the cut session's grant"
+    );
     assert!(
         Grant::live(&mut p.t.conn(), now_us()).unwrap().is_empty(),
         "every session cut"
@@ -216,8 +220,10 @@ fn disabling_the_organisation_ends_its_remote_sessions_and_logins(backend: Backe
 
 fn the_hardware_key_switch_is_a_command(backend: Backend) {
     let p = plant(backend);
+    let org = Organisation::find(&mut p.t.conn(), p.site_a.organisation_id).unwrap();
+    let admin = common::plant::user(&p.t, &org, "Ada", appliance::models::Role::Admin);
     let request = p.ask(&p.tech, &p.press, "s7", "30").unwrap();
-    p.approve(&p.ann, request.id).unwrap();
+    let grant = p.approve(&p.ann, request.id).unwrap().grant_id.unwrap();
     let site = p.site_a.id.0.to_string();
     let off =
         p.t.cli()
@@ -238,6 +244,24 @@ fn the_hardware_key_switch_is_a_command(backend: Backend) {
         common::stdout(&off)
     );
     assert!(Grant::live(&mut p.t.conn(), now_us()).unwrap().is_empty());
+    // Pending as a revoke of one grant is: audited as a failure, and the administrators told.
+    let mut pending = Vec::new();
+    appliance::audit::export::for_each_record(&mut p.t.conn(), &Default::default(), |r| {
+        if r.action == "firewall.revoke.pending" {
+            pending.push((r.target, r.outcome));
+        }
+        Ok(true)
+    })
+    .unwrap();
+    assert_eq!(pending, [(format!("grant:{grant}"), "failure".to_owned())]);
+    assert!(
+        p.mails_to(&admin).iter().any(|(subject, _)| subject
+            == &format!(
+                "Plantgate: revoke of grant {grant} pending: firewall controller unreachable"
+            )),
+        "{:?}",
+        p.mails_to(&admin)
+    );
     assert!(
         !SitePolicy::of(&mut p.t.conn(), p.site_a.id)
             .unwrap()

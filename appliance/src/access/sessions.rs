@@ -235,7 +235,8 @@ pub fn extend(
 
 /// Turns a site's "remote access enabled" key switch on or off. Off cuts every session of
 /// the site at once and refuses approvals until it is on again. `by` is the approver who
-/// turned it, or `None` for the hardware switch. Returns how many sessions were cut.
+/// turned it, or `None` for the hardware switch. Returns the grants of the sessions cut,
+/// whose revokes the caller has the firewall confirm (`grants::control::enforce_revoke`).
 pub fn set_key_switch(
     audit: &Audit,
     config: &Config,
@@ -244,7 +245,7 @@ pub fn set_key_switch(
     on: bool,
     source: &str,
     now: i64,
-) -> Result<usize> {
+) -> Result<Vec<i64>> {
     let actor = by.map_or_else(|| Actor::System("key-switch".into()), |u| Actor::User(u.id));
     audit.record_with(|conn| {
         if let Some(user) = by
@@ -256,15 +257,17 @@ pub fn set_key_switch(
         }
         let mut policy = SitePolicy::of(conn, site.id)?;
         if policy.remote_enabled == on {
-            return Ok((0, Vec::new()));
+            return Ok((Vec::new(), Vec::new()));
         }
         policy.remote_enabled = on;
         policy.updated_at_us = now;
         policy.save(conn)?;
         let mut events = Vec::new();
         let mut cut = 0;
+        let mut grants = Vec::new();
         if !on {
             for request in in_state(conn, Some(site.id), State::Approved)? {
+                grants.extend(request.grant_id);
                 events.extend(close_in(
                     conn,
                     config,
@@ -290,7 +293,7 @@ pub fn set_key_switch(
                 .target(site.id)
                 .details(serde_json::json!({ "sessions_cut": cut })),
         );
-        Ok((cut, events))
+        Ok((grants, events))
     })
 }
 

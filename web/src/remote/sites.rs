@@ -9,7 +9,7 @@ use appliance::models::{Role, Site, User};
 use askama::Template;
 use serde::Deserialize;
 
-use super::firewall::after_change;
+use super::firewall::{after_change, after_grant_change};
 use super::requests::RequestRow;
 use super::shared::{blocking, problem_of, status_for};
 use crate::client::source;
@@ -495,10 +495,21 @@ pub async fn key_switch(
         }
     };
     let (from, now) = (source(&req), state.now());
-    change_site(state, user, path.into_inner(), move |app, account, site| {
-        access::set_key_switch(&app.audit, &app.config, Some(account), site, on, &from, now)
+    let (actor, after) = (Actor::User(user.user.id), state.clone());
+    let (cut_grants, cut) = std::sync::mpsc::channel();
+    let page = change_site(state, user, path.into_inner(), move |app, account, site| {
+        let grants =
+            access::set_key_switch(&app.audit, &app.config, Some(account), site, on, &from, now)?;
+        let _ = cut_grants.send(grants);
+        Ok(())
     })
-    .await
+    .await;
+    // Each session cut is a revoke: confirmed by the controller, or audited and mailed as
+    // pending, and shown so on its request's page, as when an approver ends one.
+    for grant in cut.try_iter().flatten() {
+        after_grant_change(&after, actor.clone(), Some(grant)).await;
+    }
+    page
 }
 
 #[derive(Debug, Default, Deserialize)]

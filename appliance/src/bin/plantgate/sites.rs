@@ -7,6 +7,7 @@ use clap::Subcommand;
 
 use appliance::config::Config;
 use appliance::error::Result;
+use appliance::grants::control;
 use appliance::models::{Organisation, Site};
 use appliance::{Actor, Appliance};
 
@@ -112,20 +113,26 @@ pub fn site(command: SiteCommand, config: Config, actor: &Actor) -> Result<ExitC
                 "key-switch",
                 appliance::time::now_us(),
             )?;
-            let poked = appliance::grants::poke_firewall(&app.config);
             appliance::outln!(
-                "{}: remote access {position}; {cut} sessions cut",
-                found.name
+                "{}: remote access {position}; {} sessions cut",
+                found.name,
+                cut.len()
             );
-            // Sessions cut are revokes: confirmed by a full reconcile, or pending.
-            if let Err(why) = poked {
-                if cut > 0 {
-                    eprintln!(
-                        "revoke recorded; pending: firewall controller unreachable ({why}); the pinholes close by themselves within {} s",
-                        app.config.firewall.lease_seconds
-                    );
-                    return Ok(ExitCode::from(PENDING));
+            // Sessions cut are revokes: each confirmed by the controller, or pending (audited
+            // and mailed to the administrators, as a revoke of one grant is).
+            let actor = Actor::System("key-switch".into());
+            let mut pending = false;
+            for grant in cut {
+                let enforced = control::enforce_revoke(&app.audit, &actor, &app.config, grant);
+                if matches!(enforced, control::Enforcement::Pending { .. }) {
+                    eprintln!("grant {grant}: {enforced}");
+                    pending = true;
                 }
+            }
+            if pending {
+                return Ok(ExitCode::from(PENDING));
+            }
+            if let Err(why) = appliance::grants::poke_firewall(&app.config) {
                 eprintln!(
                     "plantgate: the firewall did not answer ({why}); it applies the change at its next reconcile"
                 );
