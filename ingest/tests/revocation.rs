@@ -22,6 +22,7 @@ use ingest::decode::Accepted;
 use ingest::error::Refused;
 use ingest::mqtt::readings_topic;
 use ingest::writer::Writer;
+use testkit::on_both_backends;
 
 /// How long a revoked connection may stay open: the behaviour asked for is "within 1 s"
 /// (the service looks every 200 ms); 3 s still proves "at once" on a loaded machine.
