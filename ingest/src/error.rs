@@ -1,5 +1,6 @@
-//! The ingest's one error type. Every refusal has a stable code and a message a device
-//! maker can act on; the mapping to HTTP status and JSON is here and nowhere else.
+//! The ingest's one error type, and the writer's reasons for not storing ([`Refused`]),
+//! which every channel answers in its own way. Every refusal has a stable code and a message
+//! a device maker can act on; the mapping to HTTP status and JSON is here and nowhere else.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -57,6 +58,18 @@ pub enum IngestError {
     Enrolment(String),
 }
 
+/// Why the writer did not store a request's readings ([`crate::writer::Writer::store`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The store failed (or the writer is gone); the request may be retried.
+    Unavailable,
+    /// The data partition is full ([`appliance::Error::StorageFull`]); the request may be
+    /// retried once space is freed, with no restart.
+    StorageFull,
+    /// The sender's credential no longer authenticates it.
+    Revoked,
+}
+
 impl IngestError {
     pub fn code(&self) -> &'static str {
         match self {
@@ -98,12 +111,12 @@ impl From<appliance::Error> for IngestError {
     }
 }
 
-impl From<crate::writer::Refused> for IngestError {
-    fn from(refused: crate::writer::Refused) -> Self {
+impl From<Refused> for IngestError {
+    fn from(refused: Refused) -> Self {
         match refused {
-            crate::writer::Refused::Revoked => IngestError::BadCredential,
-            crate::writer::Refused::Unavailable => IngestError::Unavailable,
-            crate::writer::Refused::StorageFull => IngestError::StorageFull,
+            Refused::Revoked => IngestError::BadCredential,
+            Refused::Unavailable => IngestError::Unavailable,
+            Refused::StorageFull => IngestError::StorageFull,
         }
     }
 }

@@ -17,8 +17,9 @@ use appliance::firmware::{DeviceStatus, FirmwareId, Offer};
 use bytes::Bytes;
 use serde::Deserialize;
 
+use crate::auth::{authenticated, bearer};
 use crate::error::IngestError;
-use crate::http::{Shared, authenticated, bearer};
+use crate::shared::Shared;
 
 /// Payload bytes read per chunk while streaming.
 const CHUNK: usize = 256 * 1024;

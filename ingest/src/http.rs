@@ -1,59 +1,18 @@
-//! `POST /v1/readings` over HTTPS: a batch of readings, acknowledged once durable.
-//!
-//! A connection that has not authenticated is held to deadlines: actix's TLS handshake
-//! timeout and its first-request timeout (the head) take half of
-//! `ingest.handshake_timeout_seconds` each; then [`guard`] bounds the body read before the
-//! request authenticated by the whole of it, and closes the connection after every response
-//! to a request that did not authenticate ([`authenticated`]), so keep-alive (whose later
-//! request heads actix does not time) is only for devices. `POST /v1/readings`
-//! authenticates before it reads the body.
+//! `POST /v1/readings` over HTTPS: a batch of readings, acknowledged once durable; and
+//! `POST /v1/enrol`, a device's client certificate. The routes of [`config`] run behind
+//! [`crate::auth::guard`], which holds a connection that has not authenticated to deadlines.
+//! `POST /v1/readings` authenticates before it reads the body.
 
-use std::cell::Cell;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::sync::Mutex;
-use std::task::{Context, Poll};
-use std::time::Duration;
-
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::{ConnectionType, header};
-use actix_web::middleware::Next;
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
-use appliance::device_ca::{self, DeviceCa};
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use appliance::device_ca;
 use appliance::devices::{self, Device};
 use appliance::time::now_us;
-use appliance::{Actor, Appliance, AuditEvent, Outcome};
 
-use crate::decode::{self, Format, Limits};
+use crate::auth::{PeerCertificate, authenticated, bearer};
+use crate::decode::{self, Format};
 use crate::error::IngestError;
-use crate::writer::Writer;
-
-/// What every handler shares.
-#[derive(Debug)]
-pub struct Shared {
-    pub app: Appliance,
-    pub writer: Writer,
-    pub limits: Limits,
-    pub auth_failures: AuthFailureLog,
-    pub device_ca: DeviceCa,
-}
-
-/// The client certificate (DER) the TLS handshake verified against the device CA, put in
-/// the connection's data by [`peer_certificate`].
-#[derive(Debug, Clone)]
-pub struct PeerCertificate(pub Vec<u8>);
-
-/// For `HttpServer::on_connect`: keeps the verified client certificate, if one was sent.
-pub fn peer_certificate(connection: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
-    if let Some(tls) = connection
-        .downcast_ref::<actix_tls::accept::openssl::TlsStream<actix_web::rt::net::TcpStream>>()
-        && let Some(cert) = tls.ssl().peer_certificate()
-        && let Ok(der) = cert.to_der()
-    {
-        data.insert(PeerCertificate(der));
-    }
-}
+use crate::shared::Shared;
 
 /// How a request proved who sent it.
 #[derive(Clone)]
@@ -71,75 +30,6 @@ impl Credential {
                 devices::Credential::of_certificate(der).map_err(|_| IngestError::BadCredential)
             }
         }
-    }
-}
-
-/// Whether the request authenticated; shared by [`guard`] and the request's body.
-#[derive(Clone, Default)]
-struct Authenticated(Rc<Cell<bool>>);
-
-/// Marks the request as sent by an authenticated device: its body is no longer held to the
-/// deadline, and its connection may stay open for the next request.
-pub(crate) fn authenticated(req: &HttpRequest) {
-    if let Some(state) = req.extensions().get::<Authenticated>() {
-        state.0.set(true);
-    }
-}
-
-/// Middleware for every route: see the module's comment.
-pub async fn guard(
-    mut req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let deadline = req
-        .app_data::<web::Data<Shared>>()
-        .map(|shared| shared.app.config.ingest.handshake_timeout_seconds)
-        .unwrap_or(10);
-    let state = Authenticated::default();
-    req.extensions_mut().insert(state.clone());
-    let body = req.take_payload();
-    let body: Pin<Box<dyn futures_util::Stream<Item = _>>> = Box::pin(Deadlined {
-        body,
-        sleep: Box::pin(tokio::time::sleep(Duration::from_secs(deadline))),
-        lifted: state.0.clone(),
-        expired: false,
-    });
-    req.set_payload(body.into());
-    let mut response = next.call(req).await?;
-    if !state.0.get() {
-        response
-            .response_mut()
-            .head_mut()
-            .set_connection_type(ConnectionType::Close);
-    }
-    Ok(response)
-}
-
-/// A request body that fails once the deadline passed, unless the request authenticated.
-struct Deadlined {
-    body: actix_web::dev::Payload,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    lifted: Rc<Cell<bool>>,
-    expired: bool,
-}
-
-impl futures_util::Stream for Deadlined {
-    type Item = Result<bytes::Bytes, actix_web::error::PayloadError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.expired {
-            return Poll::Ready(None);
-        }
-        if !self.lifted.get() && self.sleep.as_mut().poll(cx).is_ready() {
-            self.expired = true;
-            return Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the body did not arrive before the deadline",
-                ),
-            ))));
-        }
-        Pin::new(&mut self.body).poll_next(cx)
     }
 }
 
@@ -165,50 +55,6 @@ fn authenticate(
     .map_err(IngestError::from)
 }
 
-/// Audits authentication failures, at most `per_minute` a minute, so that a flood of bad
-/// credentials cannot fill the audit log. The rest are counted in the next record.
-#[derive(Debug)]
-pub struct AuthFailureLog {
-    per_minute: u32,
-    window: Mutex<(i64, u32, u64)>,
-}
-
-impl AuthFailureLog {
-    pub fn new(per_minute: u32) -> AuthFailureLog {
-        AuthFailureLog {
-            per_minute,
-            window: Mutex::new((0, 0, 0)),
-        }
-    }
-
-    pub fn record(&self, app: &Appliance, source: &str, channel: &str, who: Option<&str>) {
-        let minute = now_us() / 60_000_000;
-        let suppressed = {
-            let Ok(mut window) = self.window.lock() else {
-                return;
-            };
-            if window.0 != minute {
-                window.0 = minute;
-                window.1 = 0;
-            }
-            window.1 += 1;
-            if window.1 > self.per_minute {
-                window.2 += 1;
-                return;
-            }
-            std::mem::take(&mut window.2)
-        };
-        let event = AuditEvent::new(Actor::System("ingest".into()), "device.auth.failed")
-            .source(source)
-            .target(who.unwrap_or("unknown"))
-            .outcome(Outcome::Denied)
-            .details(serde_json::json!({ "channel": channel, "suppressed_before": suppressed }));
-        if let Err(err) = app.audit.record(event) {
-            tracing::error!(error = %err, "cannot audit an authentication failure");
-        }
-    }
-}
-
 /// The ingest's routes; tests use this same table.
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/readings", web::post().to(post_readings))
@@ -219,16 +65,6 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 
 async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
-}
-
-pub(crate) fn bearer(req: &HttpRequest) -> Result<String, IngestError> {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(|secret| secret.trim().to_owned())
-        .filter(|secret| !secret.is_empty())
-        .ok_or(IngestError::MissingCredential)
 }
 
 /// The body's format and whether it is gzip-compressed.

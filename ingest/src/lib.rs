@@ -1,6 +1,7 @@
 //! `plantgate-ingest`: device telemetry over HTTPS and MQTT over TLS, stored durably by one
 //! group-committing writer, with alerts and their email notifications.
 
+pub mod auth;
 pub mod decode;
 pub mod deliver;
 pub mod error;
@@ -10,4 +11,5 @@ pub mod http;
 pub mod live;
 pub mod mqtt;
 pub mod notify;
+pub mod shared;
 pub mod writer;

@@ -28,6 +28,7 @@ use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::decode::Accepted;
+use crate::error::Refused;
 
 /// How one request's readings fared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -36,18 +37,6 @@ pub struct Stored {
     pub accepted: usize,
     /// Newly stored; the rest were already stored (a retry) and were skipped.
     pub stored: usize,
-}
-
-/// Why a request's readings were not stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// The store failed (or the writer is gone); the request may be retried.
-    Unavailable,
-    /// The data partition is full ([`Error::StorageFull`]); the request may be retried once
-    /// space is freed, with no restart.
-    StorageFull,
-    /// The sender's credential no longer authenticates it.
-    Revoked,
 }
 
 struct Job {

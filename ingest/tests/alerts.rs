@@ -8,6 +8,7 @@ mod common;
 use appliance::alerts::{Alert, AlertKind, AlertRule, RuleRequest, RuleScope};
 use appliance::devices::DeviceKind;
 use common::{Backend, TestIngest, actor};
+use testkit::on_both_backends;
 
 fn reading(seq: i64, value: f64) -> String {
     serde_json::json!({ "readings": [{ "metric": "temperature_c", "value": value, "ts": 1_767_225_600_000_i64 + seq, "seq": seq }] }).to_string()

@@ -20,6 +20,7 @@ use appliance::devices::DeviceKind;
 use appliance::schema::audit_log;
 use common::{Backend, TestIngest, actor};
 use diesel::prelude::*;
+use testkit::on_both_backends;
 
 /// The receiver's port, held by the test for its whole length, so that no other process
 /// can take it while the receiver is down (a port found free by binding and releasing it

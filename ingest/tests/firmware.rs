@@ -13,6 +13,7 @@ use appliance::devices::DeviceKind;
 use appliance::firmware::{Firmware, FirmwareId, Rollout, RolloutRequest, RolloutState, Selection};
 use common::{Backend, TestIngest, actor};
 use diesel::prelude::*;
+use testkit::on_both_backends;
 use updater::bundle::{self, BundleSpec};
 use updater::container::{Envelope, Kind};
 use updater::firmware::upload;

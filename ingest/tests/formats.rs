@@ -7,6 +7,7 @@ mod common;
 use appliance::devices::DeviceKind;
 use appliance::readings::NewReading;
 use common::{Backend, TestIngest};
+use testkit::on_both_backends;
 
 fn cbor(value: &serde_json::Value) -> Vec<u8> {
     let mut out = Vec::new();

@@ -35,6 +35,7 @@ use common::Backend;
 use common::client::{Event, MqttClient, Version};
 use diesel::RunQueryDsl;
 use ingest::mqtt::readings_topic;
+use testkit::on_both_backends;
 
 on_both_backends!(a_full_data_partition_refuses_clearly_and_recovers_without_a_restart);
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use appliance::devices::{Device, DeviceKind};
 use common::{Backend, TestIngest, batch, gzip};
+use testkit::on_both_backends;
 
 fn readings_posted_with_curl_are_stored_once_even_when_retried(backend: Backend) {
     let mut t = TestIngest::new(backend);

@@ -12,6 +12,7 @@ use std::process::Command;
 use appliance::device_ca;
 use appliance::devices::DeviceKind;
 use common::{Backend, TestIngest, actor};
+use testkit::on_both_backends;
 
 fn make_csr(dir: &Path, name: &str) -> (PathBuf, String) {
     let key = dir.join(format!("{name}.key"));

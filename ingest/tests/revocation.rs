@@ -19,8 +19,10 @@ use appliance::time::now_us;
 use common::client::{Event, MqttClient, Version};
 use common::{Backend, TestIngest, actor};
 use ingest::decode::Accepted;
+use ingest::error::Refused;
 use ingest::mqtt::readings_topic;
-use ingest::writer::{Refused, Writer};
+use ingest::writer::Writer;
+use testkit::on_both_backends;
 
 /// How long a revoked connection may stay open: the behaviour asked for is "within 1 s"
 /// (the service looks every 200 ms); 3 s still proves "at once" on a loaded machine.

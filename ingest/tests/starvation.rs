@@ -22,6 +22,7 @@ use appliance::devices::DeviceKind;
 use common::{Backend, TestIngest, batch};
 use ingest::mqtt::readings_topic;
 use openssl::ssl::{SslConnector, SslMethod, SslStream};
+use testkit::on_both_backends;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TRICKLERS: usize = 1000;

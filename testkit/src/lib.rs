@@ -9,6 +9,22 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Runs each named test function on SQLite and on PostgreSQL: for `f(backend: Backend)`
+/// ([`store::Backend`]), `on_both_backends!(f, g)` makes the tests `sqlite::f`,
+/// `postgres::f`, `sqlite::g` and `postgres::g`. Invoke it in the module that defines the
+/// functions.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::$name($crate::store::Backend::Sqlite) } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::$name($crate::store::Backend::Postgres) } )*
+        }
+    };
+}
+
 /// Runs aiosmtpd's debugging handler, as `python3 -m aiosmtpd -n` does, but on the port given
 /// as the first argument (0: any free one, which the kernel picks as it binds) and says which
 /// port it listens on, once it does, in a first line `LISTENING <port>`.

@@ -9,7 +9,7 @@ use openssl::sha::Sha256;
 use crate::container::{Envelope, Kind};
 use crate::error::{Result, UpdaterError};
 use crate::manifest::{FORMAT_VERSION, Manifest, PayloadEntry, format_time};
-use crate::pki::BundleSigner;
+use crate::pki::{BundleSigner, refuse_second_signature};
 use crate::progress::Progress;
 use crate::verify::CHUNK;
 
@@ -121,24 +121,6 @@ pub fn sign(path: &Path, signer: &dyn BundleSigner) -> Result<usize> {
         Ok(())
     })?;
     Ok(count)
-}
-
-/// Refuses a signature by a key that already signed: it would count twice toward nothing
-/// and hide that a second signer was meant.
-pub fn refuse_second_signature(
-    signatures: &[Vec<u8>],
-    body: &[u8],
-    signer: &dyn BundleSigner,
-) -> Result<()> {
-    match signatures.iter().position(|der| signer.made(der, body)) {
-        Some(index) => Err(UpdaterError::Usage(format!(
-            "already signed by {} (signature {} of {}): a second signature by the same key is refused; sign with another key",
-            signer.describe(),
-            index + 1,
-            signatures.len()
-        ))),
-        None => Ok(()),
-    }
 }
 
 /// Writes the header, then whatever `payloads` writes, to a temp file beside `out`, and

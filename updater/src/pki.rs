@@ -178,6 +178,24 @@ pub trait BundleSigner {
     fn made(&self, signature: &[u8], body: &[u8]) -> bool;
 }
 
+/// Refuses a signature by a key that already signed: it would count twice toward nothing
+/// and hide that a second signer was meant.
+pub fn refuse_second_signature(
+    signatures: &[Vec<u8>],
+    body: &[u8],
+    signer: &dyn BundleSigner,
+) -> Result<()> {
+    match signatures.iter().position(|der| signer.made(der, body)) {
+        Some(index) => Err(UpdaterError::Usage(format!(
+            "already signed by {} (signature {} of {}): a second signature by the same key is refused; sign with another key",
+            signer.describe(),
+            index + 1,
+            signatures.len()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A signing key and certificate (followed by any intermediates) in PEM files.
 pub struct FileSigner {
     cert: X509,

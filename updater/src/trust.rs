@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::container::{Envelope, Kind};
 use crate::error::{Rejection, Result, UpdaterError};
 use crate::manifest::parse_time;
-use crate::pki::{BundleSigner, subject};
+use crate::pki::{BundleSigner, refuse_second_signature, subject};
 
 /// The body of an anchor-set envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,7 +233,7 @@ pub fn anchor_set_envelope(
 }
 
 pub fn sign_envelope(envelope: &mut Envelope, signer: &dyn BundleSigner) -> Result<()> {
-    crate::bundle::refuse_second_signature(&envelope.signatures, &envelope.body, signer)?;
+    refuse_second_signature(&envelope.signatures, &envelope.body, signer)?;
     let signature = signer.sign(&envelope.body)?;
     envelope.signatures.push(signature);
     Ok(())

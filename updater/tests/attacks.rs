@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use common::Backend;
 use common::fixtures::*;
+use testkit::on_both_backends;
 use updater::slots::SlotId;
 
 const PAYLOAD_LEN: usize = 256 * 1024;

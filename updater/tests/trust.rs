@@ -6,6 +6,7 @@ mod common;
 
 use common::Backend;
 use common::fixtures::*;
+use testkit::on_both_backends;
 use updater::pki::{FileSigner, issue_signing_cert};
 use updater::progress::NoProgress;
 use updater::trust;

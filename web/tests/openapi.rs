@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 use serde_json::Value;
+use testkit::on_both_backends;
 use testkit::store::Backend;
 
 const METHODS: [&str; 8] = [
@@ -393,18 +394,6 @@ include-path = "/api/v1/firmware"
 include-method = "POST"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
 "#;
-
-/// Runs each named test function on SQLite and on PostgreSQL.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[test] fn $name() { super::$name(super::Backend::Sqlite) } )*
-        }
-        mod postgres {
-            $( #[test] fn $name() { super::$name(super::Backend::Postgres) } )*
-        }
-    };
-}
 
 on_both_backends!(schemathesis_with_every_check_finds_no_failure_against_the_document);
 

@@ -11,19 +11,8 @@ use std::time::{Duration, Instant};
 
 use appliance::audit::chain::AuditRecord;
 use common::*;
+use testkit::on_both_backends;
 use testkit::store::Backend;
-
-/// Runs each named test function on SQLite and on PostgreSQL.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[test] fn $name() { super::$name(super::Backend::Sqlite) } )*
-        }
-        mod postgres {
-            $( #[test] fn $name() { super::$name(super::Backend::Postgres) } )*
-        }
-    };
-}
 
 fn details(record: &AuditRecord) -> serde_json::Value {
     serde_json::from_str(&record.details).unwrap_or(serde_json::Value::Null)

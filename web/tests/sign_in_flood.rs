@@ -15,19 +15,8 @@ use std::time::{Duration, Instant};
 use appliance::audit::chain::AuditRecord;
 use appliance::refusals::SUMMARY_ACTION;
 use common::*;
+use testkit::on_both_backends;
 use testkit::store::Backend;
-
-/// Runs each named test function on SQLite and on PostgreSQL.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[test] fn $name() { super::$name(super::Backend::Sqlite) } )*
-        }
-        mod postgres {
-            $( #[test] fn $name() { super::$name(super::Backend::Postgres) } )*
-        }
-    };
-}
 
 const UNKNOWN: &str = "nobody@plant.example";
 

@@ -9,17 +9,11 @@ pub mod plant;
 
 pub use testkit::store::*;
 
-/// Runs each named test function on SQLite and on PostgreSQL.
+/// `testkit::on_both_backends!`, named at this test crate's root, where its test files find
+/// it.
 #[macro_export]
 macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[test] fn $name() { super::$name($crate::common::Backend::Sqlite) } )*
-        }
-        mod postgres {
-            $( #[test] fn $name() { super::$name($crate::common::Backend::Postgres) } )*
-        }
-    };
+    ($($name:ident),* $(,)?) => { testkit::on_both_backends!($($name),*); };
 }
 
 /// The `plantgate` binary, configured for a test appliance.

@@ -13,7 +13,7 @@ use appliance::tls::{acceptor, ensure_certificate};
 use appliance::{Actor, Appliance};
 use clap::Parser;
 use ingest::decode::Limits;
-use ingest::http::{AuthFailureLog, Shared};
+use ingest::shared::{AuthFailureLog, Shared};
 use ingest::writer::Writer;
 
 #[derive(Debug, Parser)]
@@ -128,7 +128,7 @@ fn run(config: Config) -> Result<(), String> {
     request_device_certificates(&mut https_tls, &shared.device_ca, &app.store)
         .map_err(|e| e.to_string())?;
     let data = web::Data::from(shared);
-    // Clients that have not authenticated: see `ingest::http`. actix times the TLS handshake
+    // Clients that have not authenticated: see `ingest::auth`. actix times the TLS handshake
     // and the first request's head separately: half the deadline each, so that together
     // they take no longer than an MQTT client's handshake and CONNECT may. Connections are
     // shared out between the workers.
@@ -137,10 +137,10 @@ fn run(config: Config) -> Result<(), String> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .wrap(actix_web::middleware::from_fn(ingest::http::guard))
+            .wrap(actix_web::middleware::from_fn(ingest::auth::guard))
             .configure(ingest::http::config)
     })
-    .on_connect(ingest::http::peer_certificate)
+    .on_connect(ingest::auth::peer_certificate)
     .workers(ingest.http_workers)
     .max_connections(per_worker)
     .tls_handshake_timeout(half_deadline)

@@ -28,24 +28,7 @@ use appliance::devices::{Device, DeviceKind, DeviceRequest};
 use appliance::models::{Organisation, Site};
 use appliance::{Actor, Appliance};
 use diesel::{Connection, PgConnection, RunQueryDsl};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[test] fn $name() { super::$name($crate::common::Backend::Sqlite) } )*
-        }
-        mod postgres {
-            $( #[test] fn $name() { super::$name($crate::common::Backend::Postgres) } )*
-        }
-    };
-}
+pub use testkit::store::Backend;
 
 pub fn admin_url() -> String {
     std::env::var("TEST_POSTGRES_URL")
