@@ -176,6 +176,20 @@ pub struct Grant {
     pub close_reason: Option<String>,
 }
 
+/// Where a grant is in its life, worked out in [`Grant::lifecycle`] only, from its stored
+/// times and the caller's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Open until it expires.
+    Live,
+    /// Revoked; the controller has not yet confirmed its pinholes gone.
+    Revoked,
+    /// Its time ran out; the controller closes it at its next reconcile.
+    Expired,
+    /// The controller removed its pinholes (after expiry, revoke or removal).
+    Closed,
+}
+
 /// What someone asks the firewall to open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantRequest {
@@ -248,17 +262,31 @@ impl Grant {
         format!("grant:{}", self.id)
     }
 
-    /// Validates `request` against the configuration and stores the grant, audited.
-    /// Nothing is stored when any check fails.
+    /// Where the grant is in its life at `now`.
+    pub fn lifecycle(&self, now: i64) -> Lifecycle {
+        if self.closed_at_us.is_some() {
+            Lifecycle::Closed
+        } else if self.revoked_at_us.is_some() {
+            Lifecycle::Revoked
+        } else if self.expires_at_us <= now {
+            Lifecycle::Expired
+        } else {
+            Lifecycle::Live
+        }
+    }
+
+    /// Validates `request` against the configuration and stores the grant, audited; it
+    /// runs from `now`. Nothing is stored when any check fails.
     pub fn open(
         audit: &Audit,
         actor: &Actor,
         config: &Config,
         request: &GrantRequest,
+        now: i64,
     ) -> Result<Grant> {
         let valid = Grant::validate(&mut *audit.store().conn()?, config, request)?;
         audit.record_with(|conn| {
-            let (grant, event) = Grant::insert(conn, actor, &valid, now_us())?;
+            let (grant, event) = Grant::insert(conn, actor, &valid, now)?;
             Ok((grant, vec![event]))
         })
     }
@@ -411,9 +439,9 @@ impl Grant {
 
     /// Revokes a live grant. The firewall cuts its connections when poked or at its next
     /// reconcile.
-    pub fn revoke(audit: &Audit, actor: &Actor, id: i64, reason: &str) -> Result<Grant> {
+    pub fn revoke(audit: &Audit, actor: &Actor, id: i64, reason: &str, now: i64) -> Result<Grant> {
         audit.record_with(|conn| {
-            let (grant, event) = Grant::revoke_in(conn, actor, id, reason)?;
+            let (grant, event) = Grant::revoke_in(conn, actor, id, reason, now)?;
             Ok((grant, vec![event]))
         })
     }
@@ -424,17 +452,15 @@ impl Grant {
         actor: &Actor,
         id: i64,
         reason: &str,
+        now: i64,
     ) -> Result<(Grant, AuditEvent)> {
         let grant = Grant::find(conn, id)?;
-        if grant.revoked_at_us.is_some()
-            || grant.closed_at_us.is_some()
-            || grant.expires_at_us <= now_us()
-        {
+        if grant.lifecycle(now) != Lifecycle::Live {
             return Err(Error::Conflict(format!("grant {id} has already ended")));
         }
         diesel::update(firewall_grants::table.find(id))
             .set((
-                firewall_grants::revoked_at_us.eq(now_us()),
+                firewall_grants::revoked_at_us.eq(now),
                 firewall_grants::revoked_by.eq(format!("{}:{}", actor.kind(), actor.id())),
             ))
             .execute(conn)?;
@@ -452,12 +478,10 @@ impl Grant {
         actor: &Actor,
         id: i64,
         expires_at_us: i64,
+        now: i64,
     ) -> Result<(Grant, AuditEvent)> {
         let grant = Grant::find(conn, id)?;
-        if grant.revoked_at_us.is_some()
-            || grant.closed_at_us.is_some()
-            || grant.expires_at_us <= now_us()
-        {
+        if grant.lifecycle(now) != Lifecycle::Live {
             return Err(Error::Conflict(format!("grant {id} has already ended")));
         }
         if expires_at_us <= grant.expires_at_us {
@@ -546,14 +570,14 @@ impl Grant {
     }
 
     /// Records that the firewall applied the grant; audited as `firewall.grant.opened`.
-    pub fn mark_applied(audit: &Audit, actor: &Actor, id: i64) -> Result<()> {
+    pub fn mark_applied(audit: &Audit, actor: &Actor, id: i64, now: i64) -> Result<()> {
         audit.record_with(|conn| {
             let updated = diesel::update(
                 firewall_grants::table
                     .find(id)
                     .filter(firewall_grants::applied_at_us.is_null()),
             )
-            .set(firewall_grants::applied_at_us.eq(now_us()))
+            .set(firewall_grants::applied_at_us.eq(now))
             .execute(conn)?;
             let grant = Grant::find(conn, id)?;
             let events = (updated == 1)
@@ -581,6 +605,7 @@ impl Grant {
         id: i64,
         why: &str,
         details: serde_json::Value,
+        now: i64,
     ) -> Result<()> {
         audit.record_with(|conn| {
             let updated = diesel::update(
@@ -589,7 +614,7 @@ impl Grant {
                     .filter(firewall_grants::closed_at_us.is_null()),
             )
             .set((
-                firewall_grants::closed_at_us.eq(now_us()),
+                firewall_grants::closed_at_us.eq(now),
                 firewall_grants::close_reason.eq(why),
             ))
             .execute(conn)?;

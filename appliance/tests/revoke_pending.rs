@@ -191,14 +191,21 @@ fn the_controller_status_and_the_per_grant_queries_read_back(backend: Backend) {
             reason: "maintenance".into(),
             dnat_port: None,
         };
-        Grant::open(&t.app.audit, &test_actor(), &t.app.config, &request).unwrap()
+        Grant::open(
+            &t.app.audit,
+            &test_actor(),
+            &t.app.config,
+            &request,
+            now_us(),
+        )
+        .unwrap()
     };
     let (a, b, other) = (
         open("10.0.0.5", "192.168.50.7"),
         open("10.0.0.5", "192.168.50.7"),
         open("10.0.0.6", "192.168.50.7"),
     );
-    Grant::revoke(&t.app.audit, &test_actor(), a.id, "done").unwrap();
+    Grant::revoke(&t.app.audit, &test_actor(), a.id, "done", now_us()).unwrap();
     let now = now_us();
     let ids = |grants: Vec<Grant>| grants.into_iter().map(|g| g.id).collect::<Vec<_>>();
     assert_eq!(

@@ -212,6 +212,7 @@ mod grants {
             &actor,
             config,
             &request("10.1.2.3", "192.168.50.20", "s7", 600),
+            appliance::time::now_us(),
         )
         .expect("open");
         assert_eq!(s7.ports, "tcp/102");
@@ -220,6 +221,7 @@ mod grants {
             &actor,
             config,
             &request("10.1.2.3", "192.168.50.21", "ethernet-ip", 60),
+            appliance::time::now_us(),
         )
         .expect("open");
         assert_eq!(eip.pinholes().expect("pinholes").len(), 2);
@@ -230,14 +232,28 @@ mod grants {
             .collect();
         assert_eq!(live, [s7.id, eip.id]);
 
-        Grant::revoke(&t.app.audit, &actor, s7.id, "done").expect("revoke");
+        Grant::revoke(
+            &t.app.audit,
+            &actor,
+            s7.id,
+            "done",
+            appliance::time::now_us(),
+        )
+        .expect("revoke");
         let live: Vec<i64> = Grant::live(&mut t.conn(), appliance::time::now_us())
             .expect("live")
             .iter()
             .map(|g| g.id)
             .collect();
         assert_eq!(live, [eip.id]);
-        let again = Grant::revoke(&t.app.audit, &actor, s7.id, "twice").expect_err("revoked twice");
+        let again = Grant::revoke(
+            &t.app.audit,
+            &actor,
+            s7.id,
+            "twice",
+            appliance::time::now_us(),
+        )
+        .expect_err("revoked twice");
         assert_eq!(again.code(), "request.conflict");
         let actions: Vec<String> = {
             use appliance::schema::audit_log::dsl::*;
@@ -284,7 +300,13 @@ mod grants {
             ),
         ];
         for (req, field) in cases {
-            match Grant::open(&t.app.audit, &actor, config, &req) {
+            match Grant::open(
+                &t.app.audit,
+                &actor,
+                config,
+                &req,
+                appliance::time::now_us(),
+            ) {
                 Err(Error::Invalid { field: got, .. }) => assert_eq!(got, field, "{req:?}"),
                 other => panic!("{req:?} gave {other:?}"),
             }
@@ -315,6 +337,7 @@ mod grants {
             &actor,
             config,
             &request("10.1.2.3", "192.168.50.20", &custom.name, 60),
+            appliance::time::now_us(),
         )
         .expect("custom");
         assert_eq!(grant.ports, "tcp/10000-10003,udp/2222");

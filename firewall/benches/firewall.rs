@@ -216,13 +216,27 @@ fn grant_changes(sizes: &[u32], rounds: usize) {
                 reason: "benchmark".into(),
                 dnat_port: None,
             };
-            let grant = Grant::open(&t.app.audit, &test_actor(), config, &request).unwrap();
+            let grant = Grant::open(
+                &t.app.audit,
+                &test_actor(),
+                config,
+                &request,
+                appliance::time::now_us(),
+            )
+            .unwrap();
             let state = control::apply_grant(config, grant.id).unwrap();
             open.push(started.elapsed());
             assert_eq!(state, GrantState::Open { pinholes: 1 });
 
             let started = Instant::now();
-            Grant::revoke(&t.app.audit, &test_actor(), grant.id, "benchmark").unwrap();
+            Grant::revoke(
+                &t.app.audit,
+                &test_actor(),
+                grant.id,
+                "benchmark",
+                appliance::time::now_us(),
+            )
+            .unwrap();
             let enforced = control::enforce_revoke(&t.app.audit, &test_actor(), config, grant.id);
             revoke.push(started.elapsed());
             assert!(

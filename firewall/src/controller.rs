@@ -319,7 +319,7 @@ impl Controller {
     /// entries are removed, so nothing of theirs stays established.
     fn bookkeep(&self, live: &[Grant], summary: &mut Summary) -> Result<()> {
         for grant in live.iter().filter(|g| g.applied_at_us.is_none()) {
-            Grant::mark_applied(&self.app.audit, &self.actor, grant.id)?;
+            Grant::mark_applied(&self.app.audit, &self.actor, grant.id, now_us())?;
             summary.opened += 1;
         }
         let live_ids: BTreeSet<i64> = live.iter().map(|g| g.id).collect();
@@ -368,7 +368,14 @@ impl Controller {
             // controller was down, when the lease had closed the pinhole meanwhile.
             details["confirmed_after_ms"] = json!((now_us() - revoked).max(0) / 1000);
         }
-        Grant::mark_closed(&self.app.audit, &self.actor, grant.id, action, details)?;
+        Grant::mark_closed(
+            &self.app.audit,
+            &self.actor,
+            grant.id,
+            action,
+            details,
+            now_us(),
+        )?;
         Ok(cut)
     }
 
@@ -419,7 +426,7 @@ impl Controller {
         }
         if live {
             if grant.applied_at_us.is_none() {
-                Grant::mark_applied(&self.app.audit, &self.actor, id)?;
+                Grant::mark_applied(&self.app.audit, &self.actor, id, now_us())?;
             }
             return Ok(GrantState::Open {
                 pinholes: put.len(),

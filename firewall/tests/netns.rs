@@ -580,6 +580,7 @@ fn an_extended_grant_outlives_its_first_expiry_without_dropping_the_stream() {
                 &test_actor(),
                 grant.id,
                 grant.expires_at_us + 60_000_000,
+                appliance::time::now_us(),
             )?;
             Ok(((), vec![event]))
         })

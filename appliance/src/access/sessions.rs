@@ -13,7 +13,7 @@ use super::state::{AccessRequest, MICROS, State, already_decided};
 use crate::audit::{Actor, Audit, AuditEvent};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::grants::Grant;
+use crate::grants::{Grant, Lifecycle};
 use crate::ids::SiteId;
 use crate::mail;
 use crate::models::{Role, Site, User};
@@ -128,7 +128,7 @@ fn close_in(
 ) -> Result<Vec<AuditEvent>> {
     let mut events = Vec::new();
     if let Some(grant) = request.grant_id
-        && let Ok((_, event)) = Grant::revoke_in(conn, actor, grant, why)
+        && let Ok((_, event)) = Grant::revoke_in(conn, actor, grant, why, now)
     {
         events.push(event);
     }
@@ -219,7 +219,7 @@ pub fn extend(
                 )
             })?;
         let expires = grant.expires_at_us + added * 60 * MICROS;
-        let (_, grant_event) = Grant::extend_in(conn, &actor, grant_id, expires)?;
+        let (_, grant_event) = Grant::extend_in(conn, &actor, grant_id, expires, now)?;
         diesel::update(access_requests::table.find(id))
             .set(access_requests::approved_seconds.eq(
                 request.approved_seconds.unwrap_or(0) + added * 60,
@@ -365,9 +365,9 @@ pub fn tick(audit: &Audit, config: &Config, now: i64) -> Result<TickReport> {
                 Some(id) => Some(Grant::find(conn, id)?),
                 None => None,
             };
-            let grant_over = grant.as_ref().is_none_or(|g| {
-                g.expires_at_us <= now || g.revoked_at_us.is_some() || g.closed_at_us.is_some()
-            });
+            let grant_over = grant
+                .as_ref()
+                .is_none_or(|g| g.lifecycle(now) != Lifecycle::Live);
             let account_over = !account_active(conn, request.requester_id, now)?;
             if grant_over {
                 let why = match &grant {

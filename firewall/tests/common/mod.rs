@@ -209,13 +209,26 @@ impl Topology {
             reason: "test".to_owned(),
             dnat_port,
         };
-        let grant = Grant::open(&self.app.audit, &test_actor(), &self.app.config, &request)?;
+        let grant = Grant::open(
+            &self.app.audit,
+            &test_actor(),
+            &self.app.config,
+            &request,
+            appliance::time::now_us(),
+        )?;
         let _ = self.poke();
         Ok(grant)
     }
 
     pub fn revoke(&self, id: i64) {
-        Grant::revoke(&self.app.audit, &test_actor(), id, "test revoke").expect("revoke");
+        Grant::revoke(
+            &self.app.audit,
+            &test_actor(),
+            id,
+            "test revoke",
+            appliance::time::now_us(),
+        )
+        .expect("revoke");
         self.poke().expect("poke after revoke");
     }
 

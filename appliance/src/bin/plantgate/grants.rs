@@ -69,7 +69,13 @@ pub fn grant(command: GrantCommand, config: Config, actor: &Actor) -> Result<Exi
                 reason,
                 dnat_port,
             };
-            let grant = Grant::open(&app.audit, actor, &app.config, &request)?;
+            let grant = Grant::open(
+                &app.audit,
+                actor,
+                &app.config,
+                &request,
+                appliance::time::now_us(),
+            )?;
             appliance::outln!(
                 "grant {} opens {} from {} to {} until {}",
                 grant.id,
@@ -81,7 +87,7 @@ pub fn grant(command: GrantCommand, config: Config, actor: &Actor) -> Result<Exi
             report_open(&app.config, grant.id);
         }
         GrantCommand::Revoke { id, reason } => {
-            let grant = Grant::revoke(&app.audit, actor, id, &reason)?;
+            let grant = Grant::revoke(&app.audit, actor, id, &reason, appliance::time::now_us())?;
             appliance::outln!("grant {} revoked", grant.id);
             // Success only once the controller confirms the kernel holds none of it.
             let enforced = control::enforce_revoke(&app.audit, actor, &app.config, grant.id);
