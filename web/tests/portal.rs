@@ -5,7 +5,6 @@
 
 mod common;
 
-use common::pages::is_escaped_script;
 use common::*;
 
 use std::process::Command;
@@ -187,63 +186,6 @@ fn every_response_carries_the_security_headers() {
         assert_eq!(reply.header("x-content-type-options"), Some("nosniff"));
         assert!(reply.header("referrer-policy").is_some(), "{reply:?}");
     }
-}
-
-#[test]
-fn first_run_setup_needs_the_enrolment_token_and_a_good_password() {
-    let portal = Portal::start("");
-    assert_eq!(portal.get(None, "/").header("location"), Some("/setup"));
-    let attempt = |token: &str, password: &str| {
-        portal.post(
-            None,
-            "/setup",
-            &[
-                ("token", token),
-                ("organisation", "Plant"),
-                ("name", "<script>alert(1)</script>"),
-                ("email", EMAIL),
-                ("password", password),
-            ],
-        )
-    };
-    let wrong_token = attempt("not-the-token", PASSWORD);
-    assert_eq!(wrong_token.status, 422);
-    assert!(
-        wrong_token.body.contains("enrolment token is not valid"),
-        "{}",
-        wrong_token.body
-    );
-    let weak = attempt(&portal.token, "password1234");
-    assert_eq!(weak.status, 422);
-    assert!(weak.body.contains("common or breached"), "{}", weak.body);
-    // What was typed comes back escaped, never as markup.
-    assert!(is_escaped_script(&weak.body), "{}", weak.body);
-    assert!(
-        !weak.body.contains("password1234"),
-        "the password was echoed back"
-    );
-    assert_eq!(
-        portal.get(None, "/").header("location"),
-        Some("/setup"),
-        "a refused setup created someone"
-    );
-
-    assert_eq!(attempt(&portal.token, PASSWORD).status, 303);
-    assert!(portal.get(None, "/setup").body.contains("Already set up"));
-    assert_eq!(
-        attempt(&portal.token, PASSWORD).status,
-        200,
-        "a second setup was accepted"
-    );
-    assert!(
-        portal
-            .actions()
-            .contains(&"setup.first_admin.created".to_owned())
-    );
-    // The name is shown escaped once signed in.
-    portal.login("admin", EMAIL, PASSWORD);
-    let home = portal.get(Some("admin"), "/");
-    assert!(is_escaped_script(&home.body), "{}", home.body);
 }
 
 #[test]

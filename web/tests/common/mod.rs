@@ -19,6 +19,7 @@ use appliance::enrolment::{self, FIRST_ADMIN};
 use appliance::{Actor, Appliance};
 
 pub mod certificates;
+pub mod in_process;
 pub mod pages;
 
 pub const PASSWORD: &str = "Vierkant-Schraube-77";

@@ -1,0 +1,154 @@
+//! The portal in the test's own process: actix-web's test service over the real application
+//! (`portal::app`: its middleware and its one route table) and a real store (testkit's
+//! `TestAppliance`, SQLite or PostgreSQL). For page and API behaviour that needs neither TLS,
+//! a browser nor a second process; those stay with the spawned binary ([`super::Portal`]).
+//! Requests come from 127.0.0.1 with the portal's own `Host` and `Origin`, as a browser on
+//! its pages sends them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::header;
+use actix_web::test::{self, TestRequest};
+use actix_web::web;
+use appliance::Actor;
+use appliance::enrolment::{self, FIRST_ADMIN};
+use portal::AppState;
+use testkit::store::{Backend, TestAppliance};
+
+/// What the in-process portal is told it listens on; nothing is bound.
+const HOST: &str = "localhost:8443";
+
+pub struct InProcess {
+    pub t: TestAppliance,
+    /// A first-admin enrolment token, valid for an hour.
+    pub token: String,
+    state: web::Data<AppState>,
+    /// Cookie jars by name, one per browser: what the portal set is sent back.
+    jars: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+}
+
+/// An answer, with what the tests look at.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub location: Option<String>,
+    pub body: String,
+}
+
+impl InProcess {
+    pub fn new(backend: Backend) -> InProcess {
+        let t = TestAppliance::with_settings(
+            backend,
+            "\n[web]\nhttps_listen = \"127.0.0.1:8443\"\nhost_name = \"localhost\"\n\
+             second_factor_roles = []\n",
+        );
+        let (token, _) = enrolment::issue(
+            &t.app.audit,
+            &Actor::System("test".into()),
+            FIRST_ADMIN,
+            3_600_000_000,
+        )
+        .expect("enrolment token");
+        let state = web::Data::new(AppState::new(
+            t.app.clone(),
+            Arc::new(appliance::time::now_us),
+        ));
+        InProcess {
+            t,
+            token: token.reveal().to_owned(),
+            state,
+            jars: Mutex::default(),
+        }
+    }
+
+    /// Sends `request` from the browser with cookie jar `jar` (`None`: without cookies,
+    /// keeping none).
+    async fn send(&self, jar: Option<&str>, request: TestRequest) -> Answer {
+        let service = test::init_service(portal::app(self.state.clone())).await;
+        let mut request = request
+            .peer_addr("127.0.0.1:40000".parse().expect("address"))
+            .insert_header((header::HOST, HOST));
+        if let Some(jar) = jar {
+            let jars = self.jars.lock().expect("cookie jars");
+            for (name, value) in jars.get(jar).into_iter().flatten() {
+                request =
+                    request.cookie(actix_web::cookie::Cookie::new(name.clone(), value.clone()));
+            }
+        }
+        let request = request.to_request();
+        // A middleware's refusal is an `Err` here; the server would answer it as a response.
+        let response = match service.call(request).await {
+            Ok(response) => response.map_into_boxed_body(),
+            Err(err) => ServiceResponse::from_err(err, TestRequest::default().to_http_request()),
+        };
+        if let Some(jar) = jar {
+            let mut jars = self.jars.lock().expect("cookie jars");
+            let cookies = jars.entry(jar.to_owned()).or_default();
+            for cookie in response.response().cookies() {
+                if cookie.value().is_empty() {
+                    cookies.remove(cookie.name());
+                } else {
+                    cookies.insert(cookie.name().to_owned(), cookie.value().to_owned());
+                }
+            }
+        }
+        let status = response.status().as_u16();
+        let location = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let bytes = response
+            .into_body()
+            .try_into_bytes()
+            .unwrap_or_else(|_| panic!("a streamed body"));
+        Answer {
+            status,
+            location,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    pub async fn get(&self, jar: Option<&str>, path: &str) -> Answer {
+        self.send(jar, TestRequest::get().uri(path)).await
+    }
+
+    /// A form post from the portal's own page (with its `Origin`, as a browser sends it).
+    pub async fn post(&self, jar: Option<&str>, path: &str, fields: &[(&str, &str)]) -> Answer {
+        self.send(
+            jar,
+            TestRequest::post()
+                .uri(path)
+                .insert_header((header::ORIGIN, format!("https://{HOST}")))
+                .set_form(fields),
+        )
+        .await
+    }
+
+    pub async fn login(&self, jar: &str, email: &str, password: &str) -> Answer {
+        self.post(
+            Some(jar),
+            "/login",
+            &[("email", email), ("password", password)],
+        )
+        .await
+    }
+
+    /// The audit log's actions, oldest first.
+    pub fn actions(&self) -> Vec<String> {
+        let mut actions = Vec::new();
+        appliance::audit::export::for_each_record(
+            &mut self.t.conn(),
+            &Default::default(),
+            |record| {
+                actions.push(record.action);
+                Ok(true)
+            },
+        )
+        .expect("audit records");
+        actions
+    }
+}
