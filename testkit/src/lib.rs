@@ -1,6 +1,7 @@
 //! Test support shared by the crates' tests. Only `[dev-dependencies]` name this crate.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a failure is a failed test
 
+pub mod snapshot;
 pub mod store;
 pub mod vendor;
 

@@ -480,3 +480,15 @@ fn schemathesis_with_every_check_finds_no_failure_against_the_document(backend: 
         "schemathesis did not test the operations:\n{text}"
     );
 }
+
+/// The document as clients read it, kept as a snapshot: a change to the API's contract (a
+/// path, a parameter, an answer) shows up as a diff in review.
+#[test]
+fn the_openapi_document_reads_as_its_snapshot() {
+    let document = serde_json::to_string_pretty(&portal::api::document()).expect("JSON");
+    testkit::snapshot::assert_snapshot(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots"),
+        "openapi.json",
+        &(document + "\n"),
+    );
+}

@@ -47,6 +47,7 @@ fn each_core_refusal_gets_one_status_on_pages_and_in_the_api() {
             "",
         ),
     ];
+    let mut api_bodies = String::new();
     for (refusal, status, words) in refusals {
         let code = refusal.code();
         let described = refusal.to_string();
@@ -65,13 +66,20 @@ fn each_core_refusal_gets_one_status_on_pages_and_in_the_api() {
 
         let api = api.error_response();
         assert_eq!(api.status(), status, "the API answer is sent with {status}");
-        let json: serde_json::Value =
-            serde_json::from_str(&body_text(api)).expect("the API answers JSON");
+        let text = body_text(api);
+        api_bodies.push_str(&format!("{} {text}\n", status.as_u16()));
+        let json: serde_json::Value = serde_json::from_str(&text).expect("the API answers JSON");
         assert_eq!(
             json["error"], code,
             "the API names the core's code for {described}"
         );
     }
+    // The bodies themselves, as API clients parse them.
+    testkit::snapshot::assert_snapshot(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots"),
+        "refusal-bodies.txt",
+        &api_bodies,
+    );
 }
 
 #[test]
