@@ -13,7 +13,7 @@ use actix_web::body::MessageBody;
 use actix_web::http::StatusCode;
 use appliance::Error;
 use portal::api::ApiError;
-use portal::error::WebError;
+use portal::error::{Kind, WebError};
 
 fn body_text(response: actix_web::HttpResponse) -> String {
     let bytes = response.into_body().try_into_bytes().expect("a whole body");
@@ -51,8 +51,11 @@ fn each_core_refusal_gets_one_status_on_pages_and_in_the_api() {
     for (refusal, status, words) in refusals {
         let code = refusal.code();
         let described = refusal.to_string();
+        let kind = Kind::of(&refusal);
+        assert_eq!(kind.status(), status, "the mapping for {described}");
         let page = WebError::from(clone(&refusal));
         let api = ApiError::from(refusal);
+        assert_eq!((page.kind(), api.kind()), (kind, kind), "{described}");
         assert_eq!(page.status_code(), status, "page status for {described}");
         assert_eq!(api.status_code(), status, "API status for {described}");
 
