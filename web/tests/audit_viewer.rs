@@ -1,22 +1,27 @@
-//! The audit viewer in the portal, against the real `plantgate-web` binary over real TLS:
-//! filtering, paging, export and verification, and who may read the log.
+//! The audit viewer in the portal, in process (`common::in_process`: the real application
+//! and route table over a real store): filtering, paging, export and verification, and who
+//! may read the log.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)] // test code
 
 mod common;
 
-use common::*;
+use common::in_process::InProcess;
+use common::{EMAIL, PASSWORD};
 
 use appliance::Actor;
+use testkit::store::Backend;
 
-#[test]
-fn the_audit_viewer_filters_pages_exports_and_verifies() {
-    let portal = Portal::start("");
-    portal.setup_admin();
+#[actix_web::test]
+async fn the_audit_viewer_filters_pages_exports_and_verifies() {
+    let portal = InProcess::new(Backend::Sqlite);
+    portal.setup_admin().await;
     for _ in 0..3 {
-        portal.login("x", EMAIL, "Wrong-password-1");
+        portal.login("x", EMAIL, "Wrong-password-1").await;
     }
-    portal.login("admin", EMAIL, PASSWORD);
-    let failed = portal.get(Some("admin"), "/audit?action=auth.login.failed");
+    portal.login("admin", EMAIL, PASSWORD).await;
+    let failed = portal
+        .get(Some("admin"), "/audit?action=auth.login.failed")
+        .await;
     assert_eq!(
         failed.body.matches("<td>auth.login.failed</td>").count(),
         3,
@@ -24,25 +29,27 @@ fn the_audit_viewer_filters_pages_exports_and_verifies() {
         failed.body
     );
     assert!(!failed.body.contains("<td>auth.login.succeeded</td>"));
-    let auth = portal.get(Some("admin"), "/audit?action=auth.");
+    let auth = portal.get(Some("admin"), "/audit?action=auth.").await;
     assert!(auth.body.contains("<td>auth.login.succeeded</td>"));
-    let bad_filter = portal.get(Some("admin"), "/audit?since=yesterday");
+    let bad_filter = portal.get(Some("admin"), "/audit?since=yesterday").await;
     assert!(
         bad_filter.body.contains("is not a time"),
         "{}",
         bad_filter.body
     );
 
-    let verified = portal.get(Some("admin"), "/audit?verify=1");
+    let verified = portal.get(Some("admin"), "/audit?verify=1").await;
     assert!(
         verified.body.contains("The chain is intact"),
         "{}",
         verified.body
     );
-    let csv = portal.get(
-        Some("admin"),
-        "/audit/export?format=csv&action=auth.login.failed",
-    );
+    let csv = portal
+        .get(
+            Some("admin"),
+            "/audit/export?format=csv&action=auth.login.failed",
+        )
+        .await;
     assert_eq!(csv.status, 200);
     assert!(csv.body.starts_with("seq,time,actor_kind"), "{}", csv.body);
     assert_eq!(csv.body.lines().count(), 4, "{}", csv.body);
@@ -52,8 +59,8 @@ fn the_audit_viewer_filters_pages_exports_and_verifies() {
     let events = (0..60)
         .map(|i| appliance::AuditEvent::new(Actor::System("test".into()), "test.paging").target(i))
         .collect();
-    portal.app.audit.record_all(events).unwrap();
-    let first = portal.get(Some("admin"), "/audit?action=test.paging");
+    portal.t.app.audit.record_all(events).unwrap();
+    let first = portal.get(Some("admin"), "/audit?action=test.paging").await;
     assert_eq!(first.body.matches("<td>test.paging</td>").count(), 50);
     let next = first
         .body
@@ -62,19 +69,21 @@ fn the_audit_viewer_filters_pages_exports_and_verifies() {
         .and_then(|s| s.split('&').next())
         .expect("a next-page link")
         .to_owned();
-    let second = portal.get(
-        Some("admin"),
-        &format!("/audit?before={next}&action=test.paging"),
-    );
+    let second = portal
+        .get(
+            Some("admin"),
+            &format!("/audit?before={next}&action=test.paging"),
+        )
+        .await;
     assert_eq!(second.body.matches("<td>test.paging</td>").count(), 10);
 }
 
-#[test]
-fn only_admins_and_auditors_read_the_audit_log() {
-    let portal = Portal::start("");
-    portal.setup_admin();
+#[actix_web::test]
+async fn only_admins_and_auditors_read_the_audit_log() {
+    let portal = InProcess::new(Backend::Sqlite);
+    portal.setup_admin().await;
     let actor = Actor::System("test".into());
-    let org = appliance::models::Organisation::list(&mut portal.app.store.conn().unwrap())
+    let org = appliance::models::Organisation::list(&mut portal.t.app.store.conn().unwrap())
         .unwrap()
         .remove(0);
     for (email, role) in [
@@ -82,7 +91,7 @@ fn only_admins_and_auditors_read_the_audit_log() {
         ("audit@plant.example", appliance::models::Role::Auditor),
     ] {
         let user = appliance::models::User::create(
-            &portal.app.audit,
+            &portal.t.app.audit,
             &actor,
             org.id,
             "Someone",
@@ -91,7 +100,7 @@ fn only_admins_and_auditors_read_the_audit_log() {
         )
         .unwrap();
         appliance::accounts::set_password(
-            &portal.app.audit,
+            &portal.t.app.audit,
             &actor,
             &user,
             PASSWORD,
@@ -100,13 +109,15 @@ fn only_admins_and_auditors_read_the_audit_log() {
         )
         .unwrap();
     }
-    portal.login("tech", "tech@vendor.example", PASSWORD);
-    assert_eq!(portal.get(Some("tech"), "/audit").status, 403);
-    assert_eq!(portal.get(Some("tech"), "/audit/export").status, 403);
-    portal.login("auditor", "audit@plant.example", PASSWORD);
-    assert_eq!(portal.get(Some("auditor"), "/audit").status, 200);
+    portal.login("tech", "tech@vendor.example", PASSWORD).await;
+    assert_eq!(portal.get(Some("tech"), "/audit").await.status, 403);
+    assert_eq!(portal.get(Some("tech"), "/audit/export").await.status, 403);
+    portal
+        .login("auditor", "audit@plant.example", PASSWORD)
+        .await;
+    assert_eq!(portal.get(Some("auditor"), "/audit").await.status, 200);
     assert_eq!(
-        portal.get(None, "/audit").header("location"),
+        portal.get(None, "/audit").await.location.as_deref(),
         Some("/login")
     );
 }

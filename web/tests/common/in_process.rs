@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::header;
 use actix_web::test::{self, TestRequest};
@@ -101,10 +100,9 @@ impl InProcess {
             .get(header::LOCATION)
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
-        let bytes = response
-            .into_body()
-            .try_into_bytes()
-            .unwrap_or_else(|_| panic!("a streamed body"));
+        let bytes = actix_web::body::to_bytes(response.into_body())
+            .await
+            .unwrap_or_else(|_| panic!("the body could not be read"));
         Answer {
             status,
             location,
@@ -126,6 +124,24 @@ impl InProcess {
                 .set_form(fields),
         )
         .await
+    }
+
+    /// First-run setup of the administrator (`super::EMAIL`, `super::PASSWORD`).
+    pub async fn setup_admin(&self) {
+        let reply = self
+            .post(
+                None,
+                "/setup",
+                &[
+                    ("token", &self.token),
+                    ("organisation", "Moulding Plant Nord"),
+                    ("name", "Ada Admin"),
+                    ("email", super::EMAIL),
+                    ("password", super::PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(reply.status, 303, "{}", reply.body);
     }
 
     pub async fn login(&self, jar: &str, email: &str, password: &str) -> Answer {
