@@ -39,10 +39,17 @@ pub struct Answer {
 
 impl InProcess {
     pub fn new(backend: Backend) -> InProcess {
+        InProcess::with_web_settings(backend, "")
+    }
+
+    /// With more `[web]` settings, such as `logins_per_minute = 1000`.
+    pub fn with_web_settings(backend: Backend, web_settings: &str) -> InProcess {
         let t = TestAppliance::with_settings(
             backend,
-            "\n[web]\nhttps_listen = \"127.0.0.1:8443\"\nhost_name = \"localhost\"\n\
-             second_factor_roles = []\n",
+            &format!(
+                "\n[web]\nhttps_listen = \"127.0.0.1:8443\"\nhost_name = \"localhost\"\n\
+                 second_factor_roles = []\n{web_settings}\n"
+            ),
         );
         let (token, _) = enrolment::issue(
             &t.app.audit,
@@ -151,6 +158,17 @@ impl InProcess {
             &[("email", email), ("password", password)],
         )
         .await
+    }
+
+    /// The CSRF token of a signed-in browser's forms.
+    pub async fn csrf(&self, jar: &str) -> String {
+        let page = self.get(Some(jar), "/sessions").await;
+        let at = page
+            .body
+            .find("name=\"csrf\" value=\"")
+            .unwrap_or_else(|| panic!("no csrf field for {jar}: {}", page.body))
+            + 19;
+        page.body[at..at + 64].to_owned()
     }
 
     /// The audit log's actions, oldest first.
