@@ -167,8 +167,11 @@ pub struct AuditParams {
     #[param(format = DateTime)]
     until: Option<String>,
     /// An action code, or a prefix ending in `.`.
+    #[param(pattern = r"^[^\x00]*$")]
     action: Option<String>,
+    #[param(pattern = r"^[^\x00]*$")]
     actor: Option<String>,
+    #[param(pattern = r"^[^\x00]*$")]
     target: Option<String>,
     /// Only records with this outcome.
     #[param(inline)]
@@ -296,8 +299,10 @@ async fn audit(
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ReadingsParams {
     /// The device's serial.
+    #[param(pattern = r"^[^\x00]*$")]
     device: String,
     /// Only this metric, such as `temperature_c`.
+    #[param(pattern = r"^[^\x00]*$")]
     metric: Option<String>,
     /// RFC 3339 time (a date alone also works); readings measured at or after it.
     #[param(format = DateTime)]

@@ -130,15 +130,49 @@ fn portal_origins(req: &HttpRequest, config: &appliance::config::Config) -> Vec<
     origins
 }
 
-/// Refuses a form whose fields, once percent-decoded, are not UTF-8. The form reader would
-/// put U+FFFD in their place and go on, storing text nobody typed; here such a form gets
-/// 400 and reaches no handler. Bodies over `web.max_body_bytes` get 413 as they would there.
+/// Whether every field of a URL-encoded query or form, once percent-decoded, is UTF-8 text
+/// without a NUL character. PostgreSQL stores no NUL in text: one would fail the query with
+/// an internal error instead of a refusal.
+fn is_clean_text(encoded: &[u8]) -> bool {
+    encoded.split(|b| *b == b'&').all(|pair| {
+        let spaced: Vec<u8> = pair
+            .iter()
+            .map(|b| if *b == b'+' { b' ' } else { *b })
+            .collect();
+        let decoded: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+        std::str::from_utf8(&decoded).is_ok() && !decoded.contains(&0)
+    })
+}
+
+/// A 400 for text that is not clean ([`is_clean_text`]): the API's JSON error body on the
+/// API, a message page elsewhere.
+fn unclean(req: ServiceRequest, what: &str) -> ServiceResponse<BoxBody> {
+    let message = format!(
+        "The {what} holds bytes that are not text (not UTF-8, or a NUL character); nothing was changed."
+    );
+    let response = if req.path().starts_with("/api/") {
+        HttpResponse::BadRequest()
+            .json(serde_json::json!({ "error": "request.invalid", "message": message }))
+    } else {
+        WebError::BadRequest(message).error_response()
+    };
+    req.into_response(response)
+}
+
+/// Refuses a request whose query, or whose form's fields, once percent-decoded, are not
+/// UTF-8 text or hold a NUL character. The form reader would put U+FFFD in their place and
+/// go on, storing text nobody typed, and a NUL would reach the store; here such a request
+/// gets 400 and reaches no handler. Bodies over `web.max_body_bytes` get 413 as they would
+/// there.
 pub async fn utf8_forms_only(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     use actix_web::HttpMessage;
     use futures_util::StreamExt;
+    if !is_clean_text(req.query_string().as_bytes()) {
+        return Ok(unclean(req, "query"));
+    }
     let is_form = req
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)
@@ -165,20 +199,8 @@ pub async fn utf8_forms_only(
         }
         body.extend_from_slice(&chunk);
     }
-    let decodes = body[..].split(|b| *b == b'&').all(|pair| {
-        let spaced: Vec<u8> = pair
-            .iter()
-            .map(|b| if *b == b'+' { b' ' } else { *b })
-            .collect();
-        let decoded: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
-        std::str::from_utf8(&decoded).is_ok()
-    });
-    if !decodes {
-        let response = WebError::BadRequest(
-            "The form holds bytes that are not UTF-8 text; nothing was changed.".into(),
-        )
-        .error_response();
-        return Ok(req.into_response(response));
+    if !is_clean_text(&body) {
+        return Ok(unclean(req, "form"));
     }
     req.set_payload(actix_web::dev::Payload::from(body.freeze()));
     next.call(req)

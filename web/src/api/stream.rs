@@ -98,6 +98,8 @@ impl utoipa::PartialSchema for ReadingsOf {
                 .property(
                     name,
                     ObjectBuilder::new()
+                        // Text is never a NUL: the portal refuses one in any query.
+                        .pattern((kind == Type::String).then_some(r"^[^\x00]*$"))
                         .schema_type(kind)
                         .format(format.map(SchemaFormat::KnownFormat))
                         .description(Some(about)),
@@ -132,6 +134,7 @@ pub struct ExportParams {
     #[param(ignore)]
     site: Option<i64>,
     /// Only this metric, such as `temperature_c`.
+    #[param(pattern = r"^[^\x00]*$")]
     metric: Option<String>,
     /// RFC 3339 time (a date alone also works); readings measured at or after it.
     #[param(format = DateTime)]
@@ -162,6 +165,7 @@ pub struct StreamParams {
     #[param(ignore)]
     site: Option<i64>,
     /// Only this metric, such as `temperature_c`.
+    #[param(pattern = r"^[^\x00]*$")]
     metric: Option<String>,
 }
 
