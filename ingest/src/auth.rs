@@ -1,7 +1,7 @@
 //! How an HTTPS request proves who sent it, and what a connection may do before it has.
 //!
-//! A connection that has not authenticated is held to deadlines: actix's TLS handshake
-//! timeout and its first-request timeout (the head) take half of
+//! A connection that has not authenticated holds a slot of the gate (`crate::https`) and is
+//! held to deadlines: the TLS handshake timeout and the first request's head take half of
 //! `ingest.handshake_timeout_seconds` each; then [`guard`] bounds the body read before the
 //! request authenticated by the whole of it, and closes the connection after every response
 //! to a request that did not authenticate ([`authenticated`]), so keep-alive (whose later
@@ -22,33 +22,27 @@ use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpRequest, web};
 
 use crate::error::IngestError;
+use crate::gate::GateSlot;
 use crate::shared::Shared;
 
 /// The client certificate (DER) the TLS handshake verified against the device CA, put in
-/// the connection's data by [`peer_certificate`].
+/// the connection's data by the listener (`crate::https`).
 #[derive(Debug, Clone)]
 pub struct PeerCertificate(pub Vec<u8>);
-
-/// For `HttpServer::on_connect`: keeps the verified client certificate, if one was sent.
-pub fn peer_certificate(connection: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
-    if let Some(tls) = connection
-        .downcast_ref::<actix_tls::accept::openssl::TlsStream<actix_web::rt::net::TcpStream>>()
-        && let Some(cert) = tls.ssl().peer_certificate()
-        && let Ok(der) = cert.to_der()
-    {
-        data.insert(PeerCertificate(der));
-    }
-}
 
 /// Whether the request authenticated; shared by [`guard`] and the request's body.
 #[derive(Clone, Default)]
 struct Authenticated(Rc<Cell<bool>>);
 
 /// Marks the request as sent by an authenticated device: its body is no longer held to the
-/// deadline, and its connection may stay open for the next request.
+/// deadline, its connection may stay open for the next request, and the connection gives
+/// its slot of the gate back (`crate::https`).
 pub(crate) fn authenticated(req: &HttpRequest) {
     if let Some(state) = req.extensions().get::<Authenticated>() {
         state.0.set(true);
+    }
+    if let Some(slot) = req.conn_data::<GateSlot>() {
+        slot.release();
     }
 }
 

@@ -1,5 +1,6 @@
-//! Admission of MQTT connections that have not authenticated yet: from `accept` until their
-//! CONNECT was accepted (or refused). Each holds a [`Pending`] slot while it is in that
+//! Admission of connections that have not authenticated yet, MQTT and HTTPS alike: from
+//! `accept` until their CONNECT was accepted (or refused), or a request on them
+//! authenticated. Each holds a [`Pending`] slot while it is in that
 //! state; there are at most `per_address` slots of one source address and `total` in all.
 //!
 //! A new connection is never turned away for them. At a limit, a slot is taken back: at the
@@ -10,9 +11,14 @@
 //! neither keep a device out nor hold more than `total` file descriptors, and the ones from
 //! one address take the slots of that address first.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Context;
 
 use tokio::sync::oneshot;
 
@@ -189,6 +195,32 @@ impl Gate {
     /// Slots taken back so far.
     pub fn evicted(&self) -> u64 {
         self.lock().evicted
+    }
+}
+
+/// An HTTPS connection's slot, shared by its stream and (through the connection's data) its
+/// requests, which give it back once one authenticated. Not `Send`: a connection stays on
+/// its worker.
+#[derive(Clone, Debug)]
+pub struct GateSlot(Rc<RefCell<Option<Pending>>>);
+
+impl GateSlot {
+    pub fn new(pending: Pending) -> GateSlot {
+        GateSlot(Rc::new(RefCell::new(Some(pending))))
+    }
+
+    /// Gives the slot back: the connection belongs to a device now.
+    pub fn release(&self) {
+        self.0.borrow_mut().take();
+    }
+
+    /// Whether the gate took the slot back for a newer connection (waking `cx` when it does).
+    pub fn evicted(&self, cx: &mut Context<'_>) -> bool {
+        match self.0.borrow_mut().as_mut() {
+            // The sender is dropped only after it sent, or with the slot: either way it is gone.
+            Some(pending) => Pin::new(&mut pending.evicted).poll(cx).is_ready(),
+            None => false,
+        }
     }
 }
 

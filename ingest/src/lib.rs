@@ -8,6 +8,7 @@ pub mod error;
 pub mod firmware;
 pub mod gate;
 pub mod http;
+pub mod https;
 pub mod live;
 pub mod mqtt;
 pub mod notify;

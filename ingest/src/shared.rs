@@ -1,14 +1,16 @@
-//! What every listener shares: the appliance, the writer, the limits, the device CA and the
-//! rate-limited audit of authentication failures. HTTPS handlers get it as
+//! What every listener shares: the appliance, the writer, the limits, the device CA, the
+//! gate for connections that have not authenticated and the rate-limited audit of
+//! authentication failures. HTTPS handlers get it as
 //! `web::Data<Shared>`, the MQTT listener as an `Arc<Shared>`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use appliance::device_ca::DeviceCa;
 use appliance::time::now_us;
 use appliance::{Actor, Appliance, AuditEvent, Outcome};
 
 use crate::decode::Limits;
+use crate::gate::Gate;
 use crate::writer::Writer;
 
 /// What every handler, of either channel, shares.
@@ -19,6 +21,8 @@ pub struct Shared {
     pub limits: Limits,
     pub auth_failures: AuthFailureLog,
     pub device_ca: DeviceCa,
+    /// The slots of connections that have not authenticated, of both listeners.
+    pub gate: Arc<Gate>,
 }
 
 /// Audits authentication failures, at most `per_minute` a minute, so that a flood of bad

@@ -1,10 +1,13 @@
-//! No idle client can starve the ingest. 1,000 MQTT connections from 40 other addresses
-//! trickle a CONNECT one byte at a time, reconnecting whenever they are closed, while a
-//! real device posts with curl and publishes with mosquitto_pub; the service runs with the
-//! file-descriptor limit of its shipped systemd unit (`LimitNOFILE=`, through `prlimit`).
-//! The device is served every time, every trickler is closed (by the handshake deadline, or
-//! to make room for a newer connection) without ever being answered, and the service never
-//! holds a descriptor for every trickler. Over HTTPS, a client that has not authenticated
+//! No idle client can starve the ingest. 1,000 connections from 40 other addresses trickle
+//! a request one byte at a time, reconnecting whenever they are closed: half an MQTT
+//! CONNECT to the MQTT port, half an HTTP request head to the HTTPS port, after the TLS
+//! handshake. Meanwhile a real device posts with curl and publishes with mosquitto_pub;
+//! the service runs with the file-descriptor limit of its shipped systemd unit
+//! (`LimitNOFILE=`, through `prlimit`). The device is served every time, every trickler is
+//! closed (by the deadline, or to make room for a newer connection) without ever being
+//! served, and the service never holds more descriptors than the one cap on connections
+//! that have not authenticated allows, both ports together. From one address, the cap per
+//! address holds. Over HTTPS, a client that has not authenticated
 //! cannot hold its connection either: not with a slow head, a slow body, or keep-alive.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is a failed test
 
@@ -101,12 +104,37 @@ struct Flood {
     longest_ms: AtomicU64,
 }
 
-/// A CONNECT that announces 1,000 bytes; it is sent a byte at a time and never finished.
-fn slow_connect() -> Vec<u8> {
-    let mut packet = vec![0x10, 0xE8, 0x07]; // CONNECT, remaining length 1000
-    packet.extend_from_slice(b"\x00\x04MQTT\x04\xC2\x00\x3C\x00\x08trickler");
-    packet.resize(3 + 1000, b'x');
-    packet
+/// Which port a trickler trickles to, and what.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Mqtt,
+    Https,
+}
+
+impl Target {
+    /// A request sent a byte at a time and never finished: a CONNECT that announces 1,000
+    /// bytes, or an HTTP request head that never ends.
+    fn slow_request(self) -> Vec<u8> {
+        let mut request = match self {
+            Target::Mqtt => {
+                let mut packet = vec![0x10, 0xE8, 0x07]; // CONNECT, remaining length 1000
+                packet.extend_from_slice(b"\x00\x04MQTT\x04\xC2\x00\x3C\x00\x08trickler");
+                packet
+            }
+            Target::Https => b"POST /v1/readings HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".to_vec(),
+        };
+        request.resize(1003, b'x');
+        request
+    }
+
+    /// Whether what the service sent only refuses: an HTTPS client whose head is too slow
+    /// gets "408 Request Timeout" on its way out. Anything else would serve the trickler.
+    fn refuses(self, answer: &[u8]) -> bool {
+        match self {
+            Target::Mqtt => false,
+            Target::Https => answer.starts_with(b"HTTP/1.1 408"),
+        }
+    }
 }
 
 enum Outcome {
@@ -114,20 +142,28 @@ enum Outcome {
     Answered,
 }
 
-async fn trickle_once(tcp: tokio::net::TcpStream, tls: &SslConnector, flood: &Flood) -> Outcome {
+async fn trickle_once(
+    target: Target,
+    tcp: tokio::net::TcpStream,
+    tls: &SslConnector,
+    flood: &Flood,
+) -> Outcome {
     let ssl = tls.configure().unwrap().into_ssl("127.0.0.1").unwrap();
     let mut stream = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
     if Pin::new(&mut stream).connect().await.is_err() {
         return Outcome::Closed;
     }
     flood.trickling.fetch_add(1, Ordering::SeqCst);
-    let outcome = trickle(&mut stream).await;
+    let outcome = trickle(target, &mut stream).await;
     flood.trickling.fetch_sub(1, Ordering::SeqCst);
     outcome
 }
 
-async fn trickle(stream: &mut tokio_openssl::SslStream<tokio::net::TcpStream>) -> Outcome {
-    for byte in slow_connect() {
+async fn trickle(
+    target: Target,
+    stream: &mut tokio_openssl::SslStream<tokio::net::TcpStream>,
+) -> Outcome {
+    for byte in target.slow_request() {
         if stream.write_all(&[byte]).await.is_err() {
             return Outcome::Closed;
         }
@@ -135,13 +171,15 @@ async fn trickle(stream: &mut tokio_openssl::SslStream<tokio::net::TcpStream>) -
         match tokio::time::timeout(TRICKLE_EVERY, stream.read(&mut answer)).await {
             Err(_quiet) => {}
             Ok(Ok(0) | Err(_)) => return Outcome::Closed,
+            Ok(Ok(n)) if target.refuses(&answer[..n]) => return Outcome::Closed,
             Ok(Ok(_)) => return Outcome::Answered,
         }
     }
-    Outcome::Answered // the whole CONNECT went through: it was waited for
+    Outcome::Answered // the whole request went through: it was waited for
 }
 
 async fn trickler(
+    target: Target,
     source: Ipv4Addr,
     port: u16,
     tls: Arc<SslConnector>,
@@ -158,7 +196,7 @@ async fn trickler(
         };
         flood.connections.fetch_add(1, Ordering::SeqCst);
         let opened = Instant::now();
-        let outcome = trickle_once(tcp, &tls, &flood).await;
+        let outcome = trickle_once(target, tcp, &tls, &flood).await;
         let held = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         flood.longest_ms.fetch_max(held, Ordering::SeqCst);
         match outcome {
@@ -207,9 +245,15 @@ fn tricklers_cannot_keep_a_device_out(backend: Backend) {
     let tricklers: Vec<_> = (0..TRICKLERS)
         .map(|i| {
             let source = Ipv4Addr::new(127, 0, 0, 2 + (i % SOURCES) as u8);
+            let (target, port) = if i % 2 == 0 {
+                (Target::Mqtt, t.mqtt_port)
+            } else {
+                (Target::Https, t.https_port)
+            };
             runtime.spawn(trickler(
+                target,
                 source,
-                t.mqtt_port,
+                port,
                 tls.clone(),
                 stop.clone(),
                 flood.clone(),
@@ -275,8 +319,8 @@ fn tricklers_cannot_keep_a_device_out(backend: Backend) {
         least_trickling > 0,
         "the flood was not on while the device was served"
     );
-    // The cap, with room for connections accepted and not yet closed after an eviction:
-    // well under one descriptor per trickler.
+    // The cap, both ports together, with room for connections accepted and not yet closed
+    // after an eviction: well under one descriptor per trickler.
     let cap = appliance::config::IngestConfig::default().max_unauthenticated;
     assert!(
         most_files <= before + cap + 200,
@@ -284,6 +328,90 @@ fn tricklers_cannot_keep_a_device_out(backend: Backend) {
     );
     let expected: Vec<i64> = (1..=2 * ROUNDS).collect();
     assert_eq!(t.stored_seqs(&monitor.device), expected);
+}
+
+/// Tricklers from one address, all to the HTTPS port.
+const ONE_ADDRESS_TRICKLERS: usize = 200;
+
+fn one_address_holds_no_more_than_its_cap(backend: Backend) {
+    let _alone = ONE_FLOOD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    raise_own_nofile(ONE_ADDRESS_TRICKLERS as u64 + 1024);
+    let mut t = TestIngest::new(backend);
+    // The default deadline (10 s): without a cap per address, nearly every trickler would
+    // hold its connection at any moment.
+    t.limit_files(unit_nofile());
+    let monitor = t.register("MM-NEXT-DOOR", DeviceKind::Monitor, None);
+    t.start();
+    let pid = t.pid().unwrap();
+    let before = open_files(pid);
+    let per_address = appliance::config::IngestConfig::default().max_unauthenticated_per_address;
+
+    let mut tls = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    tls.set_ca_file(t.cert()).unwrap();
+    let tls = Arc::new(tls.build());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = Arc::new(Flood::default());
+    let tricklers: Vec<_> = (0..ONE_ADDRESS_TRICKLERS)
+        .map(|_| {
+            runtime.spawn(trickler(
+                Target::Https,
+                Ipv4Addr::new(127, 0, 0, 2),
+                t.https_port,
+                tls.clone(),
+                stop.clone(),
+                flood.clone(),
+            ))
+        })
+        .collect();
+    wait_for("the tricklers did not all connect", || {
+        flood.connections.load(Ordering::SeqCst) >= ONE_ADDRESS_TRICKLERS
+    });
+    let mut most_files = 0;
+    for round in 0..ROUNDS {
+        let (status, reply) = t.curl(
+            &monitor.secret,
+            batch(None, "cycle_count", round + 1, 1, 1.0).as_bytes(),
+            &[],
+        );
+        assert_eq!(status, 200, "HTTPS post {round} beside the flood: {reply}");
+        most_files = most_files.max(open_files(pid));
+    }
+    stop.store(true, Ordering::SeqCst);
+    runtime.block_on(async {
+        for trickler in tricklers {
+            tokio::time::timeout(GUARD, trickler)
+                .await
+                .expect("a trickler was never closed: no deadline")
+                .unwrap();
+        }
+    });
+    let connections = flood.connections.load(Ordering::SeqCst);
+    eprintln!(
+        "{connections} connections from one address; the service held at most {most_files} \
+         files ({before} before; cap per address {per_address})"
+    );
+    assert_eq!(
+        flood.answered.load(Ordering::SeqCst),
+        0,
+        "a trickler was served"
+    );
+    // Room for connections accepted and not yet closed after an eviction, and for the
+    // device's own connection; far below one descriptor per trickler.
+    assert!(
+        most_files <= before + per_address + 64,
+        "the service held {most_files} descriptors for one address (cap {per_address})"
+    );
+    assert_eq!(
+        t.stored_seqs(&monitor.device),
+        (1..=ROUNDS).collect::<Vec<_>>()
+    );
 }
 
 /// A blocking TLS connection to the HTTPS port, for requests written by hand.
@@ -433,5 +561,6 @@ fn a_client_that_has_not_authenticated_cannot_hold_an_https_connection(backend: 
 
 on_both_backends!(
     tricklers_cannot_keep_a_device_out,
+    one_address_holds_no_more_than_its_cap,
     a_client_that_has_not_authenticated_cannot_hold_an_https_connection,
 );

@@ -41,9 +41,10 @@ pub struct IngestConfig {
     /// and again any body read before the request authenticated. Slow or silent clients are
     /// closed.
     pub handshake_timeout_seconds: u64,
-    /// MQTT connections not yet authenticated (in the TLS handshake or before their CONNECT
-    /// was accepted), in all. At the limit, a new connection closes the oldest of the
-    /// address that holds the most, so that a device is never refused for them.
+    /// Connections not yet authenticated (in the TLS handshake, before their MQTT CONNECT
+    /// was accepted or an HTTPS request on them authenticated), both protocols together. At
+    /// the limit, a new connection closes the oldest of the address that holds the most, so
+    /// that a device is never refused for them.
     pub max_unauthenticated: usize,
     /// The same, per source address.
     pub max_unauthenticated_per_address: usize,

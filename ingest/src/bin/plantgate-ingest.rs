@@ -6,13 +6,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, web};
 use appliance::config::Config;
 use appliance::device_ca::DeviceCa;
 use appliance::tls::{acceptor, ensure_certificate};
 use appliance::{Actor, Appliance};
 use clap::Parser;
 use ingest::decode::Limits;
+use ingest::gate::Gate;
+use ingest::https;
 use ingest::shared::{AuthFailureLog, Shared};
 use ingest::writer::Writer;
 
@@ -85,6 +87,10 @@ fn run(config: Config) -> Result<(), String> {
         },
         auth_failures: AuthFailureLog::new(AUTH_FAILURES_PER_MINUTE),
         device_ca,
+        gate: Arc::new(Gate::new(
+            ingest.max_unauthenticated,
+            ingest.max_unauthenticated_per_address,
+        )),
     });
 
     let mut mqtt_addr = None;
@@ -127,38 +133,33 @@ fn run(config: Config) -> Result<(), String> {
     let mut https_tls = acceptor(&paths).map_err(|e| e.to_string())?;
     request_device_certificates(&mut https_tls, &shared.device_ca, &app.store)
         .map_err(|e| e.to_string())?;
+    let gate = shared.gate.clone();
     let data = web::Data::from(shared);
-    // Clients that have not authenticated: see `ingest::auth`. actix times the TLS handshake
-    // and the first request's head separately: half the deadline each, so that together
-    // they take no longer than an MQTT client's handshake and CONNECT may. Connections are
-    // shared out between the workers.
-    let half_deadline = Duration::from_secs(ingest.handshake_timeout_seconds) / 2;
-    let per_worker = ingest.https_max_connections.div_ceil(ingest.http_workers);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .wrap(actix_web::middleware::from_fn(ingest::auth::guard))
-            .configure(ingest::http::config)
-    })
-    .on_connect(ingest::auth::peer_certificate)
-    .workers(ingest.http_workers)
-    .max_connections(per_worker)
-    .tls_handshake_timeout(half_deadline)
-    .client_request_timeout(half_deadline)
-    .bind_openssl(https_addr, https_tls)
-    .map_err(|e| format!("{https_addr}: {e}"))?;
+    // Clients that have not authenticated: see `ingest::https` and `ingest::auth`. The TLS
+    // handshake and the first request's head are timed separately: half the deadline each,
+    // so that together they take no longer than an MQTT client's handshake and CONNECT may.
+    // Connections are shared out between the workers.
+    let listener = https::bind(https_addr).map_err(|e| format!("{https_addr}: {e}"))?;
+    let https_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let settings = https::Listener {
+        workers: ingest.http_workers,
+        max_connections_per_worker: ingest.https_max_connections.div_ceil(ingest.http_workers),
+        half_deadline: Duration::from_secs(ingest.handshake_timeout_seconds) / 2,
+    };
+    let https_tls = https_tls.build();
     let listening = format!(
-        "https={}{}",
-        server
-            .addrs()
-            .first()
-            .map_or_else(|| https_addr.to_string(), ToString::to_string),
+        "https={https_addr}{}",
         mqtt_addr.map_or_else(String::new, |addr| format!(" mqtt={addr}")),
     );
     tracing::info!(%listening, "plantgate-ingest listening");
     actix_web::rt::System::new()
         .block_on(async move {
-            let server = server.run();
+            let server = https::server(listener, &settings, https_tls, gate, move || {
+                App::new()
+                    .app_data(data.clone())
+                    .wrap(actix_web::middleware::from_fn(ingest::auth::guard))
+                    .configure(ingest::http::config)
+            })?;
             // Both listeners are bound and their TLS set up: tell systemd (or a test), with
             // the addresses really bound (a configured port 0 gets one from the kernel).
             appliance::sd_notify::ready(&listening);

@@ -12,9 +12,9 @@
 //! MQTT 5 first sends a PUBACK (at QoS 1) and a DISCONNECT carrying a reason code and a
 //! reason string.
 //!
-//! Until its CONNECT is accepted a connection holds a slot of the [`Gate`] and must finish
-//! the TLS handshake and the CONNECT within one deadline (`ingest.handshake_timeout_seconds`),
-//! however slowly its bytes arrive. Once signed in, it is registered in [`Live`] with its
+//! Until its CONNECT is accepted a connection holds a slot of the [`crate::gate::Gate`] that
+//! the HTTPS listener shares, and must finish the TLS handshake and the CONNECT within one
+//! deadline (`ingest.handshake_timeout_seconds`), however slowly its bytes arrive. Once signed in, it is registered in [`Live`] with its
 //! credential: when that is revoked (the device revoked, its secret rotated, its
 //! certificates revoked), the connection is closed within [`live::POLL`] and a moment, with
 //! DISCONNECT 0x98 (administrative action) in MQTT 5; and the writer refuses anything it
@@ -36,7 +36,6 @@ use tokio::net::TcpListener;
 pub use codec::decode_for_fuzzing;
 pub use codec::readings_topic;
 
-use crate::gate::Gate;
 use crate::live::{self, Live};
 use crate::shared::Shared;
 use session::connection;
@@ -47,11 +46,7 @@ const ENFILE: i32 = 23;
 
 /// Accepts connections until the listener fails.
 pub async fn serve(listener: TcpListener, acceptor: SslAcceptor, shared: Arc<Shared>) {
-    let ingest = &shared.app.config.ingest;
-    let gate = Arc::new(Gate::new(
-        ingest.max_unauthenticated,
-        ingest.max_unauthenticated_per_address,
-    ));
+    let gate = shared.gate.clone();
     let live = Arc::new(Live::default());
     tokio::spawn(live::watch(live.clone(), shared.app.store.clone()));
     let acceptor = Arc::new(acceptor);
