@@ -3,7 +3,9 @@
 //! Deciding is read-only ([`decide_for_readings`], [`decide_silent`]); applying
 //! ([`apply`]) re-checks inside the audited transaction, so concurrent deciders cannot raise
 //! the same alert twice: the partial unique index `alerts_one_active` allows one active
-//! alert per (rule, device). The notify columns of `alerts` are the email outbox.
+//! alert per (rule, device). The same transaction queues what tells of each change: a
+//! delivery for the site's data connectors and an email to each of the rule's recipients
+//! ([`crate::mail`], sent by the portal's mailer like every other email).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -12,7 +14,7 @@ use std::str::FromStr;
 use diesel::prelude::*;
 use serde::Serialize;
 
-use crate::audit::{Actor, Audit, AuditEvent, Outcome};
+use crate::audit::{Actor, Audit, AuditEvent};
 use crate::devices::Device;
 use crate::error::{Error, Result};
 use crate::ids::{AlertId, AlertRuleId, DeviceId, SiteId};
@@ -176,9 +178,6 @@ pub struct Alert {
     pub raised_value: Option<f64>,
     pub cleared_at_us: Option<i64>,
     pub cleared_value: Option<f64>,
-    pub raise_notified_at_us: Option<i64>,
-    pub clear_notified_at_us: Option<i64>,
-    pub notify_attempts: i32,
 }
 
 #[derive(Debug, Insertable)]
@@ -546,7 +545,7 @@ pub fn apply(audit: &Audit, actor: &Actor, changes: &[AlertChange]) -> Result<us
                         .on_conflict_do_nothing()
                         .execute(c))?;
                     if inserted == 1 {
-                        enqueue_alert_change(conn, rule, device, "raised", value, now)?;
+                        tell_of_alert_change(conn, rule, device, Change::Raised, value, now)?;
                         events.push(
                             AuditEvent::new(actor.clone(), "alert.raised")
                                 .target(device)
@@ -571,7 +570,7 @@ pub fn apply(audit: &Audit, actor: &Actor, changes: &[AlertChange]) -> Result<us
                     ))
                     .execute(conn)?;
                     if updated == 1 {
-                        enqueue_alert_change(conn, rule, device, "cleared", value, now)?;
+                        tell_of_alert_change(conn, rule, device, Change::Cleared, value, now)?;
                         events.push(
                             AuditEvent::new(actor.clone(), "alert.cleared")
                                 .target(device)
@@ -585,13 +584,21 @@ pub fn apply(audit: &Audit, actor: &Actor, changes: &[AlertChange]) -> Result<us
     })
 }
 
-/// Queues the raise or clearing of the active-or-just-cleared alert of (rule, device) for
-/// the site's data connectors, in the caller's transaction.
-fn enqueue_alert_change(
+/// Whether an alert was raised or cleared, as connectors and emails name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Raised,
+    Cleared,
+}
+
+/// Queues, in the caller's transaction, what tells of the raise or clearing of the
+/// active-or-just-cleared alert of (rule, device): a delivery for the site's data
+/// connectors, and an email to each of the rule's recipients.
+fn tell_of_alert_change(
     conn: &mut DbConnection,
     rule: AlertRuleId,
     device: DeviceId,
-    state: &str,
+    change: Change,
     value: Option<f64>,
     at_us: i64,
 ) -> Result<()> {
@@ -605,6 +612,10 @@ fn enqueue_alert_change(
         .order(alerts::id.desc())
         .select(alerts::id)
         .first(conn)?;
+    let state = match change {
+        Change::Raised => "raised",
+        Change::Cleared => "cleared",
+    };
     crate::connectors::enqueue_alert(
         conn,
         &crate::connectors::AlertOut {
@@ -619,103 +630,85 @@ fn enqueue_alert_change(
             at_us,
         },
     )?;
+    let recipients = rule_row.recipients();
+    if !recipients.is_empty() {
+        let serial: String = devices::table
+            .find(device)
+            .select(devices::serial)
+            .first(conn)?;
+        let (subject, body) = email(&rule_row, &serial, alert_id, change, value, at_us);
+        for recipient in recipients {
+            crate::mail::enqueue(
+                conn,
+                recipient,
+                &subject,
+                &body,
+                &alert_id.to_string(),
+                at_us,
+            )?;
+        }
+    }
     Ok(())
 }
 
-/// An email the outbox still owes: the raise of an alert, or its clearing.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PendingNotification {
-    pub alert: Alert,
-    pub rule: AlertRule,
-    pub device_serial: String,
-    /// False: the raise is owed. True: the raise went out and the clearing is owed.
-    pub cleared: bool,
-}
-
-impl PendingNotification {
-    pub fn recipients(&self) -> Vec<String> {
-        self.rule
-            .notify_email
+impl AlertRule {
+    /// The addresses the rule emails (`notify_email` is comma-separated; empty for none).
+    pub fn recipients(&self) -> Vec<&str> {
+        self.notify_email
             .split(',')
             .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .map(str::to_owned)
+            .filter(|address| !address.is_empty())
             .collect()
+    }
+
+    /// The rule's condition in words, as its emails state it.
+    pub fn condition(&self) -> String {
+        match self.kind.as_str() {
+            "silent" => format!("no data for {} s", self.silent_seconds),
+            "event" => format!("device reported {}", self.metric),
+            kind => {
+                let measure = if self.measure == "rate" {
+                    format!("{} change per minute", self.metric)
+                } else {
+                    self.metric.clone()
+                };
+                if self.for_seconds > 0 {
+                    format!(
+                        "{measure} {kind} {} for {} s",
+                        self.threshold, self.for_seconds
+                    )
+                } else {
+                    format!(
+                        "{measure} {kind} {} for {} reading(s) in a row",
+                        self.threshold, self.consecutive
+                    )
+                }
+            }
+        }
     }
 }
 
-/// Alerts whose email is owed, oldest first, skipping ones that failed `max_attempts` times.
-pub fn pending_notifications(
-    conn: &mut DbConnection,
-    max_attempts: i32,
-) -> Result<Vec<PendingNotification>> {
-    let rows: Vec<(Alert, AlertRule, String)> = alerts::table
-        .inner_join(alert_rules::table)
-        .inner_join(devices::table)
-        .filter(alert_rules::notify_email.ne(""))
-        .filter(alerts::notify_attempts.lt(max_attempts))
-        .filter(
-            alerts::raise_notified_at_us
-                .is_null()
-                .or(alerts::cleared_at_us
-                    .is_not_null()
-                    .and(alerts::clear_notified_at_us.is_null())),
-        )
-        .order(alerts::id)
-        .limit(100)
-        .select((Alert::as_select(), AlertRule::as_select(), devices::serial))
-        .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|(alert, rule, device_serial)| PendingNotification {
-            cleared: alert.raise_notified_at_us.is_some(),
-            alert,
-            rule,
-            device_serial,
-        })
-        .collect())
-}
-
-/// Records the outcome of one email, audited `notification.sent` or `notification.failed`.
-pub fn mark_notified(
-    audit: &Audit,
-    actor: &Actor,
-    pending: &PendingNotification,
-    outcome: std::result::Result<(), String>,
-) -> Result<()> {
-    let id = pending.alert.id;
-    audit.record_with(|conn| {
-        let target = alerts::table.find(id);
-        let event = match &outcome {
-            Ok(()) => {
-                if pending.cleared {
-                    diesel::update(target)
-                        .set(alerts::clear_notified_at_us.eq(Some(now_us())))
-                        .execute(conn)?;
-                } else {
-                    diesel::update(target)
-                        .set(alerts::raise_notified_at_us.eq(Some(now_us())))
-                        .execute(conn)?;
-                }
-                AuditEvent::new(actor.clone(), "notification.sent")
-            }
-            Err(reason) => {
-                diesel::update(target)
-                    .set(alerts::notify_attempts.eq(alerts::notify_attempts + 1))
-                    .execute(conn)?;
-                AuditEvent::new(actor.clone(), "notification.failed")
-                    .outcome(Outcome::Failure)
-                    .details(serde_json::json!({ "reason": reason }))
-            }
-        };
-        let event = event.target(id).details(serde_json::json!({
-            "channel": "email",
-            "to": pending.recipients(),
-            "event": if pending.cleared { "cleared" } else { "raised" },
-            "rule": pending.rule.id,
-            "device": pending.device_serial,
-            "reason": outcome.as_ref().err(),
-        }));
-        Ok(((), vec![event]))
-    })
+/// The subject and body of the email for one raise or clearing.
+fn email(
+    rule: &AlertRule,
+    serial: &str,
+    alert: AlertId,
+    change: Change,
+    value: Option<f64>,
+    at_us: i64,
+) -> (String, String) {
+    let what = match change {
+        Change::Raised => "RAISED",
+        Change::Cleared => "cleared",
+    };
+    let subject = format!("[Plantgate] alert {what}: {} on {serial}", rule.name);
+    let body = format!(
+        "Alert {what}.\n\nRule: {} ({})\nDevice: {serial}\nValue: {}\nAt: {}\nAlert id: {}\n",
+        rule.name,
+        rule.condition(),
+        value.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+        crate::time::format_us(at_us),
+        alert,
+    );
+    (subject, body)
 }

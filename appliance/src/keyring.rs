@@ -43,8 +43,9 @@ pub enum Owner {
     Of(Service),
 }
 
-/// A key file's group: nobody's (root), every service's (`plantgate`), or the two that send
-/// mail (`plantgate-mail`: the portal and the ingest).
+/// A key file's group: nobody's (root), every service's (`plantgate`), or the mail group
+/// (`plantgate-mail`), which no key file uses now: the portal alone sends mail, so the relay's
+/// key is its own. The group stays declared so that configurations naming it still load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Group {
     Root,
@@ -112,11 +113,11 @@ pub const KEY_FILES: [KeyFile; 7] = [
     KeyFile {
         secret: Secret::RelaySealing,
         file: "relay-sealing.key",
-        owner: Owner::Root,
-        group: Group::Mail,
-        mode: 0o640,
-        readers: &[Service::Web, Service::Ingest],
-        why: "seals the mail relay's password: the portal sets it and sends mail, the ingest sends alert mail",
+        owner: Owner::Of(Service::Web),
+        group: Group::Root,
+        mode: 0o600,
+        readers: &[Service::Web],
+        why: "seals the mail relay's password: the portal sets it and sends every email, alerts included",
     },
     KeyFile {
         secret: Secret::ConnectorSealing,

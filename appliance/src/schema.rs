@@ -209,9 +209,6 @@ diesel::table! {
         raised_value -> Nullable<Double>,
         cleared_at_us -> Nullable<BigInt>,
         cleared_value -> Nullable<Double>,
-        raise_notified_at_us -> Nullable<BigInt>,
-        clear_notified_at_us -> Nullable<BigInt>,
-        notify_attempts -> Integer,
     }
 }
 

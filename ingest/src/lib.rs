@@ -1,5 +1,5 @@
 //! `plantgate-ingest`: device telemetry over HTTPS and MQTT over TLS, stored durably by one
-//! group-committing writer, with alerts and their email notifications.
+//! group-committing writer, with alerts (their emails go through the one mail outbox).
 
 pub mod auth;
 pub mod decode;
@@ -11,6 +11,5 @@ pub mod http;
 pub mod https;
 pub mod live;
 pub mod mqtt;
-pub mod notify;
 pub mod shared;
 pub mod writer;

@@ -59,15 +59,12 @@ impl std::fmt::Debug for Job {
 }
 
 impl Writer {
-    /// Starts the writer thread. `alerts_changed` is poked when alerts were raised or cleared.
-    pub fn start(
-        app: Appliance,
-        alerts_changed: std::sync::mpsc::Sender<()>,
-    ) -> std::io::Result<Writer> {
+    /// Starts the writer thread.
+    pub fn start(app: Appliance) -> std::io::Result<Writer> {
         let (jobs, receiver) = mpsc::channel(1024);
         std::thread::Builder::new()
             .name("ingest-writer".into())
-            .spawn(move || run(app, receiver, alerts_changed))?;
+            .spawn(move || run(app, receiver))?;
         Ok(Writer { jobs })
     }
 
@@ -87,11 +84,7 @@ impl Writer {
     }
 }
 
-fn run(
-    app: Appliance,
-    mut receiver: mpsc::Receiver<Job>,
-    alerts_changed: std::sync::mpsc::Sender<()>,
-) {
+fn run(app: Appliance, mut receiver: mpsc::Receiver<Job>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -130,7 +123,7 @@ fn run(
                         Err(_) => break,
                     }
                 }
-                commit_group(&app, &actor, group, &alerts_changed);
+                commit_group(&app, &actor, group);
             }
             Err(_elapsed) => {}
         }
@@ -141,12 +134,8 @@ fn run(
                 .conn()
                 .and_then(|mut conn| alerts::decide_silent(&mut conn, now_us()))
                 .and_then(|changes| alerts::apply(&app.audit, &actor, &changes));
-            match changed {
-                Ok(0) => {}
-                Ok(_) => {
-                    let _ = alerts_changed.send(());
-                }
-                Err(err) => tracing::error!(error = %err, "silent-device check failed"),
+            if let Err(err) = changed {
+                tracing::error!(error = %err, "silent-device check failed");
             }
         }
         if let Some(days) = retention_days
@@ -191,12 +180,7 @@ fn prune_chunk(app: &Appliance, actor: &Actor, days: u32) -> Result<usize, Error
     })
 }
 
-fn commit_group(
-    app: &Appliance,
-    actor: &Actor,
-    group: Vec<Job>,
-    alerts_changed: &std::sync::mpsc::Sender<()>,
-) {
+fn commit_group(app: &Appliance, actor: &Actor, group: Vec<Job>) {
     let seen_at = now_us();
     let result = app.store.conn().and_then(|mut conn| {
         conn.transaction(|conn| {
@@ -287,12 +271,8 @@ fn commit_group(
         .conn()
         .and_then(|mut conn| alerts::decide_for_readings(&mut conn, &touched))
         .and_then(|changes: Vec<AlertChange>| alerts::apply(&app.audit, actor, &changes));
-    match changed {
-        Ok(0) => {}
-        Ok(_) => {
-            let _ = alerts_changed.send(());
-        }
-        Err(err) => tracing::error!(error = %err, "alert evaluation failed"),
+    if let Err(err) = changed {
+        tracing::error!(error = %err, "alert evaluation failed");
     }
     // Answered only now: the alerts an acknowledged reading raises are stored (with their
     // outbox rows) before the device hears back, so a crash just after an answer loses none.

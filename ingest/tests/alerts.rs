@@ -1,6 +1,7 @@
 //! Alerts end to end: readings through curl raise and clear a threshold alert, a silent
 //! device raises "no data", and a real SMTP server (aiosmtpd, not written here) receives
-//! exactly one email per event.
+//! exactly one email per event. The ingest queues the emails in the mail outbox and the
+//! portal, running beside it as on the appliance, sends them.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is a failed test
 
 mod common;
@@ -55,6 +56,7 @@ fn a_hot_mold_emails_once_clears_with_hysteresis_and_silence_raises_no_data(back
     )
     .unwrap();
     t.start();
+    t.start_portal();
 
     let post = |seq, value| {
         let (status, reply) = t.curl(&monitor.secret, reading(seq, value).as_bytes(), &[]);

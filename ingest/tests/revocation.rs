@@ -226,8 +226,7 @@ fn the_writer_refuses_a_batch_whose_credential_was_revoked_after_it_authenticate
     let t = TestIngest::new(backend);
     let monitor = t.register("MM-W", DeviceKind::Monitor, None);
     let (cert, _) = certificate(&t, "MM-W");
-    let (poke, _pokes) = std::sync::mpsc::channel();
-    let writer = Writer::start(t.app.clone(), poke).unwrap();
+    let writer = Writer::start(t.app.clone()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
-/// Where alert emails go out. `security`: `none` (loopback tests only), `starttls` or `tls`.
+/// Where every email goes out. `security`: `none` (loopback tests only), `starttls` or `tls`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {

@@ -72,10 +72,8 @@ fn run(config: Config) -> Result<(), String> {
         tracing::info!(cert = %paths.cert.display(), "made a self-signed ingest certificate");
     }
     let device_ca = DeviceCa::load(&app.config.keys_dir()).map_err(|e| e.to_string())?;
-    let (poke, pokes) = std::sync::mpsc::channel();
-    ingest::notify::start(app.clone(), pokes).map_err(|e| e.to_string())?;
     ingest::deliver::start(app.clone()).map_err(|e| e.to_string())?;
-    let writer = Writer::start(app.clone(), poke).map_err(|e| e.to_string())?;
+    let writer = Writer::start(app.clone()).map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared {
         app: app.clone(),
         writer,

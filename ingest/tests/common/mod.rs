@@ -71,6 +71,9 @@ pub struct TestIngest {
     pub smtp_port: u16,
     smtp_closed: Option<testkit::ClosedPort>,
     child: Option<Child>,
+    /// The portal, when a test needs what it does beside the ingest (sending the outbox's
+    /// emails): [`TestIngest::start_portal`].
+    portal: Option<Child>,
     database: Option<String>,
     /// `RLIMIT_NOFILE` for the service, as a unit's `LimitNOFILE=`.
     nofile: Option<u64>,
@@ -104,7 +107,8 @@ impl TestIngest {
         toml.push_str(&format!(
             "[log]\nlevel = \"warn\"\n[ingest]\nhttps_listen = \"127.0.0.1:0\"\n\
              mqtt_listen = \"127.0.0.1:0\"\nmax_body_bytes = 65536\nmax_decoded_bytes = 262144\n\
-             silent_check_seconds = 1\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\n\
+             silent_check_seconds = 1\n[web]\nhttps_listen = \"127.0.0.1:0\"\n\
+             http_listen = \"127.0.0.1:0\"\nhost_name = \"localhost\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\n\
              security = \"none\"\nfrom = \"plantgate@plant.example\"\n"
         ));
         let config_path = dir.path().join("plantgate.toml");
@@ -126,6 +130,7 @@ impl TestIngest {
             smtp_port,
             smtp_closed: Some(smtp_closed),
             child: None,
+            portal: None,
             database,
             nofile: None,
         }
@@ -227,15 +232,6 @@ impl TestIngest {
     /// Starts `plantgate-ingest` and waits until it says it is ready; then `https_port` and
     /// `mqtt_port` are the ports it listens on.
     pub fn start(&mut self) {
-        static STARTS: AtomicU32 = AtomicU32::new(0);
-        let socket_path = self.dir.path().join(format!(
-            "notify-{}.sock",
-            STARTS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let socket = UnixDatagram::bind(&socket_path).expect("notify socket");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("notify socket timeout");
         let binary = env!("CARGO_BIN_EXE_plantgate-ingest");
         let mut command = match self.nofile {
             Some(n) => {
@@ -248,13 +244,48 @@ impl TestIngest {
             }
             None => Command::new(binary),
         };
-        let child = command
+        let (child, status) = self.spawn_until_ready("plantgate-ingest", &mut command);
+        self.child = Some(child);
+        let port = |name: &str| -> u16 {
+            appliance::sd_notify::status_port(&status, name)
+                .unwrap_or_else(|| panic!("no {name} address in {status:?}"))
+        };
+        self.https_port = port("https");
+        self.mqtt_port = port("mqtt");
+    }
+
+    /// Starts the portal (`plantgate-web`, built beside this crate's binary) on the same
+    /// configuration and store: its worker is the one sender of the mail outbox.
+    pub fn start_portal(&mut self) {
+        let binary =
+            PathBuf::from(env!("CARGO_BIN_EXE_plantgate-ingest")).with_file_name("plantgate-web");
+        assert!(
+            binary.exists(),
+            "\n\n*** {} is missing: build the workspace's binaries first (`cargo build --bins`; scripts/test does).\n",
+            binary.display()
+        );
+        let (child, _) = self.spawn_until_ready("plantgate-web", &mut Command::new(binary));
+        self.portal = Some(child);
+    }
+
+    /// Spawns `command` on this test's configuration and waits until it tells its notify
+    /// socket it is ready; returns the child and the status it sent.
+    fn spawn_until_ready(&self, name: &str, command: &mut Command) -> (Child, String) {
+        static STARTS: AtomicU32 = AtomicU32::new(0);
+        let socket_path = self.dir.path().join(format!(
+            "notify-{}.sock",
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let socket = UnixDatagram::bind(&socket_path).expect("notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("notify socket timeout");
+        let mut child = command
             .env("PLANTGATE_CONFIG", &self.config_path)
             .env("NOTIFY_SOCKET", &socket_path)
             .stdin(Stdio::null())
             .spawn()
-            .expect("spawn plantgate-ingest");
-        self.child = Some(child);
+            .unwrap_or_else(|err| panic!("spawn {name}: {err}"));
         // Generous: a cold PostgreSQL database on a busy machine takes its time to migrate.
         let deadline = Instant::now() + Duration::from_secs(180);
         let mut message = [0u8; 4096];
@@ -273,25 +304,13 @@ impl TestIngest {
                     ) => {}
                 Err(err) => panic!("notify socket: {err}"),
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("plantgate-ingest exited at start: {status}");
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{name} exited at start: {status}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "plantgate-ingest did not say it was ready"
-            );
+            assert!(Instant::now() < deadline, "{name} did not say it was ready");
         };
         let _ = std::fs::remove_file(&socket_path);
-        let port = |name: &str| -> u16 {
-            appliance::sd_notify::status_port(&status, name)
-                .unwrap_or_else(|| panic!("no {name} address in {status:?}"))
-        };
-        self.https_port = port("https");
-        self.mqtt_port = port("mqtt");
+        (child, status)
     }
 
     /// The service's process id, while it runs.
@@ -384,6 +403,10 @@ impl TestIngest {
 impl Drop for TestIngest {
     fn drop(&mut self) {
         self.kill9();
+        if let Some(mut portal) = self.portal.take() {
+            let _ = portal.kill();
+            let _ = portal.wait();
+        }
         if let Some(db) = &self.database {
             let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
                 .execute(&mut admin());

@@ -58,12 +58,11 @@ do_install:append() {
     install -m 0644 ${S}/docs/*.md ${D}${docdir}/plantgate/docs/
 }
 
-# One user per service, all in the group that shares the store, the portal and the ingest
-# also in the group that reads the mail relay's key (as plantgate.sysusers).
+# One user per service, all in the group that shares the store (as plantgate.sysusers).
 USERADD_PACKAGES = "${PN}"
 GROUPADD_PARAM:${PN} = "--system --gid 800 plantgate; --system --gid 804 plantgate-mail"
-USERADD_PARAM:${PN} = "--system --uid 801 --gid plantgate --groups plantgate-mail --home-dir /nonexistent --no-create-home --shell /sbin/nologin plantgate-web; \
-                       --system --uid 802 --gid plantgate --groups plantgate-mail --home-dir /nonexistent --no-create-home --shell /sbin/nologin plantgate-ingest; \
+USERADD_PARAM:${PN} = "--system --uid 801 --gid plantgate --home-dir /nonexistent --no-create-home --shell /sbin/nologin plantgate-web; \
+                       --system --uid 802 --gid plantgate --home-dir /nonexistent --no-create-home --shell /sbin/nologin plantgate-ingest; \
                        --system --uid 803 --gid plantgate --home-dir /nonexistent --no-create-home --shell /sbin/nologin plantgate-fw"
 
 SYSTEMD_SERVICE:${PN} = "plantgate-firewall.service plantgate-web.service plantgate-ingest.service plantgate-health.service"
