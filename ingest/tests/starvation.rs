@@ -207,6 +207,69 @@ async fn trickler(
     }
 }
 
+/// A flood of tricklers on their own runtime: [`Tricklers::start`] connects them,
+/// [`Tricklers::stop`] lets each end once its last connection is closed.
+struct Tricklers {
+    runtime: tokio::runtime::Runtime,
+    stop: Arc<AtomicBool>,
+    flood: Arc<Flood>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Tricklers {
+    /// `n` tricklers; `aim(i)` says where the `i`th trickles from and to. Returns once every
+    /// one has connected at least once.
+    fn start(t: &TestIngest, n: usize, aim: impl Fn(usize) -> (Target, Ipv4Addr, u16)) -> Self {
+        let mut tls = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        tls.set_ca_file(t.cert()).unwrap();
+        let tls = Arc::new(tls.build());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flood = Arc::new(Flood::default());
+        let handles = (0..n)
+            .map(|i| {
+                let (target, source, port) = aim(i);
+                runtime.spawn(trickler(
+                    target,
+                    source,
+                    port,
+                    tls.clone(),
+                    stop.clone(),
+                    flood.clone(),
+                ))
+            })
+            .collect();
+        wait_for("the tricklers did not all connect", || {
+            flood.connections.load(Ordering::SeqCst) >= n
+        });
+        Tricklers {
+            runtime,
+            stop,
+            flood,
+            handles,
+        }
+    }
+
+    /// Stops reconnecting and waits for every trickler's last connection to be closed by
+    /// the service (by the deadline, or evicted); returns the counts.
+    fn stop(self) -> Arc<Flood> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.runtime.block_on(async {
+            for trickler in self.handles {
+                tokio::time::timeout(GUARD, trickler)
+                    .await
+                    .expect("a trickler was never closed: no deadline")
+                    .unwrap();
+            }
+        });
+        self.flood
+    }
+}
+
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let until = Instant::now() + GUARD;
     while !done() {
@@ -232,37 +295,15 @@ fn tricklers_cannot_keep_a_device_out(backend: Backend) {
     let pid = t.pid().unwrap();
     let before = open_files(pid);
 
-    let mut tls = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    tls.set_ca_file(t.cert()).unwrap();
-    let tls = Arc::new(tls.build());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flood = Arc::new(Flood::default());
-    let tricklers: Vec<_> = (0..TRICKLERS)
-        .map(|i| {
-            let source = Ipv4Addr::new(127, 0, 0, 2 + (i % SOURCES) as u8);
-            let (target, port) = if i % 2 == 0 {
-                (Target::Mqtt, t.mqtt_port)
-            } else {
-                (Target::Https, t.https_port)
-            };
-            runtime.spawn(trickler(
-                target,
-                source,
-                port,
-                tls.clone(),
-                stop.clone(),
-                flood.clone(),
-            ))
-        })
-        .collect();
-    wait_for("the tricklers did not all connect", || {
-        flood.connections.load(Ordering::SeqCst) >= TRICKLERS
+    let tricklers = Tricklers::start(&t, TRICKLERS, |i| {
+        let source = Ipv4Addr::new(127, 0, 0, 2 + (i % SOURCES) as u8);
+        if i % 2 == 0 {
+            (Target::Mqtt, source, t.mqtt_port)
+        } else {
+            (Target::Https, source, t.https_port)
+        }
     });
+    let flood = tricklers.flood.clone();
 
     // The device, while the flood goes on: every post and every publish is served.
     let topic = readings_topic("MM-UNDER-FIRE");
@@ -289,17 +330,8 @@ fn tricklers_cannot_keep_a_device_out(backend: Backend) {
         );
         most_files = most_files.max(open_files(pid));
     }
-    stop.store(true, Ordering::SeqCst);
-
     // Every trickler ends: its last connection is closed by the deadline (or evicted).
-    runtime.block_on(async {
-        for trickler in tricklers {
-            tokio::time::timeout(GUARD, trickler)
-                .await
-                .expect("a trickler was never closed: no deadline")
-                .unwrap();
-        }
-    });
+    let flood = tricklers.stop();
     let connections = flood.connections.load(Ordering::SeqCst);
     let closed = flood.closed.load(Ordering::SeqCst);
     let answered = flood.answered.load(Ordering::SeqCst);
@@ -348,30 +380,8 @@ fn one_address_holds_no_more_than_its_cap(backend: Backend) {
     let before = open_files(pid);
     let per_address = appliance::config::IngestConfig::default().max_unauthenticated_per_address;
 
-    let mut tls = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    tls.set_ca_file(t.cert()).unwrap();
-    let tls = Arc::new(tls.build());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flood = Arc::new(Flood::default());
-    let tricklers: Vec<_> = (0..ONE_ADDRESS_TRICKLERS)
-        .map(|_| {
-            runtime.spawn(trickler(
-                Target::Https,
-                Ipv4Addr::new(127, 0, 0, 2),
-                t.https_port,
-                tls.clone(),
-                stop.clone(),
-                flood.clone(),
-            ))
-        })
-        .collect();
-    wait_for("the tricklers did not all connect", || {
-        flood.connections.load(Ordering::SeqCst) >= ONE_ADDRESS_TRICKLERS
+    let tricklers = Tricklers::start(&t, ONE_ADDRESS_TRICKLERS, |_| {
+        (Target::Https, Ipv4Addr::new(127, 0, 0, 2), t.https_port)
     });
     let mut most_files = 0;
     for round in 0..ROUNDS {
@@ -383,15 +393,7 @@ fn one_address_holds_no_more_than_its_cap(backend: Backend) {
         assert_eq!(status, 200, "HTTPS post {round} beside the flood: {reply}");
         most_files = most_files.max(open_files(pid));
     }
-    stop.store(true, Ordering::SeqCst);
-    runtime.block_on(async {
-        for trickler in tricklers {
-            tokio::time::timeout(GUARD, trickler)
-                .await
-                .expect("a trickler was never closed: no deadline")
-                .unwrap();
-        }
-    });
+    let flood = tricklers.stop();
     let connections = flood.connections.load(Ordering::SeqCst);
     eprintln!(
         "{connections} connections from one address; the service held at most {most_files} \
