@@ -30,7 +30,7 @@ fn the_flow_approves_emails_and_opens_exactly_one_grant(backend: Backend) {
         );
         assert!(
             body.contains("Mould temperature alarm")
-                && body.contains(&format!("/access/{}", request.id)),
+                && body.contains(&format!("/access/{}", request.id.0)),
             "{body}"
         );
     }

@@ -534,7 +534,7 @@ async fn access_requests(
     let items: Vec<AccessRequestItem> = views
         .into_iter()
         .map(|v| AccessRequestItem {
-            id: v.request.id,
+            id: v.request.id.0,
             state: v.request.state,
             site_id: v.request.site_id.0,
             site: v.site,

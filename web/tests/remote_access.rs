@@ -531,7 +531,7 @@ fn the_api_lists_machines_and_the_requests_the_caller_may_see() {
     let (status, seen) = portal.api(Some(&token_for(&ann)), "/api/v1/access-requests");
     assert_eq!(status, 200, "{seen}");
     assert_eq!(seen.as_array().unwrap().len(), 1);
-    assert_eq!(seen[0]["id"], request.id);
+    assert_eq!(seen[0]["id"], request.id.0);
     assert_eq!(seen[0]["state"], "pending");
     assert_eq!(seen[0]["requester_addr"], "10.1.0.5");
     // An approver of another site sees none of it.
@@ -560,7 +560,7 @@ fn the_api_lists_machines_and_the_requests_the_caller_may_see() {
     assert!(
         csv.body.contains(&format!(
             "{},pending,Hall A,Press 1,192.168.50.10,vnc",
-            request.id
+            request.id.0
         )),
         "{}",
         csv.body
