@@ -42,3 +42,4 @@ id_type!(RolloutId, "rollout");
 id_type!(ConnectorId, "connector");
 id_type!(AccessRequestId, "access_request");
 id_type!(GrantId, "grant");
+id_type!(MachineId, "machine");

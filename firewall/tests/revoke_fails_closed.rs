@@ -152,7 +152,7 @@ fn killed_controller_revokes_from_the_portal_and_the_cli_stop_the_streams_within
     let bert = Person::login(&u, OTHER_REQUESTER, dir.path(), &p.bert.email);
 
     // One session approved in the portal, one grant opened on the command line.
-    let target = format!("{}/s7", p.press.id);
+    let target = format!("{}/s7", p.press.id.0);
     let request = request_id(&tech.submit(
         "/access",
         &[

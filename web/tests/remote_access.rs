@@ -295,7 +295,7 @@ fn an_administrator_sets_up_a_site_and_garbage_changes_nothing() {
     )
     .unwrap()[0]
         .id;
-    assert_eq!(machine_id, 1);
+    assert_eq!(machine_id, appliance::ids::MachineId(1));
 }
 
 fn screenshot_dir() -> PathBuf {
@@ -391,7 +391,7 @@ fn a_real_browser_walks_request_approval_banner_and_revoke() {
         technician.find(Locator::LinkText("Remote access")).await.unwrap().click().await.unwrap();
         wait_for(&technician, "form[action='/access']").await;
         technician
-            .find(Locator::Css(&format!("select[name=target] option[value='{}/vnc']", press.id)))
+            .find(Locator::Css(&format!("select[name=target] option[value='{}/vnc']", press.id.0)))
             .await.unwrap().click().await.unwrap();
         fill(&technician, "input[name=minutes]", "30".into()).await;
         fill(&technician, "input[name=reason]", "HMI frozen on press 1".into()).await;

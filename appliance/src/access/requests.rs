@@ -15,7 +15,7 @@ use crate::audit::{Actor, Audit, AuditEvent, Outcome};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::grants::{Agent, Grant, GrantRequest};
-use crate::ids::{AccessRequestId, UserId};
+use crate::ids::{AccessRequestId, MachineId, UserId};
 use crate::models::{Role, User};
 use crate::schema::{access_requests, machines, users};
 use crate::store::DbConnection;
@@ -23,14 +23,27 @@ use crate::time::format_us;
 use crate::{mail, on_backend};
 
 /// What a technician fills in.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRequest {
-    pub machine_id: i64,
+    pub machine_id: MachineId,
     pub agent: String,
     pub minutes: String,
     pub reason: String,
     /// An address other than the one the portal sees, which the site's policy must allow.
     pub declared_address: String,
+}
+
+impl Default for NewRequest {
+    /// Nothing filled in: machine id 0, which names no machine.
+    fn default() -> NewRequest {
+        NewRequest {
+            machine_id: MachineId(0),
+            agent: String::new(),
+            minutes: String::new(),
+            reason: String::new(),
+            declared_address: String::new(),
+        }
+    }
 }
 
 /// The site, machine, requester and agent of `request`, for its emails and pages.

@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::ids::{AccessRequestId, GrantId, OrganisationId, SiteId, UserId};
+use crate::ids::{AccessRequestId, GrantId, MachineId, OrganisationId, SiteId, UserId};
 use crate::schema::access_requests;
 use crate::store::DbConnection;
 
@@ -64,7 +64,7 @@ pub struct AccessRequest {
     pub id: AccessRequestId,
     pub organisation_id: OrganisationId,
     pub site_id: SiteId,
-    pub machine_id: i64,
+    pub machine_id: MachineId,
     pub agent: String,
     pub requester_id: UserId,
     pub requester_addr: String,

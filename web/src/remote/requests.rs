@@ -8,7 +8,7 @@ use appliance::access::{
 };
 use appliance::grants::control::FirewallStatus;
 use appliance::grants::{Agent, Grant};
-use appliance::ids::AccessRequestId;
+use appliance::ids::{AccessRequestId, MachineId};
 use appliance::models::Role;
 use appliance::{Actor, AuditEvent};
 use askama::Template;
@@ -24,7 +24,7 @@ use crate::session::SignedIn;
 use crate::state::AppState;
 
 struct MachineChoice {
-    id: i64,
+    id: MachineId,
     label: String,
     agents: Vec<(String, String)>,
 }
@@ -163,8 +163,8 @@ pub async fn create_request(
     let (machine_id, agent) = form
         .target
         .split_once('/')
-        .and_then(|(m, a)| Some((m.parse::<i64>().ok()?, a.to_owned())))
-        .unwrap_or((0, String::new()));
+        .and_then(|(m, a)| Some((MachineId(m.parse::<i64>().ok()?), a.to_owned())))
+        .unwrap_or((MachineId(0), String::new()));
     let new = NewRequest {
         machine_id,
         agent,
@@ -186,7 +186,7 @@ pub async fn create_request(
             after_change(&state).await;
             Ok(see_other(&format!("/access/{}", request.id.0)))
         }
-        Err(appliance::Error::NotFound(_)) if machine_id == 0 => {
+        Err(appliance::Error::NotFound(_)) if machine_id == MachineId(0) => {
             access_page_with(
                 &state,
                 &user,
