@@ -43,3 +43,5 @@ id_type!(ConnectorId, "connector");
 id_type!(AccessRequestId, "access_request");
 id_type!(GrantId, "grant");
 id_type!(MachineId, "machine");
+id_type!(SessionId, "session");
+id_type!(TokenId, "token");
