@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::audit::{Actor, Audit, AuditEvent, Outcome};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::ids::GrantId;
 use crate::on_backend;
 use crate::schema::{device_agents, firewall_grants};
 use crate::store::DbConnection;
@@ -159,7 +160,7 @@ fn check_port_count(ports: &PortList, config: &Config) -> Result<()> {
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Serialize)]
 #[diesel(table_name = firewall_grants)]
 pub struct Grant {
-    pub id: i64,
+    pub id: GrantId,
     pub requester_addr: String,
     pub device_addr: String,
     pub agent: String,
@@ -259,7 +260,7 @@ impl Grant {
     }
 
     pub fn target(&self) -> String {
-        format!("grant:{}", self.id)
+        self.id.to_string()
     }
 
     /// Where the grant is in its life at `now`.
@@ -439,7 +440,13 @@ impl Grant {
 
     /// Revokes a live grant. The firewall cuts its connections when poked or at its next
     /// reconcile.
-    pub fn revoke(audit: &Audit, actor: &Actor, id: i64, reason: &str, now: i64) -> Result<Grant> {
+    pub fn revoke(
+        audit: &Audit,
+        actor: &Actor,
+        id: GrantId,
+        reason: &str,
+        now: i64,
+    ) -> Result<Grant> {
         audit.record_with(|conn| {
             let (grant, event) = Grant::revoke_in(conn, actor, id, reason, now)?;
             Ok((grant, vec![event]))
@@ -450,13 +457,13 @@ impl Grant {
     pub fn revoke_in(
         conn: &mut DbConnection,
         actor: &Actor,
-        id: i64,
+        id: GrantId,
         reason: &str,
         now: i64,
     ) -> Result<(Grant, AuditEvent)> {
         let grant = Grant::find(conn, id)?;
         if grant.lifecycle(now) != Lifecycle::Live {
-            return Err(Error::Conflict(format!("grant {id} has already ended")));
+            return Err(Error::Conflict(format!("grant {} has already ended", id.0)));
         }
         diesel::update(firewall_grants::table.find(id))
             .set((
@@ -476,13 +483,13 @@ impl Grant {
     pub fn extend_in(
         conn: &mut DbConnection,
         actor: &Actor,
-        id: i64,
+        id: GrantId,
         expires_at_us: i64,
         now: i64,
     ) -> Result<(Grant, AuditEvent)> {
         let grant = Grant::find(conn, id)?;
         if grant.lifecycle(now) != Lifecycle::Live {
-            return Err(Error::Conflict(format!("grant {id} has already ended")));
+            return Err(Error::Conflict(format!("grant {} has already ended", id.0)));
         }
         if expires_at_us <= grant.expires_at_us {
             return Err(Error::invalid("expires", "an extension must end later"));
@@ -499,7 +506,7 @@ impl Grant {
         Ok((Grant::find(conn, id)?, event))
     }
 
-    pub fn find(conn: &mut DbConnection, id: i64) -> Result<Grant> {
+    pub fn find(conn: &mut DbConnection, id: GrantId) -> Result<Grant> {
         firewall_grants::table
             .find(id)
             .select(Grant::as_select())
@@ -570,7 +577,7 @@ impl Grant {
     }
 
     /// Records that the firewall applied the grant; audited as `firewall.grant.opened`.
-    pub fn mark_applied(audit: &Audit, actor: &Actor, id: i64, now: i64) -> Result<()> {
+    pub fn mark_applied(audit: &Audit, actor: &Actor, id: GrantId, now: i64) -> Result<()> {
         audit.record_with(|conn| {
             let updated = diesel::update(
                 firewall_grants::table
@@ -602,7 +609,7 @@ impl Grant {
     pub fn mark_closed(
         audit: &Audit,
         actor: &Actor,
-        id: i64,
+        id: GrantId,
         why: &str,
         details: serde_json::Value,
         now: i64,
@@ -621,7 +628,7 @@ impl Grant {
             let events = (updated == 1)
                 .then(|| {
                     AuditEvent::new(actor.clone(), &format!("firewall.grant.{why}"))
-                        .target(format!("grant:{id}"))
+                        .target(id)
                         .outcome(Outcome::Success)
                         .details(details)
                 })

@@ -40,3 +40,8 @@ id_type!(AlertId, "alert");
 id_type!(FirmwareId, "firmware");
 id_type!(RolloutId, "rollout");
 id_type!(ConnectorId, "connector");
+id_type!(AccessRequestId, "access_request");
+id_type!(GrantId, "grant");
+id_type!(MachineId, "machine");
+id_type!(SessionId, "session");
+id_type!(TokenId, "token");

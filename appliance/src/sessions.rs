@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::audit::{Actor, Audit, AuditEvent};
 use crate::error::Result;
-use crate::ids::UserId;
+use crate::ids::{SessionId, UserId};
 use crate::models::User;
 use crate::on_backend;
 use crate::schema::{sessions, users};
@@ -53,7 +53,7 @@ impl std::fmt::Debug for SessionToken {
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Serialize)]
 #[diesel(table_name = sessions)]
 pub struct Session {
-    pub id: i64,
+    pub id: SessionId,
     pub user_id: UserId,
     pub created_at_us: i64,
     pub last_seen_us: i64,
@@ -84,7 +84,7 @@ pub fn confirm_authentication(audit: &Audit, session: &Session, now: i64) -> Res
             .set(sessions::authenticated_at_us.eq(now))
             .execute(conn)?;
         let event = AuditEvent::new(Actor::User(session.user_id), "auth.reauthenticated")
-            .target(format!("session:{}", session.id));
+            .target(session.id);
         Ok(((), vec![event]))
     })
 }
@@ -224,7 +224,13 @@ pub fn resume(
 }
 
 /// Ends one session; audited as `auth.session.ended` with the reason.
-pub fn end(audit: &Audit, actor: &Actor, session: i64, reason: &str, now: i64) -> Result<bool> {
+pub fn end(
+    audit: &Audit,
+    actor: &Actor,
+    session: SessionId,
+    reason: &str,
+    now: i64,
+) -> Result<bool> {
     audit.record_with(|conn| {
         let ended = diesel::update(
             sessions::table
@@ -239,7 +245,7 @@ pub fn end(audit: &Audit, actor: &Actor, session: i64, reason: &str, now: i64) -
         let events = (ended == 1)
             .then(|| {
                 AuditEvent::new(actor.clone(), "auth.session.ended")
-                    .target(format!("session:{session}"))
+                    .target(session)
                     .details(serde_json::json!({ "reason": reason }))
             })
             .into_iter()
@@ -252,7 +258,7 @@ pub fn end(audit: &Audit, actor: &Actor, session: i64, reason: &str, now: i64) -
 pub fn end_all(
     conn: &mut DbConnection,
     user: UserId,
-    keep: Option<i64>,
+    keep: Option<SessionId>,
     reason: &str,
     now: i64,
 ) -> Result<usize> {

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::audit::{Actor, Audit, AuditEvent};
 use crate::error::{Error, Result};
-use crate::ids::UserId;
+use crate::ids::{TokenId, UserId};
 use crate::models::User;
 use crate::on_backend;
 use crate::schema::{api_tokens, users};
@@ -32,7 +32,7 @@ const PREFIX: &str = "pgt_";
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Serialize)]
 #[diesel(table_name = api_tokens)]
 pub struct ApiToken {
-    pub id: i64,
+    pub id: TokenId,
     pub user_id: UserId,
     pub name: String,
     pub scopes: String,
@@ -120,7 +120,7 @@ pub fn create(
             .returning(ApiToken::as_returning())
             .get_result(c))?;
         let event = AuditEvent::new(actor.clone(), "api.token.created")
-            .target(format!("token:{}", token.id))
+            .target(token.id)
             .details(serde_json::json!({
                 "user": user.id, "name": name, "scopes": scopes, "expires": format_us(expires),
             }));
@@ -129,7 +129,7 @@ pub fn create(
     Ok((TokenSecret(secret), token))
 }
 
-pub fn revoke(audit: &Audit, actor: &Actor, id: i64, now: i64) -> Result<()> {
+pub fn revoke(audit: &Audit, actor: &Actor, id: TokenId, now: i64) -> Result<()> {
     audit.record_with(|conn| {
         let updated = diesel::update(
             api_tokens::table
@@ -143,7 +143,7 @@ pub fn revoke(audit: &Audit, actor: &Actor, id: i64, now: i64) -> Result<()> {
         }
         Ok((
             (),
-            vec![AuditEvent::new(actor.clone(), "api.token.revoked").target(format!("token:{id}"))],
+            vec![AuditEvent::new(actor.clone(), "api.token.revoked").target(id)],
         ))
     })
 }

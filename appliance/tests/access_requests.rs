@@ -8,6 +8,7 @@ mod common;
 use appliance::Error;
 use appliance::access::{self, Decision, Machine, NewRequest, PolicyChange, SitePolicy};
 use appliance::grants::Grant;
+use appliance::ids::MachineId;
 use appliance::schema::access_requests;
 use appliance::time::now_us;
 use common::plant::{FROM, assert_invalid, plant, policy};
@@ -30,7 +31,7 @@ fn the_flow_approves_emails_and_opens_exactly_one_grant(backend: Backend) {
         );
         assert!(
             body.contains("Mould temperature alarm")
-                && body.contains(&format!("/access/{}", request.id)),
+                && body.contains(&format!("/access/{}", request.id.0)),
             "{body}"
         );
     }
@@ -130,7 +131,7 @@ fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
     assert_invalid(p.ask_with(&p.tech, &silent), "reason");
     // A machine of another organisation's id space: not found.
     let missing = NewRequest {
-        machine_id: 9999,
+        machine_id: MachineId(9999),
         ..silent.clone()
     };
     assert!(matches!(

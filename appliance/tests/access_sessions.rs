@@ -253,11 +253,15 @@ fn the_hardware_key_switch_is_a_command(backend: Backend) {
         Ok(true)
     })
     .unwrap();
-    assert_eq!(pending, [(format!("grant:{grant}"), "failure".to_owned())]);
+    assert_eq!(
+        pending,
+        [(format!("grant:{}", grant.0), "failure".to_owned())]
+    );
     assert!(
         p.mails_to(&admin).iter().any(|(subject, _)| subject
             == &format!(
-                "Plantgate: revoke of grant {grant} pending: firewall controller unreachable"
+                "Plantgate: revoke of grant {} pending: firewall controller unreachable",
+                grant.0
             )),
         "{:?}",
         p.mails_to(&admin)

@@ -9,6 +9,7 @@ mod common;
 
 use appliance::grants::control::{FirewallStatus, Health};
 use appliance::grants::{Grant, GrantRequest};
+use appliance::ids::GrantId;
 use appliance::models::{Organisation, Role, User};
 use appliance::schema::mail_outbox;
 use appliance::time::now_us;
@@ -102,7 +103,7 @@ fn a_revoke_the_controller_does_not_confirm_exits_3_and_is_audited_and_mailed(ba
     );
 
     // Recorded, not closed: the controller confirms that when it runs again.
-    let grant = Grant::find(&mut t.conn(), id).unwrap();
+    let grant = Grant::find(&mut t.conn(), GrantId(id)).unwrap();
     assert!(grant.revoked_at_us.is_some() && grant.closed_at_us.is_none());
     let records = audit(&t);
     let target = format!("grant:{id}");

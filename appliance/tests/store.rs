@@ -5,6 +5,7 @@
 mod common;
 
 use appliance::error::Error;
+use appliance::ids::GrantId;
 use appliance::models::{Organisation, OrganisationId, Role, Site, User};
 use appliance::{AuditEvent, DbConnection};
 use common::{Backend, Cli, TestAppliance, test_actor};
@@ -225,7 +226,7 @@ mod grants {
         )
         .expect("open");
         assert_eq!(eip.pinholes().expect("pinholes").len(), 2);
-        let live: Vec<i64> = Grant::live(&mut t.conn(), appliance::time::now_us())
+        let live: Vec<GrantId> = Grant::live(&mut t.conn(), appliance::time::now_us())
             .expect("live")
             .iter()
             .map(|g| g.id)
@@ -240,7 +241,7 @@ mod grants {
             appliance::time::now_us(),
         )
         .expect("revoke");
-        let live: Vec<i64> = Grant::live(&mut t.conn(), appliance::time::now_us())
+        let live: Vec<GrantId> = Grant::live(&mut t.conn(), appliance::time::now_us())
             .expect("live")
             .iter()
             .map(|g| g.id)

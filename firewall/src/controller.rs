@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use appliance::grants::control::{FirewallStatus, GrantState};
 use appliance::grants::{Grant, Pinhole};
+use appliance::ids::GrantId;
 use appliance::time::now_us;
 use appliance::{Actor, Appliance, AuditEvent};
 use serde_json::{Value, json};
@@ -322,7 +323,7 @@ impl Controller {
             Grant::mark_applied(&self.app.audit, &self.actor, grant.id, now_us())?;
             summary.opened += 1;
         }
-        let live_ids: BTreeSet<i64> = live.iter().map(|g| g.id).collect();
+        let live_ids: BTreeSet<GrantId> = live.iter().map(|g| g.id).collect();
         // A pinhole another live grant also opens keeps its connections.
         let mut still_open = BTreeSet::new();
         for grant in live {
@@ -383,7 +384,7 @@ impl Controller {
     /// grants between the same two addresses (they may share its pinholes), then adds or
     /// removes only its elements in one transaction. When that transaction fails (the table
     /// is missing or was changed by hand), a full reconcile does it instead.
-    pub fn apply_grant(&mut self, id: i64) -> Result<GrantState> {
+    pub fn apply_grant(&mut self, id: GrantId) -> Result<GrantState> {
         let now = now_us();
         let (grant, between) = {
             let mut conn = self.app.store.conn()?;
@@ -411,7 +412,7 @@ impl Controller {
         }
         let batch = ruleset::grant_change(&put, &remove, &put_forwards, &remove_forwards);
         if let Err(err) = nft::apply(&batch) {
-            tracing::warn!(error = %err, grant = id, "changing one grant failed; reconciling the whole table");
+            tracing::warn!(error = %err, grant = id.0, "changing one grant failed; reconciling the whole table");
             let summary = self.reconcile()?;
             return Ok(if live {
                 GrantState::Open {

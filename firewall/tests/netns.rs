@@ -233,7 +233,7 @@ fn revoking_a_grant_cuts_an_established_connection_within_a_second() {
         .into_iter()
         .find(|(action, _, _)| action == "firewall.grant.cut")
         .expect("cut audited");
-    assert_eq!(cut.1, format!("grant:{}", grant.id));
+    assert_eq!(cut.1, format!("grant:{}", grant.id.0));
     assert!(
         cut.2["connections_cut"].as_u64().unwrap_or(0) >= 1,
         "{:?}",

@@ -73,7 +73,7 @@ fn request_approve_connect_revoke_key_switch_and_deny_across_processes() {
     let ann = Person::login(&u, OTHER_REQUESTER, dir.path(), &p.ann.email);
     let bert = Person::login(&u, OTHER_REQUESTER, dir.path(), &p.bert.email);
     let carla = Person::login(&u, OTHER_REQUESTER, dir.path(), &p.carla.email);
-    let target = format!("{}/s7", p.press.id);
+    let target = format!("{}/s7", p.press.id.0);
 
     // Bad input over HTTP: a clear answer, and nothing stored or opened.
     let too_long = tech.submit(
@@ -263,7 +263,7 @@ fn request_approve_connect_revoke_key_switch_and_deny_across_processes() {
     assert!(live_grants(&t).is_empty());
 
     // 9. Nobody approves their own request, even holding the approver role.
-    let own_press = format!("{}/s7", p.press.id);
+    let own_press = format!("{}/s7", p.press.id.0);
     let own = request_id(&ann.submit(
         "/access",
         &[

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use appliance::access;
 use appliance::grants::Grant;
+use appliance::ids::{AccessRequestId, GrantId};
 use appliance::models::{Role, User};
 use common::portal::*;
 use common::*;
@@ -151,7 +152,7 @@ fn killed_controller_revokes_from_the_portal_and_the_cli_stop_the_streams_within
     let bert = Person::login(&u, OTHER_REQUESTER, dir.path(), &p.bert.email);
 
     // One session approved in the portal, one grant opened on the command line.
-    let target = format!("{}/s7", p.press.id);
+    let target = format!("{}/s7", p.press.id.0);
     let request = request_id(&tech.submit(
         "/access",
         &[
@@ -162,11 +163,15 @@ fn killed_controller_revokes_from_the_portal_and_the_cli_stop_the_streams_within
     ));
     let approved = ann.submit(&format!("/access/{request}/approve"), &[]);
     assert_eq!(approved.status, 303, "{}", approved.body);
-    let portal_grant = access::find_visible(&mut t.app.store.conn().unwrap(), &p.bert, request)
-        .unwrap()
-        .request
-        .grant_id
-        .unwrap();
+    let portal_grant = access::find_visible(
+        &mut t.app.store.conn().unwrap(),
+        &p.bert,
+        AccessRequestId(request),
+    )
+    .unwrap()
+    .request
+    .grant_id
+    .unwrap();
     let opened = plantgate(
         &t,
         &[
@@ -190,11 +195,13 @@ fn killed_controller_revokes_from_the_portal_and_the_cli_stop_the_streams_within
         "{}",
         text(&opened.stderr)
     );
-    let cli_grant: i64 = text(&opened.stdout)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|w| w.parse().ok())
-        .expect("grant id");
+    let cli_grant = GrantId(
+        text(&opened.stdout)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|w| w.parse().ok())
+            .expect("grant id"),
+    );
     page_says(&bert, "/", "running: lease renewed");
 
     let portal_flow = Flow::start(&mut t, &u, REQUESTER);
@@ -208,7 +215,7 @@ fn killed_controller_revokes_from_the_portal_and_the_cli_stop_the_streams_within
         &[("reason", "shift change")],
     );
     assert_eq!(revoked.status, 303, "{}", revoked.body);
-    let revoke = plantgate(&t, &["grant", "revoke", &cli_grant.to_string()]);
+    let revoke = plantgate(&t, &["grant", "revoke", &cli_grant.0.to_string()]);
     let said = text(&revoke.stderr);
     assert_eq!(revoke.status.code(), Some(3), "{said}");
     assert!(
@@ -251,15 +258,15 @@ fn killed_controller_revokes_from_the_portal_and_the_cli_stop_the_streams_within
     );
     // The overview shows the controller unreachable; the administrator is mailed.
     page_says(&bert, "/", "unreachable: last seen");
-    smtp.wait_for_message(ada, &["pending", &format!("grant {cli_grant}")]);
-    smtp.wait_for_message(ada, &["pending", &format!("grant {portal_grant}")]);
+    smtp.wait_for_message(ada, &["pending", &format!("grant {}", cli_grant.0)]);
+    smtp.wait_for_message(ada, &["pending", &format!("grant {}", portal_grant.0)]);
     let stopped = (portal_flow.last(), cli_flow.last());
 
     // Restarted, the controller confirms both revokes: store, kernel and audit agree.
     t.start_daemon();
     for id in [portal_grant, cli_grant] {
         let grant = Grant::find(&mut t.app.store.conn().unwrap(), id).unwrap();
-        assert_eq!(grant.close_reason.as_deref(), Some("cut"), "grant {id}");
+        assert_eq!(grant.close_reason.as_deref(), Some("cut"), "grant {}", id.0);
     }
     let listing = t.table_listing();
     assert!(
@@ -279,7 +286,7 @@ fn killed_controller_revokes_from_the_portal_and_the_cli_stop_the_streams_within
     page_says(&bert, "/", "running: lease renewed");
     let records = t.audit();
     for id in [portal_grant, cli_grant] {
-        let target = format!("grant:{id}");
+        let target = format!("grant:{}", id.0);
         assert!(
             records
                 .iter()

@@ -440,7 +440,7 @@ async fn machines(state: web::Data<AppState>, caller: ApiCaller) -> Result<HttpR
         for site in appliance::access::sites_for(&mut conn, &user)? {
             for machine in appliance::access::Machine::of_site(&mut conn, site.id)? {
                 items.push(MachineItem {
-                    id: machine.id,
+                    id: machine.id.0,
                     site_id: site.id.0,
                     site: site.name.clone(),
                     agents: machine
@@ -534,11 +534,11 @@ async fn access_requests(
     let items: Vec<AccessRequestItem> = views
         .into_iter()
         .map(|v| AccessRequestItem {
-            id: v.request.id,
+            id: v.request.id.0,
             state: v.request.state,
             site_id: v.request.site_id.0,
             site: v.site,
-            machine_id: v.request.machine_id,
+            machine_id: v.request.machine_id.0,
             machine: v.machine,
             device_addr: v.device_addr,
             agent: v.request.agent,

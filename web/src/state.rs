@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use appliance::Appliance;
 use appliance::accounts::{Lockout, PasswordPolicy};
+use appliance::ids::TokenId;
 use appliance::models::Role;
 use appliance::sessions::SessionLimits;
 
@@ -33,7 +34,7 @@ pub struct AppState {
     pub api_requests_per_minute: u32,
     pub reauthenticate_us: i64,
     pub api_by_address: RateLimiter<IpAddr>,
-    pub api_by_token: RateLimiter<i64>,
+    pub api_by_token: RateLimiter<TokenId>,
     /// Wakes the remote-access worker after a change, so emails and signals follow at once.
     pub worker: Worker,
     /// The HTTPS listener's certificate, which an administrator may replace while it serves.

@@ -250,7 +250,7 @@ fn the_operator_runs_organisations_whose_administrators_see_only_their_own() {
         appliance::time::now_us(),
     )
     .unwrap();
-    let access = format!("/access/{}", request.id);
+    let access = format!("/access/{}", request.id.0);
     assert_eq!(portal.get(Some("ada"), &access).status, 200);
     assert_eq!(portal.get(Some("bea"), &access).status, 404);
     assert!(
@@ -266,7 +266,7 @@ fn the_operator_runs_organisations_whose_administrators_see_only_their_own() {
         format!("{access}/deny"),
         format!("{access}/end"),
         format!("{access}/extend"),
-        format!("{site}/machines/{}/remove", press.id),
+        format!("{site}/machines/{}/remove", press.id.0),
         format!("{site}/approvers"),
         format!("{site}/invite"),
     ] {

@@ -295,7 +295,7 @@ fn an_administrator_sets_up_a_site_and_garbage_changes_nothing() {
     )
     .unwrap()[0]
         .id;
-    assert_eq!(machine_id, 1);
+    assert_eq!(machine_id, appliance::ids::MachineId(1));
 }
 
 fn screenshot_dir() -> PathBuf {
@@ -391,7 +391,7 @@ fn a_real_browser_walks_request_approval_banner_and_revoke() {
         technician.find(Locator::LinkText("Remote access")).await.unwrap().click().await.unwrap();
         wait_for(&technician, "form[action='/access']").await;
         technician
-            .find(Locator::Css(&format!("select[name=target] option[value='{}/vnc']", press.id)))
+            .find(Locator::Css(&format!("select[name=target] option[value='{}/vnc']", press.id.0)))
             .await.unwrap().click().await.unwrap();
         fill(&technician, "input[name=minutes]", "30".into()).await;
         fill(&technician, "input[name=reason]", "HMI frozen on press 1".into()).await;
@@ -531,7 +531,7 @@ fn the_api_lists_machines_and_the_requests_the_caller_may_see() {
     let (status, seen) = portal.api(Some(&token_for(&ann)), "/api/v1/access-requests");
     assert_eq!(status, 200, "{seen}");
     assert_eq!(seen.as_array().unwrap().len(), 1);
-    assert_eq!(seen[0]["id"], request.id);
+    assert_eq!(seen[0]["id"], request.id.0);
     assert_eq!(seen[0]["state"], "pending");
     assert_eq!(seen[0]["requester_addr"], "10.1.0.5");
     // An approver of another site sees none of it.
@@ -560,7 +560,7 @@ fn the_api_lists_machines_and_the_requests_the_caller_may_see() {
     assert!(
         csv.body.contains(&format!(
             "{},pending,Hall A,Press 1,192.168.50.10,vnc",
-            request.id
+            request.id.0
         )),
         "{}",
         csv.body

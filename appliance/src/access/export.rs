@@ -58,7 +58,7 @@ pub fn export(
             for row in &rows {
                 let r = &row.request;
                 let cells = [
-                    r.id.to_string(),
+                    r.id.0.to_string(),
                     r.state.clone(),
                     row.site.clone(),
                     row.machine.clone(),

@@ -8,6 +8,7 @@ use super::sites::Machine;
 use super::state::AccessRequest;
 use crate::config::Config;
 use crate::grants::Agent;
+use crate::ids::AccessRequestId;
 use crate::models::{Site, User};
 use crate::time::format_us;
 
@@ -34,8 +35,8 @@ fn minutes_text(seconds: i64) -> String {
     }
 }
 
-fn request_url(config: &Config, id: i64) -> String {
-    format!("{}/access/{id}", config.portal_url())
+fn request_url(config: &Config, id: AccessRequestId) -> String {
+    format!("{}/access/{}", config.portal_url(), id.0)
 }
 
 /// To each approver of the site: `requester` asks for access; decide in the portal.
@@ -113,7 +114,7 @@ pub(super) fn denied(
     cx: &Context,
     approver: &User,
     reason: &str,
-    id: i64,
+    id: AccessRequestId,
 ) -> Email {
     Email {
         subject: format!(
@@ -131,7 +132,7 @@ pub(super) fn denied(
 }
 
 /// To the requester: the session of request `id` has ended, and why.
-pub(super) fn ended(config: &Config, cx: &Context, why: &str, id: i64) -> Email {
+pub(super) fn ended(config: &Config, cx: &Context, why: &str, id: AccessRequestId) -> Email {
     Email {
         subject: format!(
             "[Plantgate] Remote access ended: {} at {}",

@@ -15,7 +15,7 @@ use crate::audit::{Actor, Audit, AuditEvent, Outcome};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::grants::{Agent, Grant, GrantRequest};
-use crate::ids::UserId;
+use crate::ids::{AccessRequestId, MachineId, UserId};
 use crate::models::{Role, User};
 use crate::schema::{access_requests, machines, users};
 use crate::store::DbConnection;
@@ -23,14 +23,27 @@ use crate::time::format_us;
 use crate::{mail, on_backend};
 
 /// What a technician fills in.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRequest {
-    pub machine_id: i64,
+    pub machine_id: MachineId,
     pub agent: String,
     pub minutes: String,
     pub reason: String,
     /// An address other than the one the portal sees, which the site's policy must allow.
     pub declared_address: String,
+}
+
+impl Default for NewRequest {
+    /// Nothing filled in: machine id 0, which names no machine.
+    fn default() -> NewRequest {
+        NewRequest {
+            machine_id: MachineId(0),
+            agent: String::new(),
+            minutes: String::new(),
+            reason: String::new(),
+            declared_address: String::new(),
+        }
+    }
 }
 
 /// The site, machine, requester and agent of `request`, for its emails and pages.
@@ -327,7 +340,7 @@ fn approve_in(
         &request.requester_addr,
         &request.agent,
         seconds,
-        &format!("access request {}: {}", request.id, request.reason),
+        &format!("access request {}: {}", request.id.0, request.reason),
         now,
     )?;
     let (grant, grant_event) = Grant::insert(conn, actor, &valid, now)?;
@@ -377,7 +390,7 @@ pub fn decide(
     audit: &Audit,
     config: &Config,
     approver: &User,
-    id: i64,
+    id: AccessRequestId,
     decision: &Decision,
     source: &str,
     now: i64,
@@ -401,7 +414,8 @@ pub fn decide(
         }
         if request.pending_until_us <= now {
             return Err(Error::Conflict(format!(
-                "request {id} expired at {}; nothing was changed",
+                "request {} expired at {}; nothing was changed",
+                id.0,
                 format_us(request.pending_until_us)
             )));
         }
@@ -473,7 +487,7 @@ pub fn decide(
         audit.record(
             AuditEvent::new(actor, "access.decision.refused")
                 .source(source)
-                .target(format!("access_request:{id}"))
+                .target(id)
                 .outcome(Outcome::Denied)
                 .details(serde_json::json!({ "why": why })),
         )?;
@@ -486,7 +500,7 @@ pub fn decide(
 pub(super) fn visible_request(
     conn: &mut DbConnection,
     user: &User,
-    id: i64,
+    id: AccessRequestId,
 ) -> Result<AccessRequest> {
     let request = AccessRequest::find(conn, id)?;
     if may_see(conn, user, &request)? {

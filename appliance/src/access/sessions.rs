@@ -14,7 +14,7 @@ use crate::audit::{Actor, Audit, AuditEvent};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::grants::{Grant, Lifecycle};
-use crate::ids::SiteId;
+use crate::ids::{AccessRequestId, GrantId, SiteId};
 use crate::mail;
 use crate::models::{Role, Site, User};
 use crate::schema::access_requests;
@@ -58,7 +58,7 @@ pub fn end(
     audit: &Audit,
     config: &Config,
     user: &User,
-    id: i64,
+    id: AccessRequestId,
     reason: &str,
     source: &str,
     now: i64,
@@ -106,8 +106,8 @@ pub fn end(
                 "only the requester or the site's approvers can end this".into(),
             )),
             _ => Err(Error::Conflict(format!(
-                "request {id} is already {}; nothing was changed",
-                request.state
+                "request {} is already {}; nothing was changed",
+                id.0, request.state
             ))),
         }
     })
@@ -166,7 +166,7 @@ fn close_in(
 pub fn extend(
     audit: &Audit,
     user: &User,
-    id: i64,
+    id: AccessRequestId,
     minutes: &str,
     source: &str,
     now: i64,
@@ -181,8 +181,8 @@ pub fn extend(
         }
         if request.state()? != State::Approved {
             return Err(Error::Conflict(format!(
-                "request {id} is {}, not a live session",
-                request.state
+                "request {} is {}, not a live session",
+                id.0, request.state
             )));
         }
         let policy = SitePolicy::of(conn, request.site_id)?;
@@ -199,7 +199,7 @@ pub fn extend(
         policy.check_hours(now)?;
         let grant_id = request
             .grant_id
-            .ok_or_else(|| Error::Conflict(format!("request {id} has no grant")))?;
+            .ok_or_else(|| Error::Conflict(format!("request {} has no grant", id.0)))?;
         let grant = Grant::find(conn, grant_id)?;
         let started = request.decided_at_us.unwrap_or(grant.created_at_us);
         let ceiling = started + i64::from(policy.max_minutes) * 60 * MICROS;
@@ -245,7 +245,7 @@ pub fn set_key_switch(
     on: bool,
     source: &str,
     now: i64,
-) -> Result<Vec<i64>> {
+) -> Result<Vec<GrantId>> {
     let actor = by.map_or_else(|| Actor::System("key-switch".into()), |u| Actor::User(u.id));
     audit.record_with(|conn| {
         if let Some(user) = by

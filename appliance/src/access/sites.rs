@@ -12,7 +12,7 @@ use crate::audit::{Actor, Audit, AuditEvent};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::grants::Agent;
-use crate::ids::{OrganisationId, SiteId, UserId};
+use crate::ids::{MachineId, OrganisationId, SiteId, UserId};
 use crate::models::{Role, Site, User, clean_name};
 use crate::on_backend;
 use crate::schema::{access_requests, machines, site_approvers, sites, users};
@@ -135,7 +135,7 @@ pub fn set_approver(
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Serialize)]
 #[diesel(table_name = machines)]
 pub struct Machine {
-    pub id: i64,
+    pub id: MachineId,
     pub organisation_id: OrganisationId,
     pub site_id: SiteId,
     pub name: String,
@@ -151,7 +151,7 @@ impl Machine {
     }
 
     pub fn target(&self) -> String {
-        format!("machine:{}", self.id)
+        self.id.to_string()
     }
 
     /// Adds a machine to `site`: its address must be a host of the device network and on
@@ -248,7 +248,7 @@ impl Machine {
         audit: &Audit,
         actor: &Actor,
         organisation: OrganisationId,
-        id: i64,
+        id: MachineId,
     ) -> Result<()> {
         audit.record_with(|conn| {
             let machine = Machine::find(conn, organisation, id)?;
@@ -277,7 +277,11 @@ impl Machine {
     }
 
     /// A machine of `organisation` that was not removed, or "not found".
-    pub fn find(conn: &mut DbConnection, organisation: OrganisationId, id: i64) -> Result<Machine> {
+    pub fn find(
+        conn: &mut DbConnection,
+        organisation: OrganisationId,
+        id: MachineId,
+    ) -> Result<Machine> {
         machines::table
             .find(id)
             .filter(machines::organisation_id.eq(organisation))

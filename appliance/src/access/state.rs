@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::ids::{OrganisationId, SiteId, UserId};
+use crate::ids::{AccessRequestId, GrantId, MachineId, OrganisationId, SiteId, UserId};
 use crate::schema::access_requests;
 use crate::store::DbConnection;
 
@@ -61,10 +61,10 @@ impl FromStr for State {
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Serialize)]
 #[diesel(table_name = access_requests)]
 pub struct AccessRequest {
-    pub id: i64,
+    pub id: AccessRequestId,
     pub organisation_id: OrganisationId,
     pub site_id: SiteId,
-    pub machine_id: i64,
+    pub machine_id: MachineId,
     pub agent: String,
     pub requester_id: UserId,
     pub requester_addr: String,
@@ -78,7 +78,7 @@ pub struct AccessRequest {
     pub decided_at_us: Option<i64>,
     pub decision_reason: Option<String>,
     pub approved_seconds: Option<i64>,
-    pub grant_id: Option<i64>,
+    pub grant_id: Option<GrantId>,
     pub ended_at_us: Option<i64>,
     pub end_reason: Option<String>,
     pub ended_by: Option<String>,
@@ -86,14 +86,14 @@ pub struct AccessRequest {
 
 impl AccessRequest {
     pub fn target(&self) -> String {
-        format!("access_request:{}", self.id)
+        self.id.to_string()
     }
 
     pub fn state(&self) -> Result<State> {
         self.state.parse()
     }
 
-    pub(super) fn find(conn: &mut DbConnection, id: i64) -> Result<AccessRequest> {
+    pub(super) fn find(conn: &mut DbConnection, id: AccessRequestId) -> Result<AccessRequest> {
         access_requests::table
             .find(id)
             .select(AccessRequest::as_select())
@@ -105,11 +105,11 @@ impl AccessRequest {
 
 /// The refusal of a change to request `id` that is no longer in the state the change
 /// expected: it names the state the request is in.
-pub(super) fn already_decided(conn: &mut DbConnection, id: i64) -> Error {
+pub(super) fn already_decided(conn: &mut DbConnection, id: AccessRequestId) -> Error {
     match AccessRequest::find(conn, id) {
         Ok(current) => Error::Conflict(format!(
-            "request {id} is already {}; nothing was changed",
-            current.state
+            "request {} is already {}; nothing was changed",
+            id.0, current.state
         )),
         Err(err) => err,
     }

@@ -11,6 +11,7 @@ use super::sites::user_site;
 use super::state::{AccessRequest, State};
 use crate::error::Result;
 use crate::grants::Grant;
+use crate::ids::{AccessRequestId, GrantId};
 use crate::models::{Role, User};
 use crate::schema::{access_requests, machines, site_approvers, sites, users};
 use crate::store::DbConnection;
@@ -78,7 +79,11 @@ pub fn visible(
 }
 
 /// One request `user` may see, or "not found".
-pub fn find_visible(conn: &mut DbConnection, user: &User, id: i64) -> Result<RequestView> {
+pub fn find_visible(
+    conn: &mut DbConnection,
+    user: &User,
+    id: AccessRequestId,
+) -> Result<RequestView> {
     let request = visible_request(conn, user, id)?;
     view(conn, request)
 }
@@ -132,7 +137,7 @@ pub fn banners(conn: &mut DbConnection, user: &User) -> Result<Vec<String>> {
     if let Some(only) = only {
         query = query.filter(access_requests::site_id.eq(only));
     }
-    let rows: Vec<(String, String, String, Option<i64>)> = query.load(conn)?;
+    let rows: Vec<(String, String, String, Option<GrantId>)> = query.load(conn)?;
     rows.into_iter()
         .map(|(site, machine, technician, grant)| {
             let until = match grant {

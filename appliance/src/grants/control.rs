@@ -17,6 +17,7 @@ use diesel::prelude::*;
 use crate::audit::{Actor, Audit, AuditEvent, Outcome};
 use crate::config::Config;
 use crate::error::Result;
+use crate::ids::GrantId;
 use crate::schema::{firewall_status, users};
 use crate::store::DbConnection;
 use crate::time::{format_us, now_us};
@@ -29,7 +30,7 @@ pub enum Request {
     /// Keep a pending change to management access.
     Confirm,
     /// Apply one grant's change (opened, extended, revoked, ended): only its elements.
-    Grant(i64),
+    Grant(GrantId),
 }
 
 impl Request {
@@ -37,7 +38,7 @@ impl Request {
         match self {
             Request::Reconcile => "reconcile".to_owned(),
             Request::Confirm => "confirm".to_owned(),
-            Request::Grant(id) => format!("grant {id}"),
+            Request::Grant(id) => format!("grant {}", id.0),
         }
     }
 
@@ -48,7 +49,7 @@ impl Request {
             (Some("confirm"), None, _) => Ok(Request::Confirm),
             (Some("grant"), Some(id), None) => id
                 .parse()
-                .map(Request::Grant)
+                .map(|id| Request::Grant(GrantId(id)))
                 .map_err(|_| format!("{id:?} is not a grant id")),
             _ => Err(format!(
                 "unknown command {:?}; send reconcile, confirm or grant ID",
@@ -76,7 +77,7 @@ pub enum Answer {
     /// A reconcile or confirm succeeded; the words say what it did.
     Done(String),
     Grant {
-        id: i64,
+        id: GrantId,
         state: GrantState,
     },
     Failed(String),
@@ -89,7 +90,7 @@ impl Answer {
             Answer::Grant {
                 id,
                 state: GrantState::Open { pinholes },
-            } => format!("grant {id} open {pinholes}"),
+            } => format!("grant {} open {pinholes}", id.0),
             Answer::Grant {
                 id,
                 state:
@@ -97,7 +98,7 @@ impl Answer {
                         removed,
                         connections_cut,
                     },
-            } => format!("grant {id} closed {removed} {connections_cut}"),
+            } => format!("grant {} closed {removed} {connections_cut}", id.0),
             // One line: a newline inside would end the answer early.
             Answer::Failed(words) => format!("error {}", words.replace('\n', " ")),
         }
@@ -128,7 +129,10 @@ impl Answer {
             _ => None,
         };
         match (words.get(1).and_then(|w| w.parse().ok()), state) {
-            (Some(id), Some(state)) => Answer::Grant { id, state },
+            (Some(id), Some(state)) => Answer::Grant {
+                id: GrantId(id),
+                state,
+            },
             _ => Answer::Failed(format!("unexpected answer {line:?}")),
         }
     }
@@ -156,7 +160,7 @@ pub fn ask(config: &Config, request: Request) -> std::result::Result<Answer, Str
 }
 
 /// Applies one grant's change now; `Err` says why the kernel's state is not known.
-pub fn apply_grant(config: &Config, id: i64) -> std::result::Result<GrantState, String> {
+pub fn apply_grant(config: &Config, id: GrantId) -> std::result::Result<GrantState, String> {
     match ask(config, Request::Grant(id))? {
         Answer::Grant {
             id: answered,
@@ -202,7 +206,7 @@ impl fmt::Display for Enforcement {
 /// After a revoke is stored: asks the controller to remove the grant's pinholes and
 /// waits for its confirmation. Without one, the pending revoke is audited
 /// (`firewall.revoke.pending`, a failure) and every administrator is emailed.
-pub fn enforce_revoke(audit: &Audit, actor: &Actor, config: &Config, id: i64) -> Enforcement {
+pub fn enforce_revoke(audit: &Audit, actor: &Actor, config: &Config, id: GrantId) -> Enforcement {
     let why = match apply_grant(config, id) {
         Ok(GrantState::Closed {
             removed,
@@ -222,12 +226,18 @@ pub fn enforce_revoke(audit: &Audit, actor: &Actor, config: &Config, id: i64) ->
         within_seconds,
     };
     if let Err(err) = record_pending(audit, actor, config, id, &why) {
-        tracing::error!(error = %err, grant = id, "cannot record the pending revoke");
+        tracing::error!(error = %err, grant = id.0, "cannot record the pending revoke");
     }
     pending
 }
 
-fn record_pending(audit: &Audit, actor: &Actor, config: &Config, id: i64, why: &str) -> Result<()> {
+fn record_pending(
+    audit: &Audit,
+    actor: &Actor,
+    config: &Config,
+    id: GrantId,
+    why: &str,
+) -> Result<()> {
     let within = config.firewall.lease_seconds;
     audit.record_with(|conn| {
         let now = now_us();
@@ -237,11 +247,12 @@ fn record_pending(audit: &Audit, actor: &Actor, config: &Config, id: i64, why: &
             .select(users::email)
             .load(conn)?;
         let body = format!(
-            "Grant {id} was revoked at {}, but the firewall controller did not confirm that its \
+            "Grant {} was revoked at {}, but the firewall controller did not confirm that its \
              pinholes are gone ({why}).\n\nThe controller's lease closes every pinhole by itself \
              within {within} seconds while the controller is down. Check the controller \
              (`systemctl status plantgate-firewall`); when it runs again it removes the grant's \
              pinholes and records firewall.grant.cut.\n",
+            id.0,
             format_us(now)
         );
         for admin in &admins {
@@ -249,15 +260,16 @@ fn record_pending(audit: &Audit, actor: &Actor, config: &Config, id: i64, why: &
                 conn,
                 admin,
                 &format!(
-                    "Plantgate: revoke of grant {id} pending: firewall controller unreachable"
+                    "Plantgate: revoke of grant {} pending: firewall controller unreachable",
+                    id.0
                 ),
                 &body,
-                &format!("grant:{id}"),
+                &id.to_string(),
                 now,
             )?;
         }
         let event = AuditEvent::new(actor.clone(), "firewall.revoke.pending")
-            .target(format!("grant:{id}"))
+            .target(id)
             .outcome(Outcome::Failure)
             .details(serde_json::json!({
                 "why": why,
@@ -358,7 +370,11 @@ mod tests {
 
     #[test]
     fn requests_and_answers_read_back_as_written() {
-        for request in [Request::Reconcile, Request::Confirm, Request::Grant(42)] {
+        for request in [
+            Request::Reconcile,
+            Request::Confirm,
+            Request::Grant(GrantId(42)),
+        ] {
             assert_eq!(Request::parse(&request.line()), Ok(request));
         }
         for bad in [
@@ -374,11 +390,11 @@ mod tests {
         for answer in [
             Answer::Done("replaced=no added=1".into()),
             Answer::Grant {
-                id: 7,
+                id: GrantId(7),
                 state: GrantState::Open { pinholes: 2 },
             },
             Answer::Grant {
-                id: 7,
+                id: GrantId(7),
                 state: GrantState::Closed {
                     removed: 2,
                     connections_cut: 1,

@@ -4,6 +4,7 @@
 
 use appliance::Error;
 use appliance::access::{self, Decision, Machine, NewRequest, PolicyChange, SitePolicy};
+use appliance::ids::AccessRequestId;
 use appliance::models::{Organisation, Role, Site, User};
 use appliance::schema::{access_requests, firewall_grants, mail_outbox};
 use appliance::time::now_us;
@@ -131,7 +132,7 @@ impl Plant {
     pub fn decide(
         &self,
         who: &User,
-        id: i64,
+        id: AccessRequestId,
         decision: Decision,
     ) -> appliance::error::Result<access::AccessRequest> {
         access::decide(
@@ -145,7 +146,11 @@ impl Plant {
         )
     }
 
-    pub fn approve(&self, who: &User, id: i64) -> appliance::error::Result<access::AccessRequest> {
+    pub fn approve(
+        &self,
+        who: &User,
+        id: AccessRequestId,
+    ) -> appliance::error::Result<access::AccessRequest> {
         self.decide(
             who,
             id,

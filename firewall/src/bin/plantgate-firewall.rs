@@ -20,6 +20,7 @@ use std::time::Duration;
 use appliance::config::Config;
 use appliance::grants::Grant;
 use appliance::grants::control::{self, Answer};
+use appliance::ids::GrantId;
 use appliance::{Actor, Appliance, Store};
 use clap::{Parser, Subcommand};
 use firewall::controller::Controller;
@@ -62,7 +63,7 @@ enum Request {
     Poke(mpsc::Sender<String>),
     Confirm(mpsc::Sender<String>),
     /// One grant changed: apply only its elements, and say what the kernel now holds.
-    Grant(i64, mpsc::Sender<String>),
+    Grant(GrantId, mpsc::Sender<String>),
     Tick,
     /// Someone else changed the table: repair it now.
     Changed,

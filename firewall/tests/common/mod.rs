@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use appliance::Actor;
 use appliance::grants::{Grant, GrantRequest};
+use appliance::ids::GrantId;
 
 pub fn test_actor() -> Actor {
     Actor::System("test".to_owned())
@@ -220,7 +221,7 @@ impl Topology {
         Ok(grant)
     }
 
-    pub fn revoke(&self, id: i64) {
+    pub fn revoke(&self, id: GrantId) {
         Grant::revoke(
             &self.app.audit,
             &test_actor(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use actix_web::{HttpRequest, HttpResponse, web};
 use appliance::audit::ExportFormat;
 use appliance::devices::Device;
-use appliance::ids::SiteId;
+use appliance::ids::{SiteId, TokenId};
 use appliance::models::Site;
 use appliance::readings::{self, ExportFilter, Reading};
 use appliance::time::{format_us, parse_instant};
@@ -37,17 +37,17 @@ const POLL_ROWS: i64 = 1000;
 pub const MAX_STREAMS_PER_TOKEN: usize = 4;
 
 /// Open streams per token id.
-fn open_streams() -> &'static std::sync::Mutex<std::collections::HashMap<i64, usize>> {
-    static OPEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<i64, usize>>> =
+fn open_streams() -> &'static std::sync::Mutex<std::collections::HashMap<TokenId, usize>> {
+    static OPEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<TokenId, usize>>> =
         std::sync::OnceLock::new();
     OPEN.get_or_init(Default::default)
 }
 
 /// One open stream of a token, counted until dropped (when the stream's task ends).
-struct StreamSlot(i64);
+struct StreamSlot(TokenId);
 
 impl StreamSlot {
-    fn take(token: i64) -> Option<StreamSlot> {
+    fn take(token: TokenId) -> Option<StreamSlot> {
         let mut open = open_streams()
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());

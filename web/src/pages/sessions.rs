@@ -2,6 +2,7 @@
 
 use actix_web::web;
 use appliance::Actor;
+use appliance::ids::SessionId;
 use appliance::sessions;
 use appliance::time::format_us;
 use askama::Template;
@@ -13,7 +14,7 @@ use crate::session::SignedIn;
 use crate::state::AppState;
 
 struct SessionRow {
-    id: i64,
+    id: SessionId,
     started: String,
     last_seen: String,
     source: String,
@@ -61,7 +62,7 @@ pub async fn end_session(
     form: web::Form<CsrfForm>,
 ) -> Page {
     user.check_csrf(&form.csrf)?;
-    let target = path.into_inner();
+    let target = SessionId(path.into_inner());
     let (now, limits, id) = (state.now(), state.limits, user.user.id);
     let ended = {
         let state = state.clone();

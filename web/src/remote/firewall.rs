@@ -7,6 +7,7 @@ use appliance::Actor;
 use appliance::access;
 use appliance::grants::Grant;
 use appliance::grants::control::{self, Enforcement, FirewallStatus, Health};
+use appliance::ids::GrantId;
 
 use super::shared::blocking;
 use crate::error::WebError;
@@ -28,7 +29,7 @@ pub(super) async fn after_change(state: &web::Data<AppState>) {
 pub(super) async fn after_grant_change(
     state: &web::Data<AppState>,
     actor: Actor,
-    grant: Option<i64>,
+    grant: Option<GrantId>,
 ) {
     state.worker.poke();
     let Some(id) = grant else { return };
@@ -47,7 +48,7 @@ pub(super) async fn after_grant_change(
     })
     .await;
     if let Ok(Err(why)) = done {
-        tracing::warn!(grant = id, %why, "the firewall did not confirm the change");
+        tracing::warn!(grant = id.0, %why, "the firewall did not confirm the change");
     }
 }
 

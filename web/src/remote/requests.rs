@@ -8,6 +8,7 @@ use appliance::access::{
 };
 use appliance::grants::control::FirewallStatus;
 use appliance::grants::{Agent, Grant};
+use appliance::ids::{AccessRequestId, MachineId};
 use appliance::models::Role;
 use appliance::{Actor, AuditEvent};
 use askama::Template;
@@ -23,13 +24,13 @@ use crate::session::SignedIn;
 use crate::state::AppState;
 
 struct MachineChoice {
-    id: i64,
+    id: MachineId,
     label: String,
     agents: Vec<(String, String)>,
 }
 
 pub(super) struct RequestRow {
-    pub(super) id: i64,
+    pub(super) id: AccessRequestId,
     pub(super) state: String,
     pub(super) site: String,
     pub(super) machine: String,
@@ -162,8 +163,8 @@ pub async fn create_request(
     let (machine_id, agent) = form
         .target
         .split_once('/')
-        .and_then(|(m, a)| Some((m.parse::<i64>().ok()?, a.to_owned())))
-        .unwrap_or((0, String::new()));
+        .and_then(|(m, a)| Some((MachineId(m.parse::<i64>().ok()?), a.to_owned())))
+        .unwrap_or((MachineId(0), String::new()));
     let new = NewRequest {
         machine_id,
         agent,
@@ -183,9 +184,9 @@ pub async fn create_request(
     match created {
         Ok(request) => {
             after_change(&state).await;
-            Ok(see_other(&format!("/access/{}", request.id)))
+            Ok(see_other(&format!("/access/{}", request.id.0)))
         }
-        Err(appliance::Error::NotFound(_)) if machine_id == 0 => {
+        Err(appliance::Error::NotFound(_)) if machine_id == MachineId(0) => {
             access_page_with(
                 &state,
                 &user,
@@ -230,7 +231,7 @@ struct RequestPage {
 async fn request_page_with(
     state: &web::Data<AppState>,
     user: &SignedIn,
-    id: i64,
+    id: AccessRequestId,
     problem: Option<String>,
 ) -> Page {
     let (app, account, now) = (state.app.clone(), user.user.clone(), state.now());
@@ -290,7 +291,7 @@ pub async fn request_page(
     user: SignedIn,
     path: web::Path<i64>,
 ) -> Page {
-    request_page_with(&state, &user, path.into_inner(), None).await
+    request_page_with(&state, &user, AccessRequestId(path.into_inner()), None).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -307,7 +308,7 @@ async fn decide_with(
     state: web::Data<AppState>,
     user: SignedIn,
     req: HttpRequest,
-    id: i64,
+    id: AccessRequestId,
     decision: Decision,
 ) -> Page {
     let (app, account, from, now) = (
@@ -323,7 +324,7 @@ async fn decide_with(
     match decided {
         Ok(request) => {
             after_grant_change(&state, Actor::User(user.user.id), request.grant_id).await;
-            Ok(see_other(&format!("/access/{id}")))
+            Ok(see_other(&format!("/access/{}", id.0)))
         }
         Err(err) => {
             let problem = problem_of(err)?;
@@ -343,7 +344,14 @@ pub async fn approve(
     let decision = Decision::Approve {
         minutes: form.minutes.clone(),
     };
-    decide_with(state, user, req, path.into_inner(), decision).await
+    decide_with(
+        state,
+        user,
+        req,
+        AccessRequestId(path.into_inner()),
+        decision,
+    )
+    .await
 }
 
 pub async fn deny(
@@ -357,7 +365,14 @@ pub async fn deny(
     let decision = Decision::Deny {
         reason: form.reason.clone(),
     };
-    decide_with(state, user, req, path.into_inner(), decision).await
+    decide_with(
+        state,
+        user,
+        req,
+        AccessRequestId(path.into_inner()),
+        decision,
+    )
+    .await
 }
 
 /// Cancel (requester, pending), end (requester, approved) or revoke (approver, admin).
@@ -369,7 +384,7 @@ pub async fn end(
     form: web::Form<DecisionForm>,
 ) -> Page {
     user.check_csrf(&form.csrf)?;
-    let id = path.into_inner();
+    let id = AccessRequestId(path.into_inner());
     let (app, account, from, now, reason) = (
         state.app.clone(),
         user.user.clone(),
@@ -390,7 +405,7 @@ pub async fn end(
                 .and_then(|r| url::Url::parse(r).ok())
                 .filter(|u| u.path().starts_with("/sites/"))
                 .map(|u| u.path().to_owned())
-                .unwrap_or_else(|| format!("/access/{id}"));
+                .unwrap_or_else(|| format!("/access/{}", id.0));
             Ok(see_other(&back))
         }
         Err(err) => {
@@ -409,7 +424,7 @@ pub async fn extend(
     form: web::Form<DecisionForm>,
 ) -> Page {
     user.check_csrf(&form.csrf)?;
-    let id = path.into_inner();
+    let id = AccessRequestId(path.into_inner());
     let (app, account, from, now, minutes) = (
         state.app.clone(),
         user.user.clone(),
@@ -422,7 +437,7 @@ pub async fn extend(
     match extended {
         Ok(request) => {
             after_grant_change(&state, Actor::User(user.user.id), request.grant_id).await;
-            Ok(see_other(&format!("/access/{id}")))
+            Ok(see_other(&format!("/access/{}", id.0)))
         }
         Err(appliance::Error::Forbidden(why)) => Err(WebError::Forbidden(why)),
         Err(err) => {

@@ -5,6 +5,7 @@ use actix_web::{HttpRequest, web};
 use appliance::Actor;
 use appliance::access::{self, Machine, PolicyChange, Show, SitePolicy};
 use appliance::grants::Agent;
+use appliance::ids::MachineId;
 use appliance::models::{Role, Site, User};
 use askama::Template;
 use serde::Deserialize;
@@ -118,7 +119,7 @@ struct ApproverRow {
 }
 
 struct MachineRow {
-    id: i64,
+    id: MachineId,
     name: String,
     address: String,
     agents: String,
@@ -454,6 +455,7 @@ pub async fn remove_machine(
     user.admin_only("Changing sites")?;
     user.check_csrf(&form.csrf)?;
     let (site, machine) = path.into_inner();
+    let machine = MachineId(machine);
     change_site(state, user, site, move |app, account, site| {
         let found = Machine::find(&mut *app.store.conn()?, account.organisation_id, machine)?;
         if found.site_id != site.id {

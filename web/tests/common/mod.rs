@@ -308,7 +308,12 @@ impl Drop for Portal {
 
 impl Portal {
     /// A token for the first administrator with `scopes`, issued `age_days` ago for `days`.
-    pub fn token(&self, scopes: &[&str], days: u32, age_days: i64) -> (String, i64) {
+    pub fn token(
+        &self,
+        scopes: &[&str],
+        days: u32,
+        age_days: i64,
+    ) -> (String, appliance::ids::TokenId) {
         let user =
             appliance::models::User::find_by_email(&mut self.app.store.conn().unwrap(), EMAIL)
                 .unwrap()

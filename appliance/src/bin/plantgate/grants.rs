@@ -8,6 +8,7 @@ use clap::Subcommand;
 use appliance::config::Config;
 use appliance::error::{Error, Result};
 use appliance::grants::{Agent, Grant, GrantRequest, control};
+use appliance::ids::GrantId;
 use appliance::time::format_us;
 use appliance::{Actor, Appliance};
 
@@ -78,7 +79,7 @@ pub fn grant(command: GrantCommand, config: Config, actor: &Actor) -> Result<Exi
             )?;
             appliance::outln!(
                 "grant {} opens {} from {} to {} until {}",
-                grant.id,
+                grant.id.0,
                 grant.ports,
                 grant.requester_addr,
                 grant.device_addr,
@@ -87,8 +88,14 @@ pub fn grant(command: GrantCommand, config: Config, actor: &Actor) -> Result<Exi
             report_open(&app.config, grant.id);
         }
         GrantCommand::Revoke { id, reason } => {
-            let grant = Grant::revoke(&app.audit, actor, id, &reason, appliance::time::now_us())?;
-            appliance::outln!("grant {} revoked", grant.id);
+            let grant = Grant::revoke(
+                &app.audit,
+                actor,
+                GrantId(id),
+                &reason,
+                appliance::time::now_us(),
+            )?;
+            appliance::outln!("grant {} revoked", grant.id.0);
             // Success only once the controller confirms the kernel holds none of it.
             let enforced = control::enforce_revoke(&app.audit, actor, &app.config, grant.id);
             eprintln!("{enforced}");
@@ -124,7 +131,7 @@ pub fn grant(command: GrantCommand, config: Config, actor: &Actor) -> Result<Exi
                     };
                     appliance::outln!(
                         "{:<5} {:<15} {:<15} {:<22} {:<27} {state}",
-                        g.id,
+                        g.id.0,
                         g.requester_addr,
                         g.device_addr,
                         g.ports,
@@ -139,7 +146,7 @@ pub fn grant(command: GrantCommand, config: Config, actor: &Actor) -> Result<Exi
 
 /// Tells the firewall controller to open the grant now (only its own elements), and says
 /// plainly when it cannot.
-fn report_open(config: &Config, id: i64) {
+fn report_open(config: &Config, id: GrantId) {
     match control::apply_grant(config, id) {
         Ok(control::GrantState::Open { pinholes }) => {
             eprintln!("firewall: applied ({pinholes} pinholes open)");

@@ -125,7 +125,7 @@ pub fn site(command: SiteCommand, config: Config, actor: &Actor) -> Result<ExitC
             for grant in cut {
                 let enforced = control::enforce_revoke(&app.audit, &actor, &app.config, grant);
                 if matches!(enforced, control::Enforcement::Pending { .. }) {
-                    eprintln!("grant {grant}: {enforced}");
+                    eprintln!("grant {}: {enforced}", grant.0);
                     pending = true;
                 }
             }

@@ -6,6 +6,7 @@ use clap::Subcommand;
 
 use appliance::config::Config;
 use appliance::error::{Error, Result};
+use appliance::ids::TokenId;
 use appliance::models::User;
 use appliance::time::format_us;
 use appliance::{Actor, Appliance};
@@ -102,7 +103,7 @@ pub fn token(command: TokenCommand, config: Config, actor: &Actor) -> Result<Exi
                 tokens::create(&app.audit, actor, &owner, &name, &scopes, days, now)?;
             eprintln!(
                 "token {} for {} ({}), valid until {}; shown once:",
-                token.id,
+                token.id.0,
                 owner.email,
                 token.scopes,
                 format_us(token.expires_at_us)
@@ -128,7 +129,7 @@ pub fn token(command: TokenCommand, config: Config, actor: &Actor) -> Result<Exi
                 };
                 appliance::outln!(
                     "{:<5} {:<8} {:<24} {:<32} {:<27} {state}",
-                    t.id,
+                    t.id.0,
                     t.user_id.0,
                     t.name,
                     t.scopes,
@@ -137,7 +138,7 @@ pub fn token(command: TokenCommand, config: Config, actor: &Actor) -> Result<Exi
             }
         }
         TokenCommand::Revoke { id } => {
-            tokens::revoke(&app.audit, actor, id, now)?;
+            tokens::revoke(&app.audit, actor, TokenId(id), now)?;
             appliance::outln!("token {id} revoked");
         }
     }
