@@ -212,7 +212,7 @@ impl Controller {
                     })),
             )?;
         }
-        self.bookkeep(&live, &mut summary)?;
+        self.bookkeep(&live, now, &mut summary)?;
         Ok(summary)
     }
 
@@ -318,7 +318,11 @@ impl Controller {
 
     /// Marks newly applied grants opened, and closes grants that ended: their conntrack
     /// entries are removed, so nothing of theirs stays established.
-    fn bookkeep(&self, live: &[Grant], summary: &mut Summary) -> Result<()> {
+    ///
+    /// `live` was read at `now`; a grant approved since is in the store but not in `live`.
+    /// Only grants that had ended by `now` are closed, so such a grant waits for the next
+    /// reconcile instead of being closed as expired before it ever opened.
+    fn bookkeep(&self, live: &[Grant], now: i64, summary: &mut Summary) -> Result<()> {
         for grant in live.iter().filter(|g| g.applied_at_us.is_none()) {
             Grant::mark_applied(&self.app.audit, &self.actor, grant.id, now_us())?;
             summary.opened += 1;
@@ -329,7 +333,7 @@ impl Controller {
         for grant in live {
             still_open.extend(grant.pinholes()?);
         }
-        let ended = Grant::unclosed(&mut *self.app.store.conn()?)?
+        let ended = Grant::ended_unclosed(&mut *self.app.store.conn()?, now)?
             .into_iter()
             .filter(|g| !live_ids.contains(&g.id));
         for grant in ended {
