@@ -636,16 +636,18 @@ fn tell_of_alert_change(
             .find(device)
             .select(devices::serial)
             .first(conn)?;
-        let (subject, body) = email(&rule_row, &serial, alert_id, change, value, at_us);
+        let condition = rule_row.condition();
+        let email = crate::emails::alert_changed(&crate::emails::AlertNotice {
+            alert: alert_id,
+            raised: change == Change::Raised,
+            rule: &rule_row.name,
+            condition: &condition,
+            device_serial: &serial,
+            value,
+            at_us,
+        });
         for recipient in recipients {
-            crate::mail::enqueue(
-                conn,
-                recipient,
-                &subject,
-                &body,
-                &alert_id.to_string(),
-                at_us,
-            )?;
+            crate::mail::enqueue(conn, recipient, &email, &alert_id.to_string(), at_us)?;
         }
     }
     Ok(())
@@ -686,29 +688,4 @@ impl AlertRule {
             }
         }
     }
-}
-
-/// The subject and body of the email for one raise or clearing.
-fn email(
-    rule: &AlertRule,
-    serial: &str,
-    alert: AlertId,
-    change: Change,
-    value: Option<f64>,
-    at_us: i64,
-) -> (String, String) {
-    let what = match change {
-        Change::Raised => "RAISED",
-        Change::Cleared => "cleared",
-    };
-    let subject = format!("[Plantgate] alert {what}: {} on {serial}", rule.name);
-    let body = format!(
-        "Alert {what}.\n\nRule: {} ({})\nDevice: {serial}\nValue: {}\nAt: {}\nAlert id: {}\n",
-        rule.name,
-        rule.condition(),
-        value.map_or_else(|| "-".to_owned(), |v| v.to_string()),
-        crate::time::format_us(at_us),
-        alert,
-    );
-    (subject, body)
 }

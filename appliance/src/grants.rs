@@ -18,7 +18,7 @@ use crate::ids::GrantId;
 use crate::on_backend;
 use crate::schema::{device_agents, firewall_grants};
 use crate::store::DbConnection;
-use crate::time::{format_us, now_us};
+use crate::time::format_us;
 pub use crate::values::{PortList, PortRange, Protocol};
 
 /// Named templates of protocol and ports per kind of equipment.
@@ -81,7 +81,7 @@ impl Agent {
             .ok_or_else(|| Error::invalid("agent", format!("no device agent named {name:?}")))
     }
 
-    /// Adds a custom agent, such as a vendor's service port range.
+    /// Adds a custom agent, such as a vendor's service port range, as of `now`.
     pub fn create(
         audit: &Audit,
         actor: &Actor,
@@ -89,6 +89,7 @@ impl Agent {
         name: &str,
         label: &str,
         ports: &str,
+        now: i64,
     ) -> Result<Agent> {
         let valid_name = (1..=40).contains(&name.len())
             && name
@@ -116,7 +117,7 @@ impl Agent {
                     device_agents::name.eq(name),
                     device_agents::label.eq(label),
                     device_agents::ports.eq(ports.to_string()),
-                    device_agents::created_at_us.eq(now_us()),
+                    device_agents::created_at_us.eq(now),
                 ))
                 .execute(conn)
                 .map_err(|err| match err {

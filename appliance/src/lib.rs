@@ -9,6 +9,7 @@ pub mod config;
 pub mod connectors;
 pub mod device_ca;
 pub mod devices;
+pub mod emails;
 pub mod enrolment;
 pub mod error;
 pub mod firmware;

@@ -13,6 +13,7 @@ use lettre::{Message, SmtpTransport, Transport};
 
 use crate::audit::{Actor, Audit, AuditEvent, Outcome};
 use crate::config::{SmtpConfig, SmtpSecurity};
+use crate::emails::Email;
 use crate::error::Result;
 use crate::schema::mail_outbox;
 use crate::store::DbConnection;
@@ -29,20 +30,20 @@ pub struct OwedMail {
     pub attempts: i32,
 }
 
-/// Queues an email inside the caller's transaction.
+/// Queues `email` (its words come from [`crate::emails`]) inside the caller's transaction;
+/// `about` names what it tells of, for the audit record of its sending.
 pub fn enqueue(
     conn: &mut DbConnection,
     recipient: &str,
-    subject: &str,
-    body: &str,
+    email: &Email,
     about: &str,
     now: i64,
 ) -> Result<()> {
     diesel::insert_into(mail_outbox::table)
         .values((
             mail_outbox::recipient.eq(recipient),
-            mail_outbox::subject.eq(subject),
-            mail_outbox::body.eq(body),
+            mail_outbox::subject.eq(&email.subject),
+            mail_outbox::body.eq(&email.body),
             mail_outbox::about.eq(about),
             mail_outbox::created_at_us.eq(now),
             mail_outbox::next_attempt_at_us.eq(now),
@@ -229,14 +230,9 @@ fn message(
 
 /// Sends one email now, not through the outbox: for the portal's "send a test email",
 /// whose point is the relay's answer. The error is what the relay (or the network) said.
-pub fn send_now(
-    smtp: &SmtpConfig,
-    to: &str,
-    subject: &str,
-    body: &str,
-) -> std::result::Result<(), String> {
+pub fn send_now(smtp: &SmtpConfig, to: &str, email: &Email) -> std::result::Result<(), String> {
     let transport = transport(smtp).ok_or("no mail relay is set")?;
-    let message = message(&smtp.from, to, subject, body)?;
+    let message = message(&smtp.from, to, &email.subject, &email.body)?;
     transport
         .send(&message)
         .map(|_| ())

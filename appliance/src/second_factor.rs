@@ -12,6 +12,7 @@ use totp_rs::{Algorithm, Secret, TOTP};
 
 use crate::audit::{Actor, Audit, AuditEvent, Outcome};
 use crate::connectors::SealingKey;
+use crate::emails;
 use crate::error::{Error, Result};
 use crate::ids::UserId;
 use crate::lockout::{Counter, Reserved};
@@ -149,10 +150,7 @@ pub fn send_email_code(audit: &Audit, user: &User, source: &str, now_us: i64) ->
         crate::mail::enqueue(
             conn,
             &user.email,
-            "[Plantgate] Your sign-in code",
-            &format!(
-                "Your Plantgate sign-in code is {code}. It works once, for ten minutes.\n\nIf you did not try to sign in from {source}, tell your administrator: someone has your password.\n"
-            ),
+            &emails::sign_in_code(&code, source),
             &user.id.to_string(),
             now_us,
         )?;
@@ -204,8 +202,7 @@ pub fn enable_email(
         crate::mail::enqueue(
             conn,
             &user.email,
-            "[Plantgate] A second factor was set up on your account",
-            "Codes sent to this address are now the second factor of your Plantgate account.\n\nIf this was not you, tell your administrator at once.\n",
+            &emails::second_factor_set_up(emails::SecondFactor::EmailCodes),
             &user.id.to_string(),
             now_us,
         )?;
@@ -276,8 +273,7 @@ pub fn enable(
         crate::mail::enqueue(
             conn,
             &user.email,
-            "[Plantgate] A second factor was set up on your account",
-            "An authenticator app was set up as the second factor of your Plantgate account, and new recovery codes were made.\n\nIf this was not you, tell your administrator at once.\n",
+            &emails::second_factor_set_up(emails::SecondFactor::AuthenticatorApp),
             &user.id.to_string(),
             now_us,
         )?;
@@ -431,18 +427,10 @@ fn lock_codes(
         return Ok(None);
     }
     let email: String = users::table.find(user).select(users::email).first(conn)?;
-    let until = crate::time::format_us(until);
     crate::mail::enqueue(
         conn,
         &email,
-        "[Plantgate] Too many wrong sign-in codes",
-        &format!(
-            "Someone signed in to your Plantgate account with your password and then gave {WRONG_CODES_ALLOWED} wrong \
-             second-factor codes, the last from {source}. Codes for your account are refused until {until}, and a \
-             sign-in that still waits for its code ends at its next try.\n\n\
-             If this was not you, someone knows your password: change it as soon as you can sign in, and tell your \
-             administrator.\n"
-        ),
+        &emails::codes_locked(WRONG_CODES_ALLOWED, source, until),
         &user.to_string(),
         now_us,
     )?;

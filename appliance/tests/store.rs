@@ -319,6 +319,7 @@ mod grants {
             "vendor",
             "Vendor tools",
             "tcp/10000-10020",
+            appliance::time::now_us(),
         );
         assert_eq!(too_wide.err().map(|e| e.code()), Some("request.invalid"));
         assert_eq!(t.tail(), tail, "a refused request left an audit record");
@@ -331,6 +332,7 @@ mod grants {
             "vendor",
             "Vendor tools",
             "tcp/10000-10003,udp/2222",
+            appliance::time::now_us(),
         )
         .expect("agent");
         let grant = Grant::open(

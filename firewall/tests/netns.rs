@@ -462,6 +462,7 @@ fn bad_input_is_refused_before_anything_is_applied() {
         "vendor",
         "",
         "tcp/10000-10100",
+        appliance::time::now_us(),
     )
     .expect_err("range over limit");
     assert!(err.to_string().contains("the limit is 16"), "{err}");
@@ -472,6 +473,7 @@ fn bad_input_is_refused_before_anything_is_applied() {
         "vendor",
         "",
         "tcp/70000",
+        appliance::time::now_us(),
     )
     .expect_err("bad port");
     assert!(bad_port.to_string().contains("not a port"), "{bad_port}");

@@ -482,8 +482,7 @@ pub async fn test_mail(
         let sent = appliance::mail::send_now(
             &relay.smtp,
             &account.email,
-            "[Plantgate] Test email",
-            "This is a test email from your Plantgate appliance's mail settings.\n",
+            &appliance::emails::relay_test(),
         );
         let event = AuditEvent::new(Actor::User(account.id), "settings.smtp.tested")
             .source(&from)

@@ -4,7 +4,6 @@
 
 use diesel::prelude::*;
 
-use super::messages;
 use super::sites::is_approver;
 use super::state::MICROS;
 use crate::audit::{Actor, Audit, AuditEvent};
@@ -67,15 +66,17 @@ pub fn invite_contractor(
             ) => Error::Conflict(format!("a user with email {email:?} already exists")),
             other => other.into(),
         })?;
-        let words = messages::contractor_invitation(inviter, site, expires);
+        let invited = crate::emails::Invitation::Contractor {
+            inviter: &inviter.name,
+            site: &site.name,
+            account_ends_us: expires,
+        };
         let token_event = crate::accounts::invite_in(
             conn,
             &actor,
             config,
             &user,
-            &words.subject,
-            &words.opening,
-            &words.closing,
+            invited,
             (7 * 24 * 3600 * MICROS).min(expires - now),
             now,
         )?;

@@ -16,7 +16,7 @@
 //! - `state`: a request as the store keeps it, and the states it moves through;
 //! - `policy`: a site's access policy (hours, longest session, allowlists, key switch);
 //! - `sites`: sites, their named approvers, and the machines on the device network;
-//! - `messages`: what people are told: the emails' subjects and bodies, the banner;
+//! - `messages`: the names a request's emails carry (their words are in `emails`), the banner;
 //! - `requests`: asking for access, and an approver's decision;
 //! - `sessions`: what an approved request became: extended, ended, revoked, cut by the
 //!   key switch, or swept by the periodic tick;

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use diesel::prelude::*;
 
-use super::messages::{self, Context};
+use super::messages::Context;
 use super::policy::SitePolicy;
 use super::sites::{Machine, approvers, is_approver, site_of, user_site};
 use super::state::{AccessRequest, MICROS, State, already_decided};
@@ -20,7 +20,7 @@ use crate::models::{Role, User};
 use crate::schema::{access_requests, machines, users};
 use crate::store::DbConnection;
 use crate::time::format_us;
-use crate::{mail, on_backend};
+use crate::{emails, mail, on_backend};
 
 /// What a technician fills in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,16 +267,16 @@ pub fn request(
                 })),
         ];
         if policy.approval_required {
-            let email = messages::approval_wanted(config, &request, requester, &machine, &site);
+            let cx = context(conn, &request)?;
+            let email = emails::access_approval_wanted(
+                config,
+                &cx.names(&request),
+                request.requested_seconds,
+                &request.reason,
+                request.pending_until_us,
+            );
             for approver in &approvers {
-                mail::enqueue(
-                    conn,
-                    &approver.email,
-                    &email.subject,
-                    &email.body,
-                    &request.target(),
-                    now,
-                )?;
+                mail::enqueue(conn, &approver.email, &email, &request.target(), now)?;
             }
             events.push(
                 AuditEvent::new(actor.clone(), "access.notified")
@@ -361,15 +361,14 @@ fn approve_in(
         return Err(already_decided(conn, request.id));
     }
     let approved = AccessRequest::find(conn, request.id)?;
-    let email = messages::approved(config, &cx, request, approver, seconds, grant.expires_at_us);
-    mail::enqueue(
-        conn,
-        &cx.requester.email,
-        &email.subject,
-        &email.body,
-        &request.target(),
-        now,
-    )?;
+    let email = emails::access_approved(
+        config,
+        &cx.names(request),
+        approver.map(|a| a.name.as_str()),
+        seconds,
+        grant.expires_at_us,
+    );
+    mail::enqueue(conn, &cx.requester.email, &email, &request.target(), now)?;
     let event = AuditEvent::new(actor.clone(), "access.approved")
         .source(source)
         .target(request.target())
@@ -465,15 +464,8 @@ pub fn decide(
                     return Err(already_decided(conn, id));
                 }
                 let cx = context(conn, &request)?;
-                let email = messages::denied(config, &cx, approver, reason, id);
-                mail::enqueue(
-                    conn,
-                    &cx.requester.email,
-                    &email.subject,
-                    &email.body,
-                    &request.target(),
-                    now,
-                )?;
+                let email = emails::access_denied(config, &cx.names(&request), &approver.name, reason);
+                mail::enqueue(conn, &cx.requester.email, &email, &request.target(), now)?;
                 let event = AuditEvent::new(actor.clone(), "access.denied")
                     .source(source)
                     .target(request.target())

@@ -5,7 +5,6 @@
 
 use diesel::prelude::*;
 
-use super::messages;
 use super::policy::SitePolicy;
 use super::requests::{account_active, context, visible_request};
 use super::sites::is_approver;
@@ -15,11 +14,11 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::grants::{Grant, Lifecycle};
 use crate::ids::{AccessRequestId, GrantId, SiteId};
-use crate::mail;
 use crate::models::{Role, Site, User};
 use crate::schema::access_requests;
 use crate::store::DbConnection;
 use crate::time::format_us;
+use crate::{emails, mail};
 
 /// Moves a request from `from` to a final state `to`, recording when, why and by whom.
 /// The update is conditional on `from`, so a request that changed meanwhile is refused with
@@ -142,15 +141,8 @@ fn close_in(
         now,
     )?;
     let cx = context(conn, request)?;
-    let email = messages::ended(config, &cx, why, request.id);
-    mail::enqueue(
-        conn,
-        &cx.requester.email,
-        &email.subject,
-        &email.body,
-        &request.target(),
-        now,
-    )?;
+    let email = emails::access_ended(config, &cx.names(request), why);
+    mail::enqueue(conn, &cx.requester.email, &email, &request.target(), now)?;
     events.push(
         AuditEvent::new(actor.clone(), action)
             .source(source)
@@ -342,15 +334,8 @@ pub fn tick(audit: &Audit, config: &Config, now: i64) -> Result<TickReport> {
                 now,
             )?;
             let cx = context(conn, &request)?;
-            let email = messages::expired(&cx);
-            mail::enqueue(
-                conn,
-                &cx.requester.email,
-                &email.subject,
-                &email.body,
-                &request.target(),
-                now,
-            )?;
+            let email = emails::access_expired(&cx.names(&request));
+            mail::enqueue(conn, &cx.requester.email, &email, &request.target(), now)?;
             events.push(
                 AuditEvent::new(actor.clone(), "access.expired")
                     .target(request.target())

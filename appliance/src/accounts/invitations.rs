@@ -6,44 +6,34 @@ use diesel::prelude::*;
 
 use super::passwords::{PasswordPolicy, hash_password};
 use crate::audit::{Actor, Audit, AuditEvent};
-use crate::enrolment;
 use crate::error::{Error, Result};
 use crate::ids::UserId;
 use crate::models::User;
 use crate::schema::users;
 use crate::store::DbConnection;
-use crate::time::format_us;
+use crate::{emails, enrolment};
 
 /// Emails `user` a one-time link that sets their first password, good for `valid_us`; the
 /// token is spent by [`accept_invitation`]. Returns the token's audit event.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn invite_in(
     conn: &mut DbConnection,
     actor: &Actor,
     config: &crate::config::Config,
     user: &User,
-    subject: &str,
-    opening: &str,
-    closing: &str,
+    invited: emails::Invitation<'_>,
     valid_us: i64,
     now: i64,
 ) -> Result<AuditEvent> {
     let purpose = invitation_purpose(user.id);
     let (token, _, event) = enrolment::issue_in(conn, actor, &purpose, valid_us)?;
-    crate::mail::enqueue(
-        conn,
-        &user.email,
-        subject,
-        &format!(
-            "{opening}\n\nSet your password here (the link works once, until {}):\n{}/invite/{}/{}\n\n{closing}\n",
-            format_us(now + valid_us),
-            config.portal_url(),
-            user.id.0,
-            token.reveal(),
-        ),
-        &user.id.to_string(),
-        now,
-    )?;
+    let link = format!(
+        "{}/invite/{}/{}",
+        config.portal_url(),
+        user.id.0,
+        token.reveal()
+    );
+    let email = emails::invitation(config, invited, &link, now + valid_us);
+    crate::mail::enqueue(conn, &user.email, &email, &user.id.to_string(), now)?;
     Ok(event)
 }
 

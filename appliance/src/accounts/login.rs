@@ -350,32 +350,14 @@ impl LockNotice<'_> {
             return Ok(None);
         }
         let (attempts, source, until) = (self.attempts, self.source, format_us(self.until));
-        let (scope, body, browser) = match self.counter {
-            Counter::KnownBrowser(id) => (
-                "known browser",
-                format!(
-                    "After {attempts} wrong passwords in a row from a browser you signed in with before, the last from {source}, \
-                     sign-ins from that browser are locked until {until}.\n\n\
-                     If this was not you, tell your administrator: someone may have that browser.\n"
-                ),
-                Some(id),
-            ),
-            _ => (
-                "new browsers",
-                format!(
-                    "After {attempts} wrong passwords in a row, the last from {source}, your Plantgate account is locked until {until} \
-                     for sign-ins from browsers it has not been used in before.\n\n\
-                     A browser you signed in with before still signs you in. If this was not you, tell your administrator: \
-                     someone may be guessing your password.\n"
-                ),
-                None,
-            ),
+        let (scope, browser) = match self.counter {
+            Counter::KnownBrowser(id) => ("known browser", Some(id)),
+            _ => ("new browsers", None),
         };
         crate::mail::enqueue(
             conn,
             self.email,
-            "[Plantgate] Your account was locked",
-            &body,
+            &crate::emails::account_locked(browser.is_some(), attempts, source, self.until),
             &self.user.to_string(),
             self.now,
         )?;

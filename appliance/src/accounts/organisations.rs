@@ -64,9 +64,7 @@ pub fn create_organisation(
             actor,
             config,
             &admin,
-            &format!("[Plantgate] You administer {name}"),
-            &format!("You are the administrator of {name} on the Plantgate appliance at {}.", config.portal_url()),
-            "At first sign-in you set up a second factor.",
+            crate::emails::Invitation::FirstAdministrator { organisation: &name },
             7 * 24 * 3600 * 1_000_000,
             now,
         )?;

@@ -11,7 +11,6 @@ use crate::audit::{Actor, Audit, AuditEvent};
 use crate::error::{Error, Result};
 use crate::models::User;
 use crate::schema::users;
-use crate::time::format_us;
 
 /// The weakest rule an admin may configure (seed 000): 10 characters, letters and digits.
 pub const MIN_PASSWORD_CHARS: u32 = 10;
@@ -131,11 +130,7 @@ pub fn set_password(
         crate::mail::enqueue(
             conn,
             &user.email,
-            "[Plantgate] Your password was set",
-            &format!(
-                "The password of your Plantgate account was set or changed at {}.\n\nIf this was not you, tell your administrator at once.\n",
-                format_us(now)
-            ),
+            &crate::emails::password_set(now),
             &user.id.to_string(),
             now,
         )?;

@@ -4,12 +4,12 @@
 use diesel::prelude::*;
 
 use crate::audit::{Actor, Audit, AuditEvent};
+use crate::emails;
 use crate::error::{Error, Result};
 use crate::ids::UserId;
 use crate::models::{Role, User, clean_email, email_taken_or};
 use crate::schema::users;
 use crate::store::DbConnection;
-use crate::time::format_us;
 
 /// A user as an administrator's list shows them.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
@@ -130,34 +130,26 @@ pub fn update_account(
             ))
             .execute(conn)
             .map_err(|err| email_taken_or(err, "email"))?;
-        let mut events = vec![AuditEvent::new(actor.clone(), "user.updated")
-            .target(user)
-            .details(serde_json::json!({
-                "from": { "name": before.name, "email": before.email, "role": before.role },
-                "to": { "name": after.name, "email": after.email, "role": after.role },
-            }))];
+        let mut events = vec![
+            AuditEvent::new(actor.clone(), "user.updated")
+                .target(user)
+                .details(serde_json::json!({
+                    "from": { "name": before.name, "email": before.email, "role": before.role },
+                    "to": { "name": after.name, "email": after.email, "role": after.role },
+                })),
+        ];
         if after.email != before.email {
-            let when = format_us(now);
             crate::mail::enqueue(
                 conn,
                 &before.email,
-                "[Plantgate] Your email address was changed",
-                &format!(
-                    "The email address of your Plantgate account was changed to {} at {when}.\n\n\
-                     If this was not you, tell your administrator at once.\n",
-                    after.email
-                ),
+                &emails::email_address_changed(&after.email, now),
                 &user.to_string(),
                 now,
             )?;
             crate::mail::enqueue(
                 conn,
                 &after.email,
-                "[Plantgate] This is now your account's email address",
-                &format!(
-                    "From {when}, Plantgate sends the notices and codes of {}'s account here (it was {}).\n",
-                    after.name, before.email
-                ),
+                &emails::email_address_now_yours(&after.name, &before.email, now),
                 &user.to_string(),
                 now,
             )?;

@@ -20,7 +20,7 @@ use crate::error::Result;
 use crate::ids::GrantId;
 use crate::schema::{firewall_status, users};
 use crate::store::DbConnection;
-use crate::time::{format_us, now_us};
+use crate::time::now_us;
 
 /// One line a client writes to the controller's socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,27 +246,9 @@ fn record_pending(
             .filter(users::disabled_at_us.is_null())
             .select(users::email)
             .load(conn)?;
-        let body = format!(
-            "Grant {} was revoked at {}, but the firewall controller did not confirm that its \
-             pinholes are gone ({why}).\n\nThe controller's lease closes every pinhole by itself \
-             within {within} seconds while the controller is down. Check the controller \
-             (`systemctl status plantgate-firewall`); when it runs again it removes the grant's \
-             pinholes and records firewall.grant.cut.\n",
-            id.0,
-            format_us(now)
-        );
+        let email = crate::emails::revoke_pending(id, why, within, now);
         for admin in &admins {
-            crate::mail::enqueue(
-                conn,
-                admin,
-                &format!(
-                    "Plantgate: revoke of grant {} pending: firewall controller unreachable",
-                    id.0
-                ),
-                &body,
-                &id.to_string(),
-                now,
-            )?;
+            crate::mail::enqueue(conn, admin, &email, &id.to_string(), now)?;
         }
         let event = AuditEvent::new(actor.clone(), "firewall.revoke.pending")
             .target(id)

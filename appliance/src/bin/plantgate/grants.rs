@@ -189,7 +189,15 @@ pub fn agent(command: AgentCommand, config: Config, actor: &Actor) -> Result<Exi
             }
         }
         AgentCommand::Add { name, ports, label } => {
-            let agent = Agent::create(&app.audit, actor, &app.config, &name, &label, &ports)?;
+            let agent = Agent::create(
+                &app.audit,
+                actor,
+                &app.config,
+                &name,
+                &label,
+                &ports,
+                appliance::time::now_us(),
+            )?;
             appliance::outln!("agent {} opens {}", agent.name, agent.ports);
         }
     }
