@@ -84,27 +84,28 @@ pub(crate) fn see_other(location: &str) -> HttpResponse {
         .finish()
 }
 
+/// Renders a template into `response`, which already holds its status and any cookies:
+/// the one way a page becomes HTML. A template that fails to render is an internal error,
+/// never an empty page.
+pub fn html_into(
+    response: &mut actix_web::HttpResponseBuilder,
+    template: &impl Template,
+) -> Result<HttpResponse, WebError> {
+    let body = template
+        .render()
+        .map_err(|err| WebError::Internal(err.to_string()))?;
+    Ok(response.content_type("text/html; charset=utf-8").body(body))
+}
+
 /// Renders a template as an HTML response with `status`.
 pub fn html_with_status(
     template: &impl Template,
     status: StatusCode,
 ) -> Result<HttpResponse, WebError> {
-    let body = template
-        .render()
-        .map_err(|err| WebError::Internal(err.to_string()))?;
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(body))
+    html_into(&mut HttpResponse::build(status), template)
 }
 
 /// Renders a template as an HTML response.
 pub fn html(template: &impl Template) -> Result<HttpResponse, WebError> {
-    template
-        .render()
-        .map(|body| {
-            HttpResponse::Ok()
-                .content_type("text/html; charset=utf-8")
-                .body(body)
-        })
-        .map_err(|err| WebError::Internal(err.to_string()))
+    html_into(&mut HttpResponse::Ok(), template)
 }

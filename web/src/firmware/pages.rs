@@ -11,7 +11,7 @@ use super::receive::updater_config;
 use crate::client::source;
 use crate::error::WebError;
 use crate::forms::CsrfForm;
-use crate::render::{Nav, Page, see_other};
+use crate::render::{Nav, Page, html_into, see_other};
 use crate::session::SignedIn;
 use crate::state::AppState;
 
@@ -161,13 +161,9 @@ pub(super) async fn render(
         upload,
         rollout_problem,
     };
-    let body = page
-        .render()
-        .map_err(|err| WebError::Internal(err.to_string()))?;
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .insert_header(("Content-Security-Policy", CSP_WITH_SCRIPT))
-        .body(body))
+    let mut response = HttpResponse::build(status);
+    response.insert_header(("Content-Security-Policy", CSP_WITH_SCRIPT));
+    html_into(&mut response, &page)
 }
 
 /// The checks every firmware page makes: an administrator whose password is fresh.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix_multipart::Multipart;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, web};
 use appliance::Actor;
 use askama::Template;
 use futures_util::StreamExt;
@@ -17,7 +17,7 @@ use super::receive::{audit_refusal, receive, updater_config, updater_error, veri
 use crate::client::source;
 use crate::error::WebError;
 use crate::jobs::{Job, JobOutcome, JobProgress};
-use crate::render::{Nav, Page, see_other};
+use crate::render::{Nav, Page, html, see_other};
 use crate::session::SignedIn;
 use crate::state::AppState;
 
@@ -272,12 +272,7 @@ pub async fn job_page(state: web::Data<AppState>, user: SignedIn, path: web::Pat
                 total,
                 percent: (done * 100).checked_div(total).unwrap_or(0).min(100),
             };
-            let body = page
-                .render()
-                .map_err(|err| WebError::Internal(err.to_string()))?;
-            Ok(HttpResponse::Ok()
-                .content_type("text/html; charset=utf-8")
-                .body(body))
+            html(&page)
         }
         Some(JobOutcome::Stored(stored)) => {
             let notice = format!(

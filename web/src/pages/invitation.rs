@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::client::{client_ip, source};
 use crate::error::WebError;
-use crate::render::{Nav, Page, html, see_other};
+use crate::render::{Nav, Page, html, html_into, see_other};
 use crate::state::AppState;
 
 #[derive(Template)]
@@ -48,12 +48,7 @@ pub async fn invitation_submit(
             problem: Some(problem),
             min_chars: state.policy.min_chars,
         };
-        let body = page
-            .render()
-            .map_err(|err| WebError::Internal(err.to_string()))?;
-        Ok(HttpResponse::UnprocessableEntity()
-            .content_type("text/html; charset=utf-8")
-            .body(body))
+        html_into(&mut HttpResponse::UnprocessableEntity(), &page)
     };
     if let Err(seconds) =
         state.throttle_login(client_ip(&req).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])))

@@ -15,7 +15,7 @@ use super::throttle::throttle_for;
 use crate::client::source;
 use crate::error::WebError;
 use crate::forms::CsrfForm;
-use crate::render::{Nav, Page, html, see_other};
+use crate::render::{Nav, Page, html, html_into, see_other};
 use crate::session::{SESSION_COOKIE, SignedIn};
 use crate::state::AppState;
 
@@ -176,9 +176,7 @@ pub async fn login_submit(
                 problem: Some(LOGIN_REFUSED),
                 note: None,
             };
-            Ok(HttpResponse::Unauthorized()
-                .content_type("text/html; charset=utf-8")
-                .body(page.render().unwrap_or_default()))
+            html_into(&mut HttpResponse::Unauthorized(), &page)
         }
     }
 }

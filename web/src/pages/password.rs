@@ -12,8 +12,7 @@ use serde::Deserialize;
 use super::cookies::{presented_browser, session_cookie};
 use super::throttle::throttle;
 use crate::client::source;
-use crate::error::WebError;
-use crate::render::{Nav, Page, html, see_other};
+use crate::render::{Nav, Page, html, html_into, see_other};
 use crate::session::{SignedIn, csrf_token};
 use crate::state::AppState;
 
@@ -117,13 +116,9 @@ pub async fn password_submit(
                 done: true,
                 min_chars: state.policy.min_chars,
             };
-            let body = page
-                .render()
-                .map_err(|err| WebError::Internal(err.to_string()))?;
-            Ok(HttpResponse::Ok()
-                .cookie(session_cookie(&token, state.limits))
-                .content_type("text/html; charset=utf-8")
-                .body(body))
+            let mut response = HttpResponse::Ok();
+            response.cookie(session_cookie(&token, state.limits));
+            html_into(&mut response, &page)
         }
         Err(problem) => {
             let page = PasswordPage {
@@ -133,9 +128,7 @@ pub async fn password_submit(
                 done: false,
                 min_chars: state.policy.min_chars,
             };
-            Ok(HttpResponse::UnprocessableEntity()
-                .content_type("text/html; charset=utf-8")
-                .body(page.render().unwrap_or_default()))
+            html_into(&mut HttpResponse::UnprocessableEntity(), &page)
         }
     }
 }
@@ -259,7 +252,5 @@ pub async fn confirm_submit(
         needs_code,
         problem: Some("That did not match; try again."),
     };
-    Ok(HttpResponse::Unauthorized()
-        .content_type("text/html; charset=utf-8")
-        .body(page.render().unwrap_or_default()))
+    html_into(&mut HttpResponse::Unauthorized(), &page)
 }

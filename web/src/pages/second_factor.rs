@@ -15,7 +15,7 @@ use super::throttle::{throttle, throttle_for};
 use crate::client::source;
 use crate::error::WebError;
 use crate::forms::CsrfForm;
-use crate::render::{Nav, Page, html, see_other};
+use crate::render::{Nav, Page, html, html_into, see_other};
 use crate::session::{PartlySignedIn, SignedIn};
 use crate::state::AppState;
 
@@ -185,9 +185,7 @@ pub async fn enrol_email_submit(
             let mut page = enrol_page(&partial, required, second_factor::new_secret()?, None)?;
             page.email_problem = Some(problem);
             page.email_sent = true;
-            Ok(HttpResponse::UnprocessableEntity()
-                .content_type("text/html; charset=utf-8")
-                .body(page.render().unwrap_or_default()))
+            html_into(&mut HttpResponse::UnprocessableEntity(), &page)
         }
         Err(other) => Err(other.into()),
     }
@@ -280,10 +278,10 @@ pub async fn second_factor_submit(
                 problem: Some(CODES_LOCKED),
                 note: None,
             };
-            Ok(HttpResponse::TooManyRequests()
-                .cookie(ended_session_cookie())
-                .content_type("text/html; charset=utf-8")
-                .body(page.render().unwrap_or_default()))
+            html_into(
+                HttpResponse::TooManyRequests().cookie(ended_session_cookie()),
+                &page,
+            )
         }
         Err(_) => {
             // The wrong code that reaches the limit queued the owner's email: send it now.
@@ -295,9 +293,7 @@ pub async fn second_factor_submit(
                 problem: Some("That code is wrong or was already used."),
                 sent: false,
             };
-            Ok(HttpResponse::Unauthorized()
-                .content_type("text/html; charset=utf-8")
-                .body(page.render().unwrap_or_default()))
+            html_into(&mut HttpResponse::Unauthorized(), &page)
         }
     }
 }
@@ -422,20 +418,15 @@ pub async fn enrol_submit(
             let mut page = enrol_page(&partial, false, secret, None)?;
             page.enrolled = true;
             page.recovery_codes = codes;
-            let body = page
-                .render()
-                .map_err(|err| WebError::Internal(err.to_string()))?;
             let mut response = HttpResponse::Ok();
             if let Some(completed) = token {
                 completed.set_cookies(&mut response, &state);
             }
-            Ok(response.content_type("text/html; charset=utf-8").body(body))
+            html_into(&mut response, &page)
         }
         Err(appliance::Error::Invalid { problem, .. }) => {
             let page = enrol_page(&partial, required, secret, Some(problem))?;
-            Ok(HttpResponse::UnprocessableEntity()
-                .content_type("text/html; charset=utf-8")
-                .body(page.render().unwrap_or_default()))
+            html_into(&mut HttpResponse::UnprocessableEntity(), &page)
         }
         Err(other) => Err(other.into()),
     }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::client::source;
 use crate::error::WebError;
-use crate::render::{MessagePage, Nav, Page, html, see_other};
+use crate::render::{MessagePage, Nav, Page, html, html_into, see_other};
 use crate::state::AppState;
 
 pub(super) async fn needs_setup(state: &web::Data<AppState>) -> Result<bool, WebError> {
@@ -120,9 +120,7 @@ pub async fn setup_submit(
                 form: view,
                 min_chars: state.policy.min_chars,
             };
-            Ok(HttpResponse::UnprocessableEntity()
-                .content_type("text/html; charset=utf-8")
-                .body(page.render().unwrap_or_default()))
+            html_into(&mut HttpResponse::UnprocessableEntity(), &page)
         }
         Err(other) => Err(other.into()),
     }

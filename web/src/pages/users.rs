@@ -1,7 +1,7 @@
 //! The users of an administrator's own organisation: the list, creating one with a first
 //! password, editing one, and disabling, enabling, unlocking or deleting one.
 
-use actix_web::{HttpResponse, web};
+use actix_web::web;
 use appliance::Actor;
 use appliance::accounts;
 use appliance::models::Role;
@@ -81,17 +81,12 @@ async fn users_page_with(
         name,
         email,
     };
-    let body = page
-        .render()
-        .map_err(|err| WebError::Internal(err.to_string()))?;
     let status = if problem.is_some() {
         actix_web::http::StatusCode::UNPROCESSABLE_ENTITY
     } else {
         actix_web::http::StatusCode::OK
     };
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(body))
+    html_with_status(&page, status)
 }
 
 /// Where a sensitive page sends a user whose password is not fresh.
