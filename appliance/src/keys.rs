@@ -63,12 +63,18 @@ impl SigningKey {
             .mode(0o700)
             .create(keys_dir)
             .map_err(|err| key_error(keys_dir, err))?;
-        let pkey = PKey::generate_ed25519()?;
+        let pkey = PKey::generate_ed25519().map_err(AuditError::Crypto)?;
         let private_path = keys_dir.join(PRIVATE_FILE);
-        write_new(&private_path, &pkey.private_key_to_pem_pkcs8()?, 0o600)?;
+        write_new(
+            &private_path,
+            &pkey
+                .private_key_to_pem_pkcs8()
+                .map_err(AuditError::Crypto)?,
+            0o600,
+        )?;
         write_new(
             &keys_dir.join(PUBLIC_FILE),
-            &pkey.public_key_to_pem()?,
+            &pkey.public_key_to_pem().map_err(AuditError::Crypto)?,
             0o644,
         )?;
         SigningKey::from_pkey(pkey)
@@ -91,7 +97,9 @@ impl SigningKey {
     }
 
     fn from_pkey(pkey: PKey<Private>) -> Result<SigningKey> {
-        let public = PKey::public_key_from_der(&pkey.public_key_to_der()?)?;
+        let public =
+            PKey::public_key_from_der(&pkey.public_key_to_der().map_err(AuditError::Crypto)?)
+                .map_err(AuditError::Crypto)?;
         Ok(SigningKey {
             verifying: VerifyingKey::from_pkey(public)?,
             pkey,
@@ -99,8 +107,10 @@ impl SigningKey {
     }
 
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
-        let mut signer = Signer::new_without_digest(&self.pkey)?;
-        Ok(signer.sign_oneshot_to_vec(message)?)
+        let mut signer = Signer::new_without_digest(&self.pkey).map_err(AuditError::Crypto)?;
+        Ok(signer
+            .sign_oneshot_to_vec(message)
+            .map_err(AuditError::Crypto)?)
     }
 
     pub fn verifying_key(&self) -> &VerifyingKey {
@@ -128,7 +138,7 @@ impl VerifyingKey {
     }
 
     fn from_pkey(pkey: PKey<Public>) -> Result<VerifyingKey> {
-        let digest = openssl::sha::sha256(&pkey.public_key_to_der()?);
+        let digest = openssl::sha::sha256(&pkey.public_key_to_der().map_err(AuditError::Crypto)?);
         Ok(VerifyingKey {
             key_id: hex::encode(&digest[..8]),
             pkey,

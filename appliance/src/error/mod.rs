@@ -41,6 +41,10 @@ pub enum Error {
     Key { path: PathBuf, problem: String },
     #[error("{what} is missing; run `plantgate init` first ({path})")]
     NotInitialised { what: &'static str, path: PathBuf },
+    /// An OpenSSL operation failed outside the audit log's signing (a hash, a seal, a
+    /// certificate); the audit key's own failures are [`AuditError::Crypto`].
+    #[error("cryptography: {0}")]
+    Crypto(#[from] openssl::error::ErrorStack),
     /// The data partition (or the database server's disk) has no space left: nothing was
     /// stored. It clears by itself once space is freed, so callers refuse with "retry
     /// later" rather than fail. `what` says what could not be written (no file paths: the
@@ -88,7 +92,7 @@ pub enum AuditError {
     #[error("{0}")]
     Discontinuity(Box<Discontinuity>),
     #[error("audit signature: {0}")]
-    Crypto(#[from] openssl::error::ErrorStack),
+    Crypto(openssl::error::ErrorStack),
     #[error("audit export: {0}")]
     Export(String),
     #[error("audit syslog: {0}")]
@@ -119,6 +123,7 @@ impl Error {
             Error::Forbidden(_) => "request.forbidden",
             Error::Key { .. } => "appliance.key",
             Error::NotInitialised { .. } => "appliance.not_initialised",
+            Error::Crypto(_) => "crypto.failed",
             Error::StorageFull { .. } => "storage.full",
         }
     }
@@ -171,12 +176,6 @@ pub fn is_io_full(err: &std::io::Error) -> bool {
         err.kind(),
         std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
     )
-}
-
-impl From<openssl::error::ErrorStack> for Error {
-    fn from(err: openssl::error::ErrorStack) -> Self {
-        Error::Audit(AuditError::Crypto(err))
-    }
 }
 
 #[cfg(test)]
@@ -240,5 +239,16 @@ mod tests {
         assert!(is_io_full(&std::io::Error::from_raw_os_error(28))); // ENOSPC
         assert!(is_io_full(&std::io::Error::from_raw_os_error(122))); // EDQUOT
         assert!(!is_io_full(&std::io::Error::from_raw_os_error(13))); // EACCES
+    }
+
+    #[test]
+    fn an_openssl_failure_is_named_for_what_failed_not_for_the_audit_key() {
+        // A certificate that does not parse: the device CA's kind of failure.
+        let stack = openssl::x509::X509::from_pem(b"not a certificate").expect_err("garbage");
+        let err = Error::from(stack);
+        assert_eq!(err.code(), "crypto.failed");
+        assert!(err.to_string().starts_with("cryptography: "), "{err}");
+        let stack = openssl::x509::X509::from_pem(b"not a certificate").expect_err("garbage");
+        assert_eq!(Error::from(AuditError::Crypto(stack)).code(), "audit.key");
     }
 }
