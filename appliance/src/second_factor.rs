@@ -16,8 +16,9 @@ use crate::emails;
 use crate::error::{Error, Result};
 use crate::ids::UserId;
 use crate::lockout::{Counter, Reserved};
-use crate::models::User;
+use crate::models::{Role, User};
 use crate::schema::{email_codes, recovery_codes, users};
+use crate::sessions::SecondFactor;
 use crate::store::DbConnection;
 
 pub const ISSUER: &str = "Plantgate";
@@ -108,6 +109,31 @@ pub fn is_enrolled(conn: &mut DbConnection, user: UserId) -> Result<bool> {
         .select((users::totp_secret, users::email_factor))
         .first(conn)?;
     Ok(secret.is_some() || email)
+}
+
+/// What a sign-in with the right password still needs: the code of the factor `user` has,
+/// or enrolment when their role is one of `roles_needing_one` or their account is a
+/// contractor's (limited to one site: contractors always use a second factor), or nothing.
+/// The portal and any other sign-in surface ask this one rule.
+pub fn step_after_password(
+    conn: &mut DbConnection,
+    user: &User,
+    roles_needing_one: &[Role],
+) -> Result<SecondFactor> {
+    if is_enrolled(conn, user.id)? {
+        return Ok(SecondFactor::Pending);
+    }
+    let site: Option<i64> = users::table
+        .find(user.id)
+        .select(users::site_id)
+        .first(conn)?;
+    Ok(
+        if roles_needing_one.contains(&user.role()?) || site.is_some() {
+            SecondFactor::Enrol
+        } else {
+            SecondFactor::Done
+        },
+    )
 }
 
 /// True when the user's second factor is the emailed code.

@@ -16,6 +16,7 @@
 //! - `state`: a request as the store keeps it, and the states it moves through;
 //! - `policy`: a site's access policy (hours, longest session, allowlists, key switch);
 //! - `sites`: sites, their named approvers, and the machines on the device network;
+//! - `allowed`: what one user may do with one request as it stands;
 //! - `messages`: the names a request's emails carry (their words are in `emails`), the banner;
 //! - `requests`: asking for access, and an approver's decision;
 //! - `sessions`: what an approved request became: extended, ended, revoked, cut by the
@@ -28,6 +29,7 @@
 //! Invitations themselves (the emailed link, setting the first password) belong to
 //! accounts; [`accept_invitation`] and [`invitation_purpose`] are named here as well.
 
+mod allowed;
 mod contractors;
 mod export;
 mod messages;
@@ -40,11 +42,12 @@ mod state;
 mod views;
 
 pub use crate::accounts::{accept_invitation, invitation_purpose};
+pub use allowed::Allowed;
 pub use contractors::invite_contractor;
 pub use export::export;
 pub use messages::short_time;
 pub use policy::{HourWindow, PolicyChange, SitePolicy};
-pub use requests::{Decision, NewRequest, decide, request};
+pub use requests::{Decision, NewRequest, decide, may_request, request};
 pub use sessions::{TickReport, end, extend, set_key_switch, tick};
 pub use signal::{active_sites, record_signal};
 pub use sites::{Machine, approvers, is_approver, set_approver, site_of, sites_for, user_site};

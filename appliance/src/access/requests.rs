@@ -46,6 +46,12 @@ impl Default for NewRequest {
     }
 }
 
+/// Who may ask for remote access at all: technicians, approvers and administrators (a
+/// viewer only reads).
+pub fn may_request(role: Role) -> bool {
+    matches!(role, Role::Technician | Role::Approver | Role::Admin)
+}
+
 /// The site, machine, requester and agent of `request`, for its emails and pages.
 pub(super) fn context(conn: &mut DbConnection, request: &AccessRequest) -> Result<Context> {
     let site = site_of(conn, request.organisation_id, request.site_id)?;
@@ -140,10 +146,7 @@ pub fn request(
     new: &NewRequest,
     now: i64,
 ) -> Result<AccessRequest> {
-    if !matches!(
-        requester.role()?,
-        Role::Technician | Role::Approver | Role::Admin
-    ) {
+    if !may_request(requester.role()?) {
         return Err(Error::Forbidden(
             "only technicians, approvers and administrators can ask for remote access".into(),
         ));

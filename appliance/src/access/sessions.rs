@@ -5,6 +5,7 @@
 
 use diesel::prelude::*;
 
+use super::allowed::Allowed;
 use super::policy::SitePolicy;
 use super::requests::{account_active, context, visible_request};
 use super::sites::is_approver;
@@ -14,7 +15,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::grants::{Grant, Lifecycle};
 use crate::ids::{AccessRequestId, GrantId, SiteId};
-use crate::models::{Role, Site, User};
+use crate::models::{Site, User};
 use crate::schema::access_requests;
 use crate::store::DbConnection;
 use crate::time::format_us;
@@ -66,7 +67,7 @@ pub fn end(
     audit.record_with(|conn| {
         let request = visible_request(conn, user, id)?;
         let own = request.requester_id == user.id;
-        let may_revoke = user.role()? == Role::Admin || is_approver(conn, user, request.site_id)?;
+        let may_revoke = Allowed::of(conn, user, &request)?.revoke;
         let state = request.state()?;
         match state {
             State::Pending if own => {

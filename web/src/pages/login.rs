@@ -126,16 +126,8 @@ pub async fn login_submit(
                 )?;
             }
             let mut conn = state.app.store.conn()?;
-            let factor = if second_factor::is_enrolled(&mut conn, user.id)? {
-                SecondFactor::Pending
-            } else if state.second_factor_roles.contains(&user.role()?)
-                    // Contractors (accounts limited to one site) always use a second factor.
-                    || appliance::access::user_site(&mut conn, user.id)?.is_some()
-            {
-                SecondFactor::Enrol
-            } else {
-                SecondFactor::Done
-            };
+            let factor =
+                second_factor::step_after_password(&mut conn, &user, &state.second_factor_roles)?;
             let (token, _) = sessions::start(&mut conn, user.id, &source, &agent, now, factor)?;
             drop(conn);
             // Signed in completely: this browser is now one the account knows.

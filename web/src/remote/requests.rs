@@ -3,13 +3,10 @@
 //! revokes it; the history, and its export.
 
 use actix_web::{HttpRequest, web};
-use appliance::access::{
-    self, Decision, Machine, NewRequest, RequestView, Show, SitePolicy, State,
-};
+use appliance::access::{self, Decision, Machine, NewRequest, RequestView, Show};
 use appliance::grants::control::FirewallStatus;
 use appliance::grants::{Agent, Grant};
 use appliance::ids::{AccessRequestId, MachineId};
-use appliance::models::Role;
 use appliance::{Actor, AuditEvent};
 use askama::Template;
 use serde::Deserialize;
@@ -89,10 +86,6 @@ pub struct RequestForm {
     declared_address: String,
 }
 
-fn may_request(role: Role) -> bool {
-    matches!(role, Role::Technician | Role::Approver | Role::Admin)
-}
-
 async fn access_page_with(
     state: &web::Data<AppState>,
     user: &SignedIn,
@@ -131,7 +124,7 @@ async fn access_page_with(
         &AccessPage {
             signed_in: Some(user.nav()),
             csrf: user.csrf.clone(),
-            may_request: may_request(user.role),
+            may_request: access::may_request(user.role),
             machines,
             open: open.iter().map(RequestRow::of).collect(),
             history: history
@@ -236,11 +229,10 @@ async fn request_page_with(
 ) -> Page {
     let (app, account, now) = (state.app.clone(), user.user.clone(), state.now());
     let lease_seconds = state.app.config.firewall.lease_seconds;
-    let (view, approver, extendable, revoke_pending) = blocking(move || {
+    let (view, allowed, revoke_pending) = blocking(move || {
         let mut conn = app.store.conn()?;
         let view = access::find_visible(&mut conn, &account, id)?;
-        let approver = access::is_approver(&mut conn, &account, view.request.site_id)?;
-        let extendable = SitePolicy::of(&mut conn, view.request.site_id)?.requester_may_extend;
+        let allowed = access::Allowed::of(&mut conn, &account, &view.request)?;
         let pending = match view.request.grant_id {
             Some(grant) => {
                 let grant = Grant::find(&mut conn, grant)?;
@@ -249,11 +241,10 @@ async fn request_page_with(
             }
             None => None,
         };
-        Ok((view, approver, extendable, pending))
+        Ok((view, allowed, pending))
     })
     .await?;
     let r = &view.request;
-    let state_now = r.state()?;
     let is_requester = r.requester_id == user.user.id;
     let time = |us: Option<i64>| us.map(access::short_time).unwrap_or_default();
     let page = RequestPage {
@@ -269,12 +260,10 @@ async fn request_page_with(
             .expires_at_us
             .map(|e| ((e - now).max(0) + 59_999_999) / 60_000_000)
             .unwrap_or(0),
-        may_decide: approver && !is_requester && state_now == State::Pending,
-        own_request_as_approver: approver && is_requester && state_now == State::Pending,
-        may_extend: extendable && is_requester && state_now == State::Approved,
-        may_revoke: (approver || user.role == Role::Admin)
-            && !is_requester
-            && state_now == State::Approved,
+        may_decide: allowed.decide,
+        own_request_as_approver: allowed.own_request_as_approver,
+        may_extend: allowed.extend,
+        may_revoke: allowed.revoke,
         is_requester,
         approved_minutes: r.approved_seconds.unwrap_or(0) / 60,
         requested_minutes: r.requested_seconds / 60,
