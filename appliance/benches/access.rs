@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use appliance::access::{self, Decision, Machine, NewRequest, PolicyChange, SitePolicy};
+use appliance::access::{
+    self, Decision, Machine, NewMachine, NewRequest, PolicyChange, SitePolicy,
+};
 use appliance::config::Config;
 use appliance::keys::SigningKey;
 use appliance::models::{Organisation, Role, Site, User};
@@ -27,23 +29,42 @@ fn main() {
     let actor = Actor::System("bench".into());
     let app = Appliance::create(config, &actor).unwrap();
     let (audit, config) = (&app.audit, &app.config);
-    let org = Organisation::create(audit, &actor, "Plant").unwrap();
-    let site = Site::create(audit, &actor, org.id, "Hall A", "").unwrap();
+    let org = Organisation::create(audit, &actor, "Plant", appliance::time::now_us()).unwrap();
+    let site = Site::create(
+        audit,
+        &actor,
+        org.id,
+        "Hall A",
+        "",
+        appliance::time::now_us(),
+    )
+    .unwrap();
     let policy = PolicyChange {
         approval_required: true,
         max_minutes: "60".into(),
         device_allowlist: "192.168.50.0/24".into(),
         ..PolicyChange::default()
     };
-    SitePolicy::set(audit, &actor, config, &site, &policy).unwrap();
+    SitePolicy::set(
+        audit,
+        &actor,
+        config,
+        &site,
+        &policy,
+        appliance::time::now_us(),
+    )
+    .unwrap();
     let press = Machine::add(
         audit,
         &actor,
         config,
         &site,
-        "Press",
-        "192.168.50.10",
-        &["s7".into()],
+        &NewMachine {
+            name: "Press",
+            address: "192.168.50.10",
+            agents: &["s7".into()],
+        },
+        appliance::time::now_us(),
     )
     .unwrap();
     let user = |name: &str, role| {
@@ -54,6 +75,7 @@ fn main() {
             name,
             &format!("{name}@plant.example"),
             role,
+            appliance::time::now_us(),
         )
         .unwrap()
     };

@@ -22,7 +22,6 @@ use crate::on_backend;
 use crate::readings::{is_metric_name, latest_points, latest_values, points_since};
 use crate::schema::{alert_rules, alerts, devices};
 use crate::store::DbConnection;
-use crate::time::now_us;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -198,8 +197,13 @@ impl AlertRule {
         self.measure.parse()
     }
 
-    /// Creates a rule, audited `alert.rule.created`.
-    pub fn create(audit: &Audit, actor: &Actor, request: &RuleRequest) -> Result<AlertRule> {
+    /// Creates a rule as of `now`, audited `alert.rule.created`.
+    pub fn create(
+        audit: &Audit,
+        actor: &Actor,
+        request: &RuleRequest,
+        now: i64,
+    ) -> Result<AlertRule> {
         let name = request.name.trim();
         if name.is_empty() || name.chars().count() > 200 {
             return Err(Error::invalid("name", "1 to 200 characters"));
@@ -259,7 +263,7 @@ impl AlertRule {
                     consecutive: request.consecutive,
                     silent_seconds: request.silent_seconds,
                     notify_email: request.notify_email.trim(),
-                    created_at_us: now_us(),
+                    created_at_us: now,
                     measure: request.measure.as_str(),
                     for_seconds: request.for_seconds,
                 })
@@ -524,15 +528,14 @@ pub fn decide_silent(conn: &mut DbConnection, now_us: i64) -> Result<Vec<AlertCh
     Ok(changes)
 }
 
-/// Makes the changes, each audited `alert.raised` or `alert.cleared`; a change another
-/// writer already made is skipped. Returns how many took effect.
-pub fn apply(audit: &Audit, actor: &Actor, changes: &[AlertChange]) -> Result<usize> {
+/// Makes the changes as of `now`, each audited `alert.raised` or `alert.cleared`; a change
+/// another writer already made is skipped. Returns how many took effect.
+pub fn apply(audit: &Audit, actor: &Actor, changes: &[AlertChange], now: i64) -> Result<usize> {
     if changes.is_empty() {
         return Ok(0);
     }
     audit.record_with(|conn| {
         let mut events = Vec::new();
-        let now = now_us();
         for change in changes {
             match *change {
                 AlertChange::Raise {

@@ -23,7 +23,6 @@ use crate::readings::NewReading;
 use crate::schema::{connector_deliveries, connectors, devices, sites};
 pub use crate::sealing::SealingKey;
 use crate::store::DbConnection;
-use crate::time::now_us;
 pub use crate::values::check_url;
 
 /// The header carrying `t={unix seconds},v1={hex HMAC-SHA256(secret, "{t}.{body}")}`.
@@ -99,12 +98,14 @@ impl ConnectorSecret {
 }
 
 impl Connector {
-    /// Adds a connector and returns it with its secret, which is shown only now.
+    /// Adds a connector as of `now` and returns it with its secret, which is shown only
+    /// this once.
     pub fn add(
         audit: &Audit,
         actor: &Actor,
         key: &SealingKey,
         request: &ConnectorRequest,
+        now: i64,
     ) -> Result<(Connector, ConnectorSecret)> {
         let name = request.name.trim();
         if name.is_empty() || name.len() > MAX_NAME_LEN {
@@ -148,7 +149,7 @@ impl Connector {
                     send_alerts: request.send_alerts,
                     secret_sealed: &sealed,
                     ca_pem: request.ca_pem.as_deref(),
-                    created_at_us: now_us(),
+                    created_at_us: now,
                 })
                 .returning(Connector::as_returning())
                 .get_result(c))?;
@@ -163,10 +164,9 @@ impl Connector {
         Ok((connector, secret))
     }
 
-    /// Stops deliveries to a connector; what it was still owed is dead-lettered.
-    pub fn remove(audit: &Audit, actor: &Actor, id: ConnectorId) -> Result<Connector> {
+    /// Stops deliveries to a connector as of `now`; what it was still owed is dead-lettered.
+    pub fn remove(audit: &Audit, actor: &Actor, id: ConnectorId, now: i64) -> Result<Connector> {
         audit.record_with(|conn| {
-            let now = now_us();
             let updated = diesel::update(
                 connectors::table
                     .find(id)
@@ -250,8 +250,13 @@ fn owed() -> Owed {
         .filter(connector_deliveries::dead_at_us.is_null())
 }
 
-fn enqueue(conn: &mut DbConnection, connector: ConnectorId, kind: &str, body: &str) -> Result<()> {
-    let now = now_us();
+fn enqueue(
+    conn: &mut DbConnection,
+    connector: ConnectorId,
+    kind: &str,
+    body: &str,
+    now: i64,
+) -> Result<()> {
     diesel::insert_into(connector_deliveries::table)
         .values(NewDelivery {
             connector_id: connector,
@@ -273,9 +278,10 @@ struct ReadingOut<'a> {
     measured_at_us: i64,
 }
 
-/// Queues `rows` for every connector of their sites that receives readings: one delivery
-/// per (connector, group commit). Run it inside the transaction that stores the readings.
-pub fn enqueue_readings(conn: &mut DbConnection, rows: &[&NewReading]) -> Result<usize> {
+/// Queues `rows` for every connector of their sites that receives readings, due at `now`:
+/// one delivery per (connector, group commit). Run it inside the transaction that stores
+/// the readings.
+pub fn enqueue_readings(conn: &mut DbConnection, rows: &[&NewReading], now: i64) -> Result<usize> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -315,7 +321,7 @@ pub fn enqueue_readings(conn: &mut DbConnection, rows: &[&NewReading]) -> Result
             let body =
                 serde_json::json!({ "type": "readings", "site": site.0, "readings": readings })
                     .to_string();
-            enqueue(conn, connector, "readings", &body)?;
+            enqueue(conn, connector, "readings", &body, now)?;
             queued += 1;
         }
     }
@@ -336,7 +342,8 @@ pub struct AlertOut<'a> {
     pub at_us: i64,
 }
 
-/// Queues an alert's raise or clearing for the connectors of the device's site.
+/// Queues an alert's raise or clearing for the connectors of the device's site, due at the
+/// alert's `at_us`.
 pub fn enqueue_alert(conn: &mut DbConnection, alert: &AlertOut<'_>) -> Result<usize> {
     let (site, serial): (SiteId, String) = devices::table
         .find(alert.device)
@@ -360,7 +367,7 @@ pub fn enqueue_alert(conn: &mut DbConnection, alert: &AlertOut<'_>) -> Result<us
     }
     let body = body.to_string();
     for connector in &wanted {
-        enqueue(conn, *connector, "alert", &body)?;
+        enqueue(conn, *connector, "alert", &body, alert.at_us)?;
     }
     Ok(wanted.len())
 }
@@ -394,10 +401,11 @@ pub fn deliveries(conn: &mut DbConnection, connector: ConnectorId) -> Result<Vec
         .load(conn)?)
 }
 
-pub fn mark_delivered(conn: &mut DbConnection, delivery: &Delivery) -> Result<()> {
+/// Records that `delivery` was delivered at `now`.
+pub fn mark_delivered(conn: &mut DbConnection, delivery: &Delivery, now: i64) -> Result<()> {
     diesel::update(connector_deliveries::table.find(delivery.id))
         .set((
-            connector_deliveries::delivered_at_us.eq(Some(now_us())),
+            connector_deliveries::delivered_at_us.eq(Some(now)),
             connector_deliveries::attempts.eq(delivery.attempts + 1),
             connector_deliveries::last_error.eq(None::<String>),
         ))
@@ -412,8 +420,8 @@ pub fn backoff_us(attempts: i32, max_backoff_seconds: u64) -> i64 {
     i64::try_from(seconds).unwrap_or(i64::MAX / 1_000_000) * 1_000_000
 }
 
-/// Records a failed attempt, audited: retried after a backoff, or dead-lettered once it has
-/// failed `max_attempts` times (the next event then goes ahead).
+/// Records an attempt that failed at `now`, audited: retried after a backoff, or
+/// dead-lettered once it has failed `max_attempts` times (the next event then goes ahead).
 pub fn mark_failed(
     audit: &Audit,
     actor: &Actor,
@@ -421,9 +429,9 @@ pub fn mark_failed(
     reason: &str,
     max_attempts: i32,
     max_backoff_seconds: u64,
+    now: i64,
 ) -> Result<()> {
     let attempts = delivery.attempts + 1;
-    let now = now_us();
     let dead = attempts >= max_attempts;
     audit.record_with(|conn| {
         diesel::update(connector_deliveries::table.find(delivery.id))

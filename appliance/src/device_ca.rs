@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::ids::DeviceId;
 use crate::schema::device_certificates;
 use crate::store::DbConnection;
-use crate::time::{format_us, now_us};
+use crate::time::format_us;
 
 const KEY_FILE: &str = "device-ca.key";
 const CERT_FILE: &str = "device-ca.crt";
@@ -213,8 +213,8 @@ fn fingerprint(cert: &X509) -> Result<Vec<u8>> {
     Ok(cert.digest(MessageDigest::sha256())?.to_vec())
 }
 
-fn not_after_us() -> i64 {
-    now_us() + i64::from(CERTIFICATE_DAYS) * 24 * 3600 * 1_000_000
+fn not_after_us(now: i64) -> i64 {
+    now + i64::from(CERTIFICATE_DAYS) * 24 * 3600 * 1_000_000
 }
 
 #[derive(Insertable)]
@@ -226,45 +226,64 @@ struct NewCertificate<'a> {
     not_after_us: i64,
 }
 
-/// Issues a one-time token with which the device `serial` may enrol a CSR (replacing any
-/// earlier pending one).
-pub fn issue_enrolment_token(audit: &Audit, actor: &Actor, serial: &str) -> Result<EnrolmentToken> {
+/// Issues at `now` a one-time token with which the device `serial` may enrol a CSR
+/// (replacing any earlier pending one).
+pub fn issue_enrolment_token(
+    audit: &Audit,
+    actor: &Actor,
+    serial: &str,
+    now: i64,
+) -> Result<EnrolmentToken> {
     let device = Device::find_by_serial(&mut *audit.store().conn()?, serial)?
         .ok_or(Error::NotFound("device"))?;
     if device.is_revoked() {
         return Err(Error::Conflict(format!("{serial} is revoked")));
     }
-    Ok(enrolment::issue(audit, actor, &enrolment_purpose(serial), TOKEN_VALIDITY_US)?.0)
+    Ok(enrolment::issue(
+        audit,
+        actor,
+        &enrolment_purpose(serial),
+        TOKEN_VALIDITY_US,
+        now,
+    )?
+    .0)
 }
 
-fn store_certificate(conn: &mut DbConnection, device: &Device, cert: &X509) -> Result<()> {
+fn store_certificate(
+    conn: &mut DbConnection,
+    device: &Device,
+    cert: &X509,
+    now: i64,
+) -> Result<()> {
     diesel::insert_into(device_certificates::table)
         .values(NewCertificate {
             device_id: device.id,
             fingerprint: &fingerprint(cert)?,
-            issued_at_us: now_us(),
-            not_after_us: not_after_us(),
+            issued_at_us: now,
+            not_after_us: not_after_us(now),
         })
         .execute(conn)?;
     Ok(())
 }
 
-/// First enrolment: spends the token issued for `serial` and returns the certificate.
+/// First enrolment at `now`: spends the token issued for `serial` and returns the
+/// certificate.
 pub fn enrol(
     audit: &Audit,
     ca: &DeviceCa,
     serial: &str,
     token: &str,
     csr_pem: &[u8],
+    now: i64,
 ) -> Result<(Device, X509)> {
     audit.record_with(|conn| {
-        enrolment::redeem(conn, &enrolment_purpose(serial), token)?;
+        enrolment::redeem(conn, &enrolment_purpose(serial), token, now)?;
         let device = Device::find_by_serial(conn, serial)?.ok_or(Error::NotFound("device"))?;
         if device.is_revoked() {
             return Err(Error::Conflict(format!("{serial} is revoked")));
         }
         let cert = ca.sign(csr_pem, &device.serial)?;
-        store_certificate(conn, &device, &cert)?;
+        store_certificate(conn, &device, &cert, now)?;
         let event = AuditEvent::new(
             Actor::Device(device.serial.clone()),
             "device.certificate.issued",
@@ -272,18 +291,25 @@ pub fn enrol(
         .target(device.id)
         .details(serde_json::json!({
             "fingerprint": hex::encode(fingerprint(&cert)?),
-            "expires": format_us(not_after_us()),
+            "expires": format_us(not_after_us(now)),
             "by": "enrolment token",
         }));
         Ok(((device, cert), vec![event]))
     })
 }
 
-/// Renewal: a device authenticated by its current certificate gets a new one for a new CSR.
-pub fn renew(audit: &Audit, ca: &DeviceCa, device: &Device, csr_pem: &[u8]) -> Result<X509> {
+/// Renewal at `now`: a device authenticated by its current certificate gets a new one for a
+/// new CSR.
+pub fn renew(
+    audit: &Audit,
+    ca: &DeviceCa,
+    device: &Device,
+    csr_pem: &[u8],
+    now: i64,
+) -> Result<X509> {
     let cert = ca.sign(csr_pem, &device.serial)?;
     audit.record_with(|conn| {
-        store_certificate(conn, device, &cert)?;
+        store_certificate(conn, device, &cert, now)?;
         let event = AuditEvent::new(
             Actor::Device(device.serial.clone()),
             "device.certificate.renewed",
@@ -291,14 +317,14 @@ pub fn renew(audit: &Audit, ca: &DeviceCa, device: &Device, csr_pem: &[u8]) -> R
         .target(device.id)
         .details(serde_json::json!({
             "fingerprint": hex::encode(fingerprint(&cert)?),
-            "expires": format_us(not_after_us()),
+            "expires": format_us(not_after_us(now)),
         }));
         Ok((cert, vec![event]))
     })
 }
 
-/// Revokes every certificate of `serial`; returns how many were live.
-pub fn revoke_certificates(audit: &Audit, actor: &Actor, serial: &str) -> Result<usize> {
+/// Revokes every certificate of `serial` as of `now`; returns how many were live.
+pub fn revoke_certificates(audit: &Audit, actor: &Actor, serial: &str, now: i64) -> Result<usize> {
     audit.record_with(|conn| {
         let device = Device::find_by_serial(conn, serial)?.ok_or(Error::NotFound("device"))?;
         let revoked = diesel::update(
@@ -306,7 +332,7 @@ pub fn revoke_certificates(audit: &Audit, actor: &Actor, serial: &str) -> Result
                 .filter(device_certificates::device_id.eq(device.id))
                 .filter(device_certificates::revoked_at_us.is_null()),
         )
-        .set(device_certificates::revoked_at_us.eq(Some(now_us())))
+        .set(device_certificates::revoked_at_us.eq(Some(now)))
         .execute(conn)?;
         let event = AuditEvent::new(actor.clone(), "device.certificate.revoked")
             .target(device.id)
@@ -316,15 +342,16 @@ pub fn revoke_certificates(audit: &Audit, actor: &Actor, serial: &str) -> Result
 }
 
 /// The device a client certificate (DER, already verified against the CA by the TLS
-/// handshake) belongs to, if it was issued, is not revoked or expired, and the device is live.
-pub fn authenticate(conn: &mut DbConnection, der: &[u8]) -> Result<Option<Device>> {
+/// handshake) belongs to, if it was issued, is not revoked or expired at `now`, and the
+/// device is live.
+pub fn authenticate(conn: &mut DbConnection, der: &[u8], now: i64) -> Result<Option<Device>> {
     let Ok(cert) = X509::from_der(der) else {
         return Ok(None);
     };
     let device_id: Option<DeviceId> = device_certificates::table
         .filter(device_certificates::fingerprint.eq(fingerprint(&cert)?))
         .filter(device_certificates::revoked_at_us.is_null())
-        .filter(device_certificates::not_after_us.gt(now_us()))
+        .filter(device_certificates::not_after_us.gt(now))
         .select(device_certificates::device_id)
         .first(conn)
         .optional()?;

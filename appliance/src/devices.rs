@@ -22,7 +22,6 @@ use crate::ids::{OrganisationId, SiteId};
 use crate::on_backend;
 use crate::schema::{audit_append_lock, device_certificates, devices, sites};
 use crate::store::DbConnection;
-use crate::time::now_us;
 
 const SECRET_PREFIX: &str = "pgd_";
 const MAX_SERIAL_LEN: usize = 64;
@@ -198,12 +197,13 @@ impl Device {
             || (self.kind == DeviceKind::Gateway.as_str() && other.gateway_id == Some(self.id))
     }
 
-    /// Registers a device and issues its secret, audited `device.enrolled` and
+    /// Registers a device as of `now` and issues its secret, audited `device.enrolled` and
     /// `device.credential.issued` in the same transaction.
     pub fn register(
         audit: &Audit,
         actor: &Actor,
         request: &DeviceRequest,
+        now: i64,
     ) -> Result<(Device, DeviceSecret)> {
         let serial = clean_serial(&request.serial)?;
         let model = request.model.as_deref().map(clean_model).transpose()?;
@@ -244,7 +244,7 @@ impl Device {
                     kind: request.kind.as_str(),
                     gateway_id,
                     secret_hash: Some(hash.clone()),
-                    created_at_us: now_us(),
+                    created_at_us: now,
                     model: model.as_deref(),
                 })
                 .returning(Device::as_returning())
@@ -297,14 +297,14 @@ impl Device {
         Ok(secret)
     }
 
-    /// Revokes a device's credential: it can no longer post over HTTPS or MQTT.
-    pub fn revoke(audit: &Audit, actor: &Actor, serial: &str) -> Result<Device> {
+    /// Revokes a device's credential as of `now`: it can no longer post over HTTPS or MQTT.
+    pub fn revoke(audit: &Audit, actor: &Actor, serial: &str, now: i64) -> Result<Device> {
         audit.record_with(|conn| {
             let device = Device::find_by_serial(conn, serial)?.ok_or(Error::NotFound("device"))?;
             diesel::update(devices::table.find(device.id))
                 .set((
                     devices::secret_hash.eq(None::<Vec<u8>>),
-                    devices::revoked_at_us.eq(Some(now_us())),
+                    devices::revoked_at_us.eq(Some(now)),
                 ))
                 .execute(conn)?;
             let event = AuditEvent::new(actor.clone(), "device.credential.revoked")
@@ -385,10 +385,10 @@ impl Credential {
         ))
     }
 
-    /// Inside a transaction: whether the credential still authenticates its device (the
-    /// secret is the device's current one and the device is not revoked; the certificate is
-    /// issued, unrevoked, unexpired, and its device not revoked), and if so, holds it so
-    /// until the transaction ends.
+    /// Inside a transaction: whether the credential still authenticates its device as of
+    /// `now` (the secret is the device's current one and the device is not revoked; the
+    /// certificate is issued, unrevoked, unexpired at `now`, and its device not revoked), and
+    /// if so, holds it so until the transaction ends.
     ///
     /// It checks with writes that change nothing: on SQLite the first write takes the
     /// database's write lock (so call this before anything else in the transaction, which
@@ -396,7 +396,7 @@ impl Credential {
     /// takes the row's lock, and a row a concurrent revoke changed is checked again as that
     /// revoke committed it. Either way a revoke, rotation or certificate revocation commits
     /// wholly before this check or wholly after the transaction.
-    pub fn hold(&self, conn: &mut DbConnection) -> Result<bool> {
+    pub fn hold(&self, conn: &mut DbConnection, now: i64) -> Result<bool> {
         let device = match self {
             Credential::Secret(hash) => {
                 let held = diesel::update(
@@ -413,7 +413,7 @@ impl Credential {
                     device_certificates::table
                         .filter(device_certificates::fingerprint.eq(fingerprint))
                         .filter(device_certificates::revoked_at_us.is_null())
-                        .filter(device_certificates::not_after_us.gt(now_us())),
+                        .filter(device_certificates::not_after_us.gt(now)),
                 )
                 .set(device_certificates::revoked_at_us.eq(None::<i64>))
                 .execute(conn)?;
@@ -437,11 +437,12 @@ impl Credential {
     }
 }
 
-/// Of `credentials`, the ones that no longer authenticate, by the same rules as
+/// Of `credentials`, the ones that no longer authenticate as of `now`, by the same rules as
 /// [`Device::authenticate`] and [`crate::device_ca::authenticate`]. Reads only.
 pub fn revoked_among(
     conn: &mut DbConnection,
     credentials: &[Credential],
+    now: i64,
 ) -> Result<Vec<Credential>> {
     let mut secrets = Vec::new();
     let mut certificates = Vec::new();
@@ -460,7 +461,6 @@ pub fn revoked_among(
             .load(conn)?;
         live.extend(hashes.into_iter().flatten().map(Credential::Secret));
     }
-    let now = now_us();
     for chunk in certificates.chunks(CHECK_CHUNK) {
         let fingerprints: Vec<Vec<u8>> = device_certificates::table
             .inner_join(devices::table)

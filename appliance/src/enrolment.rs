@@ -9,7 +9,7 @@ use crate::audit::{Actor, Audit, AuditEvent};
 use crate::error::{Error, Result};
 use crate::schema::enrolment_tokens;
 use crate::store::DbConnection;
-use crate::time::{format_us, now_us};
+use crate::time::format_us;
 
 pub const FIRST_ADMIN: &str = "first-admin";
 /// Long enough for the console to be read days after first boot.
@@ -44,27 +44,29 @@ fn token_hash(token: &str) -> Vec<u8> {
     openssl::sha::sha256(token.as_bytes()).to_vec()
 }
 
-/// The unused, unexpired, unrevoked token for `purpose`, if there is one.
-pub fn pending(conn: &mut DbConnection, purpose: &str) -> Result<Option<PendingToken>> {
+/// The unused, unrevoked token for `purpose` that is unexpired at `now`, if there is one.
+pub fn pending(conn: &mut DbConnection, purpose: &str, now: i64) -> Result<Option<PendingToken>> {
     Ok(enrolment_tokens::table
         .filter(enrolment_tokens::purpose.eq(purpose))
         .filter(enrolment_tokens::used_at_us.is_null())
         .filter(enrolment_tokens::revoked_at_us.is_null())
-        .filter(enrolment_tokens::expires_at_us.gt(now_us()))
+        .filter(enrolment_tokens::expires_at_us.gt(now))
         .select(PendingToken::as_select())
         .first(conn)
         .optional()?)
 }
 
-/// Revokes any pending token for `purpose` and issues a new one, audited in one transaction.
+/// Revokes any pending token for `purpose` and issues a new one at `now`, good for
+/// `validity_us`, audited in one transaction.
 pub fn issue(
     audit: &Audit,
     actor: &Actor,
     purpose: &str,
     validity_us: i64,
+    now: i64,
 ) -> Result<(EnrolmentToken, PendingToken)> {
     audit.record_with(|conn| {
-        let (token, pending, event) = issue_in(conn, actor, purpose, validity_us)?;
+        let (token, pending, event) = issue_in(conn, actor, purpose, validity_us, now)?;
         Ok(((token, pending), vec![event]))
     })
 }
@@ -75,12 +77,12 @@ pub fn issue_in(
     actor: &Actor,
     purpose: &str,
     validity_us: i64,
+    now: i64,
 ) -> Result<(EnrolmentToken, PendingToken, AuditEvent)> {
     let mut bytes = [0u8; 32];
     openssl::rand::rand_bytes(&mut bytes)?;
     let token = URL_SAFE_NO_PAD.encode(bytes);
     let hash = token_hash(&token);
-    let now = now_us();
     let revoked = diesel::update(
         enrolment_tokens::table
             .filter(enrolment_tokens::purpose.eq(purpose))
@@ -97,7 +99,7 @@ pub fn issue_in(
             enrolment_tokens::expires_at_us.eq(now + validity_us),
         ))
         .execute(conn)?;
-    let pending = pending(conn, purpose)?.ok_or(Error::NotFound("enrolment token"))?;
+    let pending = pending(conn, purpose, now)?.ok_or(Error::NotFound("enrolment token"))?;
     let event = AuditEvent::new(actor.clone(), "enrolment.token.issued")
         .target(format!("enrolment:{}", pending.id))
         .details(serde_json::json!({
@@ -108,10 +110,9 @@ pub fn issue_in(
     Ok((EnrolmentToken(token), pending, event))
 }
 
-/// Marks `token` used if it is pending for `purpose`. The caller's change and this commit
-/// together, so a token enrols exactly one account even when two people race.
-pub fn redeem(conn: &mut DbConnection, purpose: &str, token: &str) -> Result<i64> {
-    let now = now_us();
+/// Marks `token` used at `now` if it is pending for `purpose` then. The caller's change and
+/// this commit together, so a token enrols exactly one account even when two people race.
+pub fn redeem(conn: &mut DbConnection, purpose: &str, token: &str, now: i64) -> Result<i64> {
     let target = enrolment_tokens::table
         .filter(enrolment_tokens::token_hash.eq(token_hash(token)))
         .filter(enrolment_tokens::purpose.eq(purpose))

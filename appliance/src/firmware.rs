@@ -21,7 +21,6 @@ pub use crate::ids::{FirmwareId, RolloutId};
 use crate::on_backend;
 use crate::schema::{devices, firmware, firmware_rollout_devices, firmware_rollouts};
 use crate::store::DbConnection;
-use crate::time::now_us;
 
 /// Detail a device may attach to a status report.
 pub const MAX_DETAIL_LEN: usize = 500;
@@ -306,10 +305,15 @@ impl Rollout {
         }
     }
 
-    /// Chooses the devices and starts offering them the firmware, audited
+    /// Chooses the devices and starts offering them the firmware as of `now`, audited
     /// `firmware.rollout.created` with every chosen serial.
-    pub fn create(audit: &Audit, actor: &Actor, request: &RolloutRequest) -> Result<Rollout> {
-        Rollout::create_from(audit, actor, "local", request)
+    pub fn create(
+        audit: &Audit,
+        actor: &Actor,
+        request: &RolloutRequest,
+        now: i64,
+    ) -> Result<Rollout> {
+        Rollout::create_from(audit, actor, "local", request, now)
     }
 
     /// As [`Rollout::create`], asked from `source` (the portal's client address).
@@ -318,6 +322,7 @@ impl Rollout {
         actor: &Actor,
         source: &str,
         request: &RolloutRequest,
+        now: i64,
     ) -> Result<Rollout> {
         if request.failure_threshold_pct > 100 {
             return Err(Error::invalid(
@@ -382,7 +387,6 @@ impl Rollout {
                     format!("it reaches no active device of model {}", fw.model),
                 ));
             }
-            let now = now_us();
             let rollout = on_backend!(conn, c => diesel::insert_into(firmware_rollouts::table)
                 .values(NewRollout {
                     firmware_id: fw.id,
@@ -423,15 +427,16 @@ impl Rollout {
         })
     }
 
-    /// Pauses (`running` -> `paused`) or resumes (`paused` -> `running`) a rollout, audited.
-    /// A rollout stopped by its failure threshold stays stopped.
+    /// Pauses (`running` -> `paused`) or resumes (`paused` -> `running`) a rollout as of
+    /// `now`, audited. A rollout stopped by its failure threshold stays stopped.
     pub fn set_paused(
         audit: &Audit,
         actor: &Actor,
         id: RolloutId,
         paused: bool,
+        now: i64,
     ) -> Result<Rollout> {
-        Rollout::set_paused_from(audit, actor, "local", id, paused)
+        Rollout::set_paused_from(audit, actor, "local", id, paused, now)
     }
 
     /// As [`Rollout::set_paused`], asked from `source` (the portal's client address).
@@ -441,6 +446,7 @@ impl Rollout {
         source: &str,
         id: RolloutId,
         paused: bool,
+        now: i64,
     ) -> Result<Rollout> {
         audit.record_with(|conn| {
             let rollout = Rollout::find(conn, id)?.ok_or(Error::NotFound("rollout"))?;
@@ -468,7 +474,7 @@ impl Rollout {
             diesel::update(firmware_rollouts::table.find(id))
                 .set((
                     firmware_rollouts::state.eq(to.as_str()),
-                    firmware_rollouts::updated_at_us.eq(now_us()),
+                    firmware_rollouts::updated_at_us.eq(now),
                 ))
                 .execute(conn)?;
             let rollout = Rollout::find(conn, id)?.ok_or(Error::NotFound("rollout"))?;
@@ -595,8 +601,8 @@ impl Offer {
         Ok(offers)
     }
 
-    /// Records a device's report, audited `firmware.device.status`. A failure that takes
-    /// the rollout's failed share past its threshold stops the rollout in the same
+    /// Records a device's report as of `now`, audited `firmware.device.status`. A failure
+    /// that takes the rollout's failed share past its threshold stops the rollout in the same
     /// transaction, audited `firmware.rollout.stopped`. A device of a paused or stopped
     /// rollout may still report how its install ended.
     pub fn report(
@@ -606,6 +612,7 @@ impl Offer {
         status: DeviceStatus,
         detail: &str,
         source: &str,
+        now: i64,
     ) -> Result<StatusReceipt> {
         if detail.chars().count() > MAX_DETAIL_LEN {
             return Err(Error::invalid(
@@ -617,7 +624,6 @@ impl Offer {
         audit.record_with(|conn| {
             let offer =
                 membership(conn, device, firmware_id)?.ok_or(Error::NotFound("firmware offer"))?;
-            let now = now_us();
             diesel::update(firmware_rollout_devices::table.find((offer.rollout.id, device.id)))
                 .set((
                     firmware_rollout_devices::status.eq(status.as_str()),

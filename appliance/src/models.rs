@@ -11,7 +11,6 @@ pub use crate::ids::{OrganisationId, SiteId, UserId};
 use crate::on_backend;
 use crate::schema::{organisations, sites, users};
 use crate::store::DbConnection;
-use crate::time::now_us;
 pub use crate::values::Role;
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable, Serialize)]
@@ -182,11 +181,12 @@ fn clean_location(raw: &str) -> Result<String> {
 }
 
 impl Organisation {
-    pub fn create(audit: &Audit, actor: &Actor, name: &str) -> Result<Organisation> {
+    /// Creates an organisation as of `now`, audited `organisation.created`.
+    pub fn create(audit: &Audit, actor: &Actor, name: &str, now: i64) -> Result<Organisation> {
         let name = clean_name("name", name)?;
         audit.record_with(|conn| {
             let org = on_backend!(conn, c => diesel::insert_into(organisations::table)
-                    .values(NewOrganisation { name: &name, created_at_us: now_us() })
+                    .values(NewOrganisation { name: &name, created_at_us: now })
                     .returning(Organisation::as_returning())
                 .get_result(c))
             .map_err(|err| {
@@ -309,18 +309,20 @@ impl Organisation {
 }
 
 impl Site {
+    /// Creates a site of `organisation` as of `now`, audited `site.created`.
     pub fn create(
         audit: &Audit,
         actor: &Actor,
         organisation: OrganisationId,
         name: &str,
         location: &str,
+        now: i64,
     ) -> Result<Site> {
         let name = clean_name("name", name)?;
         let location = clean_location(location)?;
         audit.record_with(|conn| {
             let site = on_backend!(conn, c => diesel::insert_into(sites::table)
-                    .values(NewSite { organisation_id: organisation, name: &name, location: &location, created_at_us: now_us() })
+                    .values(NewSite { organisation_id: organisation, name: &name, location: &location, created_at_us: now })
                     .returning(Site::as_returning())
                 .get_result(c))
                 .map_err(|err| match err {
@@ -434,6 +436,7 @@ impl Site {
 }
 
 impl User {
+    /// Creates a user of `organisation` as of `now`, audited `user.created`.
     pub fn create(
         audit: &Audit,
         actor: &Actor,
@@ -441,6 +444,7 @@ impl User {
         name: &str,
         email: &str,
         role: Role,
+        now: i64,
     ) -> Result<User> {
         let name = clean_name("name", name)?;
         let email = clean_email(email)?;
@@ -451,7 +455,7 @@ impl User {
                         name: &name,
                         email: &email,
                         role: role.as_str(),
-                        created_at_us: now_us(),
+                        created_at_us: now,
                     })
                     .returning(User::as_returning())
                 .get_result(c))

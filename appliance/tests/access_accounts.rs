@@ -151,7 +151,7 @@ fn deleting_keeps_history_and_says_so(backend: Backend) {
             .is_empty()
     );
     // Another organisation's ids are "not found", to the deleting and to the editing.
-    let other = Organisation::create(audit, &actor, "Elsewhere").unwrap();
+    let other = Organisation::create(audit, &actor, "Elsewhere", now_us()).unwrap();
     assert!(matches!(
         Site::delete(audit, &actor, other.id, p.site_a.id),
         Err(Error::NotFound(_))

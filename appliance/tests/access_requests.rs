@@ -6,7 +6,9 @@
 mod common;
 
 use appliance::Error;
-use appliance::access::{self, Decision, Machine, NewRequest, PolicyChange, SitePolicy};
+use appliance::access::{
+    self, Decision, Machine, NewMachine, NewRequest, PolicyChange, SitePolicy,
+};
 use appliance::grants::Grant;
 use appliance::ids::MachineId;
 use appliance::schema::access_requests;
@@ -144,7 +146,7 @@ fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
     let hour = (now_us() / 3_600_000_000 + 2) % 24;
     let mut narrow = policy("192.168.50.0/28");
     narrow.allowed_hours = format!("{:02}:00-{:02}:00", hour, (hour + 1) % 24);
-    SitePolicy::set(audit, &actor, config, &p.site_a, &narrow).unwrap();
+    SitePolicy::set(audit, &actor, config, &p.site_a, &narrow, now_us()).unwrap();
     let before = p.footprint();
     assert_invalid(p.ask(&p.tech, &p.press, "s7", "30"), "time");
     assert_eq!(p.footprint(), before);
@@ -152,7 +154,7 @@ fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
     // With the declared network allowed, the declared address is recorded as such.
     let mut open = policy("192.168.50.0/28");
     open.declared_networks = "10.9.0.0/16".into();
-    SitePolicy::set(audit, &actor, config, &p.site_a, &open).unwrap();
+    SitePolicy::set(audit, &actor, config, &p.site_a, &open, now_us()).unwrap();
     let request = p.ask_with(&p.tech, &declared).unwrap();
     assert_eq!(
         (request.requester_addr.as_str(), request.address_declared),
@@ -225,7 +227,7 @@ fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
             },
         ),
     ] {
-        match SitePolicy::set(audit, &actor, config, &p.site_a, &change) {
+        match SitePolicy::set(audit, &actor, config, &p.site_a, &change, now_us()) {
             Err(Error::Invalid { field: f, .. }) => assert_eq!(f, field),
             other => panic!("{field}: {other:?}"),
         }
@@ -236,9 +238,12 @@ fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
         &actor,
         config,
         &p.site_a,
-        "Robot",
-        "192.168.50.40",
-        &["vnc".into()],
+        &NewMachine {
+            name: "Robot",
+            address: "192.168.50.40",
+            agents: &["vnc".into()],
+        },
+        now_us(),
     );
     assert!(
         matches!(

@@ -132,7 +132,7 @@ fn a_technician_extends_only_where_the_policy_allows_and_within_its_maximum(back
     );
     let mut allows = policy("192.168.50.0/28");
     allows.requester_may_extend = true;
-    SitePolicy::set(audit, &actor, config, &p.site_a, &allows).unwrap();
+    SitePolicy::set(audit, &actor, config, &p.site_a, &allows, now_us()).unwrap();
     let before = (before.0, before.1, before.2 + 1);
     assert!(
         matches!(extend(&p.ann, "10"), Err(Error::Forbidden(_))),

@@ -18,7 +18,13 @@ const LOCKOUT: Lockout = Lockout {
 
 fn with_user(backend: Backend) -> (TestAppliance, User) {
     let t = TestAppliance::new(backend);
-    let org = Organisation::create(&t.app.audit, &test_actor(), "Plant").unwrap();
+    let org = Organisation::create(
+        &t.app.audit,
+        &test_actor(),
+        "Plant",
+        appliance::time::now_us(),
+    )
+    .unwrap();
     let user = User::create(
         &t.app.audit,
         &test_actor(),
@@ -26,6 +32,7 @@ fn with_user(backend: Backend) -> (TestAppliance, User) {
         "Ada",
         "ada@plant.example",
         Role::Approver,
+        appliance::time::now_us(),
     )
     .unwrap();
     accounts::set_password(
@@ -194,7 +201,13 @@ fn contractor_accounts_stop_at_their_expiry(backend: Backend) {
 
 fn a_user_without_a_password_cannot_log_in(backend: Backend) {
     let t = TestAppliance::new(backend);
-    let org = Organisation::create(&t.app.audit, &test_actor(), "Plant").unwrap();
+    let org = Organisation::create(
+        &t.app.audit,
+        &test_actor(),
+        "Plant",
+        appliance::time::now_us(),
+    )
+    .unwrap();
     User::create(
         &t.app.audit,
         &test_actor(),
@@ -202,6 +215,7 @@ fn a_user_without_a_password_cannot_log_in(backend: Backend) {
         "Nopass",
         "nopass@plant.example",
         Role::Viewer,
+        appliance::time::now_us(),
     )
     .unwrap();
     for guess in ["", "x", PASSWORD] {

@@ -231,12 +231,12 @@ fn init_prints_the_enrolment_token_once(backend: Backend) {
     assert_ne!(new_token, token);
     let conn = &mut *t.conn();
     assert!(
-        enrolment::redeem(conn, FIRST_ADMIN, &token).is_err(),
+        enrolment::redeem(conn, FIRST_ADMIN, &token, appliance::time::now_us()).is_err(),
         "a replaced token still works"
     );
-    assert!(enrolment::redeem(conn, FIRST_ADMIN, &new_token).is_ok());
+    assert!(enrolment::redeem(conn, FIRST_ADMIN, &new_token, appliance::time::now_us()).is_ok());
     assert!(
-        enrolment::redeem(conn, FIRST_ADMIN, &new_token).is_err(),
+        enrolment::redeem(conn, FIRST_ADMIN, &new_token, appliance::time::now_us()).is_err(),
         "a token worked twice"
     );
 }
@@ -506,7 +506,13 @@ fn csv_export_neutralises_spreadsheet_formulas(backend: Backend) {
 fn user_list_shows_users_with_role_and_organisation(backend: Backend) {
     let t = TestAppliance::new(backend);
     let actor = test_actor();
-    let plant = Organisation::create(&t.app.audit, &actor, "Moulding Plant Nord").expect("org");
+    let plant = Organisation::create(
+        &t.app.audit,
+        &actor,
+        "Moulding Plant Nord",
+        appliance::time::now_us(),
+    )
+    .expect("org");
     User::create(
         &t.app.audit,
         &actor,
@@ -514,6 +520,7 @@ fn user_list_shows_users_with_role_and_organisation(backend: Backend) {
         "Ada Admin",
         "ada@plant.example",
         Role::Admin,
+        appliance::time::now_us(),
     )
     .expect("user");
     User::create(
@@ -523,6 +530,7 @@ fn user_list_shows_users_with_role_and_organisation(backend: Backend) {
         "Tom Tech",
         "tom@vendor.example",
         Role::Technician,
+        appliance::time::now_us(),
     )
     .expect("user");
     let output = t.cli().args(["user", "list"]).output().expect("list");

@@ -11,12 +11,13 @@ use appliance::alerts::{self, AlertChange, AlertKind, AlertRule, Measure, RuleRe
 use appliance::devices::{Device, DeviceKind, DeviceRequest};
 use appliance::models::{Organisation, Site};
 use appliance::readings::{self, NewReading};
+use appliance::time::now_us;
 use common::{Backend, TestAppliance, test_actor};
 use diesel::prelude::*;
 
 fn site(t: &TestAppliance) -> Site {
-    let org = Organisation::create(&t.app.audit, &test_actor(), "Plant").unwrap();
-    Site::create(&t.app.audit, &test_actor(), org.id, "Hall 1", "").unwrap()
+    let org = Organisation::create(&t.app.audit, &test_actor(), "Plant", now_us()).unwrap();
+    Site::create(&t.app.audit, &test_actor(), org.id, "Hall 1", "", now_us()).unwrap()
 }
 
 fn request(serial: &str, kind: DeviceKind, site: &Site, gateway: Option<&str>) -> DeviceRequest {
@@ -37,6 +38,7 @@ fn a_secret_names_its_device_until_revoked_and_every_step_is_audited(backend: Ba
         &t.app.audit,
         &actor,
         &request("MM-1", DeviceKind::Monitor, &site, None),
+        now_us(),
     )
     .unwrap();
     let mut conn = t.conn();
@@ -55,6 +57,7 @@ fn a_secret_names_its_device_until_revoked_and_every_step_is_audited(backend: Ba
         &t.app.audit,
         &actor,
         &request("MM-1", DeviceKind::Monitor, &site, None),
+        now_us(),
     );
     assert!(
         matches!(again, Err(appliance::Error::Conflict(_))),
@@ -73,7 +76,7 @@ fn a_secret_names_its_device_until_revoked_and_every_step_is_audited(backend: Ba
             .unwrap()
             .is_some()
     );
-    Device::revoke(&t.app.audit, &actor, "MM-1").unwrap();
+    Device::revoke(&t.app.audit, &actor, "MM-1", now_us()).unwrap();
     assert!(
         Device::authenticate(&mut conn, rotated.reveal())
             .unwrap()
@@ -116,18 +119,21 @@ fn a_gateway_speaks_only_for_devices_registered_behind_it(backend: Backend) {
         &t.app.audit,
         &actor,
         &request("GW-1", DeviceKind::Gateway, &site, None),
+        now_us(),
     )
     .unwrap();
     let (behind, _) = Device::register(
         &t.app.audit,
         &actor,
         &request("MM-2", DeviceKind::Monitor, &site, Some("GW-1")),
+        now_us(),
     )
     .unwrap();
     let (alone, _) = Device::register(
         &t.app.audit,
         &actor,
         &request("MM-3", DeviceKind::Monitor, &site, None),
+        now_us(),
     )
     .unwrap();
     assert!(gateway.may_post_for(&behind));
@@ -137,6 +143,7 @@ fn a_gateway_speaks_only_for_devices_registered_behind_it(backend: Backend) {
         &t.app.audit,
         &actor,
         &request("MM-4", DeviceKind::Monitor, &site, Some("MM-3")),
+        now_us(),
     );
     assert!(
         matches!(not_a_gateway, Err(appliance::Error::Invalid { .. })),
@@ -152,6 +159,7 @@ fn readings_are_stored_once_and_an_alert_is_never_active_twice(backend: Backend)
         &t.app.audit,
         &actor,
         &request("MM-5", DeviceKind::Monitor, &site, None),
+        now_us(),
     )
     .unwrap();
     let rows: Vec<NewReading> = (1..=3)
@@ -185,6 +193,7 @@ fn readings_are_stored_once_and_an_alert_is_never_active_twice(backend: Backend)
             measure: Measure::Value,
             for_seconds: 0,
         },
+        now_us(),
     )
     .unwrap();
     let touched = BTreeMap::from([(device.id, BTreeSet::from(["temperature_c".to_owned()]))]);
@@ -198,8 +207,14 @@ fn readings_are_stored_once_and_an_alert_is_never_active_twice(backend: Backend)
         }]
     );
     // Two deciders saw the same thing; only one alert becomes active.
-    assert_eq!(alerts::apply(&t.app.audit, &actor, &changes).unwrap(), 1);
-    assert_eq!(alerts::apply(&t.app.audit, &actor, &changes).unwrap(), 0);
+    assert_eq!(
+        alerts::apply(&t.app.audit, &actor, &changes, now_us()).unwrap(),
+        1
+    );
+    assert_eq!(
+        alerts::apply(&t.app.audit, &actor, &changes, now_us()).unwrap(),
+        0
+    );
     assert!(
         alerts::decide_for_readings(&mut conn, &touched)
             .unwrap()
@@ -216,6 +231,7 @@ fn rate_of_change_and_for_x_minutes_raise_only_when_they_hold(backend: Backend) 
             &t.app.audit,
             &actor,
             &request(serial, DeviceKind::Monitor, &site, None),
+            now_us(),
         )
         .unwrap()
         .0
@@ -243,12 +259,14 @@ fn rate_of_change_and_for_x_minutes_raise_only_when_they_hold(backend: Backend) 
         &t.app.audit,
         &actor,
         &rule("rising fast", Measure::Rate, 0, 10.0),
+        now_us(),
     )
     .unwrap();
     let hot = AlertRule::create(
         &t.app.audit,
         &actor,
         &rule("hot 5 min", Measure::Value, 300, 80.0),
+        now_us(),
     )
     .unwrap();
     assert!(
@@ -258,7 +276,8 @@ fn rate_of_change_and_for_x_minutes_raise_only_when_they_hold(backend: Backend) 
             &RuleRequest {
                 kind: AlertKind::Event,
                 ..rule("bad", Measure::Rate, 0, 1.0)
-            }
+            },
+            now_us()
         )
         .is_err(),
         "a rate applies to thresholds only"

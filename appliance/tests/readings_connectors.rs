@@ -26,6 +26,7 @@ fn device(t: &TestAppliance, serial: &str, site: &Site) -> Device {
             gateway: None,
             model: None,
         },
+        appliance::time::now_us(),
     )
     .unwrap()
     .0
@@ -56,9 +57,31 @@ fn last_action(t: &TestAppliance) -> (String, serde_json::Value) {
 
 fn readings_export_streams_what_was_asked_and_neutralises_formulas(backend: Backend) {
     let t = TestAppliance::new(backend);
-    let org = Organisation::create(&t.app.audit, &test_actor(), "Plant").unwrap();
-    let hall1 = Site::create(&t.app.audit, &test_actor(), org.id, "Hall 1", "").unwrap();
-    let hall2 = Site::create(&t.app.audit, &test_actor(), org.id, "Hall 2", "").unwrap();
+    let org = Organisation::create(
+        &t.app.audit,
+        &test_actor(),
+        "Plant",
+        appliance::time::now_us(),
+    )
+    .unwrap();
+    let hall1 = Site::create(
+        &t.app.audit,
+        &test_actor(),
+        org.id,
+        "Hall 1",
+        "",
+        appliance::time::now_us(),
+    )
+    .unwrap();
+    let hall2 = Site::create(
+        &t.app.audit,
+        &test_actor(),
+        org.id,
+        "Hall 2",
+        "",
+        appliance::time::now_us(),
+    )
+    .unwrap();
     let hostile = device(&t, "=HYPERLINK(\"x\")", &hall1);
     let other = device(&t, "MM-2", &hall2);
     store(&t, &hostile, "temperature_c", 0..5000);
@@ -131,8 +154,22 @@ fn readings_export_streams_what_was_asked_and_neutralises_formulas(backend: Back
 
 fn connector_secret_is_shown_once_stored_sealed_and_removal_is_audited(backend: Backend) {
     let t = TestAppliance::new(backend);
-    let org = Organisation::create(&t.app.audit, &test_actor(), "Plant").unwrap();
-    let hall = Site::create(&t.app.audit, &test_actor(), org.id, "Hall 1", "").unwrap();
+    let org = Organisation::create(
+        &t.app.audit,
+        &test_actor(),
+        "Plant",
+        appliance::time::now_us(),
+    )
+    .unwrap();
+    let hall = Site::create(
+        &t.app.audit,
+        &test_actor(),
+        org.id,
+        "Hall 1",
+        "",
+        appliance::time::now_us(),
+    )
+    .unwrap();
     let site = hall.id.0.to_string();
 
     let plain = t

@@ -34,7 +34,7 @@ fn audit(t: &TestAppliance) -> Vec<(String, String, String)> {
 fn a_revoke_the_controller_does_not_confirm_exits_3_and_is_audited_and_mailed(backend: Backend) {
     let t = TestAppliance::new(backend);
     let (audit_log, actor) = (&t.app.audit, test_actor());
-    let org = Organisation::create(audit_log, &actor, "Moulding Plant Nord").unwrap();
+    let org = Organisation::create(audit_log, &actor, "Moulding Plant Nord", now_us()).unwrap();
     User::create(
         audit_log,
         &actor,
@@ -42,6 +42,7 @@ fn a_revoke_the_controller_does_not_confirm_exits_3_and_is_audited_and_mailed(ba
         "Ada",
         "ada@plant.example",
         Role::Admin,
+        now_us(),
     )
     .unwrap();
     User::create(
@@ -51,6 +52,7 @@ fn a_revoke_the_controller_does_not_confirm_exits_3_and_is_audited_and_mailed(ba
         "Tom",
         "tom@plant.example",
         Role::Technician,
+        now_us(),
     )
     .unwrap();
 

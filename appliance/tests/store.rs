@@ -7,6 +7,7 @@ mod common;
 use appliance::error::Error;
 use appliance::ids::GrantId;
 use appliance::models::{Organisation, OrganisationId, Role, Site, User};
+use appliance::time::now_us;
 use appliance::{AuditEvent, DbConnection};
 use common::{Backend, Cli, TestAppliance, test_actor};
 use diesel::prelude::*;
@@ -52,9 +53,18 @@ fn every_migration_down_reverses_its_up(backend: Backend) {
 fn directory_records_are_created_validated_and_audited(backend: Backend) {
     let t = TestAppliance::new(backend);
     let actor = test_actor();
-    let org = Organisation::create(&t.app.audit, &actor, "  Moulding Plant Nord ").expect("org");
+    let org = Organisation::create(&t.app.audit, &actor, "  Moulding Plant Nord ", now_us())
+        .expect("org");
     assert_eq!(org.name, "Moulding Plant Nord");
-    let site = Site::create(&t.app.audit, &actor, org.id, "Hall 3", "Building B").expect("site");
+    let site = Site::create(
+        &t.app.audit,
+        &actor,
+        org.id,
+        "Hall 3",
+        "Building B",
+        now_us(),
+    )
+    .expect("site");
     let user = User::create(
         &t.app.audit,
         &actor,
@@ -62,6 +72,7 @@ fn directory_records_are_created_validated_and_audited(backend: Backend) {
         "Ada",
         "Ada@Plant.Example",
         Role::Approver,
+        now_us(),
     )
     .expect("user");
     assert_eq!(user.email, "ada@plant.example");
@@ -90,10 +101,18 @@ fn directory_records_are_created_validated_and_audited(backend: Backend) {
     // Bad input: a clear error, and nothing written, not even an audit record.
     let tail = t.tail();
     let refused = [
-        Organisation::create(&t.app.audit, &actor, "   ").map(|_| ()),
-        Organisation::create(&t.app.audit, &actor, "Moulding Plant Nord").map(|_| ()),
-        Site::create(&t.app.audit, &actor, org.id, "Hall 3", "").map(|_| ()),
-        Site::create(&t.app.audit, &actor, OrganisationId(9999), "Hall 9", "").map(|_| ()),
+        Organisation::create(&t.app.audit, &actor, "   ", now_us()).map(|_| ()),
+        Organisation::create(&t.app.audit, &actor, "Moulding Plant Nord", now_us()).map(|_| ()),
+        Site::create(&t.app.audit, &actor, org.id, "Hall 3", "", now_us()).map(|_| ()),
+        Site::create(
+            &t.app.audit,
+            &actor,
+            OrganisationId(9999),
+            "Hall 9",
+            "",
+            now_us(),
+        )
+        .map(|_| ()),
         User::create(
             &t.app.audit,
             &actor,
@@ -101,6 +120,7 @@ fn directory_records_are_created_validated_and_audited(backend: Backend) {
             "Eve",
             "ADA@plant.example",
             Role::Viewer,
+            now_us(),
         )
         .map(|_| ()),
         User::create(
@@ -110,6 +130,7 @@ fn directory_records_are_created_validated_and_audited(backend: Backend) {
             "Eve",
             "not-an-email",
             Role::Viewer,
+            now_us(),
         )
         .map(|_| ()),
         User::create(
@@ -119,6 +140,7 @@ fn directory_records_are_created_validated_and_audited(backend: Backend) {
             &"x".repeat(201),
             "eve@plant.example",
             Role::Viewer,
+            now_us(),
         )
         .map(|_| ()),
         User::create(
@@ -128,6 +150,7 @@ fn directory_records_are_created_validated_and_audited(backend: Backend) {
             "Eve\u{7}",
             "eve@plant.example",
             Role::Viewer,
+            now_us(),
         )
         .map(|_| ()),
         User::create(
@@ -137,6 +160,7 @@ fn directory_records_are_created_validated_and_audited(backend: Backend) {
             "Eve",
             "eve@plant.example",
             Role::Viewer,
+            now_us(),
         )
         .map(|_| ()),
     ];

@@ -237,7 +237,13 @@ fn grant_changes(sizes: &[u32], rounds: usize) {
                 appliance::time::now_us(),
             )
             .unwrap();
-            let enforced = control::enforce_revoke(&t.app.audit, &test_actor(), config, grant.id);
+            let enforced = control::enforce_revoke(
+                &t.app.audit,
+                &test_actor(),
+                config,
+                grant.id,
+                appliance::time::now_us(),
+            );
             revoke.push(started.elapsed());
             assert!(
                 matches!(enforced, Enforcement::Confirmed { removed: 1, .. }),

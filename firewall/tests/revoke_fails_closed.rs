@@ -145,7 +145,16 @@ fn killed_controller_revokes_from_the_portal_and_the_cli_stop_the_streams_within
     let p = plant(&t);
     let org = p.tech.organisation_id;
     let ada = "ada@plant.example";
-    User::create(&t.app.audit, &test_actor(), org, "Ada", ada, Role::Admin).unwrap();
+    User::create(
+        &t.app.audit,
+        &test_actor(),
+        org,
+        "Ada",
+        ada,
+        Role::Admin,
+        appliance::time::now_us(),
+    )
+    .unwrap();
     let _portal = start_portal(&t);
     let tech = Person::login(&u, REQUESTER, dir.path(), &p.tech.email);
     let ann = Person::login(&u, OTHER_REQUESTER, dir.path(), &p.ann.email);

@@ -247,6 +247,7 @@ fn three_services_under_their_own_accounts_carry_an_administrators_first_day() {
         &test_actor(),
         appliance::enrolment::FIRST_ADMIN,
         3_600_000_000,
+        appliance::time::now_us(),
     )
     .expect("token");
     let (status, page) = browser.post(
@@ -332,6 +333,7 @@ fn three_services_under_their_own_accounts_carry_an_administrators_first_day() {
             .id,
         "Hall 3",
         "",
+        appliance::time::now_us(),
     )
     .expect("site");
     let (_, device_secret) = appliance::devices::Device::register(
@@ -344,6 +346,7 @@ fn three_services_under_their_own_accounts_carry_an_administrators_first_day() {
             gateway: None,
             model: None,
         },
+        appliance::time::now_us(),
     )
     .expect("device");
     let reading = format!(

@@ -68,9 +68,9 @@ async fn run(app: Appliance) {
             let recorded = match outcome {
                 Ok(()) => {
                     any_delivered = true;
-                    app.store
-                        .conn()
-                        .and_then(|mut conn| connectors::mark_delivered(&mut conn, &delivery))
+                    app.store.conn().and_then(|mut conn| {
+                        connectors::mark_delivered(&mut conn, &delivery, now_us())
+                    })
                 }
                 Err(reason) => {
                     tracing::warn!(delivery = delivery.id, %reason, "connector delivery failed");
@@ -82,6 +82,7 @@ async fn run(app: Appliance) {
                         &reason,
                         settings.max_attempts,
                         settings.max_backoff_seconds,
+                        now_us(),
                     )
                 }
             };

@@ -283,6 +283,7 @@ async fn post_status(
             status,
             &report.detail,
             &source,
+            appliance::time::now_us(),
         )
         .map_err(|err| match err {
             appliance::Error::NotFound(_) => IngestError::FirmwareNotOffered,

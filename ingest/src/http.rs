@@ -44,13 +44,15 @@ fn credential(req: &HttpRequest) -> Result<Credential, IngestError> {
     }
 }
 
+/// The device `credential` authenticates as of `now`, if any.
 fn authenticate(
     conn: &mut appliance::DbConnection,
     credential: &Credential,
+    now: i64,
 ) -> Result<Option<Device>, IngestError> {
     match credential {
         Credential::Secret(secret) => Device::authenticate(conn, secret),
-        Credential::Certificate(der) => device_ca::authenticate(conn, der),
+        Credential::Certificate(der) => device_ca::authenticate(conn, der, now),
     }
     .map_err(IngestError::from)
 }
@@ -126,7 +128,7 @@ async fn post_readings(
             tracing::error!(error = %err, "no store connection");
             IngestError::Unavailable
         })?;
-        let sender = authenticate(&mut conn, &credential)?;
+        let sender = authenticate(&mut conn, &credential, now_us())?;
         drop(conn);
         sender.ok_or_else(|| {
             worker
@@ -225,6 +227,7 @@ async fn post_enrol(
             other => IngestError::from(other),
         };
         let app = &worker.app;
+        let now = now_us();
         match credential {
             Credential::Secret(token) => device_ca::enrol(
                 &app.audit,
@@ -232,6 +235,7 @@ async fn post_enrol(
                 &request.serial,
                 &token,
                 request.csr.as_bytes(),
+                now,
             )
             .map(|(_, cert)| cert)
             .inspect_err(|_| {
@@ -242,7 +246,7 @@ async fn post_enrol(
             .map_err(refused),
             Credential::Certificate(_) => {
                 let mut conn = app.store.conn().map_err(|_| IngestError::Unavailable)?;
-                let device = authenticate(&mut conn, &credential)?;
+                let device = authenticate(&mut conn, &credential, now)?;
                 drop(conn);
                 let Some(device) = device.filter(|d| d.serial == request.serial) else {
                     worker
@@ -255,6 +259,7 @@ async fn post_enrol(
                     &worker.device_ca,
                     &device,
                     request.csr.as_bytes(),
+                    now,
                 )
                 .map_err(refused)
             }

@@ -154,7 +154,7 @@ pub async fn watch(live: Arc<Live>, store: Store) {
             let revoked = if credentials.is_empty() {
                 Vec::new()
             } else {
-                devices::revoked_among(&mut conn, &credentials)?
+                devices::revoked_among(&mut conn, &credentials, appliance::time::now_us())?
             };
             Ok::<_, appliance::Error>(Look::Checked {
                 generation,

@@ -129,11 +129,12 @@ fn run(app: Appliance, mut receiver: mpsc::Receiver<Job>) {
         }
         if Instant::now() >= next_silent_check {
             next_silent_check = Instant::now() + silent_every;
+            let now = now_us();
             let changed = app
                 .store
                 .conn()
-                .and_then(|mut conn| alerts::decide_silent(&mut conn, now_us()))
-                .and_then(|changes| alerts::apply(&app.audit, &actor, &changes));
+                .and_then(|mut conn| alerts::decide_silent(&mut conn, now))
+                .and_then(|changes| alerts::apply(&app.audit, &actor, &changes, now));
             if let Err(err) = changed {
                 tracing::error!(error = %err, "silent-device check failed");
             }
@@ -188,7 +189,7 @@ fn commit_group(app: &Appliance, actor: &Actor, group: Vec<Job>) {
             let mut held: BTreeMap<&Credential, bool> = BTreeMap::new();
             for job in &group {
                 if !held.contains_key(&job.credential) {
-                    let live = job.credential.hold(conn)?;
+                    let live = job.credential.hold(conn, seen_at)?;
                     held.insert(&job.credential, live);
                 }
             }
@@ -225,7 +226,7 @@ fn commit_group(app: &Appliance, actor: &Actor, group: Vec<Job>) {
             for (device, state) in &states {
                 readings::update_state(conn, *device, seen_at, state)?;
             }
-            connectors::enqueue_readings(conn, &for_connectors)?;
+            connectors::enqueue_readings(conn, &for_connectors, seen_at)?;
             Ok::<_, Error>(outcomes)
         })
     });
@@ -270,7 +271,7 @@ fn commit_group(app: &Appliance, actor: &Actor, group: Vec<Job>) {
         .store
         .conn()
         .and_then(|mut conn| alerts::decide_for_readings(&mut conn, &touched))
-        .and_then(|changes: Vec<AlertChange>| alerts::apply(&app.audit, actor, &changes));
+        .and_then(|changes: Vec<AlertChange>| alerts::apply(&app.audit, actor, &changes, seen_at));
     if let Err(err) = changed {
         tracing::error!(error = %err, "alert evaluation failed");
     }

@@ -42,6 +42,7 @@ fn a_hot_mold_emails_once_clears_with_hysteresis_and_silence_raises_no_data(back
             AlertKind::Above,
             0,
         ),
+        appliance::time::now_us(),
     )
     .unwrap();
     AlertRule::create(
@@ -53,6 +54,7 @@ fn a_hot_mold_emails_once_clears_with_hysteresis_and_silence_raises_no_data(back
             AlertKind::Silent,
             2,
         ),
+        appliance::time::now_us(),
     )
     .unwrap();
     t.start();

@@ -185,6 +185,7 @@ fn a_receiver_that_was_down_gets_every_event_signed_and_in_order(backend: Backen
             send_alerts: true,
             ca_pem: Some(String::from_utf8(cert_pem).unwrap()),
         },
+        appliance::time::now_us(),
     )
     .unwrap();
     let secret = secret.reveal().to_owned();
@@ -205,6 +206,7 @@ fn a_receiver_that_was_down_gets_every_event_signed_and_in_order(backend: Backen
             measure: Measure::Value,
             for_seconds: 0,
         },
+        appliance::time::now_us(),
     )
     .unwrap();
 

@@ -268,6 +268,7 @@ fn a_device_in_the_rollout_fetches_the_signed_bundle_and_reports_its_progress(ba
             failure_threshold_pct: 50,
             organisation: None,
         },
+        appliance::time::now_us(),
     )
     .expect("rollout");
     t.start();
@@ -374,9 +375,23 @@ fn a_device_in_the_rollout_fetches_the_signed_bundle_and_reports_its_progress(ba
     );
 
     // Paused, the firmware is not offered; resumed, it is again.
-    Rollout::set_paused(&t.app.audit, &actor(), rollout.id, true).unwrap();
+    Rollout::set_paused(
+        &t.app.audit,
+        &actor(),
+        rollout.id,
+        true,
+        appliance::time::now_us(),
+    )
+    .unwrap();
     assert_eq!(get(&t, &in_rollout.secret, &payload_url, &[]).0, 404);
-    Rollout::set_paused(&t.app.audit, &actor(), rollout.id, false).unwrap();
+    Rollout::set_paused(
+        &t.app.audit,
+        &actor(),
+        rollout.id,
+        false,
+        appliance::time::now_us(),
+    )
+    .unwrap();
     assert_eq!(
         get(&t, &in_rollout.secret, &payload_url, &["-r", "0-9"]).0,
         206
@@ -412,6 +427,7 @@ fn a_rollout_stops_itself_when_failures_pass_the_threshold(backend: Backend) {
             failure_threshold_pct: 25,
             organisation: None,
         },
+        appliance::time::now_us(),
     )
     .expect("rollout");
     t.start();
@@ -450,7 +466,16 @@ fn a_rollout_stops_itself_when_failures_pass_the_threshold(backend: Backend) {
     assert_eq!(stops[0].1, "failure");
     assert_eq!(stops[0].2["failed"], 2);
     // A stopped rollout is not resumed by accident.
-    assert!(Rollout::set_paused(&t.app.audit, &actor(), rollout.id, false).is_err());
+    assert!(
+        Rollout::set_paused(
+            &t.app.audit,
+            &actor(),
+            rollout.id,
+            false,
+            appliance::time::now_us()
+        )
+        .is_err()
+    );
 }
 
 on_both_backends!(

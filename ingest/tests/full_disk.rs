@@ -444,8 +444,22 @@ fn a_full_data_partition_refuses_clearly_and_recovers_without_a_restart(backend:
     appliance::provision::keys(&config).expect("keys");
     let actor = Actor::System("test".into());
     let app = Appliance::create(config, &actor).expect("create the appliance");
-    let org = Organisation::create(&app.audit, &actor, "Moulding Nord").expect("organisation");
-    let site = Site::create(&app.audit, &actor, org.id, "Hall 3", "").expect("site");
+    let org = Organisation::create(
+        &app.audit,
+        &actor,
+        "Moulding Nord",
+        appliance::time::now_us(),
+    )
+    .expect("organisation");
+    let site = Site::create(
+        &app.audit,
+        &actor,
+        org.id,
+        "Hall 3",
+        "",
+        appliance::time::now_us(),
+    )
+    .expect("site");
     let (device, secret) = Device::register(
         &app.audit,
         &actor,
@@ -456,10 +470,17 @@ fn a_full_data_partition_refuses_clearly_and_recovers_without_a_restart(backend:
             gateway: None,
             model: None,
         },
+        appliance::time::now_us(),
     )
     .expect("device");
-    let (setup_token, _) =
-        enrolment::issue(&app.audit, &actor, FIRST_ADMIN, 3_600_000_000).expect("setup token");
+    let (setup_token, _) = enrolment::issue(
+        &app.audit,
+        &actor,
+        FIRST_ADMIN,
+        3_600_000_000,
+        appliance::time::now_us(),
+    )
+    .expect("setup token");
 
     let mut ingest = Service::start(
         "plantgate-ingest",

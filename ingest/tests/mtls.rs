@@ -82,7 +82,13 @@ fn a_device_enrols_posts_with_its_certificate_renews_and_is_refused_once_revoked
     t.register("MM-OTHER", DeviceKind::Monitor, None);
     t.start();
     let dir = t.dir.path().to_owned();
-    let token = device_ca::issue_enrolment_token(&t.app.audit, &actor(), "MM-CERT").unwrap();
+    let token = device_ca::issue_enrolment_token(
+        &t.app.audit,
+        &actor(),
+        "MM-CERT",
+        appliance::time::now_us(),
+    )
+    .unwrap();
     let bearer = format!("Authorization: Bearer {}", token.reveal());
     let (key, csr) = make_csr(&dir, "first");
 
@@ -178,7 +184,13 @@ fn a_device_enrols_posts_with_its_certificate_renews_and_is_refused_once_revoked
     );
     assert_eq!(t.stored_seqs(&monitor.device), [1, 2, 3]);
 
-    let revoked = device_ca::revoke_certificates(&t.app.audit, &actor(), "MM-CERT").unwrap();
+    let revoked = device_ca::revoke_certificates(
+        &t.app.audit,
+        &actor(),
+        "MM-CERT",
+        appliance::time::now_us(),
+    )
+    .unwrap();
     assert_eq!(revoked, 2);
     // Refused in the TLS handshake: no HTTP answer at all.
     for auth in [&first, &second] {

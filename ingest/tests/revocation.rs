@@ -60,9 +60,10 @@ fn certificate(t: &TestIngest, serial: &str) -> (PathBuf, PathBuf) {
     csr.set_pubkey(&key).unwrap();
     csr.sign(&key, MessageDigest::sha256()).unwrap();
     let csr = csr.build().to_pem().unwrap();
-    let token = device_ca::issue_enrolment_token(&t.app.audit, &actor(), serial).unwrap();
+    let token = device_ca::issue_enrolment_token(&t.app.audit, &actor(), serial, now_us()).unwrap();
     let ca = DeviceCa::load(&t.app.config.keys_dir()).unwrap();
-    let (_, cert) = device_ca::enrol(&t.app.audit, &ca, serial, token.reveal(), &csr).unwrap();
+    let (_, cert) =
+        device_ca::enrol(&t.app.audit, &ca, serial, token.reveal(), &csr, now_us()).unwrap();
     let cert_path = t.dir.path().join(format!("{serial}.crt"));
     let key_path = t.dir.path().join(format!("{serial}.key"));
     std::fs::write(&cert_path, cert.to_pem().unwrap()).unwrap();
@@ -95,7 +96,7 @@ fn a_revoked_device_is_disconnected_at_once_and_what_it_sends_after_is_not_store
     client.publish(1, &topic, &reading(1)).unwrap();
     assert_eq!(client.next_event(ANSWER), acked(1));
 
-    Device::revoke(&t.app.audit, &actor(), "MM-REV").unwrap();
+    Device::revoke(&t.app.audit, &actor(), "MM-REV", now_us()).unwrap();
     assert_eq!(
         client.events_until_closed(CLOSED_WITHIN),
         [
@@ -201,7 +202,8 @@ fn revoking_its_certificates_closes_a_connection_signed_in_with_one(backend: Bac
     with_cert.publish(1, &topic, &reading(1)).unwrap();
     assert_eq!(with_cert.next_event(ANSWER), acked(1));
 
-    let revoked = device_ca::revoke_certificates(&t.app.audit, &actor(), "MM-CRT").unwrap();
+    let revoked =
+        device_ca::revoke_certificates(&t.app.audit, &actor(), "MM-CRT", now_us()).unwrap();
     assert_eq!(revoked, 1);
     assert_eq!(
         with_cert.events_until_closed(CLOSED_WITHIN),
@@ -262,11 +264,11 @@ fn the_writer_refuses_a_batch_whose_credential_was_revoked_after_it_authenticate
     let secret = Credential::of_secret(rotated.reveal());
     assert_eq!(store(4, &secret), Ok(1));
 
-    device_ca::revoke_certificates(&t.app.audit, &actor(), "MM-W").unwrap();
+    device_ca::revoke_certificates(&t.app.audit, &actor(), "MM-W", now_us()).unwrap();
     assert_eq!(store(5, &certificate), Err(Refused::Revoked));
     assert_eq!(store(6, &secret), Ok(1));
 
-    Device::revoke(&t.app.audit, &actor(), "MM-W").unwrap();
+    Device::revoke(&t.app.audit, &actor(), "MM-W", now_us()).unwrap();
     assert_eq!(store(7, &secret), Err(Refused::Revoked));
     assert_eq!(t.stored_seqs(&monitor.device), [1, 2, 4, 6]);
 }

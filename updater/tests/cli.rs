@@ -255,8 +255,22 @@ fn firmware_is_uploaded_verified_and_rolled_out_from_the_command_line() {
     let vendor = Vendor::new(1, "firmware vendor");
     let tb = TestBox::new(Backend::Sqlite, &vendor, 1);
     let app = &tb.t.app;
-    let org = Organisation::create(&app.audit, &common::test_actor(), "Plant").unwrap();
-    let site = Site::create(&app.audit, &common::test_actor(), org.id, "Hall", "").unwrap();
+    let org = Organisation::create(
+        &app.audit,
+        &common::test_actor(),
+        "Plant",
+        appliance::time::now_us(),
+    )
+    .unwrap();
+    let site = Site::create(
+        &app.audit,
+        &common::test_actor(),
+        org.id,
+        "Hall",
+        "",
+        appliance::time::now_us(),
+    )
+    .unwrap();
     for serial in ["MX-1", "MX-2"] {
         Device::register(
             &app.audit,
@@ -268,6 +282,7 @@ fn firmware_is_uploaded_verified_and_rolled_out_from_the_command_line() {
                 gateway: None,
                 model: Some("MX-100".into()),
             },
+            appliance::time::now_us(),
         )
         .unwrap();
     }

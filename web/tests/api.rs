@@ -87,8 +87,13 @@ fn api_callers_see_only_their_own_organisation() {
     let portal = Portal::start("");
     portal.setup_admin();
     let actor = Actor::System("test".into());
-    let other =
-        appliance::models::Organisation::create(&portal.app.audit, &actor, "Other Plant").unwrap();
+    let other = appliance::models::Organisation::create(
+        &portal.app.audit,
+        &actor,
+        "Other Plant",
+        appliance::time::now_us(),
+    )
+    .unwrap();
     appliance::models::User::create(
         &portal.app.audit,
         &actor,
@@ -96,6 +101,7 @@ fn api_callers_see_only_their_own_organisation() {
         "Eve",
         "eve@other.example",
         appliance::models::Role::Admin,
+        appliance::time::now_us(),
     )
     .unwrap();
     let (token, _) = portal.token(&["users:read"], 30, 0);
@@ -150,10 +156,24 @@ fn readings_are_paged_through_the_api_for_the_callers_own_devices() {
     let own = Organisation::list(&mut portal.app.store.conn().unwrap())
         .unwrap()
         .remove(0);
-    let other = Organisation::create(&portal.app.audit, &actor, "Other Plant").unwrap();
+    let other = Organisation::create(
+        &portal.app.audit,
+        &actor,
+        "Other Plant",
+        appliance::time::now_us(),
+    )
+    .unwrap();
     let t0 = 1_795_334_400_000_000;
     for (org, serial) in [(own.id, "MM-1"), (other.id, "MM-9")] {
-        let site = Site::create(&portal.app.audit, &actor, org, "Hall 3", "").unwrap();
+        let site = Site::create(
+            &portal.app.audit,
+            &actor,
+            org,
+            "Hall 3",
+            "",
+            appliance::time::now_us(),
+        )
+        .unwrap();
         let request = DeviceRequest {
             serial: serial.into(),
             kind: DeviceKind::Monitor,
@@ -161,7 +181,13 @@ fn readings_are_paged_through_the_api_for_the_callers_own_devices() {
             gateway: None,
             model: None,
         };
-        let (device, _) = Device::register(&portal.app.audit, &actor, &request).unwrap();
+        let (device, _) = Device::register(
+            &portal.app.audit,
+            &actor,
+            &request,
+            appliance::time::now_us(),
+        )
+        .unwrap();
         let rows: Vec<NewReading> = (1..=1200)
             .map(|i| NewReading {
                 device_id: device.id,

@@ -97,6 +97,7 @@ async fn only_admins_and_auditors_read_the_audit_log() {
             "Someone",
             email,
             role,
+            appliance::time::now_us(),
         )
         .unwrap();
         appliance::accounts::set_password(

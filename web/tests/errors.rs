@@ -110,7 +110,13 @@ fn every_services_warnings_and_errors_are_shown_to_the_operators_administrators_
         303
     );
     let actor = Actor::System("test".into());
-    let other = Organisation::create(&portal.app.audit, &actor, "Werkzeugbau Süd").unwrap();
+    let other = Organisation::create(
+        &portal.app.audit,
+        &actor,
+        "Werkzeugbau Süd",
+        appliance::time::now_us(),
+    )
+    .unwrap();
     let bea = User::create(
         &portal.app.audit,
         &actor,
@@ -118,6 +124,7 @@ fn every_services_warnings_and_errors_are_shown_to_the_operators_administrators_
         "Bea Boss",
         "bea@werkzeug.example",
         Role::Admin,
+        appliance::time::now_us(),
     )
     .unwrap();
     set_password(

@@ -388,6 +388,7 @@ fn only_administrators_with_a_fresh_password_manage_firmware() {
         "Tess",
         "tess@plant.example",
         Role::Technician,
+        appliance::time::now_us(),
     )
     .unwrap();
     appliance::accounts::set_password(
@@ -459,10 +460,19 @@ fn a_rollout_started_in_the_portal_is_offered_to_the_device_and_can_be_paused() 
     let own = Organisation::list(&mut app.store.conn().unwrap())
         .unwrap()
         .remove(0);
-    let other = Organisation::create(&app.audit, &actor, "Other Plant").unwrap();
+    let other =
+        Organisation::create(&app.audit, &actor, "Other Plant", appliance::time::now_us()).unwrap();
     let mut devices = Vec::new();
     for (org, serial) in [(own.id, "MX-1"), (own.id, "MX-2"), (other.id, "MX-9")] {
-        let site = Site::create(&app.audit, &actor, org, &format!("Hall {serial}"), "").unwrap();
+        let site = Site::create(
+            &app.audit,
+            &actor,
+            org,
+            &format!("Hall {serial}"),
+            "",
+            appliance::time::now_us(),
+        )
+        .unwrap();
         let (device, _) = Device::register(
             &app.audit,
             &actor,
@@ -473,6 +483,7 @@ fn a_rollout_started_in_the_portal_is_offered_to_the_device_and_can_be_paused() 
                 gateway: None,
                 model: Some(MODEL.into()),
             },
+            appliance::time::now_us(),
         )
         .unwrap();
         devices.push(device);

@@ -440,8 +440,15 @@ fn schemathesis_with_every_check_finds_no_failure_against_the_document(backend: 
     let own = appliance::models::Organisation::list(&mut portal.app.store.conn().unwrap())
         .unwrap()
         .remove(0);
-    let site =
-        appliance::models::Site::create(&portal.app.audit, &actor, own.id, "Hall 3", "").unwrap();
+    let site = appliance::models::Site::create(
+        &portal.app.audit,
+        &actor,
+        own.id,
+        "Hall 3",
+        "",
+        appliance::time::now_us(),
+    )
+    .unwrap();
     let request = appliance::devices::DeviceRequest {
         serial: "MM-1".into(),
         kind: appliance::devices::DeviceKind::Monitor,
@@ -449,8 +456,13 @@ fn schemathesis_with_every_check_finds_no_failure_against_the_document(backend: 
         gateway: None,
         model: None,
     };
-    let (device, _) =
-        appliance::devices::Device::register(&portal.app.audit, &actor, &request).unwrap();
+    let (device, _) = appliance::devices::Device::register(
+        &portal.app.audit,
+        &actor,
+        &request,
+        appliance::time::now_us(),
+    )
+    .unwrap();
     let t0 = 1_795_334_400_000_000;
     let rows: Vec<appliance::readings::NewReading> = (1..=30)
         .map(|i| appliance::readings::NewReading {

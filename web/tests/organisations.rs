@@ -219,6 +219,7 @@ fn the_operator_runs_organisations_whose_administrators_see_only_their_own() {
         "Ann Approver",
         "ann@plant.example",
         appliance::models::Role::Approver,
+        appliance::time::now_us(),
     )
     .unwrap();
     let hall = appliance::models::Site::find_in(

@@ -28,8 +28,16 @@ async fn every_page_answers_every_role_as_the_permission_table_says() {
     ];
     for role in roles {
         let email = format!("{role}@plant.example");
-        let user =
-            User::create(&portal.t.app.audit, &actor, org.id, "Someone", &email, role).unwrap();
+        let user = User::create(
+            &portal.t.app.audit,
+            &actor,
+            org.id,
+            "Someone",
+            &email,
+            role,
+            appliance::time::now_us(),
+        )
+        .unwrap();
         appliance::accounts::set_password(
             &portal.t.app.audit,
             &actor,

@@ -11,10 +11,11 @@ use common::*;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use appliance::access::{self, Machine, SitePolicy};
+use appliance::access::{self, Machine, NewMachine, SitePolicy};
 use appliance::accounts::{self, PasswordPolicy};
 use appliance::models::{Organisation, Role, Site, User};
 use appliance::schema::{access_requests, machines, site_approvers};
+use appliance::time::now_us;
 use diesel::prelude::*;
 
 fn organisation(portal: &Portal) -> Organisation {
@@ -32,6 +33,7 @@ fn person(portal: &Portal, org: &Organisation, name: &str, role: Role) -> User {
         name,
         &format!("{}@plant.example", name.to_lowercase()),
         role,
+        now_us(),
     )
     .unwrap();
     accounts::set_password(
@@ -223,6 +225,7 @@ fn an_administrator_sets_up_a_site_and_garbage_changes_nothing() {
         &portal.app.audit,
         &appliance::Actor::System("test".into()),
         "Other Plant",
+        now_us(),
     )
     .unwrap();
     let foreign = Site::create(
@@ -231,6 +234,7 @@ fn an_administrator_sets_up_a_site_and_garbage_changes_nothing() {
         other.id,
         "Elsewhere",
         "",
+        now_us(),
     )
     .unwrap();
     assert_eq!(
@@ -318,22 +322,25 @@ fn a_real_browser_walks_request_approval_banner_and_revoke() {
     let org = organisation(&portal);
     let actor = appliance::Actor::System("test".into());
     let (audit, config) = (&portal.app.audit, &portal.app.config);
-    let site = Site::create(audit, &actor, org.id, "Hall A", "").unwrap();
+    let site = Site::create(audit, &actor, org.id, "Hall A", "", now_us()).unwrap();
     let policy = access::PolicyChange {
         approval_required: true,
         max_minutes: "60".into(),
         device_allowlist: "192.168.50.0/28".into(),
         ..Default::default()
     };
-    SitePolicy::set(audit, &actor, config, &site, &policy).unwrap();
+    SitePolicy::set(audit, &actor, config, &site, &policy, now_us()).unwrap();
     let press = Machine::add(
         audit,
         &actor,
         config,
         &site,
-        "Press 1",
-        "192.168.50.10",
-        &["vnc".into()],
+        &NewMachine {
+            name: "Press 1",
+            address: "192.168.50.10",
+            agents: &["vnc".into()],
+        },
+        now_us(),
     )
     .unwrap();
     let tom = person(&portal, &org, "Tom", Role::Technician);
@@ -473,18 +480,37 @@ fn the_api_lists_machines_and_the_requests_the_caller_may_see() {
         device_allowlist: allowlist.into(),
         ..Default::default()
     };
-    let hall_a = Site::create(audit, &actor, org.id, "Hall A", "").unwrap();
-    let hall_b = Site::create(audit, &actor, org.id, "Hall B", "").unwrap();
-    SitePolicy::set(audit, &actor, config, &hall_a, &policy("192.168.50.10/32")).unwrap();
-    SitePolicy::set(audit, &actor, config, &hall_b, &policy("192.168.50.20/32")).unwrap();
+    let hall_a = Site::create(audit, &actor, org.id, "Hall A", "", now_us()).unwrap();
+    let hall_b = Site::create(audit, &actor, org.id, "Hall B", "", now_us()).unwrap();
+    SitePolicy::set(
+        audit,
+        &actor,
+        config,
+        &hall_a,
+        &policy("192.168.50.10/32"),
+        now_us(),
+    )
+    .unwrap();
+    SitePolicy::set(
+        audit,
+        &actor,
+        config,
+        &hall_b,
+        &policy("192.168.50.20/32"),
+        now_us(),
+    )
+    .unwrap();
     let press = Machine::add(
         audit,
         &actor,
         config,
         &hall_a,
-        "Press 1",
-        "192.168.50.10",
-        &["s7".into(), "vnc".into()],
+        &NewMachine {
+            name: "Press 1",
+            address: "192.168.50.10",
+            agents: &["s7".into(), "vnc".into()],
+        },
+        now_us(),
     )
     .unwrap();
     let tom = person(&portal, &org, "Tom", Role::Technician);
@@ -587,7 +613,7 @@ fn the_devices_page_shows_state_and_active_alerts_at_the_users_sites_only() {
     let org = organisation(&portal);
     let actor = appliance::Actor::System("test".into());
     let audit = &portal.app.audit;
-    let hall = Site::create(audit, &actor, org.id, "Hall A", "").unwrap();
+    let hall = Site::create(audit, &actor, org.id, "Hall A", "", now_us()).unwrap();
     let register = |serial: &str, site: &Site| {
         Device::register(
             audit,
@@ -599,6 +625,7 @@ fn the_devices_page_shows_state_and_active_alerts_at_the_users_sites_only() {
                 gateway: None,
                 model: None,
             },
+            now_us(),
         )
         .unwrap()
         .0
@@ -631,6 +658,7 @@ fn the_devices_page_shows_state_and_active_alerts_at_the_users_sites_only() {
             measure: Measure::Value,
             for_seconds: 0,
         },
+        now_us(),
     )
     .unwrap();
     // An active alert, as the ingest service's evaluation would store it.
@@ -644,8 +672,8 @@ fn the_devices_page_shows_state_and_active_alerts_at_the_users_sites_only() {
         .execute(&mut portal.app.store.conn().unwrap())
         .unwrap();
     // Another organisation's device stays invisible.
-    let other = Organisation::create(audit, &actor, "Other Plant").unwrap();
-    let elsewhere = Site::create(audit, &actor, other.id, "Elsewhere", "").unwrap();
+    let other = Organisation::create(audit, &actor, "Other Plant", now_us()).unwrap();
+    let elsewhere = Site::create(audit, &actor, other.id, "Elsewhere", "", now_us()).unwrap();
     register("XX-0001", &elsewhere);
 
     let viewer = person(&portal, &org, "Vic", Role::Viewer);

@@ -24,10 +24,24 @@ fn portal_with_devices() -> (Portal, Site, Device, Device) {
     let own = Organisation::list(&mut portal.app.store.conn().unwrap())
         .unwrap()
         .remove(0);
-    let other = Organisation::create(&portal.app.audit, &actor, "Other Plant").unwrap();
+    let other = Organisation::create(
+        &portal.app.audit,
+        &actor,
+        "Other Plant",
+        appliance::time::now_us(),
+    )
+    .unwrap();
     let mut made = Vec::new();
     for (org, serial) in [(own.id, "MM-1"), (other.id, "MM-9")] {
-        let site = Site::create(&portal.app.audit, &actor, org, "Hall 3", "").unwrap();
+        let site = Site::create(
+            &portal.app.audit,
+            &actor,
+            org,
+            "Hall 3",
+            "",
+            appliance::time::now_us(),
+        )
+        .unwrap();
         let request = DeviceRequest {
             serial: serial.into(),
             kind: DeviceKind::Monitor,
@@ -35,7 +49,13 @@ fn portal_with_devices() -> (Portal, Site, Device, Device) {
             gateway: None,
             model: None,
         };
-        let (device, _) = Device::register(&portal.app.audit, &actor, &request).unwrap();
+        let (device, _) = Device::register(
+            &portal.app.audit,
+            &actor,
+            &request,
+            appliance::time::now_us(),
+        )
+        .unwrap();
         made.push((site, device));
     }
     let (other_site, other_device) = made.pop().unwrap();

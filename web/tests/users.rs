@@ -170,8 +170,13 @@ async fn an_admin_manages_users_of_their_own_organisation_only() {
 
     // Another organisation's users are invisible and untouchable: 404, not 403.
     let actor = Actor::System("test".into());
-    let other = appliance::models::Organisation::create(&portal.t.app.audit, &actor, "Other Plant")
-        .unwrap();
+    let other = appliance::models::Organisation::create(
+        &portal.t.app.audit,
+        &actor,
+        "Other Plant",
+        appliance::time::now_us(),
+    )
+    .unwrap();
     let eve = appliance::models::User::create(
         &portal.t.app.audit,
         &actor,
@@ -179,6 +184,7 @@ async fn an_admin_manages_users_of_their_own_organisation_only() {
         "Eve",
         "eve@other.example",
         appliance::models::Role::Admin,
+        appliance::time::now_us(),
     )
     .unwrap();
     assert!(

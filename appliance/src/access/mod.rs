@@ -50,6 +50,8 @@ pub use policy::{HourWindow, PolicyChange, SitePolicy};
 pub use requests::{Decision, NewRequest, decide, may_request, request};
 pub use sessions::{TickReport, end, extend, set_key_switch, tick};
 pub use signal::{active_sites, record_signal};
-pub use sites::{Machine, approvers, is_approver, set_approver, site_of, sites_for, user_site};
+pub use sites::{
+    Machine, NewMachine, approvers, is_approver, set_approver, site_of, sites_for, user_site,
+};
 pub use state::{AccessRequest, State};
 pub use views::{RequestView, Show, banners, find_visible, visible};

@@ -198,13 +198,15 @@ impl SitePolicy {
         self.allowlist().iter().any(|net| net.contains(&address))
     }
 
-    /// Validates and stores a new policy for `site`, audited as `site.policy.changed`.
+    /// Validates and stores a new policy for `site` as of `now`, audited as
+    /// `site.policy.changed`.
     pub fn set(
         audit: &Audit,
         actor: &Actor,
         config: &Config,
         site: &Site,
         change: &PolicyChange,
+        now: i64,
     ) -> Result<SitePolicy> {
         let ceiling = config.firewall.max_grant_minutes;
         let max_minutes = change
@@ -272,7 +274,7 @@ impl SitePolicy {
                 device_allowlist: join_networks(&allowlist),
                 remote_enabled: before.remote_enabled,
                 signal_on: before.signal_on,
-                updated_at_us: crate::time::now_us(),
+                updated_at_us: now,
             };
             policy.save(conn)?;
             let event = AuditEvent::new(actor.clone(), "site.policy.changed")

@@ -145,6 +145,16 @@ pub struct Machine {
     pub removed_at_us: Option<i64>,
 }
 
+/// What an administrator fills in to add a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewMachine<'a> {
+    pub name: &'a str,
+    /// An IPv4 host of the device network.
+    pub address: &'a str,
+    /// Agent names (such as s7 or vnc); blank and repeated names are ignored.
+    pub agents: &'a [String],
+}
+
 impl Machine {
     pub fn agent_names(&self) -> Vec<&str> {
         self.agents.split(',').filter(|a| !a.is_empty()).collect()
@@ -154,17 +164,22 @@ impl Machine {
         self.id.to_string()
     }
 
-    /// Adds a machine to `site`: its address must be a host of the device network and on
-    /// the site's allowlist, and each agent must exist. Audited as `machine.added`.
+    /// Adds a machine to `site` as of `now`: its address must be a host of the device
+    /// network and on the site's allowlist, and each agent must exist. Audited as
+    /// `machine.added`.
     pub fn add(
         audit: &Audit,
         actor: &Actor,
         config: &Config,
         site: &Site,
-        name: &str,
-        address: &str,
-        agents: &[String],
+        machine: &NewMachine<'_>,
+        now: i64,
     ) -> Result<Machine> {
+        let NewMachine {
+            name,
+            address,
+            agents,
+        } = *machine;
         let name = clean_name("name", name)?;
         let address: Ipv4Addr = address.trim().parse().map_err(|_| {
             Error::invalid("address", format!("{address:?} is not an IPv4 address"))
@@ -230,7 +245,7 @@ impl Machine {
                     machines::name.eq(&name),
                     machines::address.eq(address.to_string()),
                     machines::agents.eq(&agents),
-                    machines::created_at_us.eq(crate::time::now_us()),
+                    machines::created_at_us.eq(now),
                 ))
                 .returning(Machine::as_returning())
                 .get_result(c))?;
@@ -243,12 +258,13 @@ impl Machine {
         })
     }
 
-    /// Removes a machine that has no session open; audited as `machine.removed`.
+    /// Removes a machine that has no session open, as of `now`; audited as `machine.removed`.
     pub fn remove(
         audit: &Audit,
         actor: &Actor,
         organisation: OrganisationId,
         id: MachineId,
+        now: i64,
     ) -> Result<()> {
         audit.record_with(|conn| {
             let machine = Machine::find(conn, organisation, id)?;
@@ -267,7 +283,7 @@ impl Machine {
                 )));
             }
             diesel::update(machines::table.find(id))
-                .set(machines::removed_at_us.eq(crate::time::now_us()))
+                .set(machines::removed_at_us.eq(now))
                 .execute(conn)?;
             let event = AuditEvent::new(actor.clone(), "machine.removed")
                 .target(machine.target())

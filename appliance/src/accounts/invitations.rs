@@ -25,7 +25,7 @@ pub(crate) fn invite_in(
     now: i64,
 ) -> Result<AuditEvent> {
     let purpose = invitation_purpose(user.id);
-    let (token, _, event) = enrolment::issue_in(conn, actor, &purpose, valid_us)?;
+    let (token, _, event) = enrolment::issue_in(conn, actor, &purpose, valid_us, now)?;
     let link = format!(
         "{}/invite/{}/{}",
         config.portal_url(),
@@ -62,7 +62,7 @@ pub fn accept_invitation(
     policy.check(password, &account.email)?;
     let hash = hash_password(password)?;
     audit.record_with(|conn| {
-        enrolment::redeem(conn, &invitation_purpose(user), token)?;
+        enrolment::redeem(conn, &invitation_purpose(user), token, now)?;
         diesel::update(users::table.find(user))
             .set((
                 users::password_hash.eq(&hash),

@@ -114,7 +114,7 @@ pub fn setup_first_admin(
     policy.check(&request.password, &email)?;
     let hash = hash_password(&request.password)?;
     audit.record_with(|conn| {
-        let token = enrolment::redeem(conn, FIRST_ADMIN, request.token.trim())?;
+        let token = enrolment::redeem(conn, FIRST_ADMIN, request.token.trim(), now)?;
         let existing: Option<crate::ids::OrganisationId> =
             organisations::table.filter(organisations::name.eq(&organisation)).select(organisations::id).first(conn).optional()?;
         let org = match existing {

@@ -20,7 +20,6 @@ use crate::error::Result;
 use crate::ids::GrantId;
 use crate::schema::{firewall_status, users};
 use crate::store::DbConnection;
-use crate::time::now_us;
 
 /// One line a client writes to the controller's socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,8 +204,14 @@ impl fmt::Display for Enforcement {
 
 /// After a revoke is stored: asks the controller to remove the grant's pinholes and
 /// waits for its confirmation. Without one, the pending revoke is audited
-/// (`firewall.revoke.pending`, a failure) and every administrator is emailed.
-pub fn enforce_revoke(audit: &Audit, actor: &Actor, config: &Config, id: GrantId) -> Enforcement {
+/// (`firewall.revoke.pending`, a failure) and every administrator is emailed, as of `now`.
+pub fn enforce_revoke(
+    audit: &Audit,
+    actor: &Actor,
+    config: &Config,
+    id: GrantId,
+    now: i64,
+) -> Enforcement {
     let why = match apply_grant(config, id) {
         Ok(GrantState::Closed {
             removed,
@@ -225,7 +230,7 @@ pub fn enforce_revoke(audit: &Audit, actor: &Actor, config: &Config, id: GrantId
         why: why.clone(),
         within_seconds,
     };
-    if let Err(err) = record_pending(audit, actor, config, id, &why) {
+    if let Err(err) = record_pending(audit, actor, config, id, &why, now) {
         tracing::error!(error = %err, grant = id.0, "cannot record the pending revoke");
     }
     pending
@@ -237,10 +242,10 @@ fn record_pending(
     config: &Config,
     id: GrantId,
     why: &str,
+    now: i64,
 ) -> Result<()> {
     let within = config.firewall.lease_seconds;
     audit.record_with(|conn| {
-        let now = now_us();
         let admins: Vec<String> = users::table
             .filter(users::role.eq("admin"))
             .filter(users::disabled_at_us.is_null())

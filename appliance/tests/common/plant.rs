@@ -3,7 +3,9 @@
 //! decide as them and read what a refusal must leave untouched.
 
 use appliance::Error;
-use appliance::access::{self, Decision, Machine, NewRequest, PolicyChange, SitePolicy};
+use appliance::access::{
+    self, Decision, Machine, NewMachine, NewRequest, PolicyChange, SitePolicy,
+};
 use appliance::ids::AccessRequestId;
 use appliance::models::{Organisation, Role, Site, User};
 use appliance::schema::{access_requests, firewall_grants, mail_outbox};
@@ -33,6 +35,7 @@ pub fn user(t: &TestAppliance, org: &Organisation, name: &str, role: Role) -> Us
         name,
         &format!("{}@plant.example", name.to_lowercase()),
         role,
+        now_us(),
     )
     .unwrap()
 }
@@ -50,19 +53,38 @@ pub fn policy(allowlist: &str) -> PolicyChange {
 pub fn plant(backend: Backend) -> Plant {
     let t = TestAppliance::new(backend);
     let (audit, actor, config) = (&t.app.audit, test_actor(), &t.app.config);
-    let org = Organisation::create(audit, &actor, "Plant").unwrap();
-    let site_a = Site::create(audit, &actor, org.id, "Hall A", "").unwrap();
-    let site_b = Site::create(audit, &actor, org.id, "Hall B", "").unwrap();
-    SitePolicy::set(audit, &actor, config, &site_a, &policy("192.168.50.0/28")).unwrap();
-    SitePolicy::set(audit, &actor, config, &site_b, &policy("192.168.50.16/28")).unwrap();
+    let org = Organisation::create(audit, &actor, "Plant", now_us()).unwrap();
+    let site_a = Site::create(audit, &actor, org.id, "Hall A", "", now_us()).unwrap();
+    let site_b = Site::create(audit, &actor, org.id, "Hall B", "", now_us()).unwrap();
+    SitePolicy::set(
+        audit,
+        &actor,
+        config,
+        &site_a,
+        &policy("192.168.50.0/28"),
+        now_us(),
+    )
+    .unwrap();
+    SitePolicy::set(
+        audit,
+        &actor,
+        config,
+        &site_b,
+        &policy("192.168.50.16/28"),
+        now_us(),
+    )
+    .unwrap();
     let press = Machine::add(
         audit,
         &actor,
         config,
         &site_a,
-        "Press 1",
-        "192.168.50.10",
-        &["s7".into(), "vnc".into()],
+        &NewMachine {
+            name: "Press 1",
+            address: "192.168.50.10",
+            agents: &["s7".into(), "vnc".into()],
+        },
+        now_us(),
     )
     .unwrap();
     let mixer = Machine::add(
@@ -70,9 +92,12 @@ pub fn plant(backend: Backend) -> Plant {
         &actor,
         config,
         &site_b,
-        "Mixer",
-        "192.168.50.20",
-        &["modbus".into()],
+        &NewMachine {
+            name: "Mixer",
+            address: "192.168.50.20",
+            agents: &["modbus".into()],
+        },
+        now_us(),
     )
     .unwrap();
     let tech = user(&t, &org, "Tom", Role::Technician);

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use appliance::access::{self, Machine, PolicyChange, SitePolicy};
+use appliance::access::{self, Machine, NewMachine, PolicyChange, SitePolicy};
 use appliance::accounts::{self, PasswordPolicy};
 use appliance::models::{Organisation, Role, Site, User};
 
@@ -126,9 +126,31 @@ pub struct Plant {
 
 pub fn plant(t: &Topology) -> Plant {
     let (audit, actor, config) = (&t.app.audit, test_actor(), &t.app.config);
-    let org = Organisation::create(audit, &actor, "Moulding Plant Nord").unwrap();
-    let site_a = Site::create(audit, &actor, org.id, "Hall A", "").unwrap();
-    let site_b = Site::create(audit, &actor, org.id, "Hall B", "").unwrap();
+    let org = Organisation::create(
+        audit,
+        &actor,
+        "Moulding Plant Nord",
+        appliance::time::now_us(),
+    )
+    .unwrap();
+    let site_a = Site::create(
+        audit,
+        &actor,
+        org.id,
+        "Hall A",
+        "",
+        appliance::time::now_us(),
+    )
+    .unwrap();
+    let site_b = Site::create(
+        audit,
+        &actor,
+        org.id,
+        "Hall B",
+        "",
+        appliance::time::now_us(),
+    )
+    .unwrap();
     let policy = |allowlist: &str| PolicyChange {
         approval_required: true,
         max_minutes: "60".into(),
@@ -141,6 +163,7 @@ pub fn plant(t: &Topology) -> Plant {
         config,
         &site_a,
         &policy(&format!("{DEVICE}/32")),
+        appliance::time::now_us(),
     )
     .unwrap();
     SitePolicy::set(
@@ -149,6 +172,7 @@ pub fn plant(t: &Topology) -> Plant {
         config,
         &site_b,
         &policy(&format!("{OTHER_DEVICE}/32")),
+        appliance::time::now_us(),
     )
     .unwrap();
     let press = Machine::add(
@@ -156,9 +180,12 @@ pub fn plant(t: &Topology) -> Plant {
         &actor,
         config,
         &site_a,
-        "Press 1",
-        DEVICE,
-        &["s7".into()],
+        &NewMachine {
+            name: "Press 1",
+            address: DEVICE,
+            agents: &["s7".into()],
+        },
+        appliance::time::now_us(),
     )
     .unwrap();
     Machine::add(
@@ -166,9 +193,12 @@ pub fn plant(t: &Topology) -> Plant {
         &actor,
         config,
         &site_b,
-        "Mixer",
-        OTHER_DEVICE,
-        &["modbus".into()],
+        &NewMachine {
+            name: "Mixer",
+            address: OTHER_DEVICE,
+            agents: &["modbus".into()],
+        },
+        appliance::time::now_us(),
     )
     .unwrap();
     let person = |name: &str, role| {
@@ -179,6 +209,7 @@ pub fn plant(t: &Topology) -> Plant {
             name,
             &format!("{}@plant.example", name.to_lowercase()),
             role,
+            appliance::time::now_us(),
         )
         .unwrap();
         accounts::set_password(

@@ -195,7 +195,11 @@ fn request_device_certificates(
             return false;
         };
         match store.try_conn() {
-            Some(mut conn) => match appliance::device_ca::authenticate(&mut conn, &der) {
+            Some(mut conn) => match appliance::device_ca::authenticate(
+                &mut conn,
+                &der,
+                appliance::time::now_us(),
+            ) {
                 Ok(device) => device.is_some(),
                 Err(err) => {
                     tracing::warn!(error = %err, "certificate check in the handshake failed; the request will be checked");

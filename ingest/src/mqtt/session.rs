@@ -254,7 +254,7 @@ async fn sign_in(
             let claimed = username.clone();
             tokio::task::spawn_blocking(move || {
                 let mut conn = worker.app.store.conn().ok()?;
-                device_ca::authenticate(&mut conn, &der)
+                device_ca::authenticate(&mut conn, &der, now_us())
                     .ok()
                     .flatten()
                     .filter(|device| claimed.as_ref().is_none_or(|u| *u == device.serial))

@@ -117,8 +117,22 @@ impl TestIngest {
         config.prepare_data_dir().expect("data dir");
         appliance::provision::keys(&config).expect("keys");
         let app = Appliance::create(config, &actor()).expect("create appliance");
-        let org = Organisation::create(&app.audit, &actor(), "Moulding Nord").expect("org");
-        let site = Site::create(&app.audit, &actor(), org.id, "Hall 3", "").expect("site");
+        let org = Organisation::create(
+            &app.audit,
+            &actor(),
+            "Moulding Nord",
+            appliance::time::now_us(),
+        )
+        .expect("org");
+        let site = Site::create(
+            &app.audit,
+            &actor(),
+            org.id,
+            "Hall 3",
+            "",
+            appliance::time::now_us(),
+        )
+        .expect("site");
         TestIngest {
             backend,
             dir,
@@ -211,6 +225,7 @@ impl TestIngest {
                 gateway: gateway.map(str::to_owned),
                 model: model.map(str::to_owned),
             },
+            appliance::time::now_us(),
         )
         .expect("register device");
         TestDevice {

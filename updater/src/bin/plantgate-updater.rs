@@ -460,6 +460,7 @@ fn firmware_command(
                     failure_threshold_pct,
                     organisation: None,
                 },
+                appliance::time::now_us(),
             )?;
             appliance::outln!("{}", rollout.id.0);
         }
@@ -494,11 +495,23 @@ fn firmware_command(
             }
         }
         FirmwareCommand::Rollout(RolloutCommand::Pause { id }) => {
-            let rollout = Rollout::set_paused(&app.audit, &actor, RolloutId(id), true)?;
+            let rollout = Rollout::set_paused(
+                &app.audit,
+                &actor,
+                RolloutId(id),
+                true,
+                appliance::time::now_us(),
+            )?;
             appliance::outln!("rollout {} is {}", rollout.id.0, rollout.state);
         }
         FirmwareCommand::Rollout(RolloutCommand::Resume { id }) => {
-            let rollout = Rollout::set_paused(&app.audit, &actor, RolloutId(id), false)?;
+            let rollout = Rollout::set_paused(
+                &app.audit,
+                &actor,
+                RolloutId(id),
+                false,
+                appliance::time::now_us(),
+            )?;
             appliance::outln!("rollout {} is {}", rollout.id.0, rollout.state);
         }
     }

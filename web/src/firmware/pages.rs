@@ -245,12 +245,15 @@ pub async fn create_rollout(
     let problem = match request {
         Err(problem) => Some(problem),
         Ok(request) => {
-            let (audit, actor, from) = (
+            let (audit, actor, from, now) = (
                 state.app.audit.clone(),
                 Actor::User(user.user.id),
                 source(&req),
+                state.now(),
             );
-            match web::block(move || Rollout::create_from(&audit, &actor, &from, &request)).await? {
+            match web::block(move || Rollout::create_from(&audit, &actor, &from, &request, now))
+                .await?
+            {
                 Ok(_) => return Ok(see_other("/firmware")),
                 Err(appliance::Error::Invalid { field, problem }) => {
                     Some(format!("{field}: {problem}"))
@@ -288,11 +291,12 @@ pub async fn change_rollout(
         "resume" => false,
         _ => return Err(WebError::NotFound),
     };
-    let (app, actor, from, organisation) = (
+    let (app, actor, from, organisation, now) = (
         state.app.clone(),
         Actor::User(user.user.id),
         source(&req),
         user.user.organisation_id,
+        state.now(),
     );
     let changed = web::block(move || -> appliance::error::Result<()> {
         let visible = Rollout::list_for_organisation(&mut *app.store.conn()?, organisation)?
@@ -301,7 +305,7 @@ pub async fn change_rollout(
         if !visible {
             return Err(appliance::Error::NotFound("rollout"));
         }
-        Rollout::set_paused_from(&app.audit, &actor, &from, RolloutId(id), paused).map(|_| ())
+        Rollout::set_paused_from(&app.audit, &actor, &from, RolloutId(id), paused, now).map(|_| ())
     })
     .await?;
     match changed {

@@ -131,6 +131,7 @@ pub async fn create_user(
             // Check the password first, so a refused one leaves no half-made account.
             state.policy.check(&form.password, &form.email)?;
             let actor = Actor::User(admin.user.id);
+            let now = state.now();
             let created = appliance::models::User::create(
                 &state.app.audit,
                 &actor,
@@ -138,6 +139,7 @@ pub async fn create_user(
                 &form.name,
                 &form.email,
                 role,
+                now,
             )?;
             accounts::set_password(
                 &state.app.audit,
@@ -145,7 +147,7 @@ pub async fn create_user(
                 &created,
                 &form.password,
                 state.policy,
-                state.now(),
+                now,
             )
         })
         .await?

@@ -33,12 +33,12 @@ pub(super) async fn after_grant_change(
 ) {
     state.worker.poke();
     let Some(id) = grant else { return };
-    let app = state.app.clone();
+    let (app, now) = (state.app.clone(), state.now());
     let done = web::block(move || -> Result<(), String> {
         let grant = Grant::find(&mut *app.store.conn().map_err(|e| e.to_string())?, id)
             .map_err(|e| e.to_string())?;
         if grant.revoked_at_us.is_some() {
-            match control::enforce_revoke(&app.audit, &actor, &app.config, id) {
+            match control::enforce_revoke(&app.audit, &actor, &app.config, id, now) {
                 Enforcement::Confirmed { .. } => Ok(()),
                 pending => Err(pending.to_string()),
             }

@@ -3,7 +3,7 @@
 
 use actix_web::{HttpRequest, web};
 use appliance::Actor;
-use appliance::access::{self, Machine, PolicyChange, Show, SitePolicy};
+use appliance::access::{self, Machine, NewMachine, PolicyChange, Show, SitePolicy};
 use appliance::grants::Agent;
 use appliance::ids::MachineId;
 use appliance::models::{Role, Site, User};
@@ -96,6 +96,7 @@ pub async fn create_site(
     user.admin_only("Changing sites")?;
     user.check_csrf(&form.csrf)?;
     let (app, account, form) = (state.app.clone(), user.user.clone(), form.into_inner());
+    let now = state.now();
     let created = web::block(move || {
         Site::create(
             &app.audit,
@@ -103,6 +104,7 @@ pub async fn create_site(
             account.organisation_id,
             &form.name,
             &form.location,
+            now,
         )
     })
     .await?;
@@ -360,6 +362,7 @@ pub async fn set_policy(
         declared_networks: form.declared_networks,
         device_allowlist: form.device_allowlist,
     };
+    let now = state.now();
     change_site(state, user, path.into_inner(), move |app, account, site| {
         SitePolicy::set(
             &app.audit,
@@ -367,6 +370,7 @@ pub async fn set_policy(
             &app.config,
             site,
             &change,
+            now,
         )
     })
     .await
@@ -432,15 +436,19 @@ pub async fn add_machine(
         }
     }
     user.check_csrf(&form.csrf)?;
+    let now = state.now();
     change_site(state, user, path.into_inner(), move |app, account, site| {
         Machine::add(
             &app.audit,
             &Actor::User(account.id),
             &app.config,
             site,
-            &form.name,
-            &form.address,
-            &agents,
+            &NewMachine {
+                name: &form.name,
+                address: &form.address,
+                agents: &agents,
+            },
+            now,
         )
     })
     .await
@@ -456,6 +464,7 @@ pub async fn remove_machine(
     user.check_csrf(&form.csrf)?;
     let (site, machine) = path.into_inner();
     let machine = MachineId(machine);
+    let now = state.now();
     change_site(state, user, site, move |app, account, site| {
         let found = Machine::find(&mut *app.store.conn()?, account.organisation_id, machine)?;
         if found.site_id != site.id {
@@ -466,6 +475,7 @@ pub async fn remove_machine(
             &Actor::User(account.id),
             account.organisation_id,
             machine,
+            now,
         )
     })
     .await

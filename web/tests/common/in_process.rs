@@ -56,6 +56,7 @@ impl InProcess {
             &Actor::System("test".into()),
             FIRST_ADMIN,
             3_600_000_000,
+            appliance::time::now_us(),
         )
         .expect("enrolment token");
         let state = web::Data::new(AppState::new(

@@ -126,6 +126,7 @@ impl Portal {
             &Actor::System("test".into()),
             FIRST_ADMIN,
             3_600_000_000,
+            appliance::time::now_us(),
         )
         .unwrap();
         let socket_path = dir.path().join("notify.sock");

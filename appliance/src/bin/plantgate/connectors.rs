@@ -75,7 +75,8 @@ pub fn connector(command: ConnectorCommand, config: Config, actor: &Actor) -> Re
                 send_alerts: alerts,
                 ca_pem,
             };
-            let (connector, secret) = Connector::add(&app.audit, actor, &key, &request)?;
+            let (connector, secret) =
+                Connector::add(&app.audit, actor, &key, &request, appliance::time::now_us())?;
             eprintln!(
                 "added {} {} -> {}; its signing secret is shown once, below:",
                 connector.id, connector.name, connector.url
@@ -122,7 +123,12 @@ pub fn connector(command: ConnectorCommand, config: Config, actor: &Actor) -> Re
             }
         }
         ConnectorCommand::Remove { id } => {
-            let c = Connector::remove(&app.audit, actor, ConnectorId(id))?;
+            let c = Connector::remove(
+                &app.audit,
+                actor,
+                ConnectorId(id),
+                appliance::time::now_us(),
+            )?;
             appliance::outln!("removed connector {} {}", c.id.0, c.name);
         }
         ConnectorCommand::Deliveries { id } => {

@@ -66,7 +66,8 @@ pub fn device(command: DeviceCommand, config: Config, actor: &Actor) -> Result<E
                 gateway,
                 model,
             };
-            let (device, secret) = Device::register(&app.audit, actor, &request)?;
+            let (device, secret) =
+                Device::register(&app.audit, actor, &request, appliance::time::now_us())?;
             eprintln!(
                 "registered {} {} ({}); its secret is shown once, below:",
                 device.kind, device.serial, device.id
@@ -79,16 +80,26 @@ pub fn device(command: DeviceCommand, config: Config, actor: &Actor) -> Result<E
             appliance::outln!("{}", secret.reveal());
         }
         DeviceCommand::Revoke { serial } => {
-            let device = Device::revoke(&app.audit, actor, &serial)?;
+            let device = Device::revoke(&app.audit, actor, &serial, appliance::time::now_us())?;
             appliance::outln!("revoked the credential of {}", device.serial);
         }
         DeviceCommand::EnrolToken { serial } => {
-            let token = device_ca::issue_enrolment_token(&app.audit, actor, &serial)?;
+            let token = device_ca::issue_enrolment_token(
+                &app.audit,
+                actor,
+                &serial,
+                appliance::time::now_us(),
+            )?;
             eprintln!("one-time enrolment token for {serial}, valid 7 days, shown once:");
             appliance::outln!("{}", token.reveal());
         }
         DeviceCommand::RevokeCertificates { serial } => {
-            let count = device_ca::revoke_certificates(&app.audit, actor, &serial)?;
+            let count = device_ca::revoke_certificates(
+                &app.audit,
+                actor,
+                &serial,
+                appliance::time::now_us(),
+            )?;
             appliance::outln!("revoked {count} certificate(s) of {serial}");
         }
         DeviceCommand::List { json } => {

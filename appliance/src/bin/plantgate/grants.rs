@@ -97,7 +97,13 @@ pub fn grant(command: GrantCommand, config: Config, actor: &Actor) -> Result<Exi
             )?;
             appliance::outln!("grant {} revoked", grant.id.0);
             // Success only once the controller confirms the kernel holds none of it.
-            let enforced = control::enforce_revoke(&app.audit, actor, &app.config, grant.id);
+            let enforced = control::enforce_revoke(
+                &app.audit,
+                actor,
+                &app.config,
+                grant.id,
+                appliance::time::now_us(),
+            );
             eprintln!("{enforced}");
             if matches!(enforced, control::Enforcement::Pending { .. }) {
                 return Ok(ExitCode::from(PENDING));

@@ -142,7 +142,7 @@ pub fn init(
 
     let mut conn = store.conn()?;
     let admins = User::count_with_role(&mut conn, Role::Admin)?;
-    let pending = enrolment::pending(&mut conn, FIRST_ADMIN)?;
+    let pending = enrolment::pending(&mut conn, FIRST_ADMIN, appliance::time::now_us())?;
     drop(conn);
     appliance::outln!("Plantgate is initialised.");
     appliance::outln!("  data directory:    {}", config.data_dir.display());
@@ -167,8 +167,13 @@ pub fn init(
             );
         }
         _ => {
-            let (token, pending) =
-                enrolment::issue(&audit, actor, FIRST_ADMIN, FIRST_ADMIN_VALIDITY_US)?;
+            let (token, pending) = enrolment::issue(
+                &audit,
+                actor,
+                FIRST_ADMIN,
+                FIRST_ADMIN_VALIDITY_US,
+                appliance::time::now_us(),
+            )?;
             appliance::outln!(
                 "\nFirst-admin enrolment token (shown once, valid until {}):",
                 format_us(pending.expires_at_us)

@@ -84,13 +84,14 @@ pub fn site(command: SiteCommand, config: Config, actor: &Actor) -> Result<ExitC
             name,
             location,
         } => {
+            let now = appliance::time::now_us();
             let existing =
                 Organisation::find_by_name(&mut *app.store.conn()?, organisation.trim())?;
             let org = match existing {
                 Some(org) => org,
-                None => Organisation::create(&app.audit, actor, &organisation)?,
+                None => Organisation::create(&app.audit, actor, &organisation, now)?,
             };
-            let site = Site::create(&app.audit, actor, org.id, &name, &location)?;
+            let site = Site::create(&app.audit, actor, org.id, &name, &location, now)?;
             appliance::outln!("{}", site.id.0);
         }
         SiteCommand::KeySwitch { site, position } => {
@@ -123,7 +124,13 @@ pub fn site(command: SiteCommand, config: Config, actor: &Actor) -> Result<ExitC
             let actor = Actor::System("key-switch".into());
             let mut pending = false;
             for grant in cut {
-                let enforced = control::enforce_revoke(&app.audit, &actor, &app.config, grant);
+                let enforced = control::enforce_revoke(
+                    &app.audit,
+                    &actor,
+                    &app.config,
+                    grant,
+                    appliance::time::now_us(),
+                );
                 if matches!(enforced, control::Enforcement::Pending { .. }) {
                     eprintln!("grant {}: {enforced}", grant.0);
                     pending = true;
