@@ -97,6 +97,15 @@ pub fn html_into(
     Ok(response.content_type("text/html; charset=utf-8").body(body))
 }
 
+/// 422 for a page shown again with the reason its form was refused, else 200.
+pub fn status_for(problem: &Option<String>) -> StatusCode {
+    if problem.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    }
+}
+
 /// Renders a template as an HTML response with `status`.
 pub fn html_with_status(
     template: &impl Template,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::error::WebError;
 use crate::forms::{CsrfForm, Problems};
-use crate::render::{Nav, Page, html, html_with_status, see_other};
+use crate::render::{Nav, Page, html, html_with_status, see_other, status_for};
 use crate::session::SignedIn;
 use crate::state::AppState;
 
@@ -81,11 +81,7 @@ async fn users_page_with(
         name,
         email,
     };
-    let status = if problem.is_some() {
-        actix_web::http::StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        actix_web::http::StatusCode::OK
-    };
+    let status = status_for(&page.problem);
     html_with_status(&page, status)
 }
 

@@ -12,11 +12,11 @@ use askama::Template;
 use serde::Deserialize;
 
 use super::firewall::{after_change, after_grant_change, revoke_pending};
-use super::shared::{blocking, problem_of, status_for};
+use super::shared::{blocking, problem_of};
 use crate::client::source;
 use crate::download::{attachment, export_format};
 use crate::error::WebError;
-use crate::render::{Nav, Page, html_with_status, see_other};
+use crate::render::{Nav, Page, html_with_status, see_other, status_for};
 use crate::session::SignedIn;
 use crate::state::AppState;
 

@@ -1,5 +1,5 @@
-//! What the remote-access pages share: store work off the async workers, and how a refused
-//! form is shown again.
+//! What the remote-access pages share: store work off the async workers, and which refusals
+//! are shown on the page they were made on.
 
 use actix_web::web;
 
@@ -10,15 +10,6 @@ pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> appliance::error::Result<T> + Send + 'static,
 ) -> Result<T, WebError> {
     Ok(web::block(work).await??)
-}
-
-/// 422 for a page shown again with the reason its form was refused, else 200.
-pub(super) fn status_for(problem: &Option<String>) -> actix_web::http::StatusCode {
-    if problem.is_some() {
-        actix_web::http::StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        actix_web::http::StatusCode::OK
-    }
 }
 
 /// A refusal the person can act on is shown on the page they were on; anything else is an
