@@ -5,7 +5,7 @@
 mod common;
 
 use appliance::accounts::{self, Lockout, PasswordPolicy};
-use appliance::models::{Organisation, Role, User};
+use appliance::models::{Role, User};
 use appliance::sessions::{self, Rejected, SessionLimits};
 use common::{Backend, TestAppliance, test_actor};
 
@@ -18,13 +18,7 @@ const LOCKOUT: Lockout = Lockout {
 
 fn with_user(backend: Backend) -> (TestAppliance, User) {
     let t = TestAppliance::new(backend);
-    let org = Organisation::create(
-        &t.app.audit,
-        &test_actor(),
-        "Plant",
-        appliance::time::now_us(),
-    )
-    .unwrap();
+    let org = t.organisation("Plant");
     let user = User::create(
         &t.app.audit,
         &test_actor(),
@@ -201,13 +195,7 @@ fn contractor_accounts_stop_at_their_expiry(backend: Backend) {
 
 fn a_user_without_a_password_cannot_log_in(backend: Backend) {
     let t = TestAppliance::new(backend);
-    let org = Organisation::create(
-        &t.app.audit,
-        &test_actor(),
-        "Plant",
-        appliance::time::now_us(),
-    )
-    .unwrap();
+    let org = t.organisation("Plant");
     User::create(
         &t.app.audit,
         &test_actor(),

@@ -9,15 +9,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use appliance::alerts::{self, AlertChange, AlertKind, AlertRule, Measure, RuleRequest, RuleScope};
 use appliance::devices::{Device, DeviceKind, DeviceRequest};
-use appliance::models::{Organisation, Site};
+use appliance::models::Site;
 use appliance::readings::{self, NewReading};
 use appliance::time::now_us;
 use common::{Backend, TestAppliance, test_actor};
 use diesel::prelude::*;
 
 fn site(t: &TestAppliance) -> Site {
-    let org = Organisation::create(&t.app.audit, &test_actor(), "Plant", now_us()).unwrap();
-    Site::create(&t.app.audit, &test_actor(), org.id, "Hall 1", "", now_us()).unwrap()
+    let org = t.organisation("Plant");
+    t.site(org.id, "Hall 1")
 }
 
 fn request(serial: &str, kind: DeviceKind, site: &Site, gateway: Option<&str>) -> DeviceRequest {

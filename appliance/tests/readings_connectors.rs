@@ -7,7 +7,7 @@ mod common;
 
 use appliance::connectors::Connector;
 use appliance::devices::{Device, DeviceKind, DeviceRequest};
-use appliance::models::{Organisation, Site};
+use appliance::models::Site;
 use appliance::readings::{self, NewReading};
 use appliance::schema::audit_log;
 use common::{Backend, Cli, TestAppliance, stderr, stdout, test_actor};
@@ -57,31 +57,9 @@ fn last_action(t: &TestAppliance) -> (String, serde_json::Value) {
 
 fn readings_export_streams_what_was_asked_and_neutralises_formulas(backend: Backend) {
     let t = TestAppliance::new(backend);
-    let org = Organisation::create(
-        &t.app.audit,
-        &test_actor(),
-        "Plant",
-        appliance::time::now_us(),
-    )
-    .unwrap();
-    let hall1 = Site::create(
-        &t.app.audit,
-        &test_actor(),
-        org.id,
-        "Hall 1",
-        "",
-        appliance::time::now_us(),
-    )
-    .unwrap();
-    let hall2 = Site::create(
-        &t.app.audit,
-        &test_actor(),
-        org.id,
-        "Hall 2",
-        "",
-        appliance::time::now_us(),
-    )
-    .unwrap();
+    let org = t.organisation("Plant");
+    let hall1 = t.site(org.id, "Hall 1");
+    let hall2 = t.site(org.id, "Hall 2");
     let hostile = device(&t, "=HYPERLINK(\"x\")", &hall1);
     let other = device(&t, "MM-2", &hall2);
     store(&t, &hostile, "temperature_c", 0..5000);
@@ -154,22 +132,8 @@ fn readings_export_streams_what_was_asked_and_neutralises_formulas(backend: Back
 
 fn connector_secret_is_shown_once_stored_sealed_and_removal_is_audited(backend: Backend) {
     let t = TestAppliance::new(backend);
-    let org = Organisation::create(
-        &t.app.audit,
-        &test_actor(),
-        "Plant",
-        appliance::time::now_us(),
-    )
-    .unwrap();
-    let hall = Site::create(
-        &t.app.audit,
-        &test_actor(),
-        org.id,
-        "Hall 1",
-        "",
-        appliance::time::now_us(),
-    )
-    .unwrap();
+    let org = t.organisation("Plant");
+    let hall = t.site(org.id, "Hall 1");
     let site = hall.id.0.to_string();
 
     let plain = t

@@ -233,6 +233,34 @@ impl TestAppliance {
         self.app.store.conn().expect("store connection")
     }
 
+    /// A new organisation `name`, created now by the test actor.
+    pub fn organisation(&self, name: &str) -> appliance::models::Organisation {
+        appliance::models::Organisation::create(
+            &self.app.audit,
+            &test_actor(),
+            name,
+            appliance::time::now_us(),
+        )
+        .expect("organisation")
+    }
+
+    /// A new site `name` of `organisation`, without a location, created now by the test actor.
+    pub fn site(
+        &self,
+        organisation: appliance::models::OrganisationId,
+        name: &str,
+    ) -> appliance::models::Site {
+        appliance::models::Site::create(
+            &self.app.audit,
+            &test_actor(),
+            organisation,
+            name,
+            "",
+            appliance::time::now_us(),
+        )
+        .expect("site")
+    }
+
     /// Appends `n` events, `batch` per transaction.
     pub fn populate(&self, n: usize, batch: usize) {
         let events: Vec<_> = (0..n)
