@@ -133,7 +133,9 @@ impl DeviceCa {
 
     /// A client certificate for `serial` with the CSR's public key. The CSR's own subject
     /// and extensions are ignored: the CA decides what the certificate says.
-    fn sign(&self, csr_pem: &[u8], serial: &str) -> Result<X509> {
+    /// A certificate for `serial`'s CSR, valid from `now` for `CERTIFICATE_DAYS`: the same
+    /// dates the store records for it.
+    fn sign(&self, csr_pem: &[u8], serial: &str, now: i64) -> Result<X509> {
         let csr = X509Req::from_pem(csr_pem).map_err(|err| {
             Error::invalid("csr", format!("not a PEM certificate request: {err}"))
         })?;
@@ -153,8 +155,8 @@ impl DeviceCa {
         builder.set_subject_name(&name)?;
         builder.set_issuer_name(self.cert.subject_name())?;
         builder.set_pubkey(&public)?;
-        builder.set_not_before(&*Asn1Time::days_from_now(0)?)?;
-        builder.set_not_after(&*Asn1Time::days_from_now(CERTIFICATE_DAYS)?)?;
+        builder.set_not_before(&*Asn1Time::from_unix(now / 1_000_000)?)?;
+        builder.set_not_after(&*Asn1Time::from_unix(not_after_us(now) / 1_000_000)?)?;
         builder.append_extension(BasicConstraints::new().critical().build()?)?;
         builder.append_extension(KeyUsage::new().critical().digital_signature().build()?)?;
         builder.append_extension(ExtendedKeyUsage::new().client_auth().build()?)?;
@@ -282,7 +284,7 @@ pub fn enrol(
         if device.is_revoked() {
             return Err(Error::Conflict(format!("{serial} is revoked")));
         }
-        let cert = ca.sign(csr_pem, &device.serial)?;
+        let cert = ca.sign(csr_pem, &device.serial, now)?;
         store_certificate(conn, &device, &cert, now)?;
         let event = AuditEvent::new(
             Actor::Device(device.serial.clone()),
@@ -307,7 +309,7 @@ pub fn renew(
     csr_pem: &[u8],
     now: i64,
 ) -> Result<X509> {
-    let cert = ca.sign(csr_pem, &device.serial)?;
+    let cert = ca.sign(csr_pem, &device.serial, now)?;
     audit.record_with(|conn| {
         store_certificate(conn, device, &cert, now)?;
         let event = AuditEvent::new(
@@ -364,4 +366,37 @@ pub fn authenticate(conn: &mut DbConnection, der: &[u8], now: i64) -> Result<Opt
         .select(Device::as_select())
         .first(conn)
         .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cmp::Ordering;
+
+    use openssl::x509::X509ReqBuilder;
+
+    use super::*;
+
+    #[test]
+    fn a_certificate_is_valid_from_the_callers_now_until_the_end_the_store_records() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|err| ca_error(Path::new("tmp"), err))?;
+        DeviceCa::generate(dir.path())?;
+        let ca = DeviceCa::load(dir.path())?;
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+        let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
+        let mut name = X509NameBuilder::new()?;
+        name.append_entry_by_nid(Nid::COMMONNAME, "MM-1")?;
+        let mut csr = X509ReqBuilder::new()?;
+        csr.set_subject_name(&name.build())?;
+        csr.set_pubkey(&key)?;
+        csr.sign(&key, MessageDigest::sha256())?;
+        let csr = csr.build().to_pem()?;
+
+        let now = 1_798_761_600_000_000; // 2027-01-01 00:00:00 UTC, not the wall clock
+        let cert = ca.sign(&csr, "MM-1", now)?;
+        let from = Asn1Time::from_unix(now / 1_000_000)?;
+        let until = Asn1Time::from_unix(not_after_us(now) / 1_000_000)?;
+        assert_eq!(cert.not_before().compare(&from)?, Ordering::Equal);
+        assert_eq!(cert.not_after().compare(&until)?, Ordering::Equal);
+        Ok(())
+    }
 }
