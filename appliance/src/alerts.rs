@@ -18,10 +18,10 @@ use crate::audit::{Actor, Audit, AuditEvent};
 use crate::devices::Device;
 use crate::error::{Error, Result};
 use crate::ids::{AlertId, AlertRuleId, DeviceId, SiteId};
-use crate::on_backend;
 use crate::readings::{is_metric_name, latest_points, latest_values, points_since};
 use crate::schema::{alert_rules, alerts, devices};
 use crate::store::DbConnection;
+use crate::store::on_backend;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]

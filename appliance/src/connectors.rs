@@ -18,11 +18,11 @@ use serde::Serialize;
 use crate::audit::{Actor, Audit, AuditEvent, Outcome};
 use crate::error::{Error, Result};
 use crate::ids::{ConnectorId, DeviceId, SiteId};
-use crate::on_backend;
 use crate::readings::NewReading;
 use crate::schema::{connector_deliveries, connectors, devices, sites};
 pub use crate::sealing::SealingKey;
 use crate::store::DbConnection;
+use crate::store::on_backend;
 pub use crate::values::check_url;
 
 /// The header carrying `t={unix seconds},v1={hex HMAC-SHA256(secret, "{t}.{body}")}`.

@@ -19,9 +19,9 @@ use crate::audit::{Actor, Audit, AuditEvent};
 use crate::error::{Error, Result};
 pub use crate::ids::DeviceId;
 use crate::ids::{OrganisationId, SiteId};
-use crate::on_backend;
 use crate::schema::{audit_append_lock, device_certificates, devices, sites};
 use crate::store::DbConnection;
+use crate::store::on_backend;
 
 const SECRET_PREFIX: &str = "pgd_";
 const MAX_SERIAL_LEN: usize = 64;

@@ -18,9 +18,9 @@ pub use crate::devices::clean_model;
 use crate::error::{Error, Result};
 use crate::ids::OrganisationId;
 pub use crate::ids::{FirmwareId, RolloutId};
-use crate::on_backend;
 use crate::schema::{devices, firmware, firmware_rollout_devices, firmware_rollouts};
 use crate::store::DbConnection;
+use crate::store::on_backend;
 
 /// Detail a device may attach to a status report.
 pub const MAX_DETAIL_LEN: usize = 500;

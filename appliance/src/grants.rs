@@ -15,9 +15,9 @@ use crate::audit::{Actor, Audit, AuditEvent, Outcome};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ids::GrantId;
-use crate::on_backend;
 use crate::schema::{device_agents, firewall_grants};
 use crate::store::DbConnection;
+use crate::store::on_backend;
 use crate::time::format_us;
 pub use crate::values::{PortList, PortRange, Protocol};
 

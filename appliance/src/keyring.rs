@@ -423,7 +423,7 @@ fn store_extends_head(config: &Config, service: Service) -> Result<(), String> {
     {
         return Ok(());
     }
-    let Ok(store) = crate::store::Store::open(config) else {
+    let Ok(store) = crate::audit::continuity::open_store(config) else {
         return Ok(());
     };
     let head = crate::audit::head::HeadFile::in_dir(&config.data_dir);

@@ -56,10 +56,11 @@ pub struct Appliance {
 impl Appliance {
     /// Opens the existing store, applies pending migrations (recording them as `actor`), and
     /// loads the signing key. Fails with "run `plantgate init`" on a machine never
-    /// initialised, and never creates the store (see [`Store::open`]).
+    /// initialised, and never creates the store (see [`Store::open`]); a missing store is noted
+    /// for the audit log (`audit::continuity::open_store`).
     pub fn open(config: Config, actor: &Actor) -> Result<Appliance> {
         config.prepare_data_dir()?;
-        let store = Store::open(&config)?;
+        let store = audit::continuity::open_store(&config)?;
         Appliance::with_store(config, store, actor)
     }
 

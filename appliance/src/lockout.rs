@@ -44,9 +44,9 @@ use diesel::prelude::*;
 
 use crate::error::Result;
 use crate::ids::UserId;
-use crate::on_backend;
 use crate::schema::{known_browsers, users};
 use crate::store::DbConnection;
+use crate::store::on_backend;
 
 /// A known browser stays known this long after its last successful sign-in.
 pub const KNOWN_BROWSER_DAYS: i64 = 90;

@@ -8,9 +8,9 @@ use serde::Serialize;
 use crate::audit::{Actor, Audit, AuditEvent};
 use crate::error::{Error, Result};
 pub use crate::ids::{OrganisationId, SiteId, UserId};
-use crate::on_backend;
 use crate::schema::{organisations, sites, users};
 use crate::store::DbConnection;
+use crate::store::on_backend;
 pub use crate::values::Role;
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable, Serialize)]

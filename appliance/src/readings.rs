@@ -7,9 +7,9 @@ use crate::audit::ExportFormat;
 use crate::audit::export::neutralise_formula;
 use crate::error::{Error, Result};
 use crate::ids::{DeviceId, SiteId};
-use crate::on_backend;
 use crate::schema::{devices, readings};
 use crate::store::DbConnection;
+use crate::store::on_backend;
 use crate::time::format_us;
 
 /// Metrics every monitor and logger may report; any other name matching

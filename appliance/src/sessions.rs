@@ -11,9 +11,9 @@ use crate::audit::{Actor, Audit, AuditEvent};
 use crate::error::Result;
 use crate::ids::{SessionId, UserId};
 use crate::models::User;
-use crate::on_backend;
 use crate::schema::{sessions, users};
 use crate::store::DbConnection;
+use crate::store::on_backend;
 
 /// How long a session may live, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,9 +10,9 @@ use crate::audit::{Actor, Audit, AuditEvent};
 use crate::config::{Config, SmtpConfig, SmtpSecurity};
 use crate::connectors::SealingKey;
 use crate::error::{Error, Result};
-use crate::on_backend;
 use crate::schema::settings;
 use crate::store::DbConnection;
+use crate::store::on_backend;
 
 const SMTP: &str = "smtp";
 /// What the relay's password is sealed for, so it opens for nothing else.

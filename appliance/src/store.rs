@@ -40,6 +40,8 @@ macro_rules! on_backend {
         }
     };
 }
+/// Inside the core, the macro is named by its floor: `use crate::store::on_backend`.
+pub(crate) use on_backend;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -113,7 +115,8 @@ impl Store {
     /// Opens an existing Plantgate store, failing at once (not after a pool timeout) when
     /// the database cannot be reached, and with [`StoreError::Missing`] when it does not
     /// exist or holds no Plantgate tables. Never creates anything. Does not migrate: see
-    /// [`Store::migrate`].
+    /// [`Store::migrate`]. Services open through `audit::continuity::open_store`, which also
+    /// notes a missing store on a box whose audit head vouches for records.
     pub fn open(config: &Config) -> Result<Store> {
         Store::connect(config, false)
     }
@@ -127,13 +130,9 @@ impl Store {
 
     fn connect(config: &Config, create: bool) -> Result<Store> {
         let target = config.store_target()?;
-        let missing = |problem: &'static str| {
-            // On an initialised box this is an episode the audit log must not lose.
-            crate::audit::episode::note_store_missing(&config.data_dir, &target.redacted());
-            StoreError::Missing {
-                target: target.redacted(),
-                problem,
-            }
+        let missing = |problem: &'static str| StoreError::Missing {
+            target: target.redacted(),
+            problem,
         };
         if let StoreTarget::Sqlite(path) = &target
             && !create

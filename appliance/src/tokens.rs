@@ -11,9 +11,9 @@ use crate::audit::{Actor, Audit, AuditEvent};
 use crate::error::{Error, Result};
 use crate::ids::{TokenId, UserId};
 use crate::models::User;
-use crate::on_backend;
 use crate::schema::{api_tokens, users};
 use crate::store::DbConnection;
+use crate::store::on_backend;
 use crate::time::format_us;
 
 /// What a token may do.

@@ -10,8 +10,8 @@ use crate::audit::{Actor, Audit, AuditEvent};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::models::{Role, Site, User, clean_name};
-use crate::on_backend;
 use crate::schema::users;
+use crate::store::on_backend;
 use crate::time::format_us;
 
 /// Invites an outside technician: an account limited to `site`, ending at `expires_at_us`,

@@ -18,9 +18,9 @@ use crate::grants::{Agent, Grant, GrantRequest};
 use crate::ids::{AccessRequestId, MachineId, UserId};
 use crate::models::{Role, User};
 use crate::schema::{access_requests, machines, users};
-use crate::store::DbConnection;
+use crate::store::{DbConnection, on_backend};
 use crate::time::format_us;
-use crate::{emails, mail, on_backend};
+use crate::{emails, mail};
 
 /// What a technician fills in.
 #[derive(Debug, Clone, PartialEq, Eq)]

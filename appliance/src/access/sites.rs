@@ -14,9 +14,9 @@ use crate::error::{Error, Result};
 use crate::grants::Agent;
 use crate::ids::{MachineId, OrganisationId, SiteId, UserId};
 use crate::models::{Role, Site, User, clean_name};
-use crate::on_backend;
 use crate::schema::{access_requests, machines, site_approvers, sites, users};
 use crate::store::DbConnection;
+use crate::store::on_backend;
 
 /// A site of `organisation`, or "not found".
 pub fn site_of(conn: &mut DbConnection, organisation: OrganisationId, id: SiteId) -> Result<Site> {

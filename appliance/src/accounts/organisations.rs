@@ -11,9 +11,9 @@ use crate::enrolment::{self, FIRST_ADMIN};
 use crate::error::{Error, Result};
 use crate::ids::{OrganisationId, UserId};
 use crate::models::{Organisation, Role, User, clean_email, clean_name, email_taken_or};
-use crate::on_backend;
 use crate::schema::{organisations, users};
 use crate::store::DbConnection;
+use crate::store::on_backend;
 
 /// What creating an organisation asks for: its name and its first administrator.
 #[derive(Debug, Clone, Default)]

@@ -20,9 +20,21 @@ pub use super::episode::{
 };
 use super::head::{HeadFile, SignedHead, vouched};
 use super::{Actor, AuditEvent, ChainHead, Outcome, lock_and_read_head};
+use crate::config::Config;
 pub use crate::error::discontinuity::{Discontinuity, Kind};
 use crate::error::{AuditError, Error, Result, StoreError};
 use crate::store::{DbConnection, Store};
+
+/// Opens the existing store as [`Store::open`] does; when the store is missing on a box whose
+/// head vouches for records, also notes the episode, which the audit log must not lose (the
+/// first append after the store is back records it).
+pub fn open_store(config: &Config) -> Result<Store> {
+    let opened = Store::open(config);
+    if let Err(Error::Store(StoreError::Missing { target, .. })) = &opened {
+        note_store_missing(&config.data_dir, target);
+    }
+    opened
+}
 
 /// Whether the store, ending at `tail`, extends what `head` holds. Call under the append
 /// lock, so that no appender is between its commit and its head update.

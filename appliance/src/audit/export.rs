@@ -9,9 +9,9 @@ use serde_json::value::RawValue;
 
 use super::chain::AuditRecord;
 use crate::error::{AuditError, Error, Result};
-use crate::on_backend;
 use crate::schema::audit_log;
 use crate::store::DbConnection;
+use crate::store::on_backend;
 use crate::time::format_us;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -21,7 +21,7 @@ use appliance::config::Config;
 use appliance::grants::Grant;
 use appliance::grants::control::{self, Answer};
 use appliance::ids::GrantId;
-use appliance::{Actor, Appliance, Store};
+use appliance::{Actor, Appliance};
 use clap::{Parser, Subcommand};
 use firewall::controller::Controller;
 use firewall::ruleset::{self, Policy};
@@ -330,7 +330,7 @@ fn dry_run(config: &Config, json: bool) -> Result<(), FirewallError> {
     let policy = Policy::from_config(config)?;
     // Grants are shown when the store can be read; the dry run works without it.
     let now = appliance::time::now_us();
-    let live = Store::open(config)
+    let live = appliance::audit::continuity::open_store(config)
         .and_then(|store| Grant::live(&mut *store.conn()?, now))
         .unwrap_or_default();
     let wanted = firewall::controller::desired(&live, now)?;

@@ -37,7 +37,7 @@ pub fn init(
         Err(_) => Some("an unknown number (it cannot be read)".to_owned()),
     }
     .filter(|seq| seq != "0");
-    let accepting = match Store::open(&config) {
+    let accepting = match continuity::open_store(&config) {
         // Every boot: the store must still extend the head before anything is migrated.
         Ok(store) => {
             if accept_empty_store.is_some() {

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 
 use appliance::config::Config;
 use appliance::error::{Error, Result};
-use appliance::{Actor, Appliance, Audit, Store};
+use appliance::{Actor, Appliance, Audit};
 
 mod audit;
 mod connectors;
@@ -207,7 +207,7 @@ fn run(command: Command, config: Config) -> Result<ExitCode> {
         }
         Command::Migrate => {
             // `open` migrates and audits what it applied.
-            let store = Store::open(&config)?;
+            let store = appliance::audit::continuity::open_store(&config)?;
             let audit = Audit::open(store.clone(), &config)?;
             let applied = Appliance {
                 config,

@@ -9,10 +9,10 @@ use appliance::audit::verify::verify as verify_chain;
 use appliance::config::Config;
 use appliance::error::{Error, Result};
 use appliance::keys::VerifyingKey;
-use appliance::{Actor, Audit, Store};
+use appliance::{Actor, Audit};
 
 pub fn verify(config: &Config) -> Result<ExitCode> {
-    let store = Store::open(config)?;
+    let store = continuity::open_store(config)?;
     let key = VerifyingKey::load(&config.keys_dir())?;
     let head_file = HeadFile::in_dir(&config.data_dir);
     let head = head_file.read()?;
@@ -86,7 +86,7 @@ fn show_head(found: &Discontinuity) -> String {
 
 /// Prints both heads, then re-signs the head over the store and records the acceptance.
 pub fn accept_restore(config: &Config, actor: &Actor, reason: &str) -> Result<ExitCode> {
-    let store = Store::open(config)?;
+    let store = continuity::open_store(config)?;
     let audit = Audit::open_for_restore(store.clone(), config)?;
     let (tail, compared) = continuity::locked_compare(&mut *store.conn()?, audit.head_file())?;
     let Err(found) = compared else {
