@@ -1,21 +1,23 @@
-//! One's own sessions and password, against the real `plantgate-web` binary over real TLS:
-//! seeing and ending sessions, changing the password, giving it again before sensitive
+//! One's own sessions and password, in process (`common::in_process`: the real application
+//! over a real store; its emails go through a real SMTP server): seeing and ending sessions, changing the password, giving it again before sensitive
 //! pages, and the security notices that reach the user by email.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)] // test code
 
 mod common;
 
-use common::*;
+use common::in_process::InProcess;
+use common::{EMAIL, PASSWORD};
+use testkit::store::Backend;
 
 use std::time::{Duration, Instant};
 
-#[test]
-fn a_user_sees_and_ends_their_own_sessions() {
-    let portal = Portal::start("");
-    portal.setup_admin();
-    portal.login("laptop", EMAIL, PASSWORD);
-    portal.login("phone", EMAIL, PASSWORD);
-    let page = portal.get(Some("laptop"), "/sessions");
+#[actix_web::test]
+async fn a_user_sees_and_ends_their_own_sessions() {
+    let portal = InProcess::new(Backend::Sqlite);
+    portal.setup_admin().await;
+    portal.login("laptop", EMAIL, PASSWORD).await;
+    portal.login("phone", EMAIL, PASSWORD).await;
+    let page = portal.get(Some("laptop"), "/sessions").await;
     assert_eq!(page.body.matches("<tr>").count() - 1, 2, "{}", page.body);
     let other = page
         .body
@@ -24,7 +26,7 @@ fn a_user_sees_and_ends_their_own_sessions() {
         .and_then(|s| s.split('/').next())
         .expect("an end button")
         .to_owned();
-    let csrf = portal.csrf("laptop");
+    let csrf = portal.csrf("laptop").await;
     assert_eq!(
         portal
             .post(
@@ -32,59 +34,77 @@ fn a_user_sees_and_ends_their_own_sessions() {
                 &format!("/sessions/{other}/end"),
                 &[("csrf", &csrf)]
             )
+            .await
             .status,
         303
     );
     assert_eq!(
-        portal.get(Some("phone"), "/").header("location"),
+        portal.get(Some("phone"), "/").await.header("location"),
         Some("/login"),
         "the ended session still works"
     );
     assert_eq!(
         portal
             .post(Some("laptop"), "/sessions/999999/end", &[("csrf", &csrf)])
+            .await
             .status,
         404
     );
 }
 
-#[test]
-fn changing_the_password_needs_the_current_one_and_ends_every_session() {
-    let portal = Portal::start("logins_per_minute = 100");
-    portal.setup_admin();
-    portal.login("laptop", EMAIL, PASSWORD);
-    portal.login("phone", EMAIL, PASSWORD);
-    let csrf = portal.csrf("laptop");
-    let change = |current: &str, new: &str| {
-        portal.post(
-            Some("laptop"),
-            "/account/password",
-            &[("csrf", &csrf), ("current", current), ("new", new)],
-        )
+#[actix_web::test]
+async fn changing_the_password_needs_the_current_one_and_ends_every_session() {
+    let portal = InProcess::with_web_settings(Backend::Sqlite, "logins_per_minute = 100");
+    portal.setup_admin().await;
+    portal.login("laptop", EMAIL, PASSWORD).await;
+    portal.login("phone", EMAIL, PASSWORD).await;
+    let csrf = portal.csrf("laptop").await;
+    let change = async |current: &str, new: &str| {
+        portal
+            .post(
+                Some("laptop"),
+                "/account/password",
+                &[("csrf", &csrf), ("current", current), ("new", new)],
+            )
+            .await
     };
-    assert_eq!(change("Wrong-password-1", "Neue-Schraube-88").status, 422);
-    let weak = change(PASSWORD, "password1234");
+    assert_eq!(
+        change("Wrong-password-1", "Neue-Schraube-88").await.status,
+        422
+    );
+    let weak = change(PASSWORD, "password1234").await;
     assert_eq!(weak.status, 422);
     assert!(weak.body.contains("common"), "{}", weak.body);
     assert!(
-        portal.get(Some("phone"), "/").body.contains("Welcome"),
+        portal
+            .get(Some("phone"), "/")
+            .await
+            .body
+            .contains("Welcome"),
         "a refused change ended sessions"
     );
 
-    let done = change(PASSWORD, "Neue-Schraube-88");
+    let done = change(PASSWORD, "Neue-Schraube-88").await;
     assert_eq!(done.status, 200, "{}", done.body);
     assert!(done.body.contains("Your password is changed"));
     assert_eq!(
-        portal.get(Some("phone"), "/").header("location"),
+        portal.get(Some("phone"), "/").await.header("location"),
         Some("/login"),
         "another session survived the change"
     );
     assert!(
-        portal.get(Some("laptop"), "/").body.contains("Welcome"),
+        portal
+            .get(Some("laptop"), "/")
+            .await
+            .body
+            .contains("Welcome"),
         "the changing session was not renewed"
     );
-    assert_eq!(portal.login("old", EMAIL, PASSWORD).status, 401);
-    assert_eq!(portal.login("new", EMAIL, "Neue-Schraube-88").status, 303);
+    assert_eq!(portal.login("old", EMAIL, PASSWORD).await.status, 401);
+    assert_eq!(
+        portal.login("new", EMAIL, "Neue-Schraube-88").await.status,
+        303
+    );
     assert!(
         portal
             .actions()
@@ -92,21 +112,24 @@ fn changing_the_password_needs_the_current_one_and_ends_every_session() {
     );
 }
 
-#[test]
-fn sensitive_pages_ask_for_the_password_again_once_it_is_stale() {
+#[actix_web::test]
+async fn sensitive_pages_ask_for_the_password_again_once_it_is_stale() {
     // Long enough that a login and the next page fit inside it on a loaded machine.
-    let portal = Portal::start("reauthenticate_seconds = 5\nlogins_per_minute = 100");
-    portal.setup_admin();
-    portal.login("admin", EMAIL, PASSWORD);
+    let portal = InProcess::with_web_settings(
+        Backend::Sqlite,
+        "reauthenticate_seconds = 5\nlogins_per_minute = 100",
+    );
+    portal.setup_admin().await;
+    portal.login("admin", EMAIL, PASSWORD).await;
     assert_eq!(
-        portal.get(Some("admin"), "/users").status,
+        portal.get(Some("admin"), "/users").await.status,
         200,
         "a fresh login had to confirm"
     );
-    let csrf = portal.csrf("admin");
+    let csrf = portal.csrf("admin").await;
     // Once the window has passed (however long the machine takes to notice), the page asks.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while portal.get(Some("admin"), "/users").header("location")
+    while portal.get(Some("admin"), "/users").await.header("location")
         != Some("/account/confirm?next=users")
     {
         assert!(
@@ -115,17 +138,19 @@ fn sensitive_pages_ask_for_the_password_again_once_it_is_stale() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let add = portal.post(
-        Some("admin"),
-        "/users",
-        &[
-            ("csrf", &csrf),
-            ("name", "Tom"),
-            ("email", "tom@vendor.example"),
-            ("role", "viewer"),
-            ("password", PASSWORD),
-        ],
-    );
+    let add = portal
+        .post(
+            Some("admin"),
+            "/users",
+            &[
+                ("csrf", &csrf),
+                ("name", "Tom"),
+                ("email", "tom@vendor.example"),
+                ("role", "viewer"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
     assert_eq!(add.header("location"), Some("/account/confirm?next=users"));
     assert!(
         appliance::models::User::find_by_email(
@@ -137,27 +162,31 @@ fn sensitive_pages_ask_for_the_password_again_once_it_is_stale() {
         "a stale session changed users"
     );
 
-    let confirm = |password: &str| {
-        portal.post(
+    let confirm = async |password: &str| {
+        portal
+            .post(
+                Some("admin"),
+                "/account/confirm",
+                &[("csrf", &csrf), ("next", "users"), ("password", password)],
+            )
+            .await
+    };
+    assert_eq!(confirm("Wrong-password-1").await.status, 401);
+    let ok = confirm(PASSWORD).await;
+    assert_eq!((ok.status, ok.header("location")), (303, Some("/users")));
+    assert_eq!(portal.get(Some("admin"), "/users").await.status, 200);
+    // `next` names a page from a fixed list; anything else goes home.
+    let elsewhere = portal
+        .post(
             Some("admin"),
             "/account/confirm",
-            &[("csrf", &csrf), ("next", "users"), ("password", password)],
+            &[
+                ("csrf", &csrf),
+                ("next", "https://evil.example/"),
+                ("password", PASSWORD),
+            ],
         )
-    };
-    assert_eq!(confirm("Wrong-password-1").status, 401);
-    let ok = confirm(PASSWORD);
-    assert_eq!((ok.status, ok.header("location")), (303, Some("/users")));
-    assert_eq!(portal.get(Some("admin"), "/users").status, 200);
-    // `next` names a page from a fixed list; anything else goes home.
-    let elsewhere = portal.post(
-        Some("admin"),
-        "/account/confirm",
-        &[
-            ("csrf", &csrf),
-            ("next", "https://evil.example/"),
-            ("password", PASSWORD),
-        ],
-    );
+        .await;
     assert_eq!(elsewhere.header("location"), Some("/"));
     assert!(
         portal
@@ -166,31 +195,36 @@ fn sensitive_pages_ask_for_the_password_again_once_it_is_stale() {
     );
 }
 
-#[test]
-fn security_notices_reach_the_user_by_email() {
+#[actix_web::test]
+async fn security_notices_reach_the_user_by_email() {
     let mail = testkit::MailCatcher::start();
     let smtp_port = mail.port();
-    let portal = Portal::start(&format!(
-        "second_factor_roles = []\nlogins_per_minute = 100\nlockout_attempts = 3\n\
+    let portal = InProcess::with_web_settings(
+        Backend::Sqlite,
+        &format!(
+            "second_factor_roles = []\nlogins_per_minute = 100\nlockout_attempts = 3\n\
          [smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nsecurity = \"none\"\n"
-    ));
-    portal.setup_admin();
-    portal.login("admin", EMAIL, PASSWORD);
-    let csrf = portal.csrf("admin");
-    let changed = portal.post(
-        Some("admin"),
-        "/account/password",
-        &[
-            ("csrf", &csrf),
-            ("current", PASSWORD),
-            ("new", "Zahnrad-Getriebe-2027"),
-        ],
+        ),
     );
+    portal.setup_admin().await;
+    portal.login("admin", EMAIL, PASSWORD).await;
+    let csrf = portal.csrf("admin").await;
+    let changed = portal
+        .post(
+            Some("admin"),
+            "/account/password",
+            &[
+                ("csrf", &csrf),
+                ("current", PASSWORD),
+                ("new", "Zahnrad-Getriebe-2027"),
+            ],
+        )
+        .await;
     assert!(matches!(changed.status, 200 | 303), "{}", changed.body);
     mail.wait_for("Subject: [Plantgate] Your password was set");
     // Three wrong passwords lock the account, and its owner is told from where.
     for _ in 0..3 {
-        portal.login("guess", EMAIL, "Wrong-password-123");
+        portal.login("guess", EMAIL, "Wrong-password-123").await;
     }
     mail.wait_for("Subject: [Plantgate] Your account was locked");
     mail.wait_for("the last from 127.0.0.1");

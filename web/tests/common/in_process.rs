@@ -3,7 +3,9 @@
 //! `TestAppliance`, SQLite or PostgreSQL). For page and API behaviour that needs neither TLS,
 //! a browser nor a second process; those stay with the spawned binary ([`super::Portal`]).
 //! Requests come from 127.0.0.1 with the portal's own `Host` and `Origin`, as a browser on
-//! its pages sends them.
+//! its pages sends them. The portal's background worker runs as in the binary (it sends the
+//! emails the outbox owes through the relay in `[smtp]`, and runs the access tick), and
+//! stops when the harness is dropped.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,8 +14,8 @@ use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::header;
 use actix_web::test::{self, TestRequest};
 use actix_web::web;
-use appliance::Actor;
 use appliance::enrolment::{self, FIRST_ADMIN};
+use appliance::{Actor, Appliance};
 use portal::AppState;
 use testkit::store::{Backend, TestAppliance};
 
@@ -21,10 +23,13 @@ use testkit::store::{Backend, TestAppliance};
 const HOST: &str = "localhost:8443";
 
 pub struct InProcess {
+    /// First, so that the worker stops before the store it works on goes.
+    state: web::Data<AppState>,
     pub t: TestAppliance,
+    /// The appliance the portal runs on (`t.app`).
+    pub app: Appliance,
     /// A first-admin enrolment token, valid for an hour.
     pub token: String,
-    state: web::Data<AppState>,
     /// Cookie jars by name, one per browser: what the portal set is sent back.
     jars: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
 }
@@ -34,7 +39,18 @@ pub struct InProcess {
 pub struct Answer {
     pub status: u16,
     pub location: Option<String>,
+    pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+impl Answer {
+    /// The first value of the header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl InProcess {
@@ -42,13 +58,20 @@ impl InProcess {
         InProcess::with_web_settings(backend, "")
     }
 
-    /// With more `[web]` settings, such as `logins_per_minute = 1000`.
+    /// With more `[web]` settings, such as `logins_per_minute = 1000`, and after them other
+    /// sections (`[smtp]`, `[access]`). No role needs a second factor unless they say so, as
+    /// with the spawned portal.
     pub fn with_web_settings(backend: Backend, web_settings: &str) -> InProcess {
+        let second_factor = if web_settings.contains("second_factor_roles") {
+            ""
+        } else {
+            "second_factor_roles = []"
+        };
         let t = TestAppliance::with_settings(
             backend,
             &format!(
                 "\n[web]\nhttps_listen = \"127.0.0.1:8443\"\nhost_name = \"localhost\"\n\
-                 second_factor_roles = []\n{web_settings}\n"
+                 {second_factor}\n{web_settings}\n"
             ),
         );
         let (token, _) = enrolment::issue(
@@ -59,14 +82,13 @@ impl InProcess {
             appliance::time::now_us(),
         )
         .expect("enrolment token");
-        let state = web::Data::new(AppState::new(
-            t.app.clone(),
-            Arc::new(appliance::time::now_us),
-        ));
+        let mut state = AppState::new(t.app.clone(), Arc::new(appliance::time::now_us));
+        state.worker = portal::worker::start(t.app.clone(), None).expect("the portal's worker");
         InProcess {
+            state: web::Data::new(state),
+            app: t.app.clone(),
             t,
             token: token.reveal().to_owned(),
-            state,
             jars: Mutex::default(),
         }
     }
@@ -108,12 +130,23 @@ impl InProcess {
             .get(header::LOCATION)
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_owned(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
         let bytes = actix_web::body::to_bytes(response.into_body())
             .await
             .unwrap_or_else(|_| panic!("the body could not be read"));
         Answer {
             status,
             location,
+            headers,
             body: String::from_utf8_lossy(&bytes).into_owned(),
         }
     }
@@ -159,6 +192,51 @@ impl InProcess {
             &[("email", email), ("password", password)],
         )
         .await
+    }
+
+    /// The CSRF token in a page's forms.
+    pub fn csrf_from(&self, page: &str) -> String {
+        let at = page.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
+        page[at..at + 64].to_owned()
+    }
+
+    /// `GET path` with the API token `token` (none: without one): the status and the JSON
+    /// body (`null` when the body is not JSON).
+    pub async fn api(&self, token: Option<&str>, path: &str) -> (u16, serde_json::Value) {
+        let mut request = TestRequest::get().uri(path);
+        if let Some(token) = token {
+            request = request.insert_header((header::AUTHORIZATION, format!("Bearer {token}")));
+        }
+        let reply = self.send(None, request).await;
+        (
+            reply.status,
+            serde_json::from_str(&reply.body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// A token for the first administrator with `scopes`, issued `age_days` ago for `days`.
+    pub fn token(
+        &self,
+        scopes: &[&str],
+        days: u32,
+        age_days: i64,
+    ) -> (String, appliance::ids::TokenId) {
+        let user = appliance::models::User::find_by_email(&mut self.t.conn(), super::EMAIL)
+            .expect("the first administrator")
+            .expect("the first administrator");
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        let issued = appliance::time::now_us() - age_days * 86_400_000_000;
+        let (secret, token) = appliance::tokens::create(
+            &self.app.audit,
+            &Actor::System("test".into()),
+            &user,
+            "siem",
+            &scopes,
+            days,
+            issued,
+        )
+        .expect("a token");
+        (secret.reveal().to_owned(), token.id)
     }
 
     /// The CSRF token of a signed-in browser's forms.
