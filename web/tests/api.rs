@@ -1,43 +1,47 @@
-//! The REST API as its callers meet it, against the real `plantgate-web` binary over real
-//! TLS: scoped tokens, organisations kept apart, rate limits, and paged readings.
+//! The REST API as its callers meet it, in process (`common::in_process`: the real
+//! application over a real store): scoped tokens, organisations kept apart, rate limits, and paged readings.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)] // test code
 
 mod common;
 
-use common::*;
+use common::EMAIL;
+use common::in_process::InProcess;
+use testkit::store::Backend;
 
 use appliance::Actor;
 
-#[test]
-fn the_api_serves_a_scoped_token_and_refuses_a_revoked_or_expired_one() {
-    let portal = Portal::start("");
-    portal.setup_admin();
+#[actix_web::test]
+async fn the_api_serves_a_scoped_token_and_refuses_a_revoked_or_expired_one() {
+    let portal = InProcess::new(Backend::Sqlite);
+    portal.setup_admin().await;
     let (token, id) = portal.token(&["audit:read", "users:read"], 30, 0);
-    let (status, me) = portal.api(Some(&token), "/api/v1/me");
+    let (status, me) = portal.api(Some(&token), "/api/v1/me").await;
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["email"], EMAIL);
     assert_eq!(
         me["scopes"],
         serde_json::json!(["audit:read", "users:read"])
     );
-    let (status, page) = portal.api(Some(&token), "/api/v1/audit?action=setup.&limit=5");
+    let (status, page) = portal
+        .api(Some(&token), "/api/v1/audit?action=setup.&limit=5")
+        .await;
     assert_eq!(status, 200);
     assert_eq!(page["records"].as_array().map(Vec::len), Some(1), "{page}");
     assert_eq!(page["records"][0]["action"], "setup.first_admin.created");
 
     assert_eq!(
-        portal.api(None, "/api/v1/me"),
+        portal.api(None, "/api/v1/me").await,
         (
             401,
             serde_json::json!({"error": "auth.missing_token", "message": "send Authorization: Bearer followed by an API token"})
         )
     );
     assert_eq!(
-        portal.api(Some("pgt_made-up"), "/api/v1/me").1["error"],
+        portal.api(Some("pgt_made-up"), "/api/v1/me").await.1["error"],
         "auth.invalid_token"
     );
     let (narrow, _) = portal.token(&["users:read"], 30, 0);
-    let (status, body) = portal.api(Some(&narrow), "/api/v1/audit");
+    let (status, body) = portal.api(Some(&narrow), "/api/v1/audit").await;
     assert_eq!(
         (status, body["error"].as_str()),
         (403, Some("auth.missing_scope"))
@@ -48,14 +52,17 @@ fn the_api_serves_a_scoped_token_and_refuses_a_revoked_or_expired_one() {
         "/api/v1/audit?outcome=maybe",
         "/api/v1/audit?before=x",
     ] {
-        let (status, body) = portal.api(Some(&token), bad);
+        let (status, body) = portal.api(Some(&token), bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(
             body["error"].is_string() && body["message"].is_string(),
             "{bad}: {body}"
         );
     }
-    assert_eq!(portal.api(Some(&token), "/api/v1/nothing-here").0, 404);
+    assert_eq!(
+        portal.api(Some(&token), "/api/v1/nothing-here").await.0,
+        404
+    );
 
     appliance::tokens::revoke(
         &portal.app.audit,
@@ -65,13 +72,13 @@ fn the_api_serves_a_scoped_token_and_refuses_a_revoked_or_expired_one() {
     )
     .unwrap();
     assert_eq!(
-        portal.api(Some(&token), "/api/v1/me").0,
+        portal.api(Some(&token), "/api/v1/me").await.0,
         401,
         "a revoked token still works"
     );
     let (expired, _) = portal.token(&["users:read"], 1, 2);
     assert_eq!(
-        portal.api(Some(&expired), "/api/v1/me").0,
+        portal.api(Some(&expired), "/api/v1/me").await.0,
         401,
         "an expired token still works"
     );
@@ -82,10 +89,10 @@ fn the_api_serves_a_scoped_token_and_refuses_a_revoked_or_expired_one() {
     );
 }
 
-#[test]
-fn api_callers_see_only_their_own_organisation() {
-    let portal = Portal::start("");
-    portal.setup_admin();
+#[actix_web::test]
+async fn api_callers_see_only_their_own_organisation() {
+    let portal = InProcess::new(Backend::Sqlite);
+    portal.setup_admin().await;
     let actor = Actor::System("test".into());
     let other = appliance::models::Organisation::create(
         &portal.app.audit,
@@ -105,7 +112,7 @@ fn api_callers_see_only_their_own_organisation() {
     )
     .unwrap();
     let (token, _) = portal.token(&["users:read"], 30, 0);
-    let (status, users) = portal.api(Some(&token), "/api/v1/users");
+    let (status, users) = portal.api(Some(&token), "/api/v1/users").await;
     assert_eq!(status, 200);
     let emails: Vec<&str> = users
         .as_array()
@@ -116,23 +123,17 @@ fn api_callers_see_only_their_own_organisation() {
     assert_eq!(emails, [EMAIL], "another organisation's users leaked");
 }
 
-#[test]
-fn the_api_is_rate_limited_with_retry_after() {
-    let portal = Portal::start("api_requests_per_minute = 5");
-    portal.setup_admin();
+#[actix_web::test]
+async fn the_api_is_rate_limited_with_retry_after() {
+    let portal = InProcess::with_web_settings(Backend::Sqlite, "api_requests_per_minute = 5");
+    portal.setup_admin().await;
     let (token, _) = portal.token(&["users:read"], 30, 0);
-    let statuses: Vec<u16> = (0..5)
-        .map(|_| portal.api(Some(&token), "/api/v1/me").0)
-        .collect();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(portal.api(Some(&token), "/api/v1/me").await.0);
+    }
     assert_eq!(statuses, [200; 5]);
-    let limited = portal.curl(
-        None,
-        &[
-            "-H",
-            &format!("Authorization: Bearer {token}"),
-            &format!("{}/api/v1/me", portal.origin()),
-        ],
-    );
+    let limited = portal.get_with_token(Some(&token), "/api/v1/me").await;
     assert_eq!(limited.status, 429);
     assert!(
         limited
@@ -145,13 +146,13 @@ fn the_api_is_rate_limited_with_retry_after() {
 
 // The OpenAPI document and schemathesis have their own file: tests/openapi.rs.
 
-#[test]
-fn readings_are_paged_through_the_api_for_the_callers_own_devices() {
+#[actix_web::test]
+async fn readings_are_paged_through_the_api_for_the_callers_own_devices() {
     use appliance::devices::{Device, DeviceKind, DeviceRequest};
     use appliance::models::{Organisation, Site};
     use appliance::readings::{NewReading, insert_new};
-    let portal = Portal::start("");
-    portal.setup_admin();
+    let portal = InProcess::new(Backend::Sqlite);
+    portal.setup_admin().await;
     let actor = Actor::System("test".into());
     let own = Organisation::list(&mut portal.app.store.conn().unwrap())
         .unwrap()
@@ -209,10 +210,12 @@ fn readings_are_paged_through_the_api_for_the_callers_own_devices() {
     let mut seqs = Vec::new();
     let mut after = String::new();
     loop {
-        let (status, page) = portal.api(
-            Some(&token),
-            &format!("/api/v1/readings?device=MM-1&limit=500{after}"),
-        );
+        let (status, page) = portal
+            .api(
+                Some(&token),
+                &format!("/api/v1/readings?device=MM-1&limit=500{after}"),
+            )
+            .await;
         assert_eq!(status, 200, "{page}");
         seqs.extend(
             page["readings"]
@@ -232,13 +235,15 @@ fn readings_are_paged_through_the_api_for_the_callers_own_devices() {
         "pages skipped or repeated readings"
     );
 
-    let (_, temps) = portal.api(
-        Some(&token),
-        "/api/v1/readings?device=MM-1&metric=temperature_c&limit=5000",
-    );
+    let (_, temps) = portal
+        .api(
+            Some(&token),
+            "/api/v1/readings?device=MM-1&metric=temperature_c&limit=5000",
+        )
+        .await;
     assert_eq!(temps["readings"].as_array().unwrap().len(), 600);
     // t0 is 2026-11-22T08:00:00Z; measured in [t0 + 100 s, t0 + 200 s) are seq 100 to 199.
-    let (_, window) = portal.api(Some(&token), "/api/v1/readings?device=MM-1&since=2026-11-22T08:01:40Z&until=2026-11-22T08:03:20Z&limit=5000");
+    let (_, window) = portal.api(Some(&token), "/api/v1/readings?device=MM-1&since=2026-11-22T08:01:40Z&until=2026-11-22T08:03:20Z&limit=5000").await;
     assert_eq!(
         window["readings"].as_array().unwrap().len(),
         100,
@@ -246,22 +251,29 @@ fn readings_are_paged_through_the_api_for_the_callers_own_devices() {
     );
 
     assert_eq!(
-        portal.api(Some(&token), "/api/v1/readings?device=MM-9").0,
+        portal
+            .api(Some(&token), "/api/v1/readings?device=MM-9")
+            .await
+            .0,
         404,
         "another organisation's device was readable"
     );
     assert_eq!(
-        portal.api(Some(&token), "/api/v1/readings?device=NOPE").0,
+        portal
+            .api(Some(&token), "/api/v1/readings?device=NOPE")
+            .await
+            .0,
         404
     );
     assert_eq!(
         portal
             .api(Some(&token), "/api/v1/readings?device=MM-1&limit=0")
+            .await
             .0,
         400
     );
     assert_eq!(
-        portal.api(Some(&token), "/api/v1/readings").0,
+        portal.api(Some(&token), "/api/v1/readings").await.0,
         400,
         "a missing device was accepted"
     );
@@ -269,6 +281,7 @@ fn readings_are_paged_through_the_api_for_the_callers_own_devices() {
     assert_eq!(
         portal
             .api(Some(&no_scope), "/api/v1/readings?device=MM-1")
+            .await
             .0,
         403
     );

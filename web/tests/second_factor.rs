@@ -1,10 +1,12 @@
-//! The second factor in the portal, against the real `plantgate-web` binary over real TLS:
-//! enrolling an authenticator app at the first sign-in, and the emailed one-time code.
+//! The second factor in the portal, in process (`common::in_process`: the real application
+//! over a real store; the emailed codes go through a real SMTP server): enrolling an authenticator app at the first sign-in, and the emailed one-time code.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)] // test code
 
 mod common;
 
-use common::*;
+use common::in_process::InProcess;
+use common::{EMAIL, PASSWORD};
+use testkit::store::Backend;
 
 use std::time::{Duration, Instant};
 
@@ -18,35 +20,39 @@ fn input_value(body: &str, name: &str) -> String {
     body[at..].split('"').next().unwrap_or_default().to_owned()
 }
 
-#[test]
-fn an_admin_enrols_a_second_factor_at_first_login_and_needs_it_from_then_on() {
-    let portal = Portal::start("second_factor_roles = [\"admin\"]");
-    portal.setup_admin();
-    let login = portal.login("a", EMAIL, PASSWORD);
+#[actix_web::test]
+async fn an_admin_enrols_a_second_factor_at_first_login_and_needs_it_from_then_on() {
+    let portal = InProcess::with_web_settings(Backend::Sqlite, "second_factor_roles = [\"admin\"]");
+    portal.setup_admin().await;
+    let login = portal.login("a", EMAIL, PASSWORD).await;
     assert_eq!(login.header("location"), Some("/account/second-factor"));
     // A password alone reaches nothing else.
     assert_eq!(
-        portal.get(Some("a"), "/sessions").header("location"),
+        portal.get(Some("a"), "/sessions").await.header("location"),
         Some("/account/second-factor")
     );
 
-    let enrol = portal.get(Some("a"), "/account/second-factor");
+    let enrol = portal.get(Some("a"), "/account/second-factor").await;
     assert!(enrol.body.contains("<svg"), "no QR code: {}", enrol.body);
     let secret = input_value(&enrol.body, "secret");
     let csrf = input_value(&enrol.body, "csrf");
-    let wrong = portal.post(
-        Some("a"),
-        "/account/second-factor",
-        &[("csrf", &csrf), ("secret", &secret), ("code", "000000")],
-    );
+    let wrong = portal
+        .post(
+            Some("a"),
+            "/account/second-factor",
+            &[("csrf", &csrf), ("secret", &secret), ("code", "000000")],
+        )
+        .await;
     assert_eq!(wrong.status, 422);
     let now = appliance::time::now_us();
     let code = appliance::second_factor::code_at(&secret, now).unwrap();
-    let done = portal.post(
-        Some("a"),
-        "/account/second-factor",
-        &[("csrf", &csrf), ("secret", &secret), ("code", &code)],
-    );
+    let done = portal
+        .post(
+            Some("a"),
+            "/account/second-factor",
+            &[("csrf", &csrf), ("secret", &secret), ("code", &code)],
+        )
+        .await;
     assert_eq!(done.status, 200, "{}", done.body);
     let recovery: Vec<String> = done
         .body
@@ -70,41 +76,51 @@ fn an_admin_enrols_a_second_factor_at_first_login_and_needs_it_from_then_on() {
         );
     }
     assert!(
-        portal.get(Some("a"), "/").body.contains("Welcome"),
+        portal.get(Some("a"), "/").await.body.contains("Welcome"),
         "enrolment did not complete the sign-in"
     );
 
     // The next login asks for the second factor before anything else.
-    let login = portal.login("b", EMAIL, PASSWORD);
+    let login = portal.login("b", EMAIL, PASSWORD).await;
     assert_eq!(login.header("location"), Some("/login/second-factor"));
     assert_eq!(
-        portal.get(Some("b"), "/").header("location"),
+        portal.get(Some("b"), "/").await.header("location"),
         Some("/login/second-factor")
     );
-    let csrf = input_value(&portal.get(Some("b"), "/login/second-factor").body, "csrf");
-    let submit = |code: &str| {
-        portal.post(
-            Some("b"),
-            "/login/second-factor",
-            &[("csrf", &csrf), ("code", code)],
-        )
+    let csrf = input_value(
+        &portal.get(Some("b"), "/login/second-factor").await.body,
+        "csrf",
+    );
+    let submit = async |code: &str| {
+        portal
+            .post(
+                Some("b"),
+                "/login/second-factor",
+                &[("csrf", &csrf), ("code", code)],
+            )
+            .await
     };
-    assert_eq!(submit(&code).status, 401, "a code was accepted twice");
-    assert_eq!(submit("123456").status, 401);
+    assert_eq!(submit(&code).await.status, 401, "a code was accepted twice");
+    assert_eq!(submit("123456").await.status, 401);
     assert_eq!(
-        submit(&recovery[0]).status,
+        submit(&recovery[0]).await.status,
         303,
         "a recovery code was refused"
     );
-    assert!(portal.get(Some("b"), "/").body.contains("Welcome"));
+    assert!(portal.get(Some("b"), "/").await.body.contains("Welcome"));
 
-    portal.login("c", EMAIL, PASSWORD);
-    let csrf = input_value(&portal.get(Some("c"), "/login/second-factor").body, "csrf");
-    let reused = portal.post(
-        Some("c"),
-        "/login/second-factor",
-        &[("csrf", &csrf), ("code", &recovery[0])],
+    portal.login("c", EMAIL, PASSWORD).await;
+    let csrf = input_value(
+        &portal.get(Some("c"), "/login/second-factor").await.body,
+        "csrf",
     );
+    let reused = portal
+        .post(
+            Some("c"),
+            "/login/second-factor",
+            &[("csrf", &csrf), ("code", &recovery[0])],
+        )
+        .await;
     assert_eq!(reused.status, 401, "a recovery code worked twice");
     let next_step = appliance::second_factor::code_at(&secret, now + 30_000_000).unwrap();
     assert_eq!(
@@ -114,6 +130,7 @@ fn an_admin_enrols_a_second_factor_at_first_login_and_needs_it_from_then_on() {
                 "/login/second-factor",
                 &[("csrf", &csrf), ("code", &next_step)]
             )
+            .await
             .status,
         303
     );
@@ -128,15 +145,18 @@ fn an_admin_enrols_a_second_factor_at_first_login_and_needs_it_from_then_on() {
     );
 }
 
-#[test]
-fn the_email_one_time_code_is_a_second_factor_end_to_end() {
+#[actix_web::test]
+async fn the_email_one_time_code_is_a_second_factor_end_to_end() {
     let mail = testkit::MailCatcher::start();
     let smtp_port = mail.port();
-    let portal = Portal::start(&format!(
-        "second_factor_roles = [\"admin\"]\nlogins_per_minute = 100\n\
+    let portal = InProcess::with_web_settings(
+        Backend::Sqlite,
+        &format!(
+            "second_factor_roles = [\"admin\"]\nlogins_per_minute = 100\n\
          [smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nsecurity = \"none\"\n"
-    ));
-    portal.setup_admin();
+        ),
+    );
+    portal.setup_admin().await;
     let code_in = |mail: &testkit::MailCatcher, nth: usize| -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -157,70 +177,81 @@ fn the_email_one_time_code_is_a_second_factor_end_to_end() {
         }
     };
     // First login: the admin must enrol, and picks codes by email.
-    let first = portal.login("a", EMAIL, PASSWORD);
+    let first = portal.login("a", EMAIL, PASSWORD).await;
     assert_eq!(first.header("location"), Some("/account/second-factor"));
-    let enrol = portal.get(Some("a"), "/account/second-factor");
+    let enrol = portal.get(Some("a"), "/account/second-factor").await;
     assert!(
         enrol.body.contains("No authenticator app?"),
         "{}",
         enrol.body
     );
     let csrf = portal.csrf_from(&enrol.body);
-    let sent = portal.post(
-        Some("a"),
-        "/account/second-factor/email-code",
-        &[("csrf", &csrf)],
-    );
+    let sent = portal
+        .post(
+            Some("a"),
+            "/account/second-factor/email-code",
+            &[("csrf", &csrf)],
+        )
+        .await;
     assert_eq!(sent.status, 303, "{}", sent.body);
     let code = code_in(&mail, 0);
-    let wrong = portal.post(
-        Some("a"),
-        "/account/second-factor/email",
-        &[("csrf", &csrf), ("code", "00000000")],
-    );
+    let wrong = portal
+        .post(
+            Some("a"),
+            "/account/second-factor/email",
+            &[("csrf", &csrf), ("code", "00000000")],
+        )
+        .await;
     assert_eq!(wrong.status, 422);
-    let done = portal.post(
-        Some("a"),
-        "/account/second-factor/email",
-        &[("csrf", &csrf), ("code", &code)],
-    );
+    let done = portal
+        .post(
+            Some("a"),
+            "/account/second-factor/email",
+            &[("csrf", &csrf), ("code", &code)],
+        )
+        .await;
     assert_eq!(
         (done.status, done.header("location")),
         (303, Some("/")),
         "{}",
         done.body
     );
-    assert!(portal.get(Some("a"), "/").body.contains("Welcome"));
+    assert!(portal.get(Some("a"), "/").await.body.contains("Welcome"));
 
     // Later logins ask for a code from the email; a used code does not work twice.
-    let again = portal.login("b", EMAIL, PASSWORD);
+    let again = portal.login("b", EMAIL, PASSWORD).await;
     assert_eq!(again.header("location"), Some("/login/second-factor"));
-    let page = portal.get(Some("b"), "/login/second-factor");
+    let page = portal.get(Some("b"), "/login/second-factor").await;
     assert!(page.body.contains("Code from your email"), "{}", page.body);
     let csrf = portal.csrf_from(&page.body);
-    let replay = portal.post(
-        Some("b"),
-        "/login/second-factor",
-        &[("csrf", &csrf), ("code", &code)],
-    );
+    let replay = portal
+        .post(
+            Some("b"),
+            "/login/second-factor",
+            &[("csrf", &csrf), ("code", &code)],
+        )
+        .await;
     assert_eq!(replay.status, 401, "a spent code was accepted");
     assert_eq!(
         portal
             .post(Some("b"), "/login/second-factor/email", &[("csrf", &csrf)])
+            .await
             .status,
         303
     );
     let second = code_in(&mail, 1);
-    let signed_in = portal.post(
-        Some("b"),
-        "/login/second-factor",
-        &[("csrf", &csrf), ("code", &second)],
-    );
+    let signed_in = portal
+        .post(
+            Some("b"),
+            "/login/second-factor",
+            &[("csrf", &csrf), ("code", &second)],
+        )
+        .await;
     assert_eq!(
         (signed_in.status, signed_in.header("location")),
         (303, Some("/"))
     );
-    assert!(portal.get(Some("b"), "/").body.contains("Welcome"));
+    assert!(portal.get(Some("b"), "/").await.body.contains("Welcome"));
     let actions = portal.actions();
     for expected in [
         "auth.email_code.sent",

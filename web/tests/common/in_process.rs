@@ -203,15 +203,34 @@ impl InProcess {
     /// `GET path` with the API token `token` (none: without one): the status and the JSON
     /// body (`null` when the body is not JSON).
     pub async fn api(&self, token: Option<&str>, path: &str) -> (u16, serde_json::Value) {
-        let mut request = TestRequest::get().uri(path);
-        if let Some(token) = token {
-            request = request.insert_header((header::AUTHORIZATION, format!("Bearer {token}")));
-        }
-        let reply = self.send(None, request).await;
+        let reply = self.get_with_token(token, path).await;
         (
             reply.status,
             serde_json::from_str(&reply.body).unwrap_or(serde_json::Value::Null),
         )
+    }
+
+    /// `GET path` with the API token `token` (none: without one), as it was answered.
+    pub async fn get_with_token(&self, token: Option<&str>, path: &str) -> Answer {
+        let mut request = TestRequest::get().uri(path);
+        if let Some(token) = token {
+            request = request.insert_header((header::AUTHORIZATION, format!("Bearer {token}")));
+        }
+        self.send(None, request).await
+    }
+
+    /// A post of `body` as it is, as a form from the portal's own page: for bodies a form
+    /// cannot hold, such as bytes that are not UTF-8.
+    pub async fn post_raw(&self, jar: Option<&str>, path: &str, body: &[u8]) -> Answer {
+        self.send(
+            jar,
+            TestRequest::post()
+                .uri(path)
+                .insert_header((header::ORIGIN, format!("https://{HOST}")))
+                .insert_header((header::CONTENT_TYPE, "application/x-www-form-urlencoded"))
+                .set_payload(body.to_vec()),
+        )
+        .await
     }
 
     /// A token for the first administrator with `scopes`, issued `age_days` ago for `days`.
