@@ -21,6 +21,7 @@ use appliance::{Actor, Appliance};
 pub mod certificates;
 pub mod in_process;
 pub mod pages;
+pub mod people;
 
 pub const PASSWORD: &str = "Vierkant-Schraube-77";
 pub const EMAIL: &str = "ada@plant.example";
