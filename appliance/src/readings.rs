@@ -22,6 +22,51 @@ pub const STANDARD_METRICS: [&str; 5] = [
     "shock_g",
 ];
 
+/// What a battery can hold, in percent.
+pub const BATTERY_PCT_RANGE: (f64, f64) = (0.0, 100.0);
+/// A received signal strength a radio can report, in dBm: from below the noise floor of
+/// the most sensitive radios (LoRa reaches about -148 dBm) to a transmitter next door.
+pub const SIGNAL_DBM_RANGE: (f64, f64) = (-160.0, 0.0);
+
+/// The values a standard metric can physically take; custom metrics have none.
+pub fn physical_range(metric: &str) -> Option<(f64, f64)> {
+    match metric {
+        "battery_pct" => Some(BATTERY_PCT_RANGE),
+        "cycle_count" | "cycle_time_ms" => Some((0.0, f64::MAX)),
+        // Absolute zero.
+        "temperature_c" => Some((-273.15, f64::MAX)),
+        _ => None,
+    }
+}
+
+/// Refuses `value` of `name` (in `field`) when it lies outside `range`, naming both.
+fn within(
+    field: &'static str,
+    name: &str,
+    value: f64,
+    (low, high): (f64, f64),
+    unit: &str,
+) -> Result<()> {
+    if (low..=high).contains(&value) {
+        return Ok(());
+    }
+    let bound = |b: f64| {
+        if b == f64::MAX {
+            "any".to_owned()
+        } else {
+            format!("{b}")
+        }
+    };
+    Err(Error::invalid(
+        field,
+        format!(
+            "{name} {value} is outside what it can physically be ({} to {}{unit})",
+            bound(low),
+            bound(high)
+        ),
+    ))
+}
+
 const MAX_METRIC_LEN: usize = 64;
 /// Rows per multi-row INSERT on PostgreSQL (65535 bound values at most; a reading binds 6).
 const INSERT_CHUNK: usize = 2000;
@@ -74,6 +119,9 @@ impl NewReading {
         }
         if !self.value.is_finite() {
             return Err(Error::invalid("value", "must be a finite number"));
+        }
+        if let Some(range) = physical_range(&self.metric) {
+            within("value", &self.metric, self.value, range, "")?;
         }
         if self.seq < 0 {
             return Err(Error::invalid("seq", "must be 0 or more"));
@@ -186,6 +234,25 @@ pub struct DeviceState {
     pub firmware_version: Option<String>,
     pub battery_pct: Option<f64>,
     pub signal_dbm: Option<f64>,
+}
+
+impl DeviceState {
+    /// Refuses a battery or signal level no device can report.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(battery) = self.battery_pct {
+            within(
+                "battery_pct",
+                "battery_pct",
+                battery,
+                BATTERY_PCT_RANGE,
+                " %",
+            )?;
+        }
+        if let Some(signal) = self.signal_dbm {
+            within("signal_dbm", "signal_dbm", signal, SIGNAL_DBM_RANGE, " dBm")?;
+        }
+        Ok(())
+    }
 }
 
 /// Records that `device` was heard from at `seen_at_us`, with whatever state it reported.

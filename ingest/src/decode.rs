@@ -177,12 +177,16 @@ pub struct Limits {
     pub max_decoded_bytes: usize,
     pub max_batch_readings: usize,
     pub max_future_skew_us: i64,
+    /// Readings timestamped before this are refused (`ingest.earliest_timestamp`).
+    pub earliest_us: i64,
 }
 
-/// Inflates a gzip body, refusing one that inflates past `limit` (a gzip bomb).
+/// Inflates a gzip body, refusing one that inflates past `limit` (a gzip bomb). A body of
+/// several gzip members is one stream (RFC 1952): every member is inflated, and bytes after
+/// the last one that are not a gzip member refuse the whole body rather than being dropped.
 pub fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, IngestError> {
     let mut out = Vec::new();
-    let mut decoder = flate2::read::GzDecoder::new(body).take(limit as u64 + 1);
+    let mut decoder = flate2::read::MultiGzDecoder::new(body).take(limit as u64 + 1);
     decoder
         .read_to_end(&mut out)
         .map_err(|err| IngestError::BadGzip(err.to_string()))?;
@@ -257,6 +261,14 @@ pub fn check_reading(
     now_us: i64,
 ) -> Result<NewReading, String> {
     let measured_at_us = parse_ts(&raw.ts)?;
+    if measured_at_us < limits.earliest_us {
+        return Err(format!(
+            "timestamp {} is before {} (ingest.earliest_timestamp); check the device clock, \
+             and that it sends milliseconds, not seconds",
+            appliance::time::format_us(measured_at_us),
+            appliance::time::format_us(limits.earliest_us),
+        ));
+    }
     if measured_at_us > now_us.saturating_add(limits.max_future_skew_us) {
         return Err(format!(
             "timestamp is more than {} s in the future; check the device clock",
@@ -343,6 +355,14 @@ pub fn accept(
                 "firmware_version: at most 64 printable characters".into(),
             ));
         }
+        let reported = DeviceState {
+            firmware_version: None,
+            battery_pct: raw.battery_pct,
+            signal_dbm: raw.signal_dbm,
+        };
+        reported
+            .validate()
+            .map_err(|err| IngestError::BadState(err.to_string()))?;
         let state = accepted.states.entry(device).or_default();
         state.firmware_version = raw.firmware_version.or(state.firmware_version.take());
         state.battery_pct = raw.battery_pct.or(state.battery_pct);
@@ -359,6 +379,92 @@ pub fn accept(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 2000-01-01T00:00:00Z, the default floor.
+    const EARLIEST_US: i64 = 946_684_800_000_000;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).expect("compress");
+        encoder.finish().expect("finish")
+    }
+
+    #[test]
+    fn every_gzip_member_is_inflated_and_trailing_bytes_refuse_the_body() {
+        let mut two = gzip(b"{\"readings\":[");
+        two.extend(gzip(b"]}"));
+        assert_eq!(
+            gunzip(&two, 1 << 20).expect("two members"),
+            b"{\"readings\":[]}"
+        );
+        for trailer in [&b"garbage"[..], b"\0", b"\x1f\x8b"] {
+            let mut body = gzip(b"{}");
+            body.extend_from_slice(trailer);
+            assert!(
+                matches!(gunzip(&body, 1 << 20), Err(IngestError::BadGzip(_))),
+                "trailer {trailer:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn timestamps_before_the_floor_and_impossible_values_are_refused_with_the_reason() {
+        let now = 1_795_334_400_000_000;
+        let check = |ts: Timestamp, metric: &str, value: f64| {
+            let raw = RawReading {
+                device: None,
+                metric: metric.into(),
+                value,
+                ts,
+                seq: 1,
+            };
+            check_reading(raw, DeviceId(1), &limits(), now)
+        };
+        for ts in [
+            Timestamp::Millis(0),
+            Timestamp::Millis(-1_000),
+            Timestamp::Text("0001-01-01T00:00:00Z".into()),
+            // Seconds sent where milliseconds belong: 2026-11-22 read as 1970-01-21.
+            Timestamp::Millis(1_795_334_400),
+        ] {
+            let problem = check(ts, "cycle_count", 1.0).expect_err("before the floor");
+            assert!(
+                problem.contains("before 2000-01-01") && problem.contains("milliseconds"),
+                "{problem}"
+            );
+        }
+        let good = || Timestamp::Millis(1_795_334_400_000);
+        assert!(check(Timestamp::Millis(EARLIEST_US / 1000), "cycle_count", 1.0).is_ok());
+        for (metric, value) in [
+            ("battery_pct", -50.0),
+            ("battery_pct", 250.0),
+            ("cycle_count", -1.0),
+            ("temperature_c", -300.0),
+        ] {
+            let problem = check(good(), metric, value).expect_err("impossible");
+            assert!(
+                problem.contains(metric) && problem.contains("physically"),
+                "{problem}"
+            );
+        }
+        assert!(check(good(), "battery_pct", 100.0).is_ok());
+        assert!(check(good(), "my_custom_metric", -1e300).is_ok());
+        for (battery, signal, field) in [
+            (Some(-50.0), None, "battery_pct"),
+            (Some(250.0), None, "battery_pct"),
+            (None, Some(1e300), "signal_dbm"),
+            (None, Some(20.0), "signal_dbm"),
+        ] {
+            let state = DeviceState {
+                firmware_version: None,
+                battery_pct: battery,
+                signal_dbm: signal,
+            };
+            let problem = state.validate().expect_err("impossible state").to_string();
+            assert!(problem.contains(field), "{problem}");
+        }
+    }
 
     #[test]
     fn a_gzip_bomb_is_refused_before_it_fills_memory() {
@@ -384,6 +490,7 @@ mod tests {
             max_decoded_bytes: 1 << 20,
             max_batch_readings: 2,
             max_future_skew_us: 0,
+            earliest_us: EARLIEST_US,
         };
         for body in [
             &br#"{"readings":[{"metric":"t","value":"hot","ts":0,"seq":1}]}"#[..],
@@ -406,6 +513,7 @@ mod tests {
             max_decoded_bytes: 1 << 20,
             max_batch_readings: 10,
             max_future_skew_us: 0,
+            earliest_us: EARLIEST_US,
         }
     }
 

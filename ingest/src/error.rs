@@ -35,6 +35,8 @@ pub enum IngestError {
     BadCbor(String),
     #[error("reading {index}: {problem}")]
     BadReading { index: usize, problem: String },
+    #[error("state: {0}")]
+    BadState(String),
     #[error("the batch has {count} readings; at most {limit} are allowed")]
     TooManyReadings { count: usize, limit: usize },
     #[error(
@@ -85,6 +87,7 @@ impl IngestError {
             IngestError::BadJson(_) => "body.invalid_json",
             IngestError::BadCbor(_) => "body.invalid_cbor",
             IngestError::BadReading { .. } => "reading.invalid",
+            IngestError::BadState(_) => "state.invalid",
             IngestError::TooManyReadings { .. } => "batch.too_large",
             IngestError::FirmwareNotOffered => "firmware.not_offered",
             IngestError::RangeNotSatisfiable { .. } => "range.not_satisfiable",
@@ -140,9 +143,9 @@ impl ResponseError for IngestError {
             | IngestError::InvalidUtf8(_)
             | IngestError::BadJson(_)
             | IngestError::BadCbor(_) => StatusCode::BAD_REQUEST,
-            IngestError::BadReading { .. } | IngestError::BadStatus(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            IngestError::BadReading { .. }
+            | IngestError::BadState(_)
+            | IngestError::BadStatus(_) => StatusCode::UNPROCESSABLE_ENTITY,
             IngestError::Unavailable | IngestError::StorageFull => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Enrolment(_) => StatusCode::BAD_REQUEST,
         }

@@ -113,7 +113,8 @@ fn bad_input_gets_a_4xx_with_a_reason_and_stores_nothing(backend: Backend) {
         ),
         (
             "bad metric name",
-            br#"{"readings":[{"metric":"Temp C","value":1,"ts":0,"seq":1}]}"#.to_vec(),
+            br#"{"readings":[{"metric":"Temp C","value":1,"ts":"2026-01-01T00:00:00Z","seq":1}]}"#
+                .to_vec(),
             vec![],
             422,
             "reading.invalid",

@@ -22,6 +22,9 @@ pub struct IngestConfig {
     pub max_batch_readings: usize,
     /// Readings timestamped further than this in the future are refused.
     pub max_future_skew_seconds: i64,
+    /// Readings timestamped before this (RFC 3339) are refused: a device whose clock was
+    /// never set, or that sends seconds where milliseconds are asked for, reports 1970.
+    pub earliest_timestamp: String,
     /// The most readings the writer commits in one transaction.
     pub group_commit_readings: usize,
     /// How often devices are checked for silence.
@@ -61,6 +64,7 @@ impl Default for IngestConfig {
             max_decoded_bytes: 8 * 1024 * 1024,
             max_batch_readings: 10_000,
             max_future_skew_seconds: 300,
+            earliest_timestamp: "2000-01-01T00:00:00Z".to_owned(),
             group_commit_readings: 20_000,
             silent_check_seconds: 30,
             http_workers: 2,
@@ -78,6 +82,19 @@ impl Default for IngestConfig {
 }
 
 impl IngestConfig {
+    /// [`IngestConfig::earliest_timestamp`] in microseconds since the Unix epoch.
+    pub fn earliest_timestamp_us(&self) -> Result<i64, ConfigError> {
+        chrono::DateTime::parse_from_rfc3339(&self.earliest_timestamp)
+            .map(|t| t.timestamp_micros())
+            .map_err(|_| {
+                ConfigError::new(
+                    "ingest.earliest_timestamp",
+                    &self.earliest_timestamp,
+                    "must be an RFC 3339 time, such as 2000-01-01T00:00:00Z",
+                )
+            })
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let listeners = [
             ("ingest.https_listen", Some(&self.https_listen)),
@@ -139,6 +156,7 @@ impl IngestConfig {
                 "must be between 0 and 604800",
             ));
         }
+        self.earliest_timestamp_us()?;
         if let Some(days) = self.retention_days
             && !(1..=36_500).contains(&days)
         {

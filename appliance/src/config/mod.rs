@@ -277,6 +277,18 @@ mod tests {
     }
 
     #[test]
+    fn an_earliest_timestamp_that_is_not_a_time_is_refused_naming_the_key() {
+        let mut ingest = IngestConfig::default();
+        assert_eq!(ingest.earliest_timestamp_us(), Ok(946_684_800_000_000));
+        ingest.earliest_timestamp = "the year 2000".to_owned();
+        let err = ingest.validate().expect_err("not a time");
+        assert!(
+            err.to_string().contains("ingest.earliest_timestamp"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn redacted_toml_hides_the_database_password() {
         let mut config = Config::default();
         config.store.url = Some("postgres://plantgate:s3cret@127.0.0.1/pg".to_owned());

@@ -12,6 +12,8 @@ const LIMITS: Limits = Limits {
     max_decoded_bytes: 256 * 1024,
     max_batch_readings: 10_000,
     max_future_skew_us: 300_000_000,
+    // 2000-01-01T00:00:00Z, the default floor.
+    earliest_us: 946_684_800_000_000,
 };
 
 fuzz_target!(|data: &[u8]| {

@@ -82,6 +82,7 @@ fn run(config: Config) -> Result<(), String> {
             max_decoded_bytes: ingest.max_decoded_bytes,
             max_batch_readings: ingest.max_batch_readings,
             max_future_skew_us: ingest.max_future_skew_seconds.saturating_mul(1_000_000),
+            earliest_us: ingest.earliest_timestamp_us().map_err(|e| e.to_string())?,
         },
         auth_failures: AuthFailureLog::new(AUTH_FAILURES_PER_MINUTE),
         device_ca,
