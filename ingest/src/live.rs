@@ -13,6 +13,10 @@
 //!   ([`devices::Credential::hold`]), so a publish that arrives between a revoke and the
 //!   watcher's next look is refused, not stored.
 //!
+//! The same registry closes a connection that a newer one of the same device took over by
+//! connecting with the same client id ([`Registration::take_client_id`]), as MQTT asks.
+//! Client ids are kept per device, so one device can never close another's connection.
+//!
 //! The order makes it complete: a connection registers before its credential is checked,
 //! and the watcher reads the counter before it takes the list of connections. A revoke that
 //! commits after a connection's check moves the counter, so the first look after it sees a
@@ -46,7 +50,18 @@ struct State {
 #[derive(Debug)]
 struct Entry {
     credential: Credential,
-    revoke: oneshot::Sender<()>,
+    /// The device serial and the client id, once the connection signed in.
+    client: Option<(String, String)>,
+    close: oneshot::Sender<Closed>,
+}
+
+/// Why the service closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Its credential was revoked.
+    Revoked,
+    /// A newer connection of the same device took its client id.
+    TakenOver,
 }
 
 /// A connection's entry; dropping it removes the entry.
@@ -54,8 +69,36 @@ struct Entry {
 pub struct Registration {
     live: Arc<Live>,
     id: u64,
-    /// Completes when the credential was found revoked: close the connection.
-    pub revoked: oneshot::Receiver<()>,
+    /// Completes when the connection must close, saying why.
+    pub closed: oneshot::Receiver<Closed>,
+}
+
+impl Registration {
+    /// Records that this connection is `client_id` of device `serial`, and closes any
+    /// other connection that was (taken over). An empty client id takes nothing over.
+    /// Returns how many were closed.
+    pub fn take_client_id(&self, serial: &str, client_id: &str) -> usize {
+        if client_id.is_empty() {
+            return 0;
+        }
+        let key = (serial.to_owned(), client_id.to_owned());
+        let mut state = self.live.lock();
+        let ids: Vec<u64> = state
+            .entries
+            .iter()
+            .filter(|(id, entry)| **id != self.id && entry.client.as_ref() == Some(&key))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            if let Some(entry) = state.entries.remove(id) {
+                let _ = entry.close.send(Closed::TakenOver);
+            }
+        }
+        if let Some(entry) = state.entries.get_mut(&self.id) {
+            entry.client = Some(key);
+        }
+        ids.len()
+    }
 }
 
 impl Drop for Registration {
@@ -75,12 +118,19 @@ impl Live {
         let mut state = self.lock();
         let id = state.next;
         state.next += 1;
-        let (revoke, revoked) = oneshot::channel();
-        state.entries.insert(id, Entry { credential, revoke });
+        let (close, closed) = oneshot::channel();
+        state.entries.insert(
+            id,
+            Entry {
+                credential,
+                client: None,
+                close,
+            },
+        );
         Registration {
             live: self.clone(),
             id,
-            revoked,
+            closed,
         }
     }
 
@@ -116,7 +166,7 @@ impl Live {
             .collect();
         for id in &ids {
             if let Some(entry) = state.entries.remove(id) {
-                let _ = entry.revoke.send(());
+                let _ = entry.close.send(Closed::Revoked);
             }
         }
         ids.len()
@@ -205,13 +255,32 @@ mod tests {
         let mut other = live.register(b);
         assert_eq!(live.credentials().len(), 2);
         assert_eq!(live.revoke(std::slice::from_ref(&a)), 2);
-        assert!(first.revoked.try_recv().is_ok());
-        assert!(second.revoked.try_recv().is_ok());
-        assert!(other.revoked.try_recv().is_err());
+        assert_eq!(first.closed.try_recv(), Ok(Closed::Revoked));
+        assert_eq!(second.closed.try_recv(), Ok(Closed::Revoked));
+        assert!(other.closed.try_recv().is_err());
         assert_eq!(live.len(), 1);
         drop(other);
         assert!(live.is_empty());
         drop((first, second));
         assert!(live.is_empty());
+    }
+
+    #[test]
+    fn a_client_id_is_taken_over_within_one_device_only() {
+        let live = Arc::new(Live::default());
+        let secret = || Credential::Secret(vec![1; 32]);
+        let mut old = live.register(secret());
+        let mut other_device = live.register(Credential::Secret(vec![2; 32]));
+        let mut anonymous = live.register(secret());
+        assert_eq!(old.take_client_id("MM-1", "press-1"), 0);
+        assert_eq!(other_device.take_client_id("MM-2", "press-1"), 0);
+        assert_eq!(anonymous.take_client_id("MM-1", ""), 0);
+        let mut new = live.register(secret());
+        assert_eq!(new.take_client_id("MM-1", "press-1"), 1);
+        assert_eq!(old.closed.try_recv(), Ok(Closed::TakenOver));
+        assert!(other_device.closed.try_recv().is_err());
+        assert!(anonymous.closed.try_recv().is_err());
+        assert!(new.closed.try_recv().is_err());
+        assert_eq!(live.len(), 3);
     }
 }

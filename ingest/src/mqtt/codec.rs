@@ -11,9 +11,13 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::decode;
 use crate::error::IngestError;
+use crate::live::Closed;
 
 /// The reason string of the DISCONNECT sent when the credential was revoked.
 pub(super) const REVOKED: &str = "the device's credential was revoked";
+/// The reason string of the DISCONNECT sent when a new connection took the client id.
+pub(super) const TAKEN_OVER: &str =
+    "a new connection of this device with the same client id took over";
 
 /// The topic a device publishes its readings to.
 pub fn readings_topic(serial: &str) -> String {
@@ -40,7 +44,44 @@ pub(super) struct Hello {
     pub(super) version: Version,
     pub(super) keep_alive: u16,
     pub(super) login: Option<(String, String)>,
+    /// A second connection of the same device with the same client id takes over.
+    pub(super) client_id: String,
+    /// The will's QoS and retain flag, if the CONNECT carried one: wills are not served.
+    pub(super) will: Option<(QoS, bool)>,
 }
+
+/// The head of a connection: a CONNECT this service speaks, or one of a protocol level it
+/// does not (MQTT 3.1, or a level that does not exist yet), which is answered with CONNACK
+/// "unacceptable protocol version" as MQTT 3.1.1 asks.
+pub(super) enum Greeting {
+    Hello(Hello),
+    UnsupportedProtocol(String),
+}
+
+/// Why a CONNECT was refused, in either version's CONNACK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ConnectRefusal {
+    BadCredentials,
+    /// The CONNECT carried a will (`(qos, retain)`): no will is ever published here, so
+    /// none is accepted.
+    Will(QoS, bool),
+}
+
+impl ConnectRefusal {
+    pub(super) fn reason(self) -> &'static str {
+        match self {
+            ConnectRefusal::BadCredentials => "bad username or secret",
+            ConnectRefusal::Will(..) => {
+                "will messages are not served: connect without a will (the appliance raises \
+                 a silence alert when a device stops reporting)"
+            }
+        }
+    }
+}
+
+/// CONNACK "unacceptable protocol version" (return code 1) in MQTT 3.1 and 3.1.1's form,
+/// which any client that sent a CONNECT can read.
+pub(super) const CONNACK_UNACCEPTABLE_PROTOCOL: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
 
 /// A packet from the client, in either version, reduced to what the service acts on.
 pub(super) enum Incoming {
@@ -59,6 +100,7 @@ pub(super) struct Publication {
     pub(super) payload: bytes::Bytes,
     /// MQTT 5's content-type property.
     pub(super) content_type: Option<String>,
+    pub(super) retain: bool,
 }
 
 /// Why a publish was refused, for MQTT 5's reason codes.
@@ -82,6 +124,8 @@ pub(super) enum Reason {
     StorageFull,
     /// The credential was revoked after the connection signed in.
     Revoked,
+    /// An MQTT 5 PUBLISH with RETAIN set, where CONNACK said retain is not available.
+    RetainNotSupported,
 }
 
 impl Reason {
@@ -101,9 +145,10 @@ impl Reason {
             Reason::NotAuthorized | Reason::Revoked => v5::PubAckReason::NotAuthorized,
             Reason::TopicNameInvalid => v5::PubAckReason::TopicNameInvalid,
             Reason::PayloadFormatInvalid => v5::PubAckReason::PayloadFormatInvalid,
-            Reason::QoSNotSupported | Reason::ProtocolError | Reason::Unavailable => {
-                v5::PubAckReason::ImplementationSpecificError
-            }
+            Reason::QoSNotSupported
+            | Reason::ProtocolError
+            | Reason::Unavailable
+            | Reason::RetainNotSupported => v5::PubAckReason::ImplementationSpecificError,
             Reason::StorageFull => v5::PubAckReason::QuotaExceeded,
         }
     }
@@ -118,25 +163,51 @@ impl Reason {
             Reason::Unavailable => v5::DisconnectReasonCode::ImplementationSpecificError,
             Reason::StorageFull => v5::DisconnectReasonCode::QuotaExceeded,
             Reason::Revoked => v5::DisconnectReasonCode::AdministrativeAction,
+            Reason::RetainNotSupported => v5::DisconnectReasonCode::RetainNotSupported,
         }
     }
 }
 
+/// The protocol name and level of the CONNECT whole in `buf`, read from its variable
+/// header; `None` if the packet is not a CONNECT or too short to hold them.
+fn protocol_of(buf: &[u8]) -> Option<(&[u8], u8)> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    // The fixed header's remaining length takes 1 to 4 bytes, each but the last with its
+    // top bit set.
+    let length_bytes = buf[1..].iter().take(4).position(|b| b & 0x80 == 0)? + 1;
+    let rest = &buf[1 + length_bytes..];
+    let name_len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+    let name = rest.get(2..2 + name_len)?;
+    Some((name, *rest.get(2 + name_len)?))
+}
+
 /// The CONNECT at the head of `buf`, decoded by whichever of mqttbytes' codecs accepts its
 /// protocol level; `None` until it is complete.
-pub(super) fn read_connect(buf: &mut BytesMut, max: usize) -> Result<Option<Hello>, String> {
+pub(super) fn read_connect(buf: &mut BytesMut, max: usize) -> Result<Option<Greeting>, String> {
     if !framed(buf, max)? {
         return Ok(None);
+    }
+    if let Some((name, level)) = protocol_of(buf)
+        && !(name == b"MQTT" && matches!(level, 4 | 5))
+    {
+        return Ok(Some(Greeting::UnsupportedProtocol(format!(
+            "protocol {:?} level {level} (MQTT 3.1.1 and 5 are served)",
+            String::from_utf8_lossy(name)
+        ))));
     }
     let mut probe = buf.clone();
     match v4::read(&mut probe, max) {
         Ok(v4::Packet::Connect(connect)) if connect.protocol == mqttbytes::Protocol::V4 => {
             *buf = probe;
-            return Ok(Some(Hello {
+            return Ok(Some(Greeting::Hello(Hello {
                 version: Version::V311,
                 keep_alive: connect.keep_alive,
                 login: connect.login.map(|l| (l.username, l.password)),
-            }));
+                client_id: connect.client_id,
+                will: connect.last_will.map(|will| (will.qos, will.retain)),
+            })));
         }
         Ok(v4::Packet::Connect(_)) | Err(_) => {}
         Ok(other) => return Err(format!("expected CONNECT, got {other:?}")),
@@ -145,11 +216,13 @@ pub(super) fn read_connect(buf: &mut BytesMut, max: usize) -> Result<Option<Hell
     match v5::read(&mut probe, max) {
         Ok(v5::Packet::Connect(connect)) if connect.protocol == mqttbytes::Protocol::V5 => {
             *buf = probe;
-            Ok(Some(Hello {
+            Ok(Some(Greeting::Hello(Hello {
                 version: Version::V5,
                 keep_alive: connect.keep_alive,
                 login: connect.login.map(|l| (l.username, l.password)),
-            }))
+                client_id: connect.client_id,
+                will: connect.last_will.map(|will| (will.qos, will.retain)),
+            })))
         }
         Ok(other) => Err(format!(
             "expected an MQTT 3.1.1 or 5 CONNECT, got {other:?}"
@@ -189,6 +262,7 @@ pub(super) fn buffered_packet(
                     topic: p.topic,
                     payload: p.payload,
                     content_type: None,
+                    retain: p.retain,
                 }),
                 v4::Packet::PingReq => Incoming::PingReq,
                 v4::Packet::Subscribe(s) => Incoming::Subscribe {
@@ -208,6 +282,7 @@ pub(super) fn buffered_packet(
                     topic: p.topic,
                     payload: p.payload,
                     content_type: p.properties.and_then(|props| props.content_type),
+                    retain: p.retain,
                 }),
                 v5::Packet::PingReq => Incoming::PingReq,
                 v5::Packet::Subscribe(s) => Incoming::Subscribe {
@@ -229,7 +304,7 @@ pub(super) fn buffered_packet(
 #[doc(hidden)]
 pub fn decode_for_fuzzing(data: &[u8], max: usize) -> usize {
     let mut buf = BytesMut::from(data);
-    let Ok(Some(hello)) = read_connect(&mut buf, max) else {
+    let Ok(Some(Greeting::Hello(hello))) = read_connect(&mut buf, max) else {
         return 0;
     };
     let mut decoded = 1;
@@ -257,23 +332,37 @@ impl Encoder {
         }
     }
 
-    pub(super) fn connack(&mut self, accepted: bool, max_packet: usize) {
+    /// CONNACK: accepted (`Ok`), or refused and why.
+    pub(super) fn connack(&mut self, outcome: Result<(), ConnectRefusal>, max_packet: usize) {
         let _ = match self.version {
             Version::V311 => v4::ConnAck::new(
-                if accepted {
-                    v4::ConnectReturnCode::Success
-                } else {
-                    v4::ConnectReturnCode::BadUserNamePassword
+                match outcome {
+                    Ok(()) => v4::ConnectReturnCode::Success,
+                    Err(ConnectRefusal::BadCredentials) => {
+                        v4::ConnectReturnCode::BadUserNamePassword
+                    }
+                    // MQTT 3.1.1 has no code for a will; "not authorized" is the nearest.
+                    Err(ConnectRefusal::Will(..)) => v4::ConnectReturnCode::NotAuthorized,
                 },
                 false,
             )
             .write(&mut self.out),
             Version::V5 => {
                 let mut ack = v5::ConnAck::new(
-                    if accepted {
-                        v5::ConnectReturnCode::Success
-                    } else {
-                        v5::ConnectReturnCode::BadUserNamePassword
+                    match outcome {
+                        Ok(()) => v5::ConnectReturnCode::Success,
+                        Err(ConnectRefusal::BadCredentials) => {
+                            v5::ConnectReturnCode::BadUserNamePassword
+                        }
+                        Err(ConnectRefusal::Will(QoS::ExactlyOnce, _)) => {
+                            v5::ConnectReturnCode::QoSNotSupported
+                        }
+                        Err(ConnectRefusal::Will(_, true)) => {
+                            v5::ConnectReturnCode::RetainNotSupported
+                        }
+                        Err(ConnectRefusal::Will(..)) => {
+                            v5::ConnectReturnCode::ImplementationSpecificError
+                        }
                     },
                     false,
                 );
@@ -285,8 +374,8 @@ impl Encoder {
                 props.shared_subscription_available = Some(0);
                 props.subscription_identifiers_available = Some(0);
                 props.max_packet_size = u32::try_from(max_packet).ok();
-                if !accepted {
-                    props.reason_string = Some("bad username or secret".into());
+                if let Err(refusal) = outcome {
+                    props.reason_string = Some(refusal.reason().into());
                 }
                 ack.properties = Some(props);
                 ack.write(&mut self.out)
@@ -320,16 +409,25 @@ impl Encoder {
         };
     }
 
-    /// MQTT 5 only: DISCONNECT 0x98 (administrative action), the credential was revoked.
-    /// MQTT 3.1.1 can only close the connection.
-    pub(super) fn revoked(&mut self) {
+    /// MQTT 5 only: DISCONNECT 0x98 (administrative action) when the credential was
+    /// revoked, 0x8E (session taken over) when a new connection of the device took its
+    /// client id. MQTT 3.1.1 can only close the connection.
+    pub(super) fn closed_by_server(&mut self, why: Closed) {
         if self.version != Version::V5 {
             return;
         }
         let mut disconnect = v5::Disconnect::new();
-        disconnect.reason_code = v5::DisconnectReasonCode::AdministrativeAction;
         let mut props = v5::DisconnectProperties::new();
-        props.reason_string = Some(REVOKED.into());
+        (disconnect.reason_code, props.reason_string) = match why {
+            Closed::Revoked => (
+                v5::DisconnectReasonCode::AdministrativeAction,
+                Some(REVOKED.into()),
+            ),
+            Closed::TakenOver => (
+                v5::DisconnectReasonCode::SessionTakenOver,
+                Some(TAKEN_OVER.into()),
+            ),
+        };
         disconnect.properties = Some(props);
         let _ = disconnect.write(&mut self.out);
     }

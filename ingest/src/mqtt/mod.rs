@@ -10,7 +10,10 @@
 //! may not use, a payload that is not a valid batch, QoS 2 or a malformed packet closes the
 //! connection. MQTT 3.1.1 has no negative acknowledgement, so it closes without a PUBACK;
 //! MQTT 5 first sends a PUBACK (at QoS 1) and a DISCONNECT carrying a reason code and a
-//! reason string.
+//! reason string. What CONNACK advertises holds: no retain (an MQTT 5 retained PUBLISH is
+//! refused), no wills (a CONNECT with one is refused), QoS 1 at most. MQTT 3.1 and unknown
+//! levels get CONNACK "unacceptable protocol version". A new connection of a device with the
+//! client id of an open one takes it over (see [`crate::live`]).
 //!
 //! Until its CONNECT is accepted a connection holds a slot of the [`crate::gate::Gate`] that
 //! the HTTPS listener shares, and must finish the TLS handshake and the CONNECT within one

@@ -17,17 +17,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_openssl::SslStream;
 
 use super::codec::{
-    Encoder, Incoming, Publication, REVOKED, Reason, Refusal, Version, buffered_packet,
-    read_connect, topic_device,
+    CONNACK_UNACCEPTABLE_PROTOCOL, ConnectRefusal, Encoder, Greeting, Incoming, Publication,
+    REVOKED, Reason, Refusal, TAKEN_OVER, Version, buffered_packet, read_connect, topic_device,
 };
 use crate::decode::{self, Accepted};
 use crate::error::{IngestError, Refused};
 use crate::gate::Pending;
-use crate::live::{self, Live};
+use crate::live::{self, Closed, Live};
 use crate::shared::Shared;
 
-/// The largest CONNECT read. A device's is a few hundred bytes (no will messages are
-/// served); a client announcing more is closed at once instead of being waited for.
+/// The largest CONNECT read. A device's is a few hundred bytes (wills are refused); a client
+/// announcing more is closed at once instead of being waited for.
 const MAX_CONNECT_BYTES: usize = 16 * 1024;
 /// How long a client may stay quiet when it asked for no keep-alive.
 const IDLE_LIMIT: Duration = Duration::from_secs(600);
@@ -126,11 +126,15 @@ pub(super) async fn connection(
     loop {
         let first = tokio::select! {
             packet = next_packet(version, &mut stream, &mut buf, max, idle) => packet?,
-            _ = &mut registration.revoked => {
-                out.revoked();
+            closed = &mut registration.closed => {
+                let why = closed.unwrap_or(Closed::Revoked);
+                out.closed_by_server(why);
                 let _ = out.flush(&mut stream).await;
                 let _ = stream.shutdown().await;
-                return Err(REVOKED.into());
+                return Err(match why {
+                    Closed::Revoked => REVOKED.into(),
+                    Closed::TakenOver => TAKEN_OVER.into(),
+                });
             }
         };
 
@@ -164,6 +168,16 @@ pub(super) async fn connection(
                         pkid: None,
                         reason: Reason::QoSNotSupported,
                         message: "QoS 2 is not served; publish at QoS 1".into(),
+                    });
+                    break;
+                }
+                // CONNACK said "retain available: 0" (MQTT 5), so a retained publish is a
+                // protocol error (MQTT 5, 3.3.1.3), not something to store.
+                Incoming::Publish(publish) if publish.retain && version == Version::V5 => {
+                    closing = Some(Refusal {
+                        pkid: None,
+                        reason: Reason::RetainNotSupported,
+                        message: "retained messages are not served; publish without retain".into(),
                     });
                     break;
                 }
@@ -227,12 +241,24 @@ async fn sign_in(
     let max = shared.limits.max_body_bytes;
     let mut buf = BytesMut::with_capacity(1024);
     let hello = loop {
-        if let Some(hello) = read_connect(&mut buf, MAX_CONNECT_BYTES.min(max))? {
-            break hello;
+        match read_connect(&mut buf, MAX_CONNECT_BYTES.min(max))? {
+            Some(Greeting::Hello(hello)) => break hello,
+            Some(Greeting::UnsupportedProtocol(what)) => {
+                let _ = stream.write_all(&CONNACK_UNACCEPTABLE_PROTOCOL).await;
+                let _ = stream.shutdown().await;
+                return Err(format!("refused {what}"));
+            }
+            None => read_some(&mut stream, &mut buf).await?,
         }
-        read_some(&mut stream, &mut buf).await?;
     };
     let mut out = Encoder::new(hello.version);
+    if let Some((qos, retain)) = hello.will {
+        let refusal = ConnectRefusal::Will(qos, retain);
+        out.connack(Err(refusal), max);
+        let _ = out.flush(&mut stream).await;
+        let _ = stream.shutdown().await;
+        return Err(refusal.reason().into());
+    }
     let certificate = stream
         .ssl()
         .peer_certificate()
@@ -293,12 +319,16 @@ async fn sign_in(
                     .record(&worker.app, &source, "mqtt", username.as_deref())
             })
             .await;
-            out.connack(false, max);
+            out.connack(Err(ConnectRefusal::BadCredentials), max);
             let _ = out.flush(&mut stream).await;
-            return Err("bad username or secret".into());
+            return Err(ConnectRefusal::BadCredentials.reason().into());
         }
     };
-    out.connack(true, max);
+    let taken_over = registration.take_client_id(&sender.serial, &hello.client_id);
+    if taken_over > 0 {
+        tracing::info!(device = %sender.serial, client_id = %hello.client_id, "a new connection took over the client id");
+    }
+    out.connack(Ok(()), max);
     out.flush(&mut stream).await?;
     Ok(SignedIn {
         stream,

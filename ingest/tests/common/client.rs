@@ -5,6 +5,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -20,8 +21,10 @@ pub enum Version {
 /// What the service did next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// `code` is the CONNACK's return code (MQTT 3.1.1) or reason code (MQTT 5).
     ConnAck {
         accepted: bool,
+        code: u8,
     },
     /// `reason` is MQTT 5's reason code (0 for MQTT 3.1.1, which has none).
     PubAck {
@@ -39,6 +42,16 @@ pub enum Event {
     Quiet,
 }
 
+/// What a client signs in with.
+#[derive(Debug, Clone, Copy)]
+pub struct Login<'a> {
+    pub username: &'a str,
+    pub password: Option<&'a str>,
+    pub client_id: &'a str,
+    /// A will's QoS and retain flag (topic and payload are the client id's own).
+    pub will: Option<(QoS, bool)>,
+}
+
 pub struct MqttClient {
     stream: SslStream<TcpStream>,
     version: Version,
@@ -49,7 +62,9 @@ const MAX_PACKET: usize = 1 << 20;
 
 impl MqttClient {
     /// Connects over TLS (trusting `ca`, with a client certificate if `identity` is
-    /// `(cert, key)`) and sends CONNECT; returns the client and whether CONNACK accepted it.
+    /// `(cert, key)`) and sends CONNECT with a client id of its own (`username-N`), so that
+    /// no two connections take each other over; returns the client and whether CONNACK
+    /// accepted it.
     pub fn connect(
         port: u16,
         ca: &Path,
@@ -58,6 +73,31 @@ impl MqttClient {
         username: &str,
         password: Option<&str>,
     ) -> (MqttClient, bool) {
+        static CLIENTS: AtomicU32 = AtomicU32::new(0);
+        let client_id = format!("{username}-{}", CLIENTS.fetch_add(1, Ordering::Relaxed));
+        let login = Login {
+            username,
+            password,
+            client_id: &client_id,
+            will: None,
+        };
+        MqttClient::connect_as(port, ca, identity, version, &login)
+    }
+
+    /// [`MqttClient::connect`] with the client id `login.client_id`.
+    pub fn connect_as(
+        port: u16,
+        ca: &Path,
+        identity: Option<(&Path, &Path)>,
+        version: Version,
+        login: &Login<'_>,
+    ) -> (MqttClient, bool) {
+        let Login {
+            username,
+            password,
+            client_id,
+            will,
+        } = *login;
         let mut tls = SslConnector::builder(SslMethod::tls_client()).expect("TLS client");
         tls.set_ca_file(ca).expect("CA file");
         if let Some((cert, key)) = identity {
@@ -80,7 +120,7 @@ impl MqttClient {
         let mut out = BytesMut::new();
         match version {
             Version::V311 => {
-                let mut connect = v4::Connect::new(username);
+                let mut connect = v4::Connect::new(client_id);
                 connect.keep_alive = 60;
                 match password {
                     Some(password) => {
@@ -90,10 +130,13 @@ impl MqttClient {
                         connect.login = Some(v4::Login::new(username, ""));
                     }
                 }
+                connect.last_will = will.map(|(qos, retain)| {
+                    v4::LastWill::new(format!("status/{client_id}"), "offline", qos, retain)
+                });
                 connect.write(&mut out).expect("encode CONNECT");
             }
             Version::V5 => {
-                let mut connect = v5::Connect::new(username);
+                let mut connect = v5::Connect::new(client_id);
                 connect.keep_alive = 60;
                 match password {
                     Some(password) => {
@@ -103,12 +146,15 @@ impl MqttClient {
                         connect.login = Some(v5::Login::new(username, ""));
                     }
                 }
+                connect.last_will = will.map(|(qos, retain)| {
+                    v5::LastWill::new(format!("status/{client_id}"), "offline", qos, retain)
+                });
                 connect.write(&mut out).expect("encode CONNECT");
             }
         }
         client.stream.write_all(&out).expect("send CONNECT");
         let accepted = match client.next_event(Duration::from_secs(60)) {
-            Event::ConnAck { accepted } => accepted,
+            Event::ConnAck { accepted, .. } => accepted,
             other => panic!("expected CONNACK, got {other:?}"),
         };
         (client, accepted)
@@ -116,16 +162,29 @@ impl MqttClient {
 
     /// Sends a PUBLISH at QoS 1; an error means the connection is gone.
     pub fn publish(&mut self, pkid: u16, topic: &str, payload: &[u8]) -> std::io::Result<()> {
+        self.publish_with(pkid, topic, payload, false)
+    }
+
+    /// [`MqttClient::publish`], with the RETAIN flag as `retain` says.
+    pub fn publish_with(
+        &mut self,
+        pkid: u16,
+        topic: &str,
+        payload: &[u8],
+        retain: bool,
+    ) -> std::io::Result<()> {
         let mut out = BytesMut::new();
         match self.version {
             Version::V311 => {
                 let mut publish = v4::Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
                 publish.pkid = pkid;
+                publish.retain = retain;
                 publish.write(&mut out).expect("encode PUBLISH");
             }
             Version::V5 => {
                 let mut publish = v5::Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
                 publish.pkid = pkid;
+                publish.retain = retain;
                 publish.write(&mut out).expect("encode PUBLISH");
             }
         }
@@ -143,6 +202,7 @@ impl MqttClient {
             Version::V311 => match v4::read(&mut self.buf, MAX_PACKET) {
                 Ok(v4::Packet::ConnAck(ack)) => Event::ConnAck {
                     accepted: ack.code == v4::ConnectReturnCode::Success,
+                    code: ack.code as u8,
                 },
                 Ok(v4::Packet::PubAck(ack)) => Event::PubAck {
                     pkid: ack.pkid,
@@ -154,6 +214,7 @@ impl MqttClient {
             Version::V5 => match v5::read(&mut self.buf, MAX_PACKET) {
                 Ok(v5::Packet::ConnAck(ack)) => Event::ConnAck {
                     accepted: ack.code == v5::ConnectReturnCode::Success,
+                    code: ack.code as u8,
                 },
                 Ok(v5::Packet::PubAck(ack)) => Event::PubAck {
                     pkid: ack.pkid,
