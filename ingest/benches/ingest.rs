@@ -4,18 +4,25 @@
 //! 2. MQTT 3.1.1 QoS 1 messages of one reading each from 16 clients, each keeping up to
 //!    64 publishes in flight, on SQLite;
 //! 3. the HTTPS run again on PostgreSQL (`TEST_POSTGRES_URL`, default the trust-auth server
-//!    on 127.0.0.1:5432; the bench makes its own database and drops it).
+//!    on 127.0.0.1:5432; the bench makes its own database and drops it);
+//! 4. MQTT 3.1.1 QoS 1 messages of 10 readings from 4 clients with 100 in flight each, into
+//!    the ingest on SQLite and then into Mosquitto (started here, TLS and persistence on),
+//!    with the same client and messages, and the ratio of the two rates.
 //!
-//! `cargo bench -p plantgate-ingest --bench ingest [-- https|mqtt|postgres]` prints, for each
-//! run, readings (or messages) per second and the p50/p99 acknowledgement latency; an ack
-//! (HTTP 200, PUBACK) means the data is durable. The load generators build their bodies
+//! `cargo bench -p plantgate-ingest --bench ingest [-- https|mqtt|postgres|mosquitto]`
+//! prints, for each run, readings (or messages) per second and the p50/p99 acknowledgement
+//! latency; an ack (HTTP 200, PUBACK) from the ingest means the data is durable (Mosquitto
+//! acknowledges before it writes). The load generators build their bodies
 //! before the clock starts, so the figures are the service's, not the generator's JSON
 //! encoding. Under `cargo test` the same code runs on a few batches, so it cannot rot.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "peers/mosquitto.rs"]
+mod mosquitto;
 
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +37,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BATCH: i64 = 100;
 const CLIENTS: usize = 16;
-const MQTT_WINDOW: usize = 64;
+
+/// The load one MQTT run puts on a broker.
+#[derive(Debug, Clone, Copy)]
+struct MqttLoad {
+    clients: usize,
+    /// Publishes each client keeps unacknowledged.
+    window: usize,
+    readings_per_message: i64,
+    messages_per_client: i64,
+}
 
 struct Figures {
     units: f64,
@@ -69,7 +85,7 @@ fn service(backend: Backend) -> (TestIngest, Vec<(String, String)>) {
 }
 
 /// Every acknowledged reading is in the store, once.
-fn check_stored(t: &TestIngest, figures: &Figures) {
+fn check_stored(t: &TestIngest, readings: f64) {
     let mut conn = t.app.store.conn().expect("conn");
     let stored: i64 = (0..CLIENTS)
         .map(|i| {
@@ -81,7 +97,7 @@ fn check_stored(t: &TestIngest, figures: &Figures) {
         })
         .sum();
     assert_eq!(
-        stored as f64, figures.units,
+        stored as f64, readings,
         "acknowledged readings missing from the store"
     );
 }
@@ -151,13 +167,13 @@ fn https(t: &TestIngest, devices: Vec<(String, String)>, batches_per_client: i64
     }
 }
 
-/// One MQTT client: CONNECT, then `messages` QoS 1 publishes of one reading each, with up to
-/// `MQTT_WINDOW` unacknowledged; returns each publish's time to its PUBACK.
+/// One MQTT client: CONNECT, then a QoS 1 publish of each payload, with up to `window`
+/// unacknowledged; returns each publish's time to its PUBACK.
 async fn mqtt_client(
     port: u16,
     cert: std::path::PathBuf,
-    serial: String,
-    secret: String,
+    (serial, secret): (String, String),
+    window: usize,
     payloads: Vec<Vec<u8>>,
 ) -> Vec<Duration> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -197,7 +213,7 @@ async fn mqtt_client(
     let topic = format!("plantgate/{serial}/readings");
     let total = payloads.len();
     let sent_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; 65536]));
-    let window = Arc::new(tokio::sync::Semaphore::new(MQTT_WINDOW));
+    let window = Arc::new(tokio::sync::Semaphore::new(window));
     let (mut rd, mut wr) = tokio::io::split(stream);
     let writer = {
         let sent_at = sent_at.clone();
@@ -244,20 +260,26 @@ async fn mqtt_client(
     latencies
 }
 
-fn mqtt(t: &TestIngest, devices: Vec<(String, String)>, per_client: i64) -> Figures {
-    let port = t.mqtt_port;
-    let cert = t.cert();
+/// Runs `load` against the MQTT broker on `port` (whose certificate is `cert`), signing in
+/// as `devices`; the figures count messages.
+fn mqtt(port: u16, cert: &Path, devices: &[(String, String)], load: MqttLoad) -> Figures {
+    let cert = cert.to_owned();
+    let window = load.window;
+    let per_message = load.readings_per_message;
+    // Every payload, built before the clock starts.
     let clients: Vec<_> = devices
-        .into_iter()
-        .map(|(serial, secret)| {
-            let payloads: Vec<Vec<u8>> = (0..per_client)
-                .map(|seq| {
-                    serde_json::json!({"readings": [{"metric": "cycle_count", "value": seq, "ts": 1_767_225_600_000_i64 + seq, "seq": seq}]})
-                        .to_string()
-                        .into_bytes()
+        .iter()
+        .take(load.clients)
+        .map(|device| {
+            let payloads: Vec<Vec<u8>> = (0..load.messages_per_client)
+                .map(|message| {
+                    let readings: Vec<_> = (message * per_message..(message + 1) * per_message)
+                        .map(|seq| serde_json::json!({"metric": "cycle_count", "value": seq, "ts": 1_767_225_600_000_i64 + seq, "seq": seq}))
+                        .collect();
+                    serde_json::json!({ "readings": readings }).to_string().into_bytes()
                 })
                 .collect();
-            (serial, secret, payloads)
+            (device.clone(), payloads)
         })
         .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -269,8 +291,8 @@ fn mqtt(t: &TestIngest, devices: Vec<(String, String)>, per_client: i64) -> Figu
         let started = Instant::now();
         let tasks: Vec<_> = clients
             .into_iter()
-            .map(|(serial, secret, payloads)| {
-                tokio::spawn(mqtt_client(port, cert.clone(), serial, secret, payloads))
+            .map(|(device, payloads)| {
+                tokio::spawn(mqtt_client(port, cert.clone(), device, window, payloads))
             })
             .collect();
         let mut all = Vec::new();
@@ -297,7 +319,7 @@ fn main() {
         let (t, devices) = service(Backend::Sqlite);
         let batches = if full { 250 } else { 3 };
         let figures = https(&t, devices, batches);
-        check_stored(&t, &figures);
+        check_stored(&t, figures.units);
         figures.print(
             &format!("HTTPS batches of {BATCH} from {CLIENTS} clients on SQLite"),
             "readings",
@@ -305,12 +327,18 @@ fn main() {
     }
     if wanted("mqtt") {
         let (t, devices) = service(Backend::Sqlite);
-        let per_client = if full { 12_500 } else { 50 };
-        let figures = mqtt(&t, devices, per_client);
-        check_stored(&t, &figures);
+        let load = MqttLoad {
+            clients: CLIENTS,
+            window: 64,
+            readings_per_message: 1,
+            messages_per_client: if full { 12_500 } else { 50 },
+        };
+        let figures = mqtt(t.mqtt_port, &t.cert(), &devices, load);
+        check_stored(&t, figures.units);
         figures.print(
             &format!(
-                "MQTT 3.1.1 QoS 1, one reading a message, {CLIENTS} clients x {MQTT_WINDOW} in flight, on SQLite"
+                "MQTT 3.1.1 QoS 1, one reading a message, {CLIENTS} clients x {} in flight, on SQLite",
+                load.window
             ),
             "messages",
         );
@@ -319,10 +347,44 @@ fn main() {
         let (t, devices) = service(Backend::Postgres);
         let batches = if full { 150 } else { 3 };
         let figures = https(&t, devices, batches);
-        check_stored(&t, &figures);
+        check_stored(&t, figures.units);
         figures.print(
             &format!("HTTPS batches of {BATCH} from {CLIENTS} clients on PostgreSQL"),
             "readings",
         );
     }
+    if wanted("mosquitto") {
+        beside_mosquitto(full);
+    }
+}
+
+/// The ingest and Mosquitto under the same MQTT load, one after the other in this run.
+fn beside_mosquitto(full: bool) {
+    let load = MqttLoad {
+        clients: 4,
+        window: 100,
+        readings_per_message: 10,
+        messages_per_client: if full { 25_000 } else { 30 },
+    };
+    let what = format!(
+        "MQTT 3.1.1 QoS 1, {} readings a message, {} clients x {} in flight",
+        load.readings_per_message, load.clients, load.window
+    );
+    let (t, devices) = service(Backend::Sqlite);
+    let ingest = mqtt(t.mqtt_port, &t.cert(), &devices, load);
+    check_stored(&t, ingest.units * load.readings_per_message as f64);
+    let ingest_rate = ingest.units / ingest.elapsed.as_secs_f64();
+    ingest.print(&format!("{what}, Plantgate ingest on SQLite"), "messages");
+    let key = t.app.config.ingest_certificate().key;
+    let broker = mosquitto::Mosquitto::start(&t.cert(), &key);
+    let peer = mqtt(broker.port, &t.cert(), &devices, load);
+    let peer_rate = peer.units / peer.elapsed.as_secs_f64();
+    peer.print(
+        &format!("{what}, Mosquitto (TLS, persistence on)"),
+        "messages",
+    );
+    println!(
+        "Plantgate / Mosquitto: {:.2} ({ingest_rate:.0} / {peer_rate:.0} messages/s)",
+        ingest_rate / peer_rate
+    );
 }
