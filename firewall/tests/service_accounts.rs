@@ -349,9 +349,11 @@ fn three_services_under_their_own_accounts_carry_an_administrators_first_day() {
         appliance::time::now_us(),
     )
     .expect("device");
+    // `ts` in milliseconds, as the device protocol says (seconds would read as 1970, which
+    // the ingest refuses).
     let reading = format!(
         r#"{{"readings":[{{"metric":"temperature_c","value":61.5,"seq":1,"ts":{}}}]}}"#,
-        appliance::time::now_us() / 1_000_000 - 5
+        appliance::time::now_us() / 1_000 - 5_000
     );
     let post = || {
         curl(
