@@ -78,14 +78,10 @@ impl ManageConnection for StoreManager {
                 let mut conn = SqliteConnection::establish(&sqlite_uri(path, self.create))
                     .map_err(diesel::r2d2::Error::ConnectionError)?;
                 // WAL lets readers run beside the writer; FULL makes every commit survive
-                // power loss, not only a killed process. Temporary files, among them the
-                // statement journal a multi-row INSERT OR IGNORE keeps to undo itself, stay
-                // in memory: they never outlive a statement, so writing them to a file buys
-                // nothing, and the ingest's profile under MQTT load showed those writes.
+                // power loss, not only a killed process.
                 conn.batch_execute(&format!(
                     "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; \
-                     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-                     PRAGMA temp_store = MEMORY;",
+                     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
                     self.busy_timeout_ms
                 ))
                 .map_err(diesel::r2d2::Error::QueryError)?;
