@@ -196,8 +196,7 @@ impl InProcess {
 
     /// The CSRF token in a page's forms.
     pub fn csrf_from(&self, page: &str) -> String {
-        let at = page.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
-        page[at..at + 64].to_owned()
+        super::csrf_in(page)
     }
 
     /// `GET path` with the API token `token` (none: without one): the status and the JSON
@@ -240,22 +239,7 @@ impl InProcess {
         days: u32,
         age_days: i64,
     ) -> (String, appliance::ids::TokenId) {
-        let user = appliance::models::User::find_by_email(&mut self.t.conn(), super::EMAIL)
-            .expect("the first administrator")
-            .expect("the first administrator");
-        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
-        let issued = appliance::time::now_us() - age_days * 86_400_000_000;
-        let (secret, token) = appliance::tokens::create(
-            &self.app.audit,
-            &Actor::System("test".into()),
-            &user,
-            "siem",
-            &scopes,
-            days,
-            issued,
-        )
-        .expect("a token");
-        (secret.reveal().to_owned(), token.id)
+        super::first_admin_token(&self.app, scopes, days, age_days)
     }
 
     /// The CSRF token of a signed-in browser's forms.
@@ -271,16 +255,6 @@ impl InProcess {
 
     /// The audit log's actions, oldest first.
     pub fn actions(&self) -> Vec<String> {
-        let mut actions = Vec::new();
-        appliance::audit::export::for_each_record(
-            &mut self.t.conn(),
-            &Default::default(),
-            |record| {
-                actions.push(record.action);
-                Ok(true)
-            },
-        )
-        .expect("audit records");
-        actions
+        super::audit_actions(&self.app)
     }
 }

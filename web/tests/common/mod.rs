@@ -251,8 +251,7 @@ impl Portal {
 
     /// The CSRF token in a page's forms.
     pub fn csrf_from(&self, page: &str) -> String {
-        let at = page.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
-        page[at..at + 64].to_owned()
+        csrf_in(page)
     }
 
     /// The CSRF token from a signed-in page.
@@ -267,14 +266,7 @@ impl Portal {
     }
 
     pub fn actions(&self) -> Vec<String> {
-        let mut actions = Vec::new();
-        let mut conn = self.app.store.conn().unwrap();
-        appliance::audit::export::for_each_record(&mut conn, &Default::default(), |r| {
-            actions.push(r.action);
-            Ok(true)
-        })
-        .unwrap();
-        actions
+        audit_actions(&self.app)
     }
 
     /// Every audit record, oldest first.
@@ -316,23 +308,7 @@ impl Portal {
         days: u32,
         age_days: i64,
     ) -> (String, appliance::ids::TokenId) {
-        let user =
-            appliance::models::User::find_by_email(&mut self.app.store.conn().unwrap(), EMAIL)
-                .unwrap()
-                .unwrap();
-        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
-        let issued = appliance::time::now_us() - age_days * 86_400_000_000;
-        let (secret, token) = appliance::tokens::create(
-            &self.app.audit,
-            &Actor::System("test".into()),
-            &user,
-            "siem",
-            &scopes,
-            days,
-            issued,
-        )
-        .unwrap();
-        (secret.reveal().to_owned(), token.id)
+        first_admin_token(&self.app, scopes, days, age_days)
     }
 
     pub fn api(&self, token: Option<&str>, path: &str) -> (u16, serde_json::Value) {
@@ -415,4 +391,51 @@ impl Portal {
 /// How many of `actions` (as [`Portal::actions`] lists them) are `action`.
 pub fn count(actions: &[String], action: &str) -> usize {
     actions.iter().filter(|a| *a == action).count()
+}
+
+/// The CSRF token in a page's forms.
+pub fn csrf_in(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
+    page[at..at + 64].to_owned()
+}
+
+/// The audit log's actions, oldest first.
+pub fn audit_actions(app: &Appliance) -> Vec<String> {
+    let mut actions = Vec::new();
+    let mut conn = app.store.conn().expect("a store connection");
+    appliance::audit::export::for_each_record(&mut conn, &Default::default(), |r| {
+        actions.push(r.action);
+        Ok(true)
+    })
+    .expect("audit records");
+    actions
+}
+
+/// A token for the first administrator (`EMAIL`) with `scopes`, issued `age_days` ago for
+/// `days`: its secret and id.
+pub fn first_admin_token(
+    app: &Appliance,
+    scopes: &[&str],
+    days: u32,
+    age_days: i64,
+) -> (String, appliance::ids::TokenId) {
+    let user = appliance::models::User::find_by_email(
+        &mut app.store.conn().expect("a store connection"),
+        EMAIL,
+    )
+    .expect("the users")
+    .expect("the first administrator");
+    let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+    let issued = appliance::time::now_us() - age_days * 86_400_000_000;
+    let (secret, token) = appliance::tokens::create(
+        &app.audit,
+        &Actor::System("test".into()),
+        &user,
+        "siem",
+        &scopes,
+        days,
+        issued,
+    )
+    .expect("a token");
+    (secret.reveal().to_owned(), token.id)
 }
