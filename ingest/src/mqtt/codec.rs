@@ -168,34 +168,11 @@ impl Reason {
     }
 }
 
-/// The protocol name and level of the CONNECT whole in `buf`, read from its variable
-/// header; `None` if the packet is not a CONNECT or too short to hold them.
-fn protocol_of(buf: &[u8]) -> Option<(&[u8], u8)> {
-    if buf.first()? >> 4 != 1 {
-        return None;
-    }
-    // The fixed header's remaining length takes 1 to 4 bytes, each but the last with its
-    // top bit set.
-    let length_bytes = buf[1..].iter().take(4).position(|b| b & 0x80 == 0)? + 1;
-    let rest = &buf[1 + length_bytes..];
-    let name_len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
-    let name = rest.get(2..2 + name_len)?;
-    Some((name, *rest.get(2 + name_len)?))
-}
-
 /// The CONNECT at the head of `buf`, decoded by whichever of mqttbytes' codecs accepts its
 /// protocol level; `None` until it is complete.
 pub(super) fn read_connect(buf: &mut BytesMut, max: usize) -> Result<Option<Greeting>, String> {
     if !framed(buf, max)? {
         return Ok(None);
-    }
-    if let Some((name, level)) = protocol_of(buf)
-        && !(name == b"MQTT" && matches!(level, 4 | 5))
-    {
-        return Ok(Some(Greeting::UnsupportedProtocol(format!(
-            "protocol {:?} level {level} (MQTT 3.1.1 and 5 are served)",
-            String::from_utf8_lossy(name)
-        ))));
     }
     let mut probe = buf.clone();
     match v4::read(&mut probe, max) {
@@ -208,6 +185,17 @@ pub(super) fn read_connect(buf: &mut BytesMut, max: usize) -> Result<Option<Gree
                 client_id: connect.client_id,
                 will: connect.last_will.map(|will| (will.qos, will.retain)),
             })));
+        }
+        // mqttbytes reads the protocol name and level first: MQTT 3.1 says "MQIsdp".
+        Err(mqttbytes::Error::InvalidProtocol) => {
+            return Ok(Some(Greeting::UnsupportedProtocol(
+                "a protocol name other than MQTT (MQTT 3.1.1 and 5 are served)".into(),
+            )));
+        }
+        Err(mqttbytes::Error::InvalidProtocolLevel(level)) => {
+            return Ok(Some(Greeting::UnsupportedProtocol(format!(
+                "protocol level {level} (MQTT 3.1.1 and 5 are served)"
+            ))));
         }
         Ok(v4::Packet::Connect(_)) | Err(_) => {}
         Ok(other) => return Err(format!("expected CONNECT, got {other:?}")),
