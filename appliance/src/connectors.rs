@@ -56,6 +56,9 @@ pub struct Connector {
     pub ca_pem: Option<String>,
     pub created_at_us: i64,
     pub removed_at_us: Option<i64>,
+    /// A paused connector keeps being owed what it receives, and is sent nothing until it
+    /// is resumed.
+    pub paused_at_us: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -192,6 +195,74 @@ impl Connector {
                 .details(serde_json::json!({ "name": connector.name, "undelivered": dropped }));
             Ok((connector, vec![event]))
         })
+    }
+
+    /// Pauses (`paused` true) or resumes a connector as of `now`, audited
+    /// `connector.paused` or `connector.resumed`. Deliveries keep being queued while it is
+    /// paused and go out in order once it is resumed. Asking for the state it is already
+    /// in changes nothing and records nothing.
+    pub fn set_paused(
+        audit: &Audit,
+        actor: &Actor,
+        id: ConnectorId,
+        paused: bool,
+        now: i64,
+    ) -> Result<Connector> {
+        audit.record_with(|conn| {
+            let connector = connectors::table
+                .find(id)
+                .filter(connectors::removed_at_us.is_null())
+                .select(Connector::as_select())
+                .first(conn)
+                .optional()?
+                .ok_or(Error::NotFound("active connector"))?;
+            if connector.paused_at_us.is_some() == paused {
+                return Ok((connector, Vec::new()));
+            }
+            diesel::update(connectors::table.find(id))
+                .set(connectors::paused_at_us.eq(paused.then_some(now)))
+                .execute(conn)?;
+            let owed_now: i64 = owed()
+                .filter(connector_deliveries::connector_id.eq(id))
+                .count()
+                .get_result(conn)?;
+            let action = if paused {
+                "connector.paused"
+            } else {
+                "connector.resumed"
+            };
+            let event = AuditEvent::new(actor.clone(), action)
+                .target(id)
+                .details(serde_json::json!({ "name": connector.name, "owed": owed_now }));
+            let connector = connectors::table
+                .find(id)
+                .select(Connector::as_select())
+                .first(conn)?;
+            Ok((connector, vec![event]))
+        })
+    }
+
+    /// A connector by id, removed or not, at one of `sites` (the caller's), or "not found".
+    pub fn find_at(
+        conn: &mut DbConnection,
+        sites: &[SiteId],
+        id: ConnectorId,
+    ) -> Result<Connector> {
+        connectors::table
+            .find(id)
+            .select(Connector::as_select())
+            .first(conn)
+            .optional()?
+            .filter(|connector| sites.contains(&connector.site_id))
+            .ok_or(Error::NotFound("connector"))
+    }
+
+    /// How many deliveries it still owes.
+    pub fn owed_count(&self, conn: &mut DbConnection) -> Result<i64> {
+        Ok(owed()
+            .filter(connector_deliveries::connector_id.eq(self.id))
+            .count()
+            .get_result(conn)?)
     }
 
     /// Every connector, removed ones included, by id.
@@ -376,7 +447,10 @@ pub fn enqueue_alert(conn: &mut DbConnection, alert: &AlertOut<'_>) -> Result<us
 /// head of each connector's queue is offered, so a connector receives events in order.
 pub fn due(conn: &mut DbConnection, now: i64) -> Result<Vec<(Connector, Delivery)>> {
     let mut out = Vec::new();
-    for connector in Connector::active(conn)? {
+    for connector in Connector::active(conn)?
+        .into_iter()
+        .filter(|c| c.paused_at_us.is_none())
+    {
         let head = owed()
             .filter(connector_deliveries::connector_id.eq(connector.id))
             .order(connector_deliveries::id)
@@ -398,6 +472,21 @@ pub fn deliveries(conn: &mut DbConnection, connector: ConnectorId) -> Result<Vec
         .filter(connector_deliveries::connector_id.eq(connector))
         .order(connector_deliveries::id)
         .select(Delivery::as_select())
+        .load(conn)?)
+}
+
+/// The newest `limit` outbox rows of one connector, newest first: the delivery log a
+/// person reads.
+pub fn recent_deliveries(
+    conn: &mut DbConnection,
+    connector: ConnectorId,
+    limit: i64,
+) -> Result<Vec<Delivery>> {
+    Ok(connector_deliveries::table
+        .filter(connector_deliveries::connector_id.eq(connector))
+        .order(connector_deliveries::id.desc())
+        .select(Delivery::as_select())
+        .limit(limit)
         .load(conn)?)
 }
 

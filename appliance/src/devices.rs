@@ -314,6 +314,18 @@ impl Device {
         })
     }
 
+    /// The device with this serial in `organisation`, or "not found" (another
+    /// organisation's devices do not exist for it).
+    pub fn find_in(
+        conn: &mut DbConnection,
+        organisation: OrganisationId,
+        serial: &str,
+    ) -> Result<Device> {
+        Device::find_by_serial(conn, serial)?
+            .filter(|device| device.organisation_id == organisation)
+            .ok_or(Error::NotFound("device"))
+    }
+
     pub fn find_by_serial(conn: &mut DbConnection, serial: &str) -> Result<Option<Device>> {
         Ok(devices::table
             .filter(devices::serial.eq(serial))

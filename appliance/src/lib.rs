@@ -24,6 +24,7 @@ pub mod output;
 pub mod provision;
 pub mod readings;
 pub mod refusals;
+pub mod relocation;
 pub mod schema;
 pub mod sd_notify;
 pub mod sealing;

@@ -372,6 +372,31 @@ pub fn points_since(
         .load(conn)?)
 }
 
+/// Up to `limit` (value, measured_at_us) of a device's readings measured in
+/// `[since_us, until_us)`, oldest first: of one metric, or of every metric when `metric` is
+/// `None` (a silence check needs only when something arrived).
+pub fn points_between(
+    conn: &mut DbConnection,
+    device: DeviceId,
+    metric: Option<&str>,
+    (since_us, until_us): (i64, i64),
+    limit: i64,
+) -> Result<Vec<(f64, i64)>> {
+    let mut query = readings::table
+        .filter(readings::device_id.eq(device))
+        .filter(readings::measured_at_us.ge(since_us))
+        .filter(readings::measured_at_us.lt(until_us))
+        .into_boxed();
+    if let Some(metric) = metric {
+        query = query.filter(readings::metric.eq(metric.to_owned()));
+    }
+    Ok(query
+        .order((readings::measured_at_us, readings::seq))
+        .select((readings::value, readings::measured_at_us))
+        .limit(limit)
+        .load(conn)?)
+}
+
 pub fn count_for(conn: &mut DbConnection, device: DeviceId) -> Result<i64> {
     Ok(readings::table
         .filter(readings::device_id.eq(device))

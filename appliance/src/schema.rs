@@ -197,6 +197,9 @@ diesel::table! {
         created_at_us -> BigInt,
         measure -> Text,
         for_seconds -> BigInt,
+        device_kind -> Nullable<Text>,
+        disabled_at_us -> Nullable<BigInt>,
+        removed_at_us -> Nullable<BigInt>,
     }
 }
 
@@ -224,6 +227,7 @@ diesel::table! {
         ca_pem -> Nullable<Text>,
         created_at_us -> BigInt,
         removed_at_us -> Nullable<BigInt>,
+        paused_at_us -> Nullable<BigInt>,
     }
 }
 

@@ -180,6 +180,7 @@ fn readings_are_stored_once_and_an_alert_is_never_active_twice(backend: Backend)
     let rule = AlertRule::create(
         &t.app.audit,
         &actor,
+        site.organisation_id,
         &RuleRequest {
             scope: RuleScope::Device(device.id),
             name: "hot".into(),
@@ -258,6 +259,7 @@ fn rate_of_change_and_for_x_minutes_raise_only_when_they_hold(backend: Backend) 
     let rising = AlertRule::create(
         &t.app.audit,
         &actor,
+        site.organisation_id,
         &rule("rising fast", Measure::Rate, 0, 10.0),
         now_us(),
     )
@@ -265,6 +267,7 @@ fn rate_of_change_and_for_x_minutes_raise_only_when_they_hold(backend: Backend) 
     let hot = AlertRule::create(
         &t.app.audit,
         &actor,
+        site.organisation_id,
         &rule("hot 5 min", Measure::Value, 300, 80.0),
         now_us(),
     )
@@ -273,6 +276,7 @@ fn rate_of_change_and_for_x_minutes_raise_only_when_they_hold(backend: Backend) 
         AlertRule::create(
             &t.app.audit,
             &actor,
+            site.organisation_id,
             &RuleRequest {
                 kind: AlertKind::Event,
                 ..rule("bad", Measure::Rate, 0, 1.0)

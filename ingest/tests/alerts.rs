@@ -36,6 +36,7 @@ fn a_hot_mold_emails_once_clears_with_hysteresis_and_silence_raises_no_data(back
     let hot = AlertRule::create(
         &t.app.audit,
         &actor(),
+        t.site.organisation_id,
         &rule(
             RuleScope::Site(t.site.id),
             "mold too hot",
@@ -48,6 +49,7 @@ fn a_hot_mold_emails_once_clears_with_hysteresis_and_silence_raises_no_data(back
     AlertRule::create(
         &t.app.audit,
         &actor(),
+        t.site.organisation_id,
         &rule(
             RuleScope::Device(quiet.device.id),
             "no data",

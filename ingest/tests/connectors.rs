@@ -193,6 +193,7 @@ fn a_receiver_that_was_down_gets_every_event_signed_and_in_order(backend: Backen
     AlertRule::create(
         &t.app.audit,
         &actor(),
+        t.site.organisation_id,
         &RuleRequest {
             scope: RuleScope::Site(t.site.id),
             name: "mold too hot".into(),

@@ -486,6 +486,7 @@ async fn the_devices_page_shows_state_and_active_alerts_at_the_users_sites_only(
     let rule = AlertRule::create(
         audit,
         &actor,
+        hall.organisation_id,
         &RuleRequest {
             scope: RuleScope::Site(hall.id),
             name: "mould too hot".into(),

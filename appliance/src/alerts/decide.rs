@@ -1,183 +1,20 @@
-//! Alert rules and alerts: raised and cleared from readings and silence, never twice at once.
-//!
-//! Deciding is read-only ([`decide_for_readings`], [`decide_silent`]); applying
-//! ([`apply`]) re-checks inside the audited transaction, so concurrent deciders cannot raise
-//! the same alert twice: the partial unique index `alerts_one_active` allows one active
-//! alert per (rule, device). The same transaction queues what tells of each change: a
-//! delivery for the site's data connectors and an email to each of the rule's recipients
-//! ([`crate::mail`], sent by the portal's mailer like every other email).
+//! Deciding what readings and silence mean for alerts, and applying it: raise, clear, and
+//! tell of each change (connectors and email) in the transaction that makes it. Only live
+//! rules (neither disabled nor removed) decide anything.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::str::FromStr;
 
 use diesel::prelude::*;
-use serde::Serialize;
 
+use super::{AlertKind, AlertRule, Measure};
 use crate::audit::{Actor, Audit, AuditEvent};
 use crate::devices::Device;
-use crate::error::{Error, Result};
-use crate::ids::{AlertId, AlertRuleId, DeviceId, SiteId};
-use crate::readings::{is_metric_name, latest_points, latest_values, points_since};
+use crate::error::Result;
+use crate::ids::{AlertId, AlertRuleId, DeviceId};
+use crate::readings::{latest_points, latest_values, points_since};
 use crate::schema::{alert_rules, alerts, devices};
 use crate::store::DbConnection;
 use crate::store::on_backend;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AlertKind {
-    /// `consecutive` readings in a row above `threshold`; clears below threshold - hysteresis.
-    Above,
-    /// `consecutive` readings in a row below `threshold`; clears above threshold + hysteresis.
-    Below,
-    /// No reading for `silent_seconds`; clears with the next reading.
-    Silent,
-    /// A device-reported event (shock, tamper): a non-zero value raises, zero clears.
-    Event,
-}
-
-impl AlertKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlertKind::Above => "above",
-            AlertKind::Below => "below",
-            AlertKind::Silent => "silent",
-            AlertKind::Event => "event",
-        }
-    }
-}
-
-/// What a threshold rule compares: the reading itself, or its rate of change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Measure {
-    Value,
-    /// Change per minute between a reading and the one before it (by measured time).
-    Rate,
-}
-
-impl Measure {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Measure::Value => "value",
-            Measure::Rate => "rate",
-        }
-    }
-}
-
-impl FromStr for Measure {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Measure> {
-        match s {
-            "value" => Ok(Measure::Value),
-            "rate" => Ok(Measure::Rate),
-            other => Err(Error::invalid(
-                "measure",
-                format!("{other:?} is not a measure; allowed: value, rate"),
-            )),
-        }
-    }
-}
-
-/// The longest "for X" a rule may ask for.
-pub const MAX_FOR_SECONDS: i64 = 24 * 3600;
-
-impl fmt::Display for AlertKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for AlertKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<AlertKind> {
-        match s {
-            "above" => Ok(AlertKind::Above),
-            "below" => Ok(AlertKind::Below),
-            "silent" => Ok(AlertKind::Silent),
-            "event" => Ok(AlertKind::Event),
-            other => Err(Error::invalid(
-                "kind",
-                format!("{other:?} is not an alert kind; allowed: above, below, silent, event"),
-            )),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]
-#[diesel(table_name = alert_rules)]
-pub struct AlertRule {
-    pub id: AlertRuleId,
-    pub site_id: Option<SiteId>,
-    pub device_id: Option<DeviceId>,
-    pub name: String,
-    pub kind: String,
-    pub metric: String,
-    pub threshold: f64,
-    pub hysteresis: f64,
-    pub consecutive: i32,
-    pub silent_seconds: i64,
-    pub notify_email: String,
-    pub created_at_us: i64,
-    pub measure: String,
-    pub for_seconds: i64,
-}
-
-/// Where a rule applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RuleScope {
-    Site(SiteId),
-    Device(DeviceId),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RuleRequest {
-    pub scope: RuleScope,
-    pub name: String,
-    pub kind: AlertKind,
-    pub metric: String,
-    pub threshold: f64,
-    pub hysteresis: f64,
-    pub consecutive: i32,
-    pub silent_seconds: i64,
-    /// Comma-separated addresses; empty for no email.
-    pub notify_email: String,
-    /// For above/below: compare the value or its rate of change per minute.
-    pub measure: Measure,
-    /// For above/below: when above 0, the condition must hold this long instead of
-    /// `consecutive` readings in a row.
-    pub for_seconds: i64,
-}
-
-#[derive(Debug, Insertable)]
-#[diesel(table_name = alert_rules)]
-struct NewRule<'a> {
-    site_id: Option<SiteId>,
-    device_id: Option<DeviceId>,
-    name: &'a str,
-    kind: &'a str,
-    metric: &'a str,
-    threshold: f64,
-    hysteresis: f64,
-    consecutive: i32,
-    silent_seconds: i64,
-    notify_email: &'a str,
-    created_at_us: i64,
-    measure: &'a str,
-    for_seconds: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]
-#[diesel(table_name = alerts)]
-pub struct Alert {
-    pub id: AlertId,
-    pub rule_id: AlertRuleId,
-    pub device_id: DeviceId,
-    pub raised_at_us: i64,
-    pub raised_value: Option<f64>,
-    pub cleared_at_us: Option<i64>,
-    pub cleared_value: Option<f64>,
-}
 
 #[derive(Debug, Insertable)]
 #[diesel(table_name = alerts)]
@@ -186,119 +23,6 @@ struct NewAlert {
     device_id: DeviceId,
     raised_at_us: i64,
     raised_value: Option<f64>,
-}
-
-impl AlertRule {
-    pub fn kind(&self) -> Result<AlertKind> {
-        self.kind.parse()
-    }
-
-    pub fn measure(&self) -> Result<Measure> {
-        self.measure.parse()
-    }
-
-    /// Creates a rule as of `now`, audited `alert.rule.created`.
-    pub fn create(
-        audit: &Audit,
-        actor: &Actor,
-        request: &RuleRequest,
-        now: i64,
-    ) -> Result<AlertRule> {
-        let name = request.name.trim();
-        if name.is_empty() || name.chars().count() > 200 {
-            return Err(Error::invalid("name", "1 to 200 characters"));
-        }
-        match request.kind {
-            AlertKind::Silent if request.silent_seconds < 1 => {
-                return Err(Error::invalid("silent_seconds", "must be 1 or more"));
-            }
-            AlertKind::Silent => {}
-            _ if !is_metric_name(&request.metric) => {
-                return Err(Error::invalid(
-                    "metric",
-                    format!("{:?} is not a metric name", request.metric),
-                ));
-            }
-            _ => {}
-        }
-        if !request.threshold.is_finite()
-            || !request.hysteresis.is_finite()
-            || request.hysteresis < 0.0
-        {
-            return Err(Error::invalid(
-                "threshold",
-                "threshold must be finite and hysteresis 0 or more",
-            ));
-        }
-        if !(1..=1000).contains(&request.consecutive) {
-            return Err(Error::invalid("consecutive", "must be between 1 and 1000"));
-        }
-        if !(0..=MAX_FOR_SECONDS).contains(&request.for_seconds) {
-            return Err(Error::invalid(
-                "for_seconds",
-                format!("must be between 0 and {MAX_FOR_SECONDS}"),
-            ));
-        }
-        let threshold_rule = matches!(request.kind, AlertKind::Above | AlertKind::Below);
-        if !threshold_rule && (request.measure != Measure::Value || request.for_seconds != 0) {
-            return Err(Error::invalid(
-                "measure",
-                "a rate of change or a duration applies to above and below rules only",
-            ));
-        }
-        let (site_id, device_id) = match request.scope {
-            RuleScope::Site(site) => (Some(site), None),
-            RuleScope::Device(device) => (None, Some(device)),
-        };
-        audit.record_with(|conn| {
-            let rule = on_backend!(conn, c => diesel::insert_into(alert_rules::table)
-                .values(NewRule {
-                    site_id,
-                    device_id,
-                    name,
-                    kind: request.kind.as_str(),
-                    metric: &request.metric,
-                    threshold: request.threshold,
-                    hysteresis: request.hysteresis,
-                    consecutive: request.consecutive,
-                    silent_seconds: request.silent_seconds,
-                    notify_email: request.notify_email.trim(),
-                    created_at_us: now,
-                    measure: request.measure.as_str(),
-                    for_seconds: request.for_seconds,
-                })
-                .returning(AlertRule::as_returning())
-                .get_result(c))
-            .map_err(|err| match err {
-                diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::ForeignKeyViolation,
-                    _,
-                ) => Error::NotFound("site or device"),
-                other => other.into(),
-            })?;
-            let event = AuditEvent::new(actor.clone(), "alert.rule.created")
-                .target(rule.id)
-                .details(serde_json::to_value(&rule).unwrap_or_default());
-            Ok((rule, vec![event]))
-        })
-    }
-
-    pub fn list(conn: &mut DbConnection) -> Result<Vec<AlertRule>> {
-        Ok(alert_rules::table
-            .order(alert_rules::id)
-            .select(AlertRule::as_select())
-            .load(conn)?)
-    }
-}
-
-impl Alert {
-    pub fn list_for_device(conn: &mut DbConnection, device: DeviceId) -> Result<Vec<Alert>> {
-        Ok(alerts::table
-            .filter(alerts::device_id.eq(device))
-            .order(alerts::id)
-            .select(Alert::as_select())
-            .load(conn)?)
-    }
 }
 
 /// A change an evaluation wants; [`apply`] makes it.
@@ -316,17 +40,20 @@ pub enum AlertChange {
     },
 }
 
-/// Rules covering `device_ids` directly or through their site, with the devices they cover.
+/// Live rules covering `device_ids` directly or through their site (and kind), with the
+/// devices they cover.
 fn rules_covering(
     conn: &mut DbConnection,
     device_ids: &[DeviceId],
 ) -> Result<Vec<(AlertRule, DeviceId)>> {
-    let device_sites: Vec<(DeviceId, SiteId)> = devices::table
+    let covered: Vec<Device> = devices::table
         .filter(devices::id.eq_any(device_ids))
-        .select((devices::id, devices::site_id))
+        .select(Device::as_select())
         .load(conn)?;
-    let sites: BTreeSet<SiteId> = device_sites.iter().map(|(_, site)| *site).collect();
+    let sites: BTreeSet<_> = covered.iter().map(|d| d.site_id).collect();
     let rules: Vec<AlertRule> = alert_rules::table
+        .filter(alert_rules::disabled_at_us.is_null())
+        .filter(alert_rules::removed_at_us.is_null())
         .filter(
             alert_rules::device_id
                 .eq_any(device_ids)
@@ -336,9 +63,9 @@ fn rules_covering(
         .load(conn)?;
     let mut pairs = Vec::new();
     for rule in rules {
-        for (device, site) in &device_sites {
-            if rule.device_id == Some(*device) || rule.site_id == Some(*site) {
-                pairs.push((rule.clone(), *device));
+        for device in &covered {
+            if rule.covers(device) {
+                pairs.push((rule.clone(), device.id));
             }
         }
     }
@@ -497,6 +224,8 @@ fn threshold_series(
 /// `silent_seconds` (since registration, if never). Read-only.
 pub fn decide_silent(conn: &mut DbConnection, now_us: i64) -> Result<Vec<AlertChange>> {
     let rules: Vec<AlertRule> = alert_rules::table
+        .filter(alert_rules::disabled_at_us.is_null())
+        .filter(alert_rules::removed_at_us.is_null())
         .filter(alert_rules::kind.eq(AlertKind::Silent.as_str()))
         .select(AlertRule::as_select())
         .load(conn)?;
@@ -510,7 +239,12 @@ pub fn decide_silent(conn: &mut DbConnection, now_us: i64) -> Result<Vec<AlertCh
             (None, Some(site)) => query.filter(devices::site_id.eq(site)),
             (None, None) => continue,
         };
-        let covered: Vec<Device> = query.select(Device::as_select()).load(conn)?;
+        let covered: Vec<Device> = query
+            .select(Device::as_select())
+            .load::<Device>(conn)?
+            .into_iter()
+            .filter(|device| rule.covers(device))
+            .collect();
         let ids: Vec<DeviceId> = covered.iter().map(|d| d.id).collect();
         let active = active_set(conn, &ids)?;
         let limit_us = rule.silent_seconds.saturating_mul(1_000_000);
@@ -543,6 +277,16 @@ pub fn apply(audit: &Audit, actor: &Actor, changes: &[AlertChange], now: i64) ->
                     device,
                     value,
                 } => {
+                    // The rule may have been disabled or removed since it was decided.
+                    let live: i64 = alert_rules::table
+                        .find(rule)
+                        .filter(alert_rules::disabled_at_us.is_null())
+                        .filter(alert_rules::removed_at_us.is_null())
+                        .count()
+                        .get_result(conn)?;
+                    if live == 0 {
+                        continue;
+                    }
                     let inserted = on_backend!(conn, c => diesel::insert_into(alerts::table)
                         .values(NewAlert { rule_id: rule, device_id: device, raised_at_us: now, raised_value: value })
                         .on_conflict_do_nothing()
@@ -656,39 +400,40 @@ fn tell_of_alert_change(
     Ok(())
 }
 
-impl AlertRule {
-    /// The addresses the rule emails (`notify_email` is comma-separated; empty for none).
-    pub fn recipients(&self) -> Vec<&str> {
-        self.notify_email
-            .split(',')
-            .map(str::trim)
-            .filter(|address| !address.is_empty())
-            .collect()
+/// Clears, in the caller's transaction, the active alerts of `rule` as of `now` (on every
+/// device, or on `only` one), telling of each as any clearing does; returns the audit
+/// events (`alert.cleared`, with `because`).
+pub(crate) fn clear_active_of_rule(
+    conn: &mut DbConnection,
+    actor: &Actor,
+    (rule, only): (AlertRuleId, Option<DeviceId>),
+    because: &str,
+    now: i64,
+) -> Result<Vec<AuditEvent>> {
+    let mut query = alerts::table
+        .filter(alerts::rule_id.eq(rule))
+        .filter(alerts::cleared_at_us.is_null())
+        .into_boxed();
+    if let Some(device) = only {
+        query = query.filter(alerts::device_id.eq(device));
     }
-
-    /// The rule's condition in words, as its emails state it.
-    pub fn condition(&self) -> String {
-        match self.kind.as_str() {
-            "silent" => format!("no data for {} s", self.silent_seconds),
-            "event" => format!("device reported {}", self.metric),
-            kind => {
-                let measure = if self.measure == "rate" {
-                    format!("{} change per minute", self.metric)
-                } else {
-                    self.metric.clone()
-                };
-                if self.for_seconds > 0 {
-                    format!(
-                        "{measure} {kind} {} for {} s",
-                        self.threshold, self.for_seconds
-                    )
-                } else {
-                    format!(
-                        "{measure} {kind} {} for {} reading(s) in a row",
-                        self.threshold, self.consecutive
-                    )
-                }
-            }
-        }
+    let active: Vec<DeviceId> = query.select(alerts::device_id).load(conn)?;
+    let mut events = Vec::new();
+    for device in active {
+        diesel::update(
+            alerts::table
+                .filter(alerts::rule_id.eq(rule))
+                .filter(alerts::device_id.eq(device))
+                .filter(alerts::cleared_at_us.is_null()),
+        )
+        .set(alerts::cleared_at_us.eq(Some(now)))
+        .execute(conn)?;
+        tell_of_alert_change(conn, rule, device, Change::Cleared, None, now)?;
+        events.push(
+            AuditEvent::new(actor.clone(), "alert.cleared")
+                .target(device)
+                .details(serde_json::json!({ "rule": rule, "value": null, "because": because })),
+        );
     }
+    Ok(events)
 }
