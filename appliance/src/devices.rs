@@ -326,6 +326,14 @@ impl Device {
             .ok_or(Error::NotFound("device"))
     }
 
+    pub fn find(conn: &mut DbConnection, id: DeviceId) -> Result<Option<Device>> {
+        Ok(devices::table
+            .find(id)
+            .select(Device::as_select())
+            .first(conn)
+            .optional()?)
+    }
+
     pub fn find_by_serial(conn: &mut DbConnection, serial: &str) -> Result<Option<Device>> {
         Ok(devices::table
             .filter(devices::serial.eq(serial))

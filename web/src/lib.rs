@@ -8,14 +8,13 @@
 //! The modules stand in floors. At the bottom, the toolkit every page uses: [`error`],
 //! [`render`], [`state`], [`session`], [`forms`], [`client`], [`middleware`], and the
 //! background parts ([`worker`], [`refusals`], [`jobs`], `download`, `rate`). Above them
-//! the pages ([`pages`], [`account`], [`admin`], [`remote`], [`devices`], [`firmware`]) and
+//! the pages ([`pages`], [`account`], [`admin`], [`remote`], [`telemetry`], [`firmware`]) and
 //! the REST API ([`api`]); on top, [`routes`], which names them all.
 
 pub mod account;
 pub mod admin;
 pub mod api;
 pub mod client;
-pub mod devices;
 mod download;
 pub mod error;
 pub mod firmware;
@@ -30,6 +29,7 @@ pub mod render;
 pub mod routes;
 pub mod session;
 pub mod state;
+pub mod telemetry;
 pub mod worker;
 
 use actix_web::body::MessageBody;

@@ -18,7 +18,8 @@ use crate::pages::{
     audit, home, invitation, login, password, second_factor, sessions, setup, users,
 };
 use crate::remote::{requests, sites};
-use crate::{account, admin, devices, firmware};
+use crate::telemetry::{connectors, devices, rules};
+use crate::{account, admin, firmware};
 
 /// The production route table.
 pub fn config(cfg: &mut web::ServiceConfig) {
@@ -132,6 +133,25 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         .route("/sites/{id}/invite", web::post().to(sites::invite))
         // Field devices and their firmware.
         .route("/devices", web::get().to(devices::devices_page))
+        .route("/devices", web::post().to(devices::register))
+        .route("/devices/{id}", web::get().to(devices::device_page))
+        .route("/devices/{id}/rotate", web::post().to(devices::rotate))
+        .route("/devices/{id}/revoke", web::post().to(devices::revoke))
+        .route("/devices/{id}/move", web::post().to(devices::move_device))
+        .route("/alert-rules", web::get().to(rules::rules_page))
+        .route("/alert-rules", web::post().to(rules::create))
+        .route("/alert-rules/{id}", web::get().to(rules::rule_page))
+        .route("/alert-rules/{id}", web::post().to(rules::update))
+        .route("/alert-rules/{id}/{change}", web::post().to(rules::change))
+        .route("/connectors", web::get().to(connectors::connectors_page))
+        .route(
+            "/connectors/{id}",
+            web::get().to(connectors::connector_page),
+        )
+        .route(
+            "/connectors/{id}/{change}",
+            web::post().to(connectors::change),
+        )
         .route("/firmware", web::get().to(firmware::pages::firmware_page))
         .route("/firmware", web::post().to(firmware::upload::upload))
         .route(

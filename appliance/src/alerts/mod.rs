@@ -222,6 +222,15 @@ impl AlertRule {
             .load(conn)?)
     }
 
+    /// Every rule, removed ones included (an old alert still names the rule that raised
+    /// it), by id.
+    pub fn list_all(conn: &mut DbConnection) -> Result<Vec<AlertRule>> {
+        Ok(alert_rules::table
+            .order(alert_rules::id)
+            .select(AlertRule::as_select())
+            .load(conn)?)
+    }
+
     /// A rule by id, removed or not.
     pub fn find(conn: &mut DbConnection, id: AlertRuleId) -> Result<Option<AlertRule>> {
         Ok(alert_rules::table

@@ -59,12 +59,55 @@ fn wait_until_ready(socket: &UnixDatagram, child: &mut Child) -> String {
             Err(err) => panic!("notify socket: {err}"),
         }
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("plantgate-web exited at start: {status}");
+            panic!("the service exited at start: {status}");
         }
         assert!(
             Instant::now() < deadline,
-            "plantgate-web did not say it was ready"
+            "the service did not say it was ready"
         );
+    }
+}
+
+/// `plantgate-ingest` beside a [`Portal`], killed when dropped.
+pub struct Ingest {
+    child: Child,
+    pub https: u16,
+}
+
+impl Ingest {
+    /// Posts readings (the ingest's JSON) with a device's secret; returns (status, body).
+    pub fn post(&self, secret: &str, body: &str) -> (u16, String) {
+        let output = Command::new("curl")
+            .args([
+                "-sS",
+                "-k",
+                "--max-time",
+                "60",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+            ])
+            .args(["-H", &format!("Authorization: Bearer {secret}")])
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+            ])
+            .arg(format!("https://127.0.0.1:{}/v1/readings", self.https))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -106,7 +149,9 @@ impl Portal {
         } else {
             "second_factor_roles = []"
         };
-        let web_settings = format!("{web_settings}\n{second_factor}");
+        // The second factor's line first: `web_settings` may end with tables of their own
+        // (`[smtp]`, `[ingest]`), which a line after it would land in.
+        let web_settings = format!("{second_factor}\n{web_settings}");
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("plantgate.toml");
         std::fs::write(
@@ -156,6 +201,35 @@ impl Portal {
             child,
             database,
         }
+    }
+
+    /// Starts `plantgate-ingest` (built beside the portal: `cargo build --bins`) on the
+    /// portal's configuration and store, which must have an `[ingest]` table; returns it
+    /// with its HTTPS port once it says it is ready.
+    pub fn start_ingest(&self) -> Ingest {
+        let binary =
+            PathBuf::from(env!("CARGO_BIN_EXE_plantgate-web")).with_file_name("plantgate-ingest");
+        assert!(
+            binary.exists(),
+            "\n\n*** {} is missing: build the workspace's binaries first (`cargo build --bins`; scripts/test does).\n",
+            binary.display()
+        );
+        let socket_path = self.dir.path().join("ingest-notify.sock");
+        let socket = UnixDatagram::bind(&socket_path).expect("notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("notify socket timeout");
+        let mut child = Command::new(binary)
+            .env("PLANTGATE_CONFIG", self.dir.path().join("plantgate.toml"))
+            .env("NOTIFY_SOCKET", &socket_path)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start plantgate-ingest");
+        let status = wait_until_ready(&socket, &mut child);
+        let _ = std::fs::remove_file(&socket_path);
+        let https = appliance::sd_notify::status_port(&status, "https")
+            .unwrap_or_else(|| panic!("no https address in {status:?}"));
+        Ingest { child, https }
     }
 
     pub fn origin(&self) -> String {

@@ -1,0 +1,27 @@
+//! Telemetry in the portal: field devices (register, rotate, revoke, move; each device's
+//! state and alerts), alert rules (create, change, test, disable, remove) and data
+//! connectors (pause, resume, remove, their delivery log).
+//!
+//! Administrators of the organisation change them; everyone else who can see a site reads
+//! them. What a page and the API both take from a person (a rule's settings) is read into
+//! one input ([`input`]) and checked by the core library, which names the refused field.
+
+pub mod connectors;
+pub mod devices;
+pub mod input;
+pub mod rules;
+
+use appliance::DbConnection;
+use appliance::models::{Site, User};
+
+/// The sites `user` can see, or "not found" for one they cannot.
+pub(crate) fn visible_site(
+    conn: &mut DbConnection,
+    user: &User,
+    id: i64,
+) -> appliance::error::Result<Site> {
+    appliance::access::sites_for(conn, user)?
+        .into_iter()
+        .find(|s| s.id.0 == id)
+        .ok_or(appliance::Error::NotFound("site"))
+}
