@@ -59,7 +59,7 @@ async fn every_page_answers_every_role_as_the_permission_table_says() {
     const LOGIN: u16 = 303;
     const NO: u16 = 403;
     #[rustfmt::skip]
-    let table: [(&str, [u16; 6]); 17] = [
+    let table: [(&str, [u16; 6]); 19] = [
         //                          anonymous admin approver technician viewer auditor
         ("/",                       [LOGIN, OK, OK, OK, OK, OK]),
         ("/account",                [LOGIN, OK, OK, OK, OK, OK]),
@@ -77,6 +77,8 @@ async fn every_page_answers_every_role_as_the_permission_table_says() {
         ("/access",                 [LOGIN, OK, OK, OK, OK, OK]),
         ("/sites",                  [LOGIN, OK, OK, OK, OK, OK]),
         ("/devices",                [LOGIN, OK, OK, OK, OK, OK]),
+        ("/alert-rules",            [LOGIN, OK, OK, OK, OK, OK]),
+        ("/connectors",             [LOGIN, OK, OK, OK, OK, OK]),
         ("/anything/else",          [404, 404, 404, 404, 404, 404]),
     ];
     let callers: [Option<&str>; 6] = [
@@ -103,7 +105,7 @@ async fn every_page_answers_every_role_as_the_permission_table_says() {
     // Every change an administrator makes: refused to every other role (with a valid form
     // token), and sent to the login page without a session. Ids need not exist: the role is
     // checked first.
-    const ADMIN_POSTS: [&str; 17] = [
+    const ADMIN_POSTS: [&str; 29] = [
         "/users",
         "/users/1",
         "/users/1/disable",
@@ -121,6 +123,18 @@ async fn every_page_answers_every_role_as_the_permission_table_says() {
         "/sites/1/machines",
         "/firmware/rollouts",
         "/firmware/rollouts/1/pause",
+        "/devices",
+        "/devices/1/rotate",
+        "/devices/1/revoke",
+        "/devices/1/move",
+        "/alert-rules",
+        "/alert-rules/1",
+        "/alert-rules/1/disable",
+        "/alert-rules/1/enable",
+        "/alert-rules/1/remove",
+        "/connectors/1/pause",
+        "/connectors/1/resume",
+        "/connectors/1/remove",
     ];
     for path in ADMIN_POSTS {
         for caller in ["approver", "technician", "viewer", "auditor"] {
