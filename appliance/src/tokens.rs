@@ -17,7 +17,7 @@ use crate::store::on_backend;
 use crate::time::format_us;
 
 /// What a token may do.
-pub const SCOPES: [&str; 7] = [
+pub const SCOPES: [&str; 11] = [
     "audit:read",
     "users:read",
     "grants:read",
@@ -25,6 +25,10 @@ pub const SCOPES: [&str; 7] = [
     "access:read",
     "firmware:read",
     "firmware:write",
+    "devices:read",
+    "devices:write",
+    "alerts:read",
+    "alerts:write",
 ];
 pub const MAX_DAYS: u32 = 366;
 const PREFIX: &str = "pgt_";

@@ -16,6 +16,7 @@ pub mod caller;
 pub mod error;
 mod firmware;
 pub mod stream;
+mod telemetry;
 
 pub use caller::ApiCaller;
 pub use error::{ApiError, ErrorBody};
@@ -54,6 +55,29 @@ pub fn routes() -> Vec<ApiRoute> {
         op(Method::GET, "/readings/export", web::to(stream::export)),
         op(Method::GET, "/readings/stream", web::to(stream::stream)),
         op(Method::GET, "/machines", web::to(machines)),
+        op(Method::GET, "/devices", web::to(telemetry::devices)),
+        op(
+            Method::POST,
+            "/devices",
+            web::to(telemetry::register_device),
+        ),
+        op(Method::GET, "/alert-rules", web::to(telemetry::alert_rules)),
+        op(
+            Method::POST,
+            "/alert-rules",
+            web::to(telemetry::create_alert_rule),
+        ),
+        op(
+            Method::PUT,
+            "/alert-rules/{id}",
+            web::to(telemetry::update_alert_rule),
+        ),
+        op(
+            Method::DELETE,
+            "/alert-rules/{id}",
+            web::to(telemetry::remove_alert_rule),
+        ),
+        op(Method::GET, "/alerts", web::to(telemetry::alerts)),
         op(Method::GET, "/access-requests", web::to(access_requests)),
         op(Method::GET, "/firmware", web::to(firmware::firmware_list)),
         op(
@@ -67,8 +91,12 @@ pub fn routes() -> Vec<ApiRoute> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Plantgate API", version = "1", description = "The appliance's REST API. Authenticate with `Authorization: Bearer pgt_...`."),
-    paths(openapi, me, users, audit, readings, machines, access_requests, firmware::firmware_list, firmware::firmware_upload),
-    components(schemas(Me, UserItem, AuditItem, AuditPage, ReadingItem, ReadingsPage, MachineItem, AgentItem, AccessRequestItem, FirmwareItem, ErrorBody)),
+    paths(openapi, me, users, audit, readings, machines, access_requests, firmware::firmware_list, firmware::firmware_upload,
+        telemetry::devices, telemetry::register_device, telemetry::alert_rules, telemetry::create_alert_rule,
+        telemetry::update_alert_rule, telemetry::remove_alert_rule, telemetry::alerts),
+    components(schemas(Me, UserItem, AuditItem, AuditPage, ReadingItem, ReadingsPage, MachineItem, AgentItem, AccessRequestItem, FirmwareItem, ErrorBody,
+        telemetry::DeviceItem, telemetry::NewDeviceBody, telemetry::NewDevice, telemetry::RuleItem, telemetry::AlertItem,
+        crate::telemetry::input::RuleInput)),
     modifiers(&BearerAuth)
 )]
 #[derive(Debug)]

@@ -185,6 +185,15 @@ fn api_scope(cfg: &mut web::ServiceConfig) {
         .app_data(
             web::QueryConfig::default()
                 .error_handler(|err, _| ApiError::Invalid(err.to_string()).into()),
+        )
+        .app_data(
+            web::JsonConfig::default()
+                .limit(64 * 1024)
+                .error_handler(|err, _| ApiError::Invalid(err.to_string()).into()),
+        )
+        .app_data(
+            web::PathConfig::default()
+                .error_handler(|err, _| ApiError::Invalid(err.to_string()).into()),
         );
     let scope = api::routes().into_iter().fold(scope, |scope, r| {
         scope.route(r.path, r.route.method(r.method))
