@@ -86,7 +86,7 @@ fn a_token_registers_a_device_sets_a_rule_and_follows_its_alert() {
         ),
     ] {
         let (status, answer) = call(&portal, &token, "POST", "/devices", Some(&body));
-        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(status, 422, "{body}: {answer}");
         assert!(
             answer["message"]
                 .as_str()
@@ -129,7 +129,7 @@ fn a_token_registers_a_device_sets_a_rule_and_follows_its_alert() {
     let mut bad = rule.clone();
     bad["hysteresis"] = json!(-1.0);
     let (status, answer) = call(&portal, &token, "POST", "/alert-rules", Some(&bad));
-    assert_eq!(status, 400, "{answer}");
+    assert_eq!(status, 422, "{answer}");
     assert!(
         answer["message"]
             .as_str()

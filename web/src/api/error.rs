@@ -28,7 +28,9 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("too many requests; retry in {0} seconds")]
     RateLimited(u64),
-    /// A bundle refused by verification: the code is the refusal's (`bundle.untrusted_signer`, ...).
+    /// A request refused for what it says (422): a bundle refused by verification, with the
+    /// refusal's code (`bundle.untrusted_signer`, ...), or a value refused with its field
+    /// named (`request.refused`).
     #[error("{message}")]
     Rejected { code: &'static str, message: String },
     #[error("{0}")]

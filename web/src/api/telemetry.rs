@@ -17,6 +17,18 @@ use crate::state::AppState;
 use crate::telemetry::devices::device_request;
 use crate::telemetry::input::RuleInput;
 
+/// A refusal of what a request says (a value the core library refused, naming its field)
+/// is 422; a body that is not the documented JSON is 400 before it gets here.
+fn refused(err: appliance::Error) -> ApiError {
+    match err {
+        appliance::Error::Invalid { field, problem } => ApiError::Rejected {
+            code: "request.refused",
+            message: format!("{field}: {problem}"),
+        },
+        other => other.into(),
+    }
+}
+
 /// A change is for an administrator's token with the scope.
 fn administrator(
     caller: &ApiCaller,
@@ -96,6 +108,7 @@ pub struct NewDeviceBody {
     /// monitor, data_logger or gateway.
     kind: String,
     /// One of the caller's sites.
+    #[serde(deserialize_with = "crate::telemetry::input::whole")]
     site: i64,
     /// The model, which decides the firmware it may receive.
     model: Option<String>,
@@ -114,7 +127,7 @@ pub struct NewDevice {
 /// Registers a device and returns its secret, once.
 #[utoipa::path(post, path = "/api/v1/devices", request_body = NewDeviceBody, responses(
     (status = 201, body = NewDevice), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)
+    (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)
 ), security(("bearer" = ["devices:write"])))]
 pub(super) async fn register_device(
     state: web::Data<AppState>,
@@ -138,7 +151,8 @@ pub(super) async fn register_device(
         drop(conn);
         Device::register(&state.app.audit, &Actor::User(user.id), &request, now)
     })
-    .await??;
+    .await?
+    .map_err(refused)?;
     Ok(HttpResponse::Created()
         .insert_header(("Cache-Control", "no-store"))
         .json(NewDevice {
@@ -200,7 +214,7 @@ pub(super) async fn alert_rules(
 /// Creates an alert rule for a site (optionally one kind of device there) or one device.
 #[utoipa::path(post, path = "/api/v1/alert-rules", request_body = RuleInput, responses(
     (status = 201, body = RuleItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)
+    (status = 403, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)
 ), security(("bearer" = ["alerts:write"])))]
 pub(super) async fn create_alert_rule(
     state: web::Data<AppState>,
@@ -225,7 +239,8 @@ pub(super) async fn create_alert_rule(
         )?;
         rule_item(&mut conn, rule)
     })
-    .await??;
+    .await?
+    .map_err(refused)?;
     Ok(HttpResponse::Created().json(item))
 }
 
@@ -233,7 +248,7 @@ pub(super) async fn create_alert_rule(
 #[utoipa::path(put, path = "/api/v1/alert-rules/{id}", request_body = RuleInput,
     params(("id" = i64, Path, description = "The rule's id")), responses(
     (status = 200, body = RuleItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)
 ), security(("bearer" = ["alerts:write"])))]
 pub(super) async fn update_alert_rule(
     state: web::Data<AppState>,
@@ -266,14 +281,15 @@ pub(super) async fn update_alert_rule(
         )?;
         rule_item(&mut conn, rule)
     })
-    .await??;
+    .await?
+    .map_err(refused)?;
     Ok(HttpResponse::Ok().json(item))
 }
 
 /// Removes an alert rule: its active alerts are cleared, its history kept.
 #[utoipa::path(delete, path = "/api/v1/alert-rules/{id}",
     params(("id" = i64, Path, description = "The rule's id")), responses(
-    (status = 204, description = "Removed"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    (status = 204, description = "Removed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)
 ), security(("bearer" = ["alerts:write"])))]
 pub(super) async fn remove_alert_rule(

@@ -17,7 +17,7 @@ pub struct RuleInput {
     #[serde(default)]
     pub name: String,
     /// The site whose devices it covers (with `device_kind`, only those of that kind).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_or_null")]
     pub site: Option<i64>,
     /// monitor, data_logger or gateway; with `site`.
     #[serde(default)]
@@ -37,20 +37,46 @@ pub struct RuleInput {
     #[serde(default)]
     pub hysteresis: f64,
     /// Readings in a row beyond the threshold before it raises (1 to 1000).
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "whole")]
     pub consecutive: i32,
     /// When above 0: beyond the threshold for this long instead (above and below).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     pub for_seconds: i64,
     /// value or rate (change per minute); above and below only.
     #[serde(default = "value")]
     pub measure: String,
     /// For silent: raised after this long without a reading.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     pub silent_seconds: i64,
     /// Comma-separated addresses to email when it is raised and cleared.
     #[serde(default)]
     pub notify_email: String,
+}
+
+/// A whole number as JSON may write it (`5` or `5.0`, which JSON Schema calls an integer
+/// too), in the range of `T`.
+pub(crate) fn whole<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::de::Error;
+    let number = serde_json::Number::deserialize(deserializer)?;
+    let whole = match (number.as_i64(), number.as_f64()) {
+        (Some(n), _) => n,
+        (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e18 => f as i64,
+        _ => return Err(D::Error::custom(format!("{number} is not a whole number"))),
+    };
+    T::try_from(whole).map_err(|_| D::Error::custom(format!("{number} is out of range")))
+}
+
+pub(crate) fn whole_or_null<'de, D>(deserializer: D) -> Result<Option<i64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "whole")] i64);
+    Ok(Option::<Whole>::deserialize(deserializer)?.map(|w| w.0))
 }
 
 fn one() -> i32 {
