@@ -26,6 +26,20 @@ impl ApiCaller {
             Err(ApiError::MissingScope(scope))
         }
     }
+
+    /// The scope, on an administrator's token: other roles' tokens are refused as if they
+    /// lacked it, with `for_admin` saying why (`"firmware:write (for an administrator)"`).
+    pub(crate) fn require_administrator(
+        &self,
+        scope: &'static str,
+        for_admin: &'static str,
+    ) -> Result<(), ApiError> {
+        self.require(scope)?;
+        if self.role != Role::Admin {
+            return Err(ApiError::MissingScope(for_admin));
+        }
+        Ok(())
+    }
 }
 
 impl FromRequest for ApiCaller {

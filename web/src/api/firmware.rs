@@ -3,7 +3,6 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use appliance::Actor;
 use appliance::firmware::Firmware;
-use appliance::models::Role;
 use appliance::time::format_us;
 use bytes::Bytes;
 use futures_util::Stream;
@@ -51,19 +50,6 @@ impl From<appliance::firmware::Firmware> for FirmwareItem {
     }
 }
 
-/// Firmware is for administrators: their tokens, with the scope.
-fn firmware_caller(
-    caller: &ApiCaller,
-    scope: &'static str,
-    for_admin: &'static str,
-) -> Result<(), ApiError> {
-    caller.require(scope)?;
-    if caller.role != Role::Admin {
-        return Err(ApiError::MissingScope(for_admin));
-    }
-    Ok(())
-}
-
 /// Stored firmware for field devices, newest first.
 #[utoipa::path(get, path = "/api/v1/firmware", responses(
     (status = 200, body = [FirmwareItem]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)
@@ -72,11 +58,7 @@ pub(super) async fn firmware_list(
     state: web::Data<AppState>,
     caller: ApiCaller,
 ) -> Result<HttpResponse, ApiError> {
-    firmware_caller(
-        &caller,
-        "firmware:read",
-        "firmware:read (for an administrator)",
-    )?;
+    caller.require_administrator("firmware:read", "firmware:read (for an administrator)")?;
     let all =
         web::block(move || appliance::firmware::Firmware::list(&mut *state.app.store.conn()?))
             .await??;
@@ -110,11 +92,7 @@ pub(super) async fn firmware_upload(
     params: web::Query<FirmwareUploadParams>,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    firmware_caller(
-        &caller,
-        "firmware:write",
-        "firmware:write (for an administrator)",
-    )?;
+    caller.require_administrator("firmware:write", "firmware:write (for an administrator)")?;
     // A declared length over the limit is refused before a byte is read.
     let declared = req
         .headers()

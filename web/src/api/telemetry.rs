@@ -7,7 +7,6 @@ use appliance::Actor;
 use appliance::alerts::{Alert, AlertRule};
 use appliance::devices::Device;
 use appliance::ids::AlertRuleId;
-use appliance::models::Role;
 use appliance::time::format_us;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -27,19 +26,6 @@ fn refused(err: appliance::Error) -> ApiError {
         },
         other => other.into(),
     }
-}
-
-/// A change is for an administrator's token with the scope.
-fn administrator(
-    caller: &ApiCaller,
-    scope: &'static str,
-    for_admin: &'static str,
-) -> Result<(), ApiError> {
-    caller.require(scope)?;
-    if caller.role != Role::Admin {
-        return Err(ApiError::MissingScope(for_admin));
-    }
-    Ok(())
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -134,11 +120,7 @@ pub(super) async fn register_device(
     caller: ApiCaller,
     body: web::Json<NewDeviceBody>,
 ) -> Result<HttpResponse, ApiError> {
-    administrator(
-        &caller,
-        "devices:write",
-        "devices:write (for an administrator)",
-    )?;
+    caller.require_administrator("devices:write", "devices:write (for an administrator)")?;
     let (user, body, now) = (caller.user.clone(), body.into_inner(), state.now());
     let (device, secret) = web::block(move || {
         let mut conn = state.app.store.conn()?;
@@ -221,11 +203,7 @@ pub(super) async fn create_alert_rule(
     caller: ApiCaller,
     body: web::Json<RuleInput>,
 ) -> Result<HttpResponse, ApiError> {
-    administrator(
-        &caller,
-        "alerts:write",
-        "alerts:write (for an administrator)",
-    )?;
+    caller.require_administrator("alerts:write", "alerts:write (for an administrator)")?;
     let (user, input, now) = (caller.user.clone(), body.into_inner(), state.now());
     let item = web::block(move || {
         let mut conn = state.app.store.conn()?;
@@ -256,11 +234,7 @@ pub(super) async fn update_alert_rule(
     path: web::Path<i64>,
     body: web::Json<RuleInput>,
 ) -> Result<HttpResponse, ApiError> {
-    administrator(
-        &caller,
-        "alerts:write",
-        "alerts:write (for an administrator)",
-    )?;
+    caller.require_administrator("alerts:write", "alerts:write (for an administrator)")?;
     let (user, input, now, id) = (
         caller.user.clone(),
         body.into_inner(),
@@ -297,11 +271,7 @@ pub(super) async fn remove_alert_rule(
     caller: ApiCaller,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
-    administrator(
-        &caller,
-        "alerts:write",
-        "alerts:write (for an administrator)",
-    )?;
+    caller.require_administrator("alerts:write", "alerts:write (for an administrator)")?;
     let (user, now, id) = (caller.user.clone(), state.now(), path.into_inner());
     web::block(move || {
         AlertRule::remove(
