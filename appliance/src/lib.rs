@@ -29,6 +29,7 @@ pub mod schema;
 pub mod sd_notify;
 pub mod sealing;
 pub mod second_factor;
+pub mod series;
 pub mod sessions;
 pub mod settings;
 pub mod store;

@@ -4,8 +4,12 @@
 
 use actix_web::{HttpResponse, web};
 use appliance::audit::export::ExportFormat;
+use appliance::readings::ExportFilter;
+use appliance::time::format_us;
+use appliance::{Actor, AuditEvent};
 
 use crate::error::WebError;
+use crate::state::AppState;
 
 type Chunk = Result<web::Bytes, std::io::Error>;
 
@@ -77,4 +81,52 @@ pub(crate) fn export_format(
             "format {other:?} is not csv or jsonl"
         ))),
     }
+}
+
+/// The readings `filter` selects as a streamed attachment, audited `readings.exported` once
+/// written, with how many went out (or why it failed) and `via` (where it was asked for)
+/// in its details: the one readings export of the API and the portal's charts.
+pub(crate) fn readings(
+    state: web::Data<AppState>,
+    actor: Actor,
+    source: String,
+    filter: ExportFilter,
+    (format, content_type, extension): (ExportFormat, &'static str, &'static str),
+    via: serde_json::Value,
+) -> HttpResponse {
+    let file_name = format!("plantgate-readings.{extension}");
+    attachment(content_type, &file_name, move |writer| {
+        let result = state
+            .app
+            .store
+            .conn()
+            .map_err(|e| e.to_string())
+            .and_then(|mut conn| {
+                appliance::readings::export(&mut conn, &filter, format, writer)
+                    .map_err(|e| e.to_string())
+            });
+        let mut details = serde_json::json!({
+            "format": extension,
+            "device": filter.device, "site": filter.site, "metric": filter.metric,
+            "since": filter.since_us.map(format_us), "until": filter.until_us.map(format_us),
+        });
+        if let (Some(details), Some(via)) = (details.as_object_mut(), via.as_object()) {
+            details.extend(via.clone());
+        }
+        let event = AuditEvent::new(actor, "readings.exported").source(source);
+        let event = match &result {
+            Ok(count) => {
+                details["readings"] = (*count).into();
+                event.details(details)
+            }
+            Err(problem) => {
+                details["error"] = problem.clone().into();
+                event.outcome(appliance::Outcome::Failure).details(details)
+            }
+        };
+        if let Err(err) = state.app.audit.record(event) {
+            tracing::error!(error = %err, "could not audit a readings export");
+        }
+        result.map(|_| ())
+    })
 }

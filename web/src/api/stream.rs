@@ -11,13 +11,13 @@
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use appliance::Actor;
 use appliance::audit::ExportFormat;
 use appliance::devices::Device;
 use appliance::ids::{SiteId, TokenId};
 use appliance::models::Site;
 use appliance::readings::{self, ExportFilter, Reading};
 use appliance::time::{format_us, parse_instant};
-use appliance::{Actor, AuditEvent};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi};
 
@@ -246,44 +246,14 @@ pub(crate) async fn export(
         until_us,
         ..filter
     };
-    let (actor, source) = (Actor::User(caller.user.id), source(&req));
-    let token = caller.token.id;
-    let file_name = format!("plantgate-readings.{extension}");
-    Ok(crate::download::attachment(
-        content_type,
-        &file_name,
-        move |writer| {
-            let result = state
-                .app
-                .store
-                .conn()
-                .map_err(|e| e.to_string())
-                .and_then(|mut conn| {
-                    readings::export(&mut conn, &filter, format, writer).map_err(|e| e.to_string())
-                });
-            let details = serde_json::json!({
-                "format": extension, "via": "api", "token": token,
-                "device": filter.device, "site": filter.site, "metric": filter.metric,
-                "since": filter.since_us.map(format_us), "until": filter.until_us.map(format_us),
-            });
-            let event = AuditEvent::new(actor, "readings.exported").source(source);
-            let event = match &result {
-                Ok(count) => {
-                    let mut details = details;
-                    details["readings"] = (*count).into();
-                    event.details(details)
-                }
-                Err(problem) => {
-                    let mut details = details;
-                    details["error"] = problem.clone().into();
-                    event.outcome(appliance::Outcome::Failure).details(details)
-                }
-            };
-            if let Err(err) = state.app.audit.record(event) {
-                tracing::error!(error = %err, "could not audit a readings export");
-            }
-            result.map(|_| ())
-        },
+    let via = serde_json::json!({ "via": "api", "token": caller.token.id });
+    Ok(crate::download::readings(
+        state,
+        Actor::User(caller.user.id),
+        source(&req),
+        filter,
+        (format, content_type, extension),
+        via,
     ))
 }
 

@@ -266,6 +266,7 @@ struct DevicePage {
     history: Vec<AlertRow>,
     rules: Vec<(i64, String, String)>,
     sites: Vec<(i64, String)>,
+    metrics: Vec<String>,
     problems: Problems,
 }
 
@@ -320,6 +321,7 @@ async fn device_page_with(
             .map(|s| (s.id.0, s.name))
             .collect();
         let model = device.model.clone().unwrap_or_default();
+        let metrics = appliance::series::metrics_of(&mut conn, device.id)?;
         Ok::<_, appliance::Error>((
             DeviceRow::of(device, &site, Vec::new()),
             model,
@@ -328,10 +330,11 @@ async fn device_page_with(
             history,
             covering,
             sites,
+            metrics,
         ))
     })
     .await??;
-    let (device, model, site_id, active, history, rules, sites) = page;
+    let (device, model, site_id, active, history, rules, sites, metrics) = page;
     let status = problems.status();
     html_with_status(
         &DevicePage {
@@ -345,6 +348,7 @@ async fn device_page_with(
             history,
             rules,
             sites,
+            metrics,
             problems,
         },
         status,
