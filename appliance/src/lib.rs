@@ -25,6 +25,7 @@ pub mod provision;
 pub mod readings;
 pub mod refusals;
 pub mod relocation;
+pub mod retention;
 pub mod schema;
 pub mod sd_notify;
 pub mod sealing;

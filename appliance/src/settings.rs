@@ -1,7 +1,8 @@
 //! Settings an administrator changes in the portal, kept in the store over the
 //! configuration file's defaults (table `settings`, one JSON value per name). Every process
 //! reads them through here, so the portal and the ingest service send mail through the same
-//! relay. Today: the mail relay (`smtp`).
+//! relay. Today: the mail relay (`smtp`) and how much of the data partition telemetry may
+//! use (`telemetry_budget_mib`).
 
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,7 @@ use crate::store::DbConnection;
 use crate::store::on_backend;
 
 const SMTP: &str = "smtp";
+const TELEMETRY_BUDGET: &str = "telemetry_budget_mib";
 /// What the relay's password is sealed for, so it opens for nothing else.
 const SMTP_PASSWORD_PURPOSE: &[u8] = b"plantgate settings smtp.password v1";
 
@@ -222,6 +224,74 @@ pub fn set_relay(
         Ok(((), vec![event]))
     })?;
     Ok(smtp)
+}
+
+/// How many MiB the SQLite store may use for telemetry: what an administrator saved in the
+/// portal (a number, or no limit), else the configuration file's `ingest.retention_max_mib`.
+pub fn telemetry_budget_mib(conn: &mut DbConnection, config: &Config) -> Result<Option<u64>> {
+    let stored: Option<String> = settings::table
+        .find(TELEMETRY_BUDGET)
+        .select(settings::value)
+        .first(conn)
+        .optional()?;
+    match stored {
+        None => Ok(config.ingest.retention_max_mib),
+        Some(value) => serde_json::from_str::<Option<u64>>(&value).map_err(|err| {
+            Error::invalid(
+                "settings.telemetry_budget_mib",
+                format!("unreadable: {err}"),
+            )
+        }),
+    }
+}
+
+/// Stores the telemetry budget from the portal's form (`raw` MiB; empty for no limit).
+/// Refused on PostgreSQL, whose files the appliance does not measure. Audited
+/// `settings.telemetry_budget.changed` with the old and new values.
+pub fn set_telemetry_budget_mib(
+    audit: &Audit,
+    actor: &Actor,
+    config: &Config,
+    raw: &str,
+    now: i64,
+) -> Result<Option<u64>> {
+    let raw = raw.trim();
+    let budget = if raw.is_empty() {
+        None
+    } else {
+        match raw.parse::<u64>() {
+            Ok(mib) if (1..=16 * 1024 * 1024).contains(&mib) => Some(mib),
+            _ => {
+                return Err(Error::invalid(
+                    "budget_mib",
+                    format!(
+                        "{raw:?} is not a size: a whole number of MiB, 1 to 16777216, or empty for no limit"
+                    ),
+                ));
+            }
+        }
+    };
+    if budget.is_some() && matches!(audit.store().backend(), crate::store::Backend::Postgres) {
+        return Err(Error::invalid(
+            "budget_mib",
+            "a size limit applies to the SQLite store; with PostgreSQL, readings are kept by age (ingest.retention_days)",
+        ));
+    }
+    let value = serde_json::to_string(&budget)
+        .map_err(|err| Error::invalid("budget_mib", err.to_string()))?;
+    audit.record_with(|conn| {
+        let before = telemetry_budget_mib(conn, config)?;
+        on_backend!(conn, c => diesel::insert_into(settings::table)
+            .values((settings::name.eq(TELEMETRY_BUDGET), settings::value.eq(&value), settings::updated_at_us.eq(now)))
+            .on_conflict(settings::name)
+            .do_update()
+            .set((settings::value.eq(&value), settings::updated_at_us.eq(now)))
+            .execute(c))?;
+        let event = AuditEvent::new(actor.clone(), "settings.telemetry_budget.changed")
+            .target("settings:telemetry_budget_mib")
+            .details(serde_json::json!({ "before_mib": before, "after_mib": budget }));
+        Ok((budget, vec![event]))
+    })
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 //! is durable (SQLite `synchronous = FULL`, PostgreSQL's default synchronous commit). After
 //! each commit the writer evaluates alerts for what it stored, and every
 //! `silent_check_seconds` it looks for silent devices: alerts have one writer too. With
-//! `retention_days` set, every `retention_check_seconds` it deletes readings received longer
-//! ago than that, one audited chunk at a time between group commits.
+//! `retention_days` or `retention_max_mib` set, every `retention_check_seconds` it deletes
+//! the oldest readings past either ([`appliance::retention`]), one audited chunk at a time
+//! between group commits.
 //!
 //! Each request comes with the credential its sender authenticated with, and the group's
 //! transaction first checks and holds every one of them ([`Credential::hold`]): a request
@@ -22,8 +23,9 @@ use appliance::connectors;
 use appliance::devices::Credential;
 use appliance::ids::DeviceId;
 use appliance::readings::{self, DeviceState, NewReading};
-use appliance::time::{format_us, now_us};
-use appliance::{Actor, Appliance, AuditEvent, Error};
+use appliance::time::now_us;
+use appliance::{Actor, Appliance, Error};
+use appliance::{retention, settings};
 use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -103,10 +105,7 @@ fn run(app: Appliance, mut receiver: mpsc::Receiver<Job>) {
     let prune_every = Duration::from_secs(app.config.ingest.retention_check_seconds);
     let mut next_prune = Instant::now();
     loop {
-        let next_timer = match retention_days {
-            Some(_) => next_silent_check.min(next_prune),
-            None => next_silent_check,
-        };
+        let next_timer = next_silent_check.min(next_prune);
         let wait = next_timer.saturating_duration_since(Instant::now());
         let first = runtime.block_on(async { tokio::time::timeout(wait, receiver.recv()).await });
         match first {
@@ -139,46 +138,35 @@ fn run(app: Appliance, mut receiver: mpsc::Receiver<Job>) {
                 tracing::error!(error = %err, "silent-device check failed");
             }
         }
-        if let Some(days) = retention_days
-            && Instant::now() >= next_prune
-        {
-            // A full chunk means more may be due: go on after the queued requests.
-            next_prune = match prune_chunk(&app, &actor, days) {
-                Ok(PRUNE_CHUNK) => Instant::now(),
-                Ok(_) => Instant::now() + prune_every,
-                Err(err) => {
-                    tracing::error!(error = %err, "pruning old readings failed");
+        if Instant::now() >= next_prune {
+            let by_age = retention_days.map_or(Ok(0), |days| {
+                retention::prune_by_age(&app.audit, &actor, days, now_us())
+            });
+            // The budget is read afresh each time: an administrator may change it in the portal.
+            let by_size = app
+                .store
+                .conn()
+                .and_then(|mut conn| settings::telemetry_budget_mib(&mut conn, &app.config))
+                .and_then(|budget| match budget {
+                    Some(mib) => {
+                        let bytes = i64::try_from(mib)
+                            .unwrap_or(i64::MAX)
+                            .saturating_mul(1 << 20);
+                        retention::prune_by_size(&app.audit, &actor, bytes)
+                    }
+                    None => Ok(0),
+                });
+            // A chunk deleted means more may be due: go on after the queued requests.
+            next_prune = match (by_age, by_size) {
+                (Ok(0), Ok(0)) => Instant::now() + prune_every,
+                (Ok(_), Ok(_)) => Instant::now(),
+                (Err(err), _) | (_, Err(err)) => {
+                    tracing::error!(error = %err, "pruning readings failed");
                     Instant::now() + prune_every
                 }
             };
         }
     }
-}
-
-/// Readings deleted per transaction by the retention job.
-const PRUNE_CHUNK: usize = 10_000;
-
-/// Deletes up to `PRUNE_CHUNK` readings received more than `days` ago, audited
-/// `readings.pruned` in the same transaction; returns how many.
-fn prune_chunk(app: &Appliance, actor: &Actor, days: u32) -> Result<usize, Error> {
-    let cutoff = now_us().saturating_sub(i64::from(days) * 86_400_000_000);
-    app.audit.record_with(|conn| {
-        let deleted = readings::prune_received_before(conn, cutoff, PRUNE_CHUNK as i64)?;
-        let events = if deleted == 0 {
-            Vec::new()
-        } else {
-            vec![
-                AuditEvent::new(actor.clone(), "readings.pruned")
-                    .target("readings")
-                    .details(serde_json::json!({
-                        "deleted": deleted,
-                        "retention_days": days,
-                        "received_before": format_us(cutoff),
-                    })),
-            ]
-        };
-        Ok((deleted, events))
-    })
 }
 
 fn commit_group(app: &Appliance, actor: &Actor, group: Vec<Job>) {

@@ -280,6 +280,105 @@ fn readings_past_retention_are_pruned_and_the_pruning_is_audited(backend: Backen
     assert_eq!(pruned, 25_000, "every deletion is audited");
 }
 
+/// The size limit an administrator sets in the portal: above it the oldest readings go
+/// first, chunk by chunk, each chunk audited, until the store is within it; the newest stay.
+#[test]
+fn readings_over_the_size_limit_are_pruned_oldest_first_and_audited() {
+    let mut t = TestIngest::new(Backend::Sqlite);
+    t.ingest_settings("retention_check_seconds = 1");
+    let mm1 = t.register("MM-1", DeviceKind::Monitor, None);
+    let now = appliance::time::now_us();
+    let rows: Vec<NewReading> = (1..=60_000)
+        .map(|seq| NewReading {
+            device_id: mm1.device.id,
+            seq,
+            metric: "cycle_count".into(),
+            value: seq as f64,
+            measured_at_us: now - 60_000_000 + seq,
+            received_at_us: now - 60_000_000 + seq,
+        })
+        .collect();
+    appliance::readings::insert_new(&mut t.app.store.conn().unwrap(), &rows).unwrap();
+    let used = |t: &TestIngest| {
+        appliance::retention::used_bytes(&mut t.app.store.conn().unwrap())
+            .unwrap()
+            .expect("a SQLite store")
+    };
+    let budget = 3 * 1024 * 1024;
+    assert!(
+        used(&t) > budget + 1024 * 1024,
+        "the store starts over the limit: {}",
+        used(&t)
+    );
+    // A size that is not one is refused, naming the field; nothing is set.
+    let actor = common::actor();
+    assert!(matches!(
+        appliance::settings::set_telemetry_budget_mib(
+            &t.app.audit,
+            &actor,
+            &t.app.config,
+            "3 GB",
+            now
+        ),
+        Err(appliance::Error::Invalid {
+            field: "budget_mib",
+            ..
+        })
+    ));
+    appliance::settings::set_telemetry_budget_mib(&t.app.audit, &actor, &t.app.config, "3", now)
+        .unwrap();
+    t.start();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while used(&t) > budget {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {} bytes used",
+            used(&t)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // The newest stayed, and what went was the oldest, without a hole.
+    let seqs = t.stored_seqs(&mm1.device);
+    assert!(
+        !seqs.is_empty() && seqs.len() < 60_000,
+        "{} kept",
+        seqs.len()
+    );
+    assert_eq!(*seqs.last().unwrap(), 60_000);
+    let first = seqs[0];
+    assert_eq!(seqs, (first..=60_000).collect::<Vec<_>>());
+    // New readings are still taken.
+    let body = common::batch(None, "cycle_count", 60_001, 5, 1.0);
+    assert_eq!(t.curl(&mm1.secret, body.as_bytes(), &[]).0, 200);
+
+    let (mut pruned, mut records) = (0, 0);
+    let mut conn = t.app.store.conn().unwrap();
+    appliance::audit::export::for_each_record(&mut conn, &Default::default(), |r| {
+        if r.action == "readings.pruned" {
+            let details: serde_json::Value = serde_json::from_str(&r.details).unwrap();
+            assert_eq!(
+                (details["reason"].as_str(), details["budget_bytes"].as_i64()),
+                (Some("size"), Some(budget))
+            );
+            assert!(
+                details["used_bytes"].as_i64().unwrap() > budget,
+                "{details}"
+            );
+            pruned += details["deleted"].as_i64().unwrap();
+            records += 1;
+        }
+        if r.action == "settings.telemetry_budget.changed" {
+            let details: serde_json::Value = serde_json::from_str(&r.details).unwrap();
+            assert_eq!(details["after_mib"], 3);
+        }
+        Ok(true)
+    })
+    .unwrap();
+    assert_eq!(pruned, first - 1, "every deletion is audited");
+    assert!(records >= 2, "chunk by chunk: {records}");
+}
+
 on_both_backends!(
     mqtt5_publishes_json_and_cbor_and_refusals_carry_a_reason,
     cbor_bodies_over_https_with_curl_and_the_answer_negotiated,

@@ -224,6 +224,26 @@ struct SettingsPage {
     relay: RelayView,
     mail_problems: Problems,
     mail_done: Option<String>,
+    storage: StorageView,
+    storage_problems: Problems,
+    storage_done: bool,
+}
+
+/// What the telemetry storage card shows.
+#[derive(Debug, Clone, Default)]
+struct StorageView {
+    /// The budget in force, MiB; empty for none.
+    budget_mib: String,
+    used: String,
+    readings: i64,
+    last_day: i64,
+    /// "About N days", when there is a budget and a pace.
+    days: Option<String>,
+    postgres: bool,
+}
+
+fn mib(bytes: i64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// The mail form's values: the relay in force, or what was sent when it is shown again.
@@ -247,6 +267,8 @@ struct SettingsOutcome {
     mail_done: Option<String>,
     /// The mail form as sent, when it is shown again with its problems.
     mail_form: Option<RelayView>,
+    storage_problems: Problems,
+    storage_done: bool,
 }
 
 async fn settings_with(
@@ -254,12 +276,28 @@ async fn settings_with(
     user: &SignedIn,
     outcome: SettingsOutcome,
 ) -> Page {
-    let state2 = state.clone();
-    let (certificate, relay) = web::block(move || -> appliance::error::Result<_> {
+    let (state2, now) = (state.clone(), state.now());
+    let (certificate, relay, storage) = web::block(move || -> appliance::error::Result<_> {
         let config = &state2.app.config;
         let certificate = CertificateSummary::read(&config.portal_certificate()).ok();
-        let relay = settings::relay(&mut *state2.app.store.conn()?, config, &state2.relay_key()?)?;
-        Ok((certificate, relay))
+        let mut conn = state2.app.store.conn()?;
+        let relay = settings::relay(&mut conn, config, &state2.relay_key()?)?;
+        let budget = settings::telemetry_budget_mib(&mut conn, config)?;
+        let budget_bytes = budget.map(|mib| {
+            i64::try_from(mib)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1 << 20)
+        });
+        let outlook = appliance::retention::outlook(&mut conn, budget_bytes, now)?;
+        let storage = StorageView {
+            budget_mib: budget.map(|b| b.to_string()).unwrap_or_default(),
+            used: outlook.used_bytes.map(mib).unwrap_or_default(),
+            readings: outlook.readings,
+            last_day: outlook.last_day,
+            days: outlook.days.map(|d| format!("about {d:.0} days")),
+            postgres: outlook.used_bytes.is_none(),
+        };
+        Ok((certificate, relay, storage))
     })
     .await??;
     let in_force = RelayView {
@@ -272,7 +310,10 @@ async fn settings_with(
         from_portal: relay.saved_at_us.is_some(),
     };
     let relay = outcome.mail_form.unwrap_or(in_force);
-    let status = if outcome.certificate_problems.is_empty() && outcome.mail_problems.is_empty() {
+    let status = if outcome.certificate_problems.is_empty()
+        && outcome.mail_problems.is_empty()
+        && outcome.storage_problems.is_empty()
+    {
         actix_web::http::StatusCode::OK
     } else {
         actix_web::http::StatusCode::UNPROCESSABLE_ENTITY
@@ -287,6 +328,9 @@ async fn settings_with(
             relay,
             mail_problems: outcome.mail_problems,
             mail_done: outcome.mail_done,
+            storage,
+            storage_problems: outcome.storage_problems,
+            storage_done: outcome.storage_done,
         },
         status,
     )
@@ -562,4 +606,40 @@ pub async fn errors_page(state: web::Data<AppState>, user: SignedIn) -> Page {
         },
         actix_web::http::StatusCode::OK,
     )
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct BudgetForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    budget_mib: String,
+}
+
+/// Sets how much of the data partition telemetry may use; the ingest service applies it at
+/// its next retention check, oldest readings first.
+pub async fn save_telemetry_budget(
+    state: web::Data<AppState>,
+    user: SignedIn,
+    form: web::Form<BudgetForm>,
+) -> Page {
+    gate(&state, &user, Some(&form.csrf), CONFIRM_FOR_SETTINGS)?;
+    let (state2, actor, now) = (state.clone(), Actor::User(user.user.id), state.now());
+    let raw = form.budget_mib.clone();
+    let saved = web::block(move || {
+        let app = &state2.app;
+        settings::set_telemetry_budget_mib(&app.audit, &actor, &app.config, &raw, now)
+    })
+    .await?;
+    let outcome = match saved {
+        Ok(_) => SettingsOutcome {
+            storage_done: true,
+            ..SettingsOutcome::default()
+        },
+        Err(err) => SettingsOutcome {
+            storage_problems: Problems::of(err)?,
+            ..SettingsOutcome::default()
+        },
+    };
+    settings_with(&state, &user, outcome).await
 }

@@ -103,6 +103,10 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             web::post().to(admin::replace_certificate),
         )
         .route("/settings/mail", web::post().to(admin::save_mail))
+        .route(
+            "/settings/telemetry",
+            web::post().to(admin::save_telemetry_budget),
+        )
         .route("/settings/mail/test", web::post().to(admin::test_mail))
         .route("/errors", web::get().to(admin::errors_page))
         // Remote access: requests.

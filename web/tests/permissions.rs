@@ -105,7 +105,7 @@ async fn every_page_answers_every_role_as_the_permission_table_says() {
     // Every change an administrator makes: refused to every other role (with a valid form
     // token), and sent to the login page without a session. Ids need not exist: the role is
     // checked first.
-    const ADMIN_POSTS: [&str; 29] = [
+    const ADMIN_POSTS: [&str; 30] = [
         "/users",
         "/users/1",
         "/users/1/disable",
@@ -116,6 +116,7 @@ async fn every_page_answers_every_role_as_the_permission_table_says() {
         "/settings/certificate",
         "/settings/mail",
         "/settings/mail/test",
+        "/settings/telemetry",
         "/sites",
         "/sites/1/details",
         "/sites/1/delete",

@@ -538,3 +538,118 @@ async fn an_administrator_pauses_resumes_and_removes_a_connector_and_reads_its_l
         assert_eq!(count(&actions, action), 1, "{action}: {actions:?}");
     }
 }
+
+#[actix_web::test]
+async fn an_administrator_sets_the_telemetry_storage_limit_and_sees_how_long_it_lasts() {
+    let portal = InProcess::with_web_settings(Backend::Sqlite, "logins_per_minute = 1000");
+    portal.setup_admin().await;
+    portal.login("admin", EMAIL, PASSWORD).await;
+    let org = organisation(&portal.app);
+    let actor = Actor::System("test".into());
+    let now = now_us();
+    let hall = Site::create(&portal.app.audit, &actor, org.id, "Hall 3", "", now).unwrap();
+    let (device, _) = Device::register(
+        &portal.app.audit,
+        &actor,
+        &appliance::devices::DeviceRequest {
+            serial: "MM-1".into(),
+            kind: appliance::devices::DeviceKind::Monitor,
+            site: hall.id,
+            gateway: None,
+            model: None,
+        },
+        now,
+    )
+    .unwrap();
+    // 100 readings two days ago, 300 in the last day.
+    let rows: Vec<NewReading> = (0..400)
+        .map(|i| {
+            let at = if i < 100 {
+                now - 2 * 86_400_000_000 + i
+            } else {
+                now - 3_600_000_000 + i
+            };
+            NewReading {
+                device_id: device.id,
+                seq: i + 1,
+                metric: "cycle_count".into(),
+                value: i as f64,
+                measured_at_us: at,
+                received_at_us: at,
+            }
+        })
+        .collect();
+    readings::insert_new(&mut portal.app.store.conn().unwrap(), &rows).unwrap();
+
+    let page = portal.get(Some("admin"), "/settings").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("id=\"storage-used\""), "{}", page.body);
+    assert!(
+        page.body
+            .contains("for about 400 readings; 300 arrived in the last 24 hours"),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page.body.contains("id=\"storage-days\""),
+        "no limit, no reckoning"
+    );
+
+    let csrf = portal.csrf("admin").await;
+    let refused = portal
+        .post(
+            Some("admin"),
+            "/settings/telemetry",
+            &[("csrf", &csrf), ("budget_mib", "lots")],
+        )
+        .await;
+    assert_eq!(refused.status, 422);
+    assert!(
+        refused.body.contains("id=\"budget_mib-error\""),
+        "{}",
+        refused.body
+    );
+    let mut conn = portal.app.store.conn().unwrap();
+    assert_eq!(
+        appliance::settings::telemetry_budget_mib(&mut conn, &portal.app.config).unwrap(),
+        None
+    );
+
+    let saved = portal
+        .post(
+            Some("admin"),
+            "/settings/telemetry",
+            &[("csrf", &csrf), ("budget_mib", "500")],
+        )
+        .await;
+    assert_eq!(saved.status, 200, "{}", saved.body);
+    assert!(
+        saved.body.contains("id=\"storage-done\"") && saved.body.contains("value=\"500\""),
+        "{}",
+        saved.body
+    );
+    assert!(
+        saved.body.contains("id=\"storage-days\">about "),
+        "{}",
+        saved.body
+    );
+    assert_eq!(
+        appliance::settings::telemetry_budget_mib(&mut conn, &portal.app.config).unwrap(),
+        Some(500)
+    );
+    portal
+        .post(
+            Some("admin"),
+            "/settings/telemetry",
+            &[("csrf", &csrf), ("budget_mib", "")],
+        )
+        .await;
+    assert_eq!(
+        appliance::settings::telemetry_budget_mib(&mut conn, &portal.app.config).unwrap(),
+        None
+    );
+    assert_eq!(
+        count(&portal.actions(), "settings.telemetry_budget.changed"),
+        2
+    );
+}

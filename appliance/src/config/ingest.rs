@@ -37,6 +37,9 @@ pub struct IngestConfig {
     pub connectors: ConnectorsConfig,
     /// Readings are deleted this many days after they were received; unset: kept for ever.
     pub retention_days: Option<u32>,
+    /// How many MiB of the data partition the SQLite store may use for telemetry: above it,
+    /// the oldest readings are deleted first. Unset: no size limit.
+    pub retention_max_mib: Option<u64>,
     /// How often the writer looks for readings past retention.
     pub retention_check_seconds: u64,
     /// One deadline for a new connection to prove who it is: MQTT's TLS handshake and
@@ -72,6 +75,7 @@ impl Default for IngestConfig {
             private_key: None,
             connectors: ConnectorsConfig::default(),
             retention_days: None,
+            retention_max_mib: None,
             retention_check_seconds: 3600,
             handshake_timeout_seconds: 10,
             max_unauthenticated: 256,
@@ -164,6 +168,15 @@ impl IngestConfig {
                 "ingest.retention_days",
                 days,
                 "must be 1-36500, or unset to keep readings for ever",
+            ));
+        }
+        if let Some(mib) = self.retention_max_mib
+            && !(1..=16 * 1024 * 1024).contains(&mib)
+        {
+            return Err(ConfigError::new(
+                "ingest.retention_max_mib",
+                mib,
+                "must be 1-16777216 (MiB), or unset for no size limit",
             ));
         }
         if !(1..=86_400).contains(&self.retention_check_seconds) {

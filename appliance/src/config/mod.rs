@@ -113,7 +113,17 @@ impl Config {
 
     /// Checks every value that serde's types cannot, without touching the disk.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.store_target()?;
+        let target = self.store_target()?;
+        // The size measured is the SQLite store file's; a PostgreSQL server keeps its data
+        // elsewhere, and its files do not shrink as rows are deleted, so a size limit there
+        // would delete on and on: refused rather than half kept.
+        if let (Some(mib), StoreTarget::Postgres(_)) = (self.ingest.retention_max_mib, &target) {
+            return Err(ConfigError::new(
+                "ingest.retention_max_mib",
+                mib,
+                "limits the SQLite store's size; with PostgreSQL, use ingest.retention_days",
+            ));
+        }
         self.store.validate()?;
         self.audit.validate()?;
         self.network.validate()?;
@@ -253,6 +263,16 @@ fn from_figment(err: figment::Error) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_size_limit_is_refused_on_postgresql_and_taken_on_sqlite() {
+        let mut config = Config::default();
+        config.ingest.retention_max_mib = Some(2048);
+        config.validate().expect("SQLite measures its file");
+        config.store.url = Some("postgres://plantgate@db/plantgate".to_owned());
+        let line = config.validate().expect_err("refused").to_string();
+        assert!(line.contains("ingest.retention_max_mib") && line.contains("retention_days"), "{line}");
+    }
 
     #[test]
     fn store_url_with_a_password_is_never_printed_in_errors() {
