@@ -18,7 +18,7 @@ use crate::pages::{
     audit, home, invitation, login, password, second_factor, sessions, setup, users,
 };
 use crate::remote::{requests, sites};
-use crate::telemetry::{chart, connectors, devices, rules};
+use crate::telemetry::{chart, connectors, dashboard, devices, rules};
 use crate::{account, admin, firmware};
 
 /// The production route table.
@@ -135,11 +135,20 @@ pub fn config(cfg: &mut web::ServiceConfig) {
         )
         .route("/sites/{id}/key-switch", web::post().to(sites::key_switch))
         .route("/sites/{id}/invite", web::post().to(sites::invite))
+        .route("/sites/{id}/chart", web::get().to(chart::site_chart_page))
+        .route(
+            "/sites/{id}/chart.csv",
+            web::get().to(chart::site_chart_csv),
+        )
         // Field devices and their firmware.
         .route("/devices", web::get().to(devices::devices_page))
         .route("/devices", web::post().to(devices::register))
         .route("/devices/{id}", web::get().to(devices::device_page))
         .route("/devices/{id}/chart", web::get().to(chart::chart_page))
+        .route(
+            "/devices/{id}/dashboard",
+            web::get().to(dashboard::dashboard_page),
+        )
         .route("/devices/{id}/chart.csv", web::get().to(chart::chart_csv))
         .route("/devices/{id}/rotate", web::post().to(devices::rotate))
         .route("/devices/{id}/revoke", web::post().to(devices::revoke))

@@ -314,3 +314,171 @@ fn a_chart_draws_the_readings_gaps_threshold_and_alerts_as_they_are() {
         404
     );
 }
+
+/// A mold's dashboard and its site's devices side by side, from readings whose figures are
+/// known: cycles in all and in the last day, the last and the week's mean cycle time, the
+/// temperature now; three charts; on the site's chart one line per device, each named.
+#[test]
+fn a_molds_dashboard_and_its_sites_devices_side_by_side_show_what_was_measured() {
+    let portal = Portal::start("logins_per_minute = 100");
+    portal.setup_admin();
+    let app = &portal.app;
+    let actor = appliance::Actor::System("test".into());
+    let org = Organisation::list(&mut app.store.conn().unwrap())
+        .unwrap()
+        .remove(0);
+    let hall = Site::create(&app.audit, &actor, org.id, "Hall 3", "", now_us()).unwrap();
+    let register = |serial: &str| {
+        let request = DeviceRequest {
+            serial: serial.into(),
+            kind: DeviceKind::Monitor,
+            site: hall.id,
+            gateway: None,
+            model: None,
+        };
+        Device::register(&app.audit, &actor, &request, now_us())
+            .unwrap()
+            .0
+    };
+    let (mold, other) = (register("MOLD-7"), register("MOLD-8"));
+    let now = now_us();
+    let hour = 60 * MINUTE;
+    let mut rows = Vec::new();
+    let mut add = |device: &Device, metric: &str, at: i64, value: f64| {
+        rows.push(NewReading {
+            device_id: device.id,
+            seq: rows.len() as i64 + 1,
+            metric: metric.into(),
+            value,
+            measured_at_us: at,
+            received_at_us: at,
+        });
+    };
+    // A cycle every hour for three days: 72 cycles, the last 24 of them in the last day;
+    // cycle times 20,000 ms for the first two days and 22,000 ms in the last; the mold at
+    // 60 °C, 61 °C for the last reading.
+    for h in 0..72 {
+        let at = now - (71 - h) * hour - MINUTE;
+        add(&mold, "cycle_count", at, (h + 1) as f64);
+        add(
+            &mold,
+            "cycle_time_ms",
+            at,
+            if h < 48 { 20_000.0 } else { 22_000.0 },
+        );
+        add(
+            &mold,
+            "temperature_c",
+            at,
+            if h == 71 { 61.0 } else { 60.0 },
+        );
+        add(&other, "temperature_c", at, 45.0);
+    }
+    readings::insert_new(&mut app.store.conn().unwrap(), &rows).unwrap();
+
+    portal.login("admin", EMAIL, PASSWORD);
+    let page = portal.get(Some("admin"), &format!("/devices/{}/dashboard", mold.id.0));
+    assert_eq!(page.status, 200, "{}", page.body);
+    let figure = |id: &str| {
+        let start = page
+            .body
+            .find(&format!("id=\"figure-{id}\">"))
+            .unwrap_or_else(|| panic!("no figure {id}"))
+            + id.len()
+            + 13;
+        page.body[start..].split('<').next().unwrap().to_owned()
+    };
+    assert_eq!(figure("cycles"), "72");
+    assert_eq!(figure("cycles-today"), "24");
+    assert_eq!(figure("cycle-time"), "22000 ms");
+    // 72 readings in the week: 48 of 20,000 and 24 of 22,000.
+    // (48 × 20,000 + 24 × 22,000) / 72 = 20,666.67, shown to a tenth.
+    assert_eq!(figure("cycle-time-week"), "20666.7 ms");
+    assert_eq!(figure("temperature"), "61 °C");
+    assert_eq!(figure("active-alerts"), "0");
+    assert_eq!(page.body.matches("<svg class=\"chart\"").count(), 3);
+    assert!(
+        !page.body.contains("No readings in this range"),
+        "every panel has data"
+    );
+
+    // The site's temperatures side by side: a line per device, named, in the legend too.
+    let site_chart = portal.get(
+        Some("admin"),
+        &format!("/sites/{}/chart?metric=temperature_c&range=week", hall.id.0),
+    );
+    assert_eq!(site_chart.status, 200, "{}", site_chart.body);
+    for (series, serial) in [(0, "MOLD-7"), (1, "MOLD-8")] {
+        assert!(
+            site_chart.body.contains(&format!(
+                "<polyline class=\"series\" data-series=\"{series}\""
+            )),
+            "series {series}"
+        );
+        assert!(
+            site_chart
+                .body
+                .contains(&format!("<title>{serial}</title>")),
+            "{serial} named"
+        );
+        assert!(
+            site_chart.body.contains(&format!(
+                "<span class=\"swatch\" data-series=\"{series}\"></span>{serial}"
+            )),
+            "{serial} in the legend"
+        );
+    }
+    assert!(
+        site_chart.body.contains("144 readings"),
+        "both devices' 72 each"
+    );
+    let site_page = portal.get(Some("admin"), &format!("/sites/{}", hall.id.0));
+    assert!(
+        site_page
+            .body
+            .contains(&format!("/sites/{}/chart?metric=temperature_c", hall.id.0))
+    );
+    let csv = portal.get(
+        Some("admin"),
+        &format!(
+            "/sites/{}/chart.csv?metric=temperature_c&range=week",
+            hall.id.0
+        ),
+    );
+    assert_eq!((csv.status, csv.body.lines().count()), (200, 1 + 144));
+
+    // Real Chromium lays both out.
+    let driver = ChromeDriver::start();
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../test-output/browser");
+    std::fs::create_dir_all(&shots).unwrap();
+    let (origin, profile) = (portal.origin(), portal.dir.path().join("dashboard-profile"));
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        use fantoccini::{ClientBuilder, Locator};
+        let mut caps = serde_json::Map::new();
+        caps.insert("goog:chromeOptions".into(), serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--ignore-certificate-errors", "--window-size=1200,1600", format!("--user-data-dir={}", profile.display())],
+        }));
+        caps.insert("acceptInsecureCerts".into(), serde_json::Value::Bool(true));
+        let browser = ClientBuilder::native().capabilities(caps).connect(&format!("http://127.0.0.1:{}", driver.port)).await.expect("a WebDriver session");
+        browser.goto(&format!("{origin}/login")).await.unwrap();
+        browser.find(Locator::Css("input[name=email]")).await.unwrap().send_keys(EMAIL).await.unwrap();
+        browser.find(Locator::Css("input[name=password]")).await.unwrap().send_keys(PASSWORD).await.unwrap();
+        browser.find(Locator::Css("main button[type=submit]")).await.unwrap().click().await.unwrap();
+        browser.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("main h1.welcome")).await.unwrap();
+        browser.goto(&format!("{origin}/devices/{}", mold.id.0)).await.unwrap();
+        browser.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("#dashboard-link")).await.unwrap().click().await.unwrap();
+        browser.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("#figure-cycles")).await.unwrap();
+        for chart in browser.find_all(Locator::Css("svg.chart")).await.unwrap() {
+            let (_, _, width, height) = chart.rectangle().await.unwrap();
+            assert!(width > 500.0 && height > 150.0, "a chart is {width}x{height}");
+        }
+        std::fs::write(shots.join("mold-dashboard.png"), browser.screenshot().await.unwrap()).unwrap();
+        browser.goto(&format!("{origin}/sites/{}/chart?metric=temperature_c&range=week", hall.id.0)).await.unwrap();
+        browser.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("svg.chart")).await.unwrap();
+        std::fs::write(shots.join("site-side-by-side.png"), browser.screenshot().await.unwrap()).unwrap();
+        browser.close().await.unwrap();
+    });
+}

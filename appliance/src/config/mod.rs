@@ -271,7 +271,10 @@ mod tests {
         config.validate().expect("SQLite measures its file");
         config.store.url = Some("postgres://plantgate@db/plantgate".to_owned());
         let line = config.validate().expect_err("refused").to_string();
-        assert!(line.contains("ingest.retention_max_mib") && line.contains("retention_days"), "{line}");
+        assert!(
+            line.contains("ingest.retention_max_mib") && line.contains("retention_days"),
+            "{line}"
+        );
     }
 
     #[test]

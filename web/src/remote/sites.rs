@@ -141,6 +141,8 @@ struct SitePage {
     machines: Vec<MachineRow>,
     agents: Vec<(String, String)>,
     active: Vec<RequestRow>,
+    /// The metrics its devices send, for charts of them side by side.
+    metrics: Vec<String>,
     problem: Option<String>,
 }
 
@@ -184,6 +186,12 @@ async fn site_page_with(
             .filter(|v| v.request.site_id == site.id && v.request.state == "approved")
             .collect::<Vec<_>>();
         let is_approver = access::is_approver(&mut conn, &account, site.id)?;
+        let mut metrics = Vec::new();
+        for device in appliance::devices::Device::list_for_site(&mut conn, site.id)? {
+            metrics.extend(appliance::series::metrics_of(&mut conn, device.id)?);
+        }
+        metrics.sort();
+        metrics.dedup();
         Ok((
             site,
             policy,
@@ -193,10 +201,12 @@ async fn site_page_with(
             agents,
             active,
             is_approver,
+            metrics,
         ))
     })
     .await?;
-    let (site, policy, approvers, candidates, machines, agents, active, is_approver) = page;
+    let (site, policy, approvers, candidates, machines, agents, active, is_approver, metrics) =
+        page;
     let status = status_for(&problem);
     html_with_status(
         &SitePage {
@@ -218,6 +228,7 @@ async fn site_page_with(
             machines,
             agents,
             active: active.iter().map(RequestRow::of).collect(),
+            metrics,
             problem,
         },
         status,
