@@ -17,7 +17,7 @@ use crate::store::on_backend;
 use crate::time::format_us;
 
 /// What a token may do.
-pub const SCOPES: [&str; 11] = [
+pub const SCOPES: [&str; 13] = [
     "audit:read",
     "users:read",
     "grants:read",
@@ -29,6 +29,8 @@ pub const SCOPES: [&str; 11] = [
     "devices:write",
     "alerts:read",
     "alerts:write",
+    "connectors:read",
+    "connectors:write",
 ];
 pub const MAX_DAYS: u32 = 366;
 const PREFIX: &str = "pgt_";

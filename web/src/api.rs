@@ -12,11 +12,13 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::state::AppState;
 
+mod alert_rules;
 pub mod caller;
+mod connectors;
+mod devices;
 pub mod error;
 mod firmware;
 pub mod stream;
-mod telemetry;
 
 pub use caller::ApiCaller;
 pub use error::{ApiError, ErrorBody};
@@ -55,29 +57,80 @@ pub fn routes() -> Vec<ApiRoute> {
         op(Method::GET, "/readings/export", web::to(stream::export)),
         op(Method::GET, "/readings/stream", web::to(stream::stream)),
         op(Method::GET, "/machines", web::to(machines)),
-        op(Method::GET, "/devices", web::to(telemetry::devices)),
+        op(Method::GET, "/devices", web::to(devices::devices)),
+        op(Method::POST, "/devices", web::to(devices::register_device)),
         op(
             Method::POST,
-            "/devices",
-            web::to(telemetry::register_device),
+            "/devices/{serial}/rotate",
+            web::to(devices::rotate_device),
         ),
-        op(Method::GET, "/alert-rules", web::to(telemetry::alert_rules)),
+        op(
+            Method::POST,
+            "/devices/{serial}/revoke",
+            web::to(devices::revoke_device),
+        ),
+        op(
+            Method::POST,
+            "/devices/{serial}/move",
+            web::to(devices::move_device),
+        ),
+        op(
+            Method::GET,
+            "/alert-rules",
+            web::to(alert_rules::alert_rules),
+        ),
         op(
             Method::POST,
             "/alert-rules",
-            web::to(telemetry::create_alert_rule),
+            web::to(alert_rules::create_alert_rule),
         ),
         op(
             Method::PUT,
             "/alert-rules/{id}",
-            web::to(telemetry::update_alert_rule),
+            web::to(alert_rules::update_alert_rule),
         ),
         op(
             Method::DELETE,
             "/alert-rules/{id}",
-            web::to(telemetry::remove_alert_rule),
+            web::to(alert_rules::remove_alert_rule),
         ),
-        op(Method::GET, "/alerts", web::to(telemetry::alerts)),
+        op(
+            Method::POST,
+            "/alert-rules/{id}/disable",
+            web::to(alert_rules::disable_alert_rule),
+        ),
+        op(
+            Method::POST,
+            "/alert-rules/{id}/enable",
+            web::to(alert_rules::enable_alert_rule),
+        ),
+        op(
+            Method::POST,
+            "/alert-tests",
+            web::to(alert_rules::test_alert_rule),
+        ),
+        op(Method::GET, "/alerts", web::to(alert_rules::alerts)),
+        op(Method::GET, "/connectors", web::to(connectors::connectors)),
+        op(
+            Method::GET,
+            "/connectors/{id}/deliveries",
+            web::to(connectors::deliveries),
+        ),
+        op(
+            Method::POST,
+            "/connectors/{id}/pause",
+            web::to(connectors::pause_connector),
+        ),
+        op(
+            Method::POST,
+            "/connectors/{id}/resume",
+            web::to(connectors::resume_connector),
+        ),
+        op(
+            Method::DELETE,
+            "/connectors/{id}",
+            web::to(connectors::remove_connector),
+        ),
         op(Method::GET, "/access-requests", web::to(access_requests)),
         op(Method::GET, "/firmware", web::to(firmware::firmware_list)),
         op(
@@ -92,10 +145,15 @@ pub fn routes() -> Vec<ApiRoute> {
 #[openapi(
     info(title = "Plantgate API", version = "1", description = "The appliance's REST API. Authenticate with `Authorization: Bearer pgt_...`."),
     paths(openapi, me, users, audit, readings, machines, access_requests, firmware::firmware_list, firmware::firmware_upload,
-        telemetry::devices, telemetry::register_device, telemetry::alert_rules, telemetry::create_alert_rule,
-        telemetry::update_alert_rule, telemetry::remove_alert_rule, telemetry::alerts),
+        devices::devices, devices::register_device, devices::rotate_device, devices::revoke_device, devices::move_device,
+        alert_rules::alert_rules, alert_rules::create_alert_rule, alert_rules::update_alert_rule, alert_rules::remove_alert_rule,
+        alert_rules::disable_alert_rule, alert_rules::enable_alert_rule, alert_rules::test_alert_rule, alert_rules::alerts,
+        connectors::connectors, connectors::deliveries, connectors::pause_connector, connectors::resume_connector,
+        connectors::remove_connector),
     components(schemas(Me, UserItem, AuditItem, AuditPage, ReadingItem, ReadingsPage, MachineItem, AgentItem, AccessRequestItem, FirmwareItem, ErrorBody,
-        telemetry::DeviceItem, telemetry::NewDeviceBody, telemetry::NewDevice, telemetry::RuleItem, telemetry::AlertItem,
+        devices::DeviceItem, devices::NewDeviceBody, devices::NewDevice, devices::DeviceSecret, devices::MoveBody,
+        alert_rules::RuleItem, alert_rules::AlertItem, alert_rules::TestItem, alert_rules::EpisodeItem,
+        connectors::ConnectorItem, connectors::DeliveryItem,
         crate::telemetry::input::RuleInput)),
     modifiers(&BearerAuth)
 )]

@@ -172,6 +172,103 @@ fn a_token_registers_a_device_sets_a_rule_and_follows_its_alert() {
     let cleared = alerts_until(&|a| !a[0]["cleared_at"].is_null());
     assert_eq!(cleared[0]["cleared_value"].as_f64(), Some(70.0));
 
+    // Tested over the last day: the one alert it raised and cleared, nothing stored.
+    let (status, test) = call(&portal, &token, "POST", "/alert-tests?days=1", Some(&rule));
+    assert_eq!(status, 200, "{test}");
+    assert_eq!(
+        (test["devices"].as_i64(), test["readings"].as_i64()),
+        (Some(1), Some(3)),
+        "{test}"
+    );
+    let episodes = test["episodes"].as_array().unwrap();
+    assert_eq!(episodes.len(), 1, "{test}");
+    assert_eq!(
+        (
+            episodes[0]["raised_value"].as_f64(),
+            episodes[0]["cleared_value"].as_f64()
+        ),
+        (Some(91.5), Some(70.0))
+    );
+    // Disabled and enabled.
+    let (status, disabled) = call(
+        &portal,
+        &token,
+        "POST",
+        &format!("/alert-rules/{id}/disable"),
+        None,
+    );
+    assert_eq!(
+        (status, disabled["enabled"].as_bool()),
+        (200, Some(false)),
+        "{disabled}"
+    );
+    let (status, enabled) = call(
+        &portal,
+        &token,
+        "POST",
+        &format!("/alert-rules/{id}/enable"),
+        None,
+    );
+    assert_eq!(
+        (status, enabled["enabled"].as_bool()),
+        (200, Some(true)),
+        "{enabled}"
+    );
+
+    // A new secret: the old one stops working, the new one posts. Moved to another site,
+    // not to another organisation's. Revoked: it posts nothing more.
+    let (status, rotated) = call(&portal, &token, "POST", "/devices/MM-1/rotate", None);
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    assert_eq!(ingest.post(&secret, &reading(4, 60.0)).0, 401);
+    assert_eq!(ingest.post(&new_secret, &reading(4, 60.0)).0, 200);
+    let annex = Site::create(&portal.app.audit, &actor, org.id, "Annex", "", now_us()).unwrap();
+    let (status, moved) = call(
+        &portal,
+        &token,
+        "POST",
+        "/devices/MM-1/move",
+        Some(&json!({ "site": annex.id.0 })),
+    );
+    assert_eq!(
+        (status, moved["site_id"].as_i64()),
+        (200, Some(annex.id.0)),
+        "{moved}"
+    );
+    let elsewhere = Organisation::create(&portal.app.audit, &actor, "Elsewhere", now_us()).unwrap();
+    let theirs = Site::create(
+        &portal.app.audit,
+        &actor,
+        elsewhere.id,
+        "Their hall",
+        "",
+        now_us(),
+    )
+    .unwrap();
+    let (status, answer) = call(
+        &portal,
+        &token,
+        "POST",
+        "/devices/MM-1/move",
+        Some(&json!({ "site": theirs.id.0 })),
+    );
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().starts_with("site:"),
+        "{answer}"
+    );
+    let (status, revoked) = call(&portal, &token, "POST", "/devices/MM-1/revoke", None);
+    assert_eq!(
+        (status, revoked["revoked"].as_bool()),
+        (200, Some(true)),
+        "{revoked}"
+    );
+    assert_eq!(ingest.post(&new_secret, &reading(5, 60.0)).0, 401);
+    assert_eq!(
+        call(&portal, &token, "POST", "/devices/NO-SUCH/rotate", None).0,
+        404
+    );
+
     // Changed, then removed.
     let mut higher = rule.clone();
     higher["threshold"] = json!(95.0);
@@ -238,6 +335,11 @@ fn a_token_registers_a_device_sets_a_rule_and_follows_its_alert() {
         ("POST", "/alert-rules", Some(rule.clone())),
         ("PUT", "/alert-rules/1", Some(rule.clone())),
         ("DELETE", "/alert-rules/1", None),
+        ("POST", "/alert-rules/1/disable", None),
+        ("POST", "/devices/MM-1/rotate", None),
+        ("POST", "/devices/MM-1/revoke", None),
+        ("POST", "/connectors/1/pause", None),
+        ("DELETE", "/connectors/1", None),
     ] {
         let (status, answer) = call(&portal, &viewer_token, method, path, body.as_ref());
         assert_eq!(status, 403, "{method} {path} as a viewer: {answer}");
@@ -264,14 +366,110 @@ fn a_token_registers_a_device_sets_a_rule_and_follows_its_alert() {
         1
     );
 
+    // Connectors: listed with what they owe, paused, resumed, their log read, removed.
+    let key = appliance::connectors::SealingKey::load(&appliance::keyring::path(
+        &portal.app.config,
+        appliance::keyring::Secret::ConnectorSealing,
+    ))
+    .unwrap();
+    let (connector, _) = appliance::connectors::Connector::add(
+        &portal.app.audit,
+        &actor,
+        &key,
+        &appliance::connectors::ConnectorRequest {
+            site: hall.id,
+            name: "Historian".into(),
+            url: "https://historian.plant.example/in".into(),
+            send_readings: true,
+            send_alerts: true,
+            ca_pem: None,
+        },
+        now_us(),
+    )
+    .unwrap();
+    let connector_path = format!("/connectors/{}", connector.id.0);
+    let (status, listed) = call(&portal, &token, "GET", "/connectors", None);
+    assert_eq!(
+        status, 403,
+        "connectors:read is a scope of its own: {listed}"
+    );
+    let (connectors_token, _) = portal.token(&["connectors:read", "connectors:write"], 30, 0);
+    let (status, listed) = call(&portal, &connectors_token, "GET", "/connectors", None);
+    assert_eq!(
+        (
+            status,
+            listed[0]["name"].as_str(),
+            listed[0]["state"].as_str()
+        ),
+        (200, Some("Historian"), Some("active")),
+        "{listed}"
+    );
+    let (status, paused) = call(
+        &portal,
+        &connectors_token,
+        "POST",
+        &format!("{connector_path}/pause"),
+        None,
+    );
+    assert_eq!(
+        (status, paused["state"].as_str()),
+        (200, Some("paused")),
+        "{paused}"
+    );
+    let (status, resumed) = call(
+        &portal,
+        &connectors_token,
+        "POST",
+        &format!("{connector_path}/resume"),
+        None,
+    );
+    assert_eq!(
+        (status, resumed["state"].as_str()),
+        (200, Some("active")),
+        "{resumed}"
+    );
+    let (status, log) = call(
+        &portal,
+        &connectors_token,
+        "GET",
+        &format!("{connector_path}/deliveries"),
+        None,
+    );
+    assert_eq!((status, log.is_array()), (200, true), "{log}");
+    assert_eq!(
+        call(&portal, &connectors_token, "DELETE", &connector_path, None).0,
+        204
+    );
+    let (_, listed) = call(&portal, &connectors_token, "GET", "/connectors", None);
+    assert_eq!(listed[0]["state"], "removed");
+    assert_eq!(
+        call(
+            &portal,
+            &connectors_token,
+            "POST",
+            &format!("{connector_path}/pause"),
+            None
+        )
+        .0,
+        404
+    );
+
     let actions = portal.actions();
     for action in [
         "device.enrolled",
+        "device.credential.rotated",
+        "device.moved",
+        "device.credential.revoked",
         "alert.rule.created",
         "alert.raised",
         "alert.cleared",
+        "alert.rule.disabled",
+        "alert.rule.enabled",
         "alert.rule.changed",
         "alert.rule.removed",
+        "connector.paused",
+        "connector.resumed",
+        "connector.removed",
     ] {
         assert!(count(&actions, action) >= 1, "{action}: {actions:?}");
     }

@@ -123,6 +123,21 @@ impl ResponseError for ApiError {
 }
 
 /// Each arm gives the variant of [`Kind::of`] (a test holds them together).
+impl ApiError {
+    /// A refusal of what a request says: a value the core library refused, naming its
+    /// field, is 422 `request.refused`; a body that is not the documented JSON is 400
+    /// before it gets here. Anything else maps as [`From`] does.
+    pub fn refusal(err: appliance::Error) -> ApiError {
+        match err {
+            appliance::Error::Invalid { field, problem } => ApiError::Rejected {
+                code: "request.refused",
+                message: format!("{field}: {problem}"),
+            },
+            other => other.into(),
+        }
+    }
+}
+
 impl From<appliance::Error> for ApiError {
     fn from(err: appliance::Error) -> Self {
         match err {

@@ -1,6 +1,6 @@
-//! Devices, alert rules, alerts and connectors through the API: the same changes the
-//! portal's pages make ([`crate::telemetry`]), with the same checks. Reading takes the
-//! `*:read` scope; changing takes the `*:write` scope and an administrator's token.
+//! Alert rules and alerts through the API: the same changes and the same checks as the
+//! portal's pages ([`crate::telemetry::rules`]). Reading takes `alerts:read`; changing
+//! takes `alerts:write` on an administrator's token.
 
 use actix_web::{HttpResponse, web};
 use appliance::Actor;
@@ -13,135 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiCaller, ApiError, ErrorBody};
 use crate::state::AppState;
-use crate::telemetry::devices::device_request;
 use crate::telemetry::input::RuleInput;
-
-/// A refusal of what a request says (a value the core library refused, naming its field)
-/// is 422; a body that is not the documented JSON is 400 before it gets here.
-fn refused(err: appliance::Error) -> ApiError {
-    match err {
-        appliance::Error::Invalid { field, problem } => ApiError::Rejected {
-            code: "request.refused",
-            message: format!("{field}: {problem}"),
-        },
-        other => other.into(),
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeviceItem {
-    id: i64,
-    serial: String,
-    /// monitor, data_logger or gateway.
-    kind: String,
-    site_id: i64,
-    model: Option<String>,
-    firmware_version: Option<String>,
-    battery_pct: Option<f64>,
-    signal_dbm: Option<f64>,
-    last_seen: Option<String>,
-    revoked: bool,
-}
-
-impl From<Device> for DeviceItem {
-    fn from(d: Device) -> DeviceItem {
-        DeviceItem {
-            id: d.id.0,
-            revoked: d.is_revoked(),
-            serial: d.serial,
-            kind: d.kind,
-            site_id: d.site_id.0,
-            model: d.model,
-            firmware_version: d.firmware_version,
-            battery_pct: d.battery_pct,
-            signal_dbm: d.signal_dbm,
-            last_seen: d.last_seen_at_us.map(format_us),
-        }
-    }
-}
-
-/// The devices at the sites the caller can see.
-#[utoipa::path(get, path = "/api/v1/devices", responses(
-    (status = 200, body = [DeviceItem]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)
-), security(("bearer" = ["devices:read"])))]
-pub(super) async fn devices(
-    state: web::Data<AppState>,
-    caller: ApiCaller,
-) -> Result<HttpResponse, ApiError> {
-    caller.require("devices:read")?;
-    let user = caller.user.clone();
-    let items = web::block(move || -> appliance::error::Result<Vec<DeviceItem>> {
-        let mut conn = state.app.store.conn()?;
-        let mut items = Vec::new();
-        for site in appliance::access::sites_for(&mut conn, &user)? {
-            items.extend(
-                Device::list_for_site(&mut conn, site.id)?
-                    .into_iter()
-                    .map(DeviceItem::from),
-            );
-        }
-        Ok(items)
-    })
-    .await??;
-    Ok(HttpResponse::Ok().json(items))
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewDeviceBody {
-    /// 1-64 printable ASCII characters, no spaces, `/`, `+` or `#`.
-    serial: String,
-    /// monitor, data_logger or gateway.
-    kind: String,
-    /// One of the caller's sites.
-    #[serde(deserialize_with = "crate::telemetry::input::whole")]
-    site: i64,
-    /// The model, which decides the firmware it may receive.
-    model: Option<String>,
-    /// The serial of the gateway it sits behind.
-    gateway: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct NewDevice {
-    device: DeviceItem,
-    /// The device's secret, shown only this once: `Authorization: Bearer` over HTTPS, or
-    /// the MQTT password.
-    secret: String,
-}
-
-/// Registers a device and returns its secret, once.
-#[utoipa::path(post, path = "/api/v1/devices", request_body = NewDeviceBody, responses(
-    (status = 201, body = NewDevice), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)
-), security(("bearer" = ["devices:write"])))]
-pub(super) async fn register_device(
-    state: web::Data<AppState>,
-    caller: ApiCaller,
-    body: web::Json<NewDeviceBody>,
-) -> Result<HttpResponse, ApiError> {
-    caller.require_administrator("devices:write", "devices:write (for an administrator)")?;
-    let (user, body, now) = (caller.user.clone(), body.into_inner(), state.now());
-    let (device, secret) = web::block(move || {
-        let mut conn = state.app.store.conn()?;
-        let request = device_request(
-            &mut conn,
-            &user,
-            (&body.serial, &body.kind, body.site),
-            (body.model.as_deref(), body.gateway.as_deref()),
-        )?;
-        drop(conn);
-        Device::register(&state.app.audit, &Actor::User(user.id), &request, now)
-    })
-    .await?
-    .map_err(refused)?;
-    Ok(HttpResponse::Created()
-        .insert_header(("Cache-Control", "no-store"))
-        .json(NewDevice {
-            device: device.into(),
-            secret: secret.reveal().to_owned(),
-        }))
-}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RuleItem {
@@ -218,7 +90,7 @@ pub(super) async fn create_alert_rule(
         rule_item(&mut conn, rule)
     })
     .await?
-    .map_err(refused)?;
+    .map_err(ApiError::refusal)?;
     Ok(HttpResponse::Created().json(item))
 }
 
@@ -256,7 +128,7 @@ pub(super) async fn update_alert_rule(
         rule_item(&mut conn, rule)
     })
     .await?
-    .map_err(refused)?;
+    .map_err(ApiError::refusal)?;
     Ok(HttpResponse::Ok().json(item))
 }
 
@@ -342,4 +214,131 @@ pub(super) async fn alerts(
     })
     .await??;
     Ok(HttpResponse::Ok().json(items))
+}
+
+/// Disables or enables a rule as `caller`; disabling clears its active alerts.
+async fn set_enabled(
+    state: web::Data<AppState>,
+    caller: ApiCaller,
+    id: i64,
+    enable: bool,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_administrator("alerts:write", "alerts:write (for an administrator)")?;
+    let (user, now) = (caller.user.clone(), state.now());
+    let item = web::block(move || {
+        let rule = AlertRule::set_enabled(
+            &state.app.audit,
+            &Actor::User(user.id),
+            user.organisation_id,
+            AlertRuleId(id),
+            enable,
+            now,
+        )?;
+        rule_item(&mut *state.app.store.conn()?, rule)
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(item))
+}
+
+/// Disables an alert rule: it raises nothing, and its active alerts are cleared.
+#[utoipa::path(post, path = "/api/v1/alert-rules/{id}/disable",
+    params(("id" = i64, Path, description = "The rule's id")), responses(
+    (status = 200, body = RuleItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)
+), security(("bearer" = ["alerts:write"])))]
+pub(super) async fn disable_alert_rule(
+    state: web::Data<AppState>,
+    caller: ApiCaller,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    set_enabled(state, caller, path.into_inner(), false).await
+}
+
+/// Enables an alert rule again.
+#[utoipa::path(post, path = "/api/v1/alert-rules/{id}/enable",
+    params(("id" = i64, Path, description = "The rule's id")), responses(
+    (status = 200, body = RuleItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)
+), security(("bearer" = ["alerts:write"])))]
+pub(super) async fn enable_alert_rule(
+    state: web::Data<AppState>,
+    caller: ApiCaller,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    set_enabled(state, caller, path.into_inner(), true).await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct TestParams {
+    /// How many days back to replay, 1 to 31 (default 7).
+    #[param(minimum = 1, maximum = 31)]
+    days: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EpisodeItem {
+    device: String,
+    raised_at: String,
+    raised_value: Option<f64>,
+    /// Absent: it would still be active at the end of the range.
+    cleared_at: Option<String>,
+    cleared_value: Option<f64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestItem {
+    since: String,
+    until: String,
+    devices: usize,
+    readings: usize,
+    /// Too many readings: the range was not read to its end.
+    truncated: bool,
+    episodes: Vec<EpisodeItem>,
+}
+
+/// What a rule, saved or not, would have raised over the last days' readings; stores
+/// nothing. It starts with no alert active, and judges silence by when readings were
+/// measured.
+#[utoipa::path(post, path = "/api/v1/alert-tests", request_body = RuleInput, params(TestParams), responses(
+    (status = 200, body = TestItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)
+), security(("bearer" = ["alerts:read"])))]
+pub(super) async fn test_alert_rule(
+    state: web::Data<AppState>,
+    caller: ApiCaller,
+    params: web::Query<TestParams>,
+    body: web::Json<RuleInput>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require("alerts:read")?;
+    let days = params.days.unwrap_or(7);
+    if !(1..=31).contains(&days) {
+        return Err(ApiError::Invalid("days: between 1 and 31".into()));
+    }
+    let (user, input, now) = (caller.user.clone(), body.into_inner(), state.now());
+    let (since, until) = (now - days * 86_400_000_000, now + 1);
+    let replay = web::block(move || {
+        let mut conn = state.app.store.conn()?;
+        let request = input.resolve(&mut conn, &user)?;
+        appliance::alerts::replay::replay(&mut conn, user.organisation_id, &request, (since, until))
+    })
+    .await?
+    .map_err(ApiError::refusal)?;
+    Ok(HttpResponse::Ok().json(TestItem {
+        since: format_us(since),
+        until: format_us(until),
+        devices: replay.devices,
+        readings: replay.readings,
+        truncated: replay.truncated,
+        episodes: replay
+            .episodes
+            .into_iter()
+            .map(|e| EpisodeItem {
+                device: e.serial,
+                raised_at: format_us(e.raised_at_us),
+                raised_value: e.raised_value,
+                cleared_at: e.cleared_at_us.map(format_us),
+                cleared_value: e.cleared_value,
+            })
+            .collect(),
+    }))
 }
