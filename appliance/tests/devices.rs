@@ -343,7 +343,54 @@ fn rate_of_change_and_for_x_minutes_raise_only_when_they_hold(backend: Backend) 
     );
 }
 
+/// Batches of every size from 0 to 130 (SQLite stores them in statements of 64, 32, ...,
+/// 1 rows): each reading is stored once, a batch sent again stores nothing, and a batch
+/// partly sent before stores only what is new.
+fn batches_of_every_size_store_each_reading_once(backend: Backend) {
+    let t = TestAppliance::new(backend);
+    let site = site(&t);
+    let (device, _) = Device::register(
+        &t.app.audit,
+        &test_actor(),
+        &request("MM-B", DeviceKind::Monitor, &site, None),
+        now_us(),
+    )
+    .unwrap();
+    let reading = |seq: i64| NewReading {
+        device_id: device.id,
+        seq,
+        metric: "cycle_count".into(),
+        value: seq as f64,
+        measured_at_us: seq,
+        received_at_us: seq,
+    };
+    let mut conn = t.conn();
+    let mut next = 1;
+    for size in 0..=130 {
+        let batch: Vec<NewReading> = (next..next + size).map(reading).collect();
+        assert_eq!(
+            readings::insert_new(&mut conn, &batch).unwrap(),
+            size as usize,
+            "size {size}"
+        );
+        assert_eq!(
+            readings::insert_new(&mut conn, &batch).unwrap(),
+            0,
+            "size {size} again"
+        );
+        next += size;
+    }
+    // Half old, half new.
+    let overlapping: Vec<NewReading> = (next - 50..next + 50).map(reading).collect();
+    assert_eq!(readings::insert_new(&mut conn, &overlapping).unwrap(), 50);
+    assert_eq!(
+        readings::seqs_for(&mut conn, device.id).unwrap(),
+        (1..next + 50).collect::<Vec<_>>()
+    );
+}
+
 on_both_backends!(
+    batches_of_every_size_store_each_reading_once,
     rate_of_change_and_for_x_minutes_raise_only_when_they_hold,
     a_secret_names_its_device_until_revoked_and_every_step_is_audited,
     a_gateway_speaks_only_for_devices_registered_behind_it,
