@@ -541,7 +541,8 @@ def telemetry(day):
         deadline = time.time() + timeout
         while True:
             page = admin.get("/devices").body
-            row = re.search(rf'<tr class="device"><td>{DEVICE_SERIAL}.*?</tr>', page, re.S)
+            # The serial links to the device's own page.
+            row = re.search(rf'<tr class="device"><td>(?:<a href="/devices/\d+">)?{DEVICE_SERIAL}\b.*?</tr>', page, re.S)
             if (row and text in row.group(0)) or time.time() > deadline:
                 return row.group(0) if row else shorten(page)
             time.sleep(1)
