@@ -26,6 +26,7 @@ pub mod readings;
 pub mod refusals;
 pub mod relocation;
 pub mod retention;
+pub mod rollups;
 pub mod schema;
 pub mod sd_notify;
 pub mod sealing;

@@ -7,6 +7,7 @@ use crate::audit::ExportFormat;
 use crate::audit::export::neutralise_formula;
 use crate::error::{Error, Result};
 use crate::ids::{DeviceId, SiteId};
+use crate::rollups;
 use crate::schema::{devices, readings};
 use crate::store::DbConnection;
 use crate::store::on_backend;
@@ -193,8 +194,14 @@ fn insert_fixed<const N: usize>(
 /// storage (id) order, and returns how many. It stops at the first reading received at or
 /// after the cutoff, so it never deletes a newer one; run it until it returns 0. Each call is
 /// one range delete over the primary key, so the write lock is held briefly.
+///
+/// Only readings already counted in the rollups go, and never the newest reading: SQLite
+/// hands out the next id after the largest one left, and ids must keep growing for the
+/// rollups and live streams that follow them ([`crate::rollups`]).
 pub fn prune_received_before(conn: &mut DbConnection, cutoff_us: i64, chunk: i64) -> Result<usize> {
+    let deletable = rollups::rolled_through(conn)?.min(last_id(conn)? - 1);
     let oldest: Vec<(i64, i64)> = readings::table
+        .filter(readings::id.le(deletable))
         .order(readings::id)
         .limit(chunk)
         .select((readings::id, readings::received_at_us))

@@ -482,3 +482,25 @@ diesel::table! {
         last_error -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    reading_rollups (device_id, metric, width_us, bucket_start_us) {
+        device_id -> BigInt,
+        metric -> Text,
+        width_us -> BigInt,
+        bucket_start_us -> BigInt,
+        count -> BigInt,
+        min -> Double,
+        max -> Double,
+        sum -> Double,
+        last_value -> Double,
+        last_measured_at_us -> BigInt,
+    }
+}
+
+diesel::table! {
+    rollup_progress (id) {
+        id -> Integer,
+        through_reading_id -> BigInt,
+    }
+}

@@ -1,7 +1,9 @@
 //! A device's metric summarised over a time range for a chart: the range cut into buckets
 //! of equal width, each with the count, minimum, maximum and mean of the readings measured
 //! in it. The store does the summing (one indexed range scan, grouped), so a chart of a
-//! long range moves a few hundred rows, not every reading. A bucket with no reading is
+//! long range moves a few hundred rows, not every reading; spans of a month or more are
+//! summed from the rollups ([`crate::rollups`]), so they read thousands of rows, not
+//! millions, and still draw once the raw readings are pruned. A bucket with no reading is
 //! absent: the chart shows a gap there rather than a line drawn across it.
 
 use diesel::prelude::*;
@@ -9,6 +11,7 @@ use diesel::sql_types::{BigInt, Double, Text};
 
 use crate::error::{Error, Result};
 use crate::ids::DeviceId;
+use crate::rollups::{DAY_US, HOUR_US, MINUTE_ROLLUPS_KEPT_DAYS, MINUTE_US};
 use crate::store::DbConnection;
 
 /// The most buckets one chart asks for (about one per pixel column).
@@ -69,45 +72,98 @@ impl Span {
     }
 }
 
-/// The buckets of `metric` of `device` over `span` that hold a reading, in time order.
+/// What a chart's buckets are summed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Readings,
+    /// The rollups of this width ([`crate::rollups`]).
+    Rollups(i64),
+}
+
+/// Rollups serve a span when each of its buckets spans at least this many of them, so that
+/// a rollup straddling two buckets (counted whole in the first) moves little.
+const ROLLUPS_PER_BUCKET: i64 = 10;
+/// Minute rollups serve buckets of half an hour or more: a month's span.
+const MINUTES_PER_BUCKET: i64 = 30;
+
+impl Source {
+    /// The coarsest source that draws `span` faithfully as of `now`: day or hour rollups
+    /// for spans of months to years, minute rollups for a month while they are kept, the
+    /// readings themselves for up to a week.
+    pub fn for_span(span: Span, now: i64) -> Source {
+        let width = span.width_us();
+        let minutes_kept = now - (MINUTE_ROLLUPS_KEPT_DAYS - 1) * DAY_US;
+        if width >= ROLLUPS_PER_BUCKET * DAY_US {
+            Source::Rollups(DAY_US)
+        } else if width >= ROLLUPS_PER_BUCKET * HOUR_US {
+            Source::Rollups(HOUR_US)
+        } else if width >= MINUTES_PER_BUCKET * MINUTE_US {
+            if span.from_us >= minutes_kept {
+                Source::Rollups(MINUTE_US)
+            } else {
+                Source::Rollups(HOUR_US)
+            }
+        } else {
+            Source::Readings
+        }
+    }
+}
+
+/// The buckets of `metric` of `device` over `span` that hold a reading, in time order, from
+/// the source [`Source::for_span`] picks as of `now`.
 pub fn buckets(
     conn: &mut DbConnection,
     device: DeviceId,
     metric: &str,
     span: Span,
+    now: i64,
 ) -> Result<Vec<Bucket>> {
-    let width = span.width_us();
-    // The same statement on both backends but for its placeholders; integer division of
-    // 64-bit integers truncates on both, and every bucket index is 0 or more.
-    let statement = |p: [&str; 6]| {
-        format!(
-            "SELECT ((measured_at_us - {0}) / {1}) AS \"index\", count(*) AS count, \
+    buckets_from(conn, device, metric, span, Source::for_span(span, now))
+}
+
+/// The buckets of `metric` of `device` over `span` summed from `source`. From rollups, each
+/// rollup counts in the bucket its start falls in, or the first bucket when it starts
+/// before the span (it holds readings of both).
+pub fn buckets_from(
+    conn: &mut DbConnection,
+    device: DeviceId,
+    metric: &str,
+    span: Span,
+    source: Source,
+) -> Result<Vec<Bucket>> {
+    let (from, to, width) = (span.from_us, span.to_us, span.width_us());
+    // One statement for both backends but for its placeholders (`device`, `metric`): the
+    // integers are the span's own. Integer division truncates toward zero on both, so a
+    // rollup starting up to a bucket before `from` gets index 0.
+    let statement = match source {
+        Source::Readings => format!(
+            "SELECT ((measured_at_us - {from}) / {width}) AS \"index\", count(*) AS count, \
              min(value) AS min, max(value) AS max, avg(value) AS mean \
-             FROM readings WHERE device_id = {2} AND metric = {3} \
-             AND measured_at_us >= {4} AND measured_at_us < {5} \
+             FROM readings WHERE device_id = ?device AND metric = ?metric \
+             AND measured_at_us >= {from} AND measured_at_us < {to} \
+             GROUP BY 1 ORDER BY 1"
+        ),
+        Source::Rollups(rollup) => format!(
+            "SELECT ((bucket_start_us - {from}) / {width}) AS \"index\", \
+             CAST(sum(count) AS BIGINT) AS count, min(min) AS min, max(max) AS max, \
+             sum(sum) / CAST(sum(count) AS DOUBLE PRECISION) AS mean \
+             FROM reading_rollups WHERE device_id = ?device AND metric = ?metric \
+             AND width_us = {rollup} AND bucket_start_us > {} AND bucket_start_us < {to} \
              GROUP BY 1 ORDER BY 1",
-            p[0], p[1], p[2], p[3], p[4], p[5]
-        )
+            from - rollup
+        ),
     };
     let rows = match conn {
         DbConnection::Sqlite(c) => {
-            diesel::sql_query(statement(["?1", "?2", "?3", "?4", "?5", "?6"]))
-                .bind::<BigInt, _>(span.from_us)
-                .bind::<BigInt, _>(width)
+            diesel::sql_query(statement.replace("?device", "?1").replace("?metric", "?2"))
                 .bind::<BigInt, _>(device.0)
                 .bind::<Text, _>(metric)
-                .bind::<BigInt, _>(span.from_us)
-                .bind::<BigInt, _>(span.to_us)
                 .load::<Bucket>(c)?
         }
         DbConnection::Postgres(c) => {
-            diesel::sql_query(statement(["$1", "$2", "$3", "$4", "$5", "$6"]))
-                .bind::<BigInt, _>(span.from_us)
-                .bind::<BigInt, _>(width)
+            diesel::sql_query(statement.replace("?device", "$1").replace("?metric", "$2"))
                 .bind::<BigInt, _>(device.0)
                 .bind::<Text, _>(metric)
-                .bind::<BigInt, _>(span.from_us)
-                .bind::<BigInt, _>(span.to_us)
                 .load::<Bucket>(c)?
         }
     };

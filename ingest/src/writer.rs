@@ -5,9 +5,11 @@
 //! is durable (SQLite `synchronous = FULL`, PostgreSQL's default synchronous commit). After
 //! each commit the writer evaluates alerts for what it stored, and every
 //! `silent_check_seconds` it looks for silent devices: alerts have one writer too. With
-//! `retention_days` or `retention_max_mib` set, every `retention_check_seconds` it deletes
-//! the oldest readings past either ([`appliance::retention`]), one audited chunk at a time
-//! between group commits.
+//! `retention_days` or a size limit set (`retention_max_mib`, or the portal's), every
+//! `retention_check_seconds` it deletes the oldest readings past either
+//! ([`appliance::retention`]), one audited chunk at a time between group commits. Every second it adds what it stored to the minute, hour and day
+//! rollups ([`appliance::rollups`]), which pruning leaves in place; minute rollups are
+//! pruned by age with the same check.
 //!
 //! Each request comes with the credential its sender authenticated with, and the group's
 //! transaction first checks and holds every one of them ([`Credential::hold`]): a request
@@ -25,7 +27,7 @@ use appliance::ids::DeviceId;
 use appliance::readings::{self, DeviceState, NewReading};
 use appliance::time::now_us;
 use appliance::{Actor, Appliance, Error};
-use appliance::{retention, settings};
+use appliance::{retention, rollups, settings};
 use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -104,8 +106,9 @@ fn run(app: Appliance, mut receiver: mpsc::Receiver<Job>) {
     let retention_days = app.config.ingest.retention_days;
     let prune_every = Duration::from_secs(app.config.ingest.retention_check_seconds);
     let mut next_prune = Instant::now();
+    let mut next_rollup = Instant::now();
     loop {
-        let next_timer = next_silent_check.min(next_prune);
+        let next_timer = next_silent_check.min(next_prune).min(next_rollup);
         let wait = next_timer.saturating_duration_since(Instant::now());
         let first = runtime.block_on(async { tokio::time::timeout(wait, receiver.recv()).await });
         match first {
@@ -138,6 +141,21 @@ fn run(app: Appliance, mut receiver: mpsc::Receiver<Job>) {
                 tracing::error!(error = %err, "silent-device check failed");
             }
         }
+        if Instant::now() >= next_rollup {
+            let rolled = app
+                .store
+                .conn()
+                .and_then(|mut conn| rollups::advance(&mut conn));
+            // Behind means more is due now, after the queued requests.
+            next_rollup = match rolled {
+                Ok(true) => Instant::now(),
+                Ok(false) => Instant::now() + ROLLUP_EVERY,
+                Err(err) => {
+                    tracing::error!(error = %err, "rolling up readings failed");
+                    Instant::now() + ROLLUP_EVERY
+                }
+            };
+        }
         if Instant::now() >= next_prune {
             let by_age = retention_days.map_or(Ok(0), |days| {
                 retention::prune_by_age(&app.audit, &actor, days, now_us())
@@ -156,11 +174,12 @@ fn run(app: Appliance, mut receiver: mpsc::Receiver<Job>) {
                     }
                     None => Ok(0),
                 });
+            let minutes = rollups::prune_minutes(&app.audit, &actor, now_us());
             // A chunk deleted means more may be due: go on after the queued requests.
-            next_prune = match (by_age, by_size) {
-                (Ok(0), Ok(0)) => Instant::now() + prune_every,
-                (Ok(_), Ok(_)) => Instant::now(),
-                (Err(err), _) | (_, Err(err)) => {
+            next_prune = match (by_age, by_size, minutes) {
+                (Ok(0), Ok(0), Ok(0)) => Instant::now() + prune_every,
+                (Ok(_), Ok(_), Ok(_)) => Instant::now(),
+                (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
                     tracing::error!(error = %err, "pruning readings failed");
                     Instant::now() + prune_every
                 }
@@ -168,6 +187,10 @@ fn run(app: Appliance, mut receiver: mpsc::Receiver<Job>) {
         }
     }
 }
+
+/// How often the writer rolls up what it stored ([`rollups::advance`]); so long-range
+/// charts trail the newest readings by about this much.
+const ROLLUP_EVERY: Duration = Duration::from_secs(1);
 
 fn commit_group(app: &Appliance, actor: &Actor, group: Vec<Job>) {
     let seen_at = now_us();

@@ -281,7 +281,8 @@ fn readings_past_retention_are_pruned_and_the_pruning_is_audited(backend: Backen
 }
 
 /// The size limit an administrator sets in the portal: above it the oldest readings go
-/// first, chunk by chunk, each chunk audited, until the store is within it; the newest stay.
+/// first, chunk by chunk, each chunk audited, until the store is within it; the newest stay,
+/// and so do the rollups of what went.
 #[test]
 fn readings_over_the_size_limit_are_pruned_oldest_first_and_audited() {
     let mut t = TestIngest::new(Backend::Sqlite);
@@ -377,6 +378,18 @@ fn readings_over_the_size_limit_are_pruned_oldest_first_and_audited() {
     .unwrap();
     assert_eq!(pruned, first - 1, "every deletion is audited");
     assert!(records >= 2, "chunk by chunk: {records}");
+
+    // The rollups stay: the day still counts every reading, the pruned first one too.
+    let days = appliance::rollups::list(
+        &mut conn,
+        mm1.device.id,
+        Some("cycle_count"),
+        appliance::rollups::DAY_US,
+    )
+    .unwrap();
+    let counted: i64 = days.iter().map(|d| d.count).sum();
+    assert!(counted == 60_000 || counted == 60_005, "{counted} counted");
+    assert_eq!(days.iter().map(|d| d.min).fold(f64::MAX, f64::min), 1.0);
 }
 
 on_both_backends!(

@@ -152,6 +152,7 @@ pub fn chart_of(
     device: &Device,
     metric: &str,
     (from, to): (i64, i64),
+    now: i64,
 ) -> appliance::error::Result<Chart> {
     let span = Span::new(from, to, BUCKETS)?;
     let rules = rules_on(conn, metric)?;
@@ -159,7 +160,7 @@ pub fn chart_of(
         span,
         series: vec![Series {
             label: device.serial.clone(),
-            buckets: series::buckets(conn, device.id, metric, span)?,
+            buckets: series::buckets(conn, device.id, metric, span, now)?,
         }],
         thresholds: thresholds_of(&rules, |r| r.covers(device)),
         markers: markers_of(conn, device, &rules, (from, to), "")?,
@@ -173,6 +174,7 @@ pub fn site_chart_of(
     site: &Site,
     metric: &str,
     (from, to): (i64, i64),
+    now: i64,
 ) -> appliance::error::Result<Chart> {
     let span = Span::new(from, to, BUCKETS)?;
     let rules = rules_on(conn, metric)?;
@@ -183,7 +185,7 @@ pub fn site_chart_of(
         markers: Vec::new(),
     };
     for device in Device::list_for_site(conn, site.id)? {
-        let buckets = series::buckets(conn, device.id, metric, span)?;
+        let buckets = series::buckets(conn, device.id, metric, span, now)?;
         if buckets.is_empty() {
             continue;
         }
@@ -275,12 +277,13 @@ pub async fn chart_page(
     query: web::Query<ChartQuery>,
 ) -> Page {
     let (app, account, id) = (state.app.clone(), user.user.clone(), path.into_inner());
-    let (metric, range, from, to) = query.resolve(state.now())?;
+    let now = state.now();
+    let (metric, range, from, to) = query.resolve(now)?;
     let asked = metric.clone();
     let (device, chart, metrics) = web::block(move || {
         let mut conn = app.store.conn()?;
         let (device, _) = visible_device(&mut conn, &account, id)?;
-        let chart = chart_of(&mut conn, &device, &asked, (from, to))?;
+        let chart = chart_of(&mut conn, &device, &asked, (from, to), now)?;
         let metrics = series::metrics_of(&mut conn, device.id)?;
         Ok::<_, appliance::Error>((device, chart, metrics))
     })
@@ -305,12 +308,13 @@ pub async fn site_chart_page(
     query: web::Query<ChartQuery>,
 ) -> Page {
     let (app, account, id) = (state.app.clone(), user.user.clone(), path.into_inner());
-    let (metric, range, from, to) = query.resolve(state.now())?;
+    let now = state.now();
+    let (metric, range, from, to) = query.resolve(now)?;
     let asked = metric.clone();
     let (site, chart, metrics) = web::block(move || {
         let mut conn = app.store.conn()?;
         let site = visible_site(&mut conn, &account, id)?;
-        let chart = site_chart_of(&mut conn, &site, &asked, (from, to))?;
+        let chart = site_chart_of(&mut conn, &site, &asked, (from, to), now)?;
         let mut metrics = Vec::new();
         for device in Device::list_for_site(&mut conn, site.id)? {
             metrics.extend(series::metrics_of(&mut conn, device.id)?);

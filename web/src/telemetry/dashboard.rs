@@ -86,9 +86,16 @@ pub async fn dashboard_page(
             &device,
             CYCLES,
             (born.min(now - 60_000_000), now + 1),
+            now,
         )?;
-        let week = chart_of(&mut conn, &device, CYCLE_TIME, (now - 7 * DAY, now + 1))?;
-        let day = chart_of(&mut conn, &device, TEMPERATURE, (now - DAY, now + 1))?;
+        let week = chart_of(
+            &mut conn,
+            &device,
+            CYCLE_TIME,
+            (now - 7 * DAY, now + 1),
+            now,
+        )?;
+        let day = chart_of(&mut conn, &device, TEMPERATURE, (now - DAY, now + 1), now)?;
         let week_buckets = week.series.iter().flat_map(|s| &s.buckets);
         let (count, sum) = week_buckets.fold((0, 0.0), |(n, s), b| {
             (n + b.count, s + b.mean * b.count as f64)

@@ -1,0 +1,2 @@
+DROP TABLE rollup_progress;
+DROP TABLE reading_rollups;
