@@ -482,3 +482,88 @@ fn a_molds_dashboard_and_its_sites_devices_side_by_side_show_what_was_measured()
         browser.close().await.unwrap();
     });
 }
+
+/// A year's chart is summed from the hourly rollups and says so; it still draws every
+/// reading after the raw readings were pruned, while the CSV holds only what is kept.
+#[test]
+fn a_years_chart_is_summed_from_rollups_and_outlives_the_raw_readings() {
+    let portal = Portal::start("logins_per_minute = 100");
+    portal.setup_admin();
+    let app = &portal.app;
+    let actor = appliance::Actor::System("test".into());
+    let org = Organisation::list(&mut app.store.conn().unwrap())
+        .unwrap()
+        .remove(0);
+    let hall = Site::create(&app.audit, &actor, org.id, "Hall 4", "", now_us()).unwrap();
+    let request = DeviceRequest {
+        serial: "LOGGER-1".into(),
+        kind: DeviceKind::DataLogger,
+        site: hall.id,
+        gateway: None,
+        model: None,
+    };
+    let (logger, _) = Device::register(&app.audit, &actor, &request, now_us()).unwrap();
+    // Four readings a day for 360 days.
+    let now = now_us();
+    let rows: Vec<NewReading> = (0..360 * 4)
+        .map(|i| NewReading {
+            device_id: logger.id,
+            seq: i + 1,
+            metric: "temperature_c".into(),
+            value: 10.0 + (i % 40) as f64 / 4.0,
+            measured_at_us: now - (360 * 4 - i) * 6 * 60 * MINUTE,
+            received_at_us: now - 1000 + i,
+        })
+        .collect();
+    let mut conn = app.store.conn().unwrap();
+    readings::insert_new(&mut conn, &rows).unwrap();
+    // What the ingest does each second, then what retention does: all but the newest go.
+    appliance::rollups::catch_up(&mut conn).unwrap();
+    while appliance::retention::prune_by_age(&app.audit, &actor, 1, now + 2 * 24 * 60 * MINUTE)
+        .unwrap()
+        > 0
+    {}
+    assert_eq!(readings::count_for(&mut conn, logger.id).unwrap(), 1);
+    drop(conn);
+
+    portal.login("admin", EMAIL, PASSWORD);
+    let chart = |range: &str| {
+        let path = format!(
+            "/devices/{}/chart?metric=temperature_c&range={range}",
+            logger.id.0
+        );
+        let page = portal.get(Some("admin"), &path);
+        assert_eq!(page.status, 200, "{}", page.body);
+        page.body
+    };
+    let year = chart("year");
+    assert!(year.contains("1440 readings from"), "every reading counted");
+    assert!(year.contains("Summed from the hourly rollups"));
+    let svg = &year[year.find("<svg class=\"chart\"").expect("an SVG chart")..];
+    let line: usize = tags(svg, "polyline", "series")
+        .iter()
+        .map(|l| points(l).len())
+        .sum();
+    // 360 days in 480 buckets of 18.25 hours: each holds three or four readings, so every
+    // bucket from the first reading on has a point.
+    assert!(line >= 470, "{line} points");
+
+    // A week is drawn from what is kept of the readings themselves: the newest one.
+    let week = chart("week");
+    assert!(week.contains("1 readings from"), "the newest kept");
+    assert!(!week.contains("Summed from"));
+
+    let csv = portal.get(
+        Some("admin"),
+        &format!(
+            "/devices/{}/chart.csv?metric=temperature_c&range=year",
+            logger.id.0
+        ),
+    );
+    assert_eq!(csv.status, 200);
+    assert_eq!(
+        csv.body.lines().count(),
+        2,
+        "the header and the one kept reading"
+    );
+}

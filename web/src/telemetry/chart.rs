@@ -12,7 +12,8 @@ use appliance::alerts::{Alert, AlertKind, AlertRule};
 use appliance::devices::Device;
 use appliance::models::{Site, User};
 use appliance::readings::{ExportFilter, is_metric_name};
-use appliance::series::{self, Span};
+use appliance::rollups::{DAY_US, HOUR_US};
+use appliance::series::{self, Source, Span};
 use appliance::time::{format_us, parse_instant};
 use askama::Template;
 use serde::Deserialize;
@@ -158,6 +159,7 @@ pub fn chart_of(
     let rules = rules_on(conn, metric)?;
     Ok(Chart {
         span,
+        source: Source::for_span(span, now),
         series: vec![Series {
             label: device.serial.clone(),
             buckets: series::buckets(conn, device.id, metric, span, now)?,
@@ -180,6 +182,7 @@ pub fn site_chart_of(
     let rules = rules_on(conn, metric)?;
     let mut chart = Chart {
         span,
+        source: Source::for_span(span, now),
         series: Vec::new(),
         thresholds: thresholds_of(&rules, |r| r.site_id == Some(site.id)),
         markers: Vec::new(),
@@ -220,6 +223,8 @@ struct ChartPage {
     /// Each series' number and label, for the legend (shown for more than one).
     legend: Vec<(usize, String)>,
     readings: i64,
+    /// Which rollups the chart was summed from, if any.
+    rollups: Option<&'static str>,
     csv: String,
 }
 
@@ -256,6 +261,12 @@ impl ChartPage {
                 .flat_map(|s| &s.buckets)
                 .map(|b| b.count)
                 .sum(),
+            rollups: match chart.source {
+                Source::Readings => None,
+                Source::Rollups(DAY_US) => Some("daily"),
+                Source::Rollups(HOUR_US) => Some("hourly"),
+                Source::Rollups(_) => Some("per-minute"),
+            },
             subject,
             subject_link,
             action,

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use appliance::access::short_time;
-use appliance::series::{Bucket, Span};
+use appliance::series::{Bucket, Source, Span};
 
 /// Buckets across a chart: about one per two pixel columns of [`WIDTH`].
 pub const BUCKETS: i64 = 480;
@@ -46,6 +46,8 @@ pub struct Series {
 #[derive(Debug, Clone)]
 pub struct Chart {
     pub span: Span,
+    /// What the buckets were summed from.
+    pub source: Source,
     pub series: Vec<Series>,
     pub thresholds: Vec<Threshold>,
     pub markers: Vec<Marker>,
