@@ -1,8 +1,8 @@
 //! What telemetry costs at rest and how fast it reads back, on SQLite and PostgreSQL.
 //!
 //! `cargo bench -p plantgate-appliance --bench telemetry_store` fills a store with
-//! `PLANTGATE_BENCH_DEVICES` devices (default 100) × 10 metrics, one reading every 10 s for
-//! `PLANTGATE_BENCH_DAYS` days (default 30; the full size is 260 million readings),
+//! `TELEMETRY_BENCH_DEVICES` devices (default 100) × 10 metrics, one reading every 10 s for
+//! `TELEMETRY_BENCH_DAYS` days (default 30; the full size is 260 million readings),
 //! stored in batches as the ingest's writer stores them and rolled up as it rolls them up,
 //! and prints:
 //! - bytes per reading at rest, the readings and their indexes apart from the rollups;
@@ -57,8 +57,8 @@ fn size(full: bool) -> Size {
     };
     if full {
         Size {
-            devices: env("PLANTGATE_BENCH_DEVICES", 100) as usize,
-            days: env("PLANTGATE_BENCH_DAYS", 30),
+            devices: env("TELEMETRY_BENCH_DEVICES", 100) as usize,
+            days: env("TELEMETRY_BENCH_DAYS", 30),
             queries: 200,
         }
     } else {
