@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use appliance::devices::{Device, DeviceKind, DeviceRequest};
+use appliance::devices::DeviceKind;
 use appliance::ids::DeviceId;
 use appliance::readings::{self, ExportFilter, NewReading};
 use appliance::rollups::{self, DAY_US, HOUR_US};
@@ -24,7 +24,7 @@ use appliance::time::now_us;
 use appliance::{DbConnection, audit::ExportFormat};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
-use testkit::store::{Backend, TestAppliance, test_actor};
+use testkit::store::{Backend, TestAppliance, register_device};
 
 const METRICS: [&str; 10] = [
     "cycle_count",
@@ -71,21 +71,7 @@ fn size(full: bool) -> Size {
 }
 
 fn register(t: &TestAppliance, site: &appliance::models::Site, serial: &str) -> DeviceId {
-    Device::register(
-        &t.app.audit,
-        &test_actor(),
-        &DeviceRequest {
-            serial: serial.into(),
-            kind: DeviceKind::Monitor,
-            site: site.id,
-            gateway: None,
-            model: None,
-        },
-        now_us(),
-    )
-    .unwrap()
-    .0
-    .id
+    register_device(&t.app, site.id, serial, DeviceKind::Monitor).id
 }
 
 /// A plausible value of `metric` at step `i`: a slow wave with a little noise, to a tenth.

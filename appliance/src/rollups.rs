@@ -33,8 +33,9 @@ pub const DAY_US: i64 = 86_400_000_000;
 /// The widths rolled up, finest first.
 pub const WIDTHS: [i64; 3] = [MINUTE_US, HOUR_US, DAY_US];
 
-/// Reading ids rolled up per transaction.
-pub const CHUNK: i64 = 50_000;
+/// Reading ids rolled up per transaction: a step holds the store's write lock for a few
+/// tens of milliseconds at most.
+pub const CHUNK: i64 = 10_000;
 
 /// How long minute rollups are kept, counted from their minute.
 pub const MINUTE_ROLLUPS_KEPT_DAYS: i64 = 35;
@@ -61,8 +62,16 @@ pub fn advance(conn: &mut DbConnection) -> Result<bool> {
             return Ok(false);
         };
         let through = newest.min(from.saturating_add(CHUNK));
+        // The step's readings are summed per minute once, into a scratch table of this
+        // connection; each width is then folded from those sums, a few rows per series.
+        // (Summing them in Rust instead was no faster on SQLite and three times slower on
+        // PostgreSQL, which then sends every reading to the ingest.)
+        for statement in STAGING {
+            diesel::sql_query(statement).execute(conn)?;
+        }
+        diesel::sql_query(stage_statement(from, through)).execute(conn)?;
         for width in WIDTHS {
-            diesel::sql_query(fold_statement(conn, from, through, width)).execute(conn)?;
+            diesel::sql_query(fold_statement(conn, width)).execute(conn)?;
         }
         diesel::update(rollup_progress::table)
             .set(rollup_progress::through_reading_id.eq(through))
@@ -77,33 +86,64 @@ pub fn catch_up(conn: &mut DbConnection) -> Result<()> {
     Ok(())
 }
 
-/// The statement that adds the readings with ids in `(from, through]` to the rollups of
-/// `width`. Every value in it is an integer this module computed, so it is written into
-/// the text rather than bound, which keeps one statement for both backends.
-fn fold_statement(conn: &DbConnection, from: i64, through: i64, width: i64) -> String {
+/// The scratch table of one step's per-minute sums, made once per connection and emptied
+/// at each step. Its index finds the row a bucket's last value comes from.
+const STAGING: [&str; 3] = [
+    "CREATE TEMPORARY TABLE IF NOT EXISTS rollup_step (device_id BIGINT NOT NULL, \
+         metric TEXT NOT NULL, minute_us BIGINT NOT NULL, n BIGINT NOT NULL, \
+         lo DOUBLE PRECISION NOT NULL, hi DOUBLE PRECISION NOT NULL, \
+         total DOUBLE PRECISION NOT NULL, last_at BIGINT NOT NULL, \
+         last_value DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS rollup_step_last ON rollup_step (device_id, metric, last_at)",
+    "DELETE FROM rollup_step",
+];
+
+/// `at` floored to a multiple of `width`; the remainder is made positive, so that a time
+/// before 1970 floors down as well.
+fn floor(at: &str, width: i64) -> String {
+    format!("({at} - ((({at}) % {width}) + {width}) % {width})")
+}
+
+/// The statement that sums the readings with ids in `(from, through]` per device, metric
+/// and minute into the scratch table. Every value in it is an integer this module computed,
+/// so it is written into the text rather than bound, which keeps one statement for both
+/// backends. A minute's last value is the one measured latest, the later-stored one on a
+/// tie, found through the (device, metric, measured time) index.
+fn stage_statement(from: i64, through: i64) -> String {
+    let minute = floor("measured_at_us", MINUTE_US);
+    format!(
+        "INSERT INTO rollup_step (device_id, metric, minute_us, n, lo, hi, total, last_at, \
+             last_value) \
+         SELECT g.device_id, g.metric, g.minute, g.n, g.lo, g.hi, g.total, g.last_at, \
+             (SELECT r.value FROM readings r WHERE r.device_id = g.device_id \
+                 AND r.metric = g.metric AND r.measured_at_us = g.last_at \
+                 AND r.id > {from} AND r.id <= {through} ORDER BY r.id DESC LIMIT 1) \
+         FROM (SELECT device_id, metric, {minute} AS minute, count(*) AS n, \
+                   min(value) AS lo, max(value) AS hi, sum(value) AS total, \
+                   max(measured_at_us) AS last_at \
+               FROM readings WHERE id > {from} AND id <= {through} \
+               GROUP BY device_id, metric, {minute}) g"
+    )
+}
+
+/// The statement that adds the scratch table's sums to the rollups of `width`. A bucket's
+/// last value comes from its minute measured latest; two minutes never share a time.
+fn fold_statement(conn: &DbConnection, width: i64) -> String {
     let (least, greatest) = match conn {
         DbConnection::Sqlite(_) => ("min", "max"),
         DbConnection::Postgres(_) => ("LEAST", "GREATEST"),
     };
-    // The bucket is the measured time floored to the width (the remainder made positive,
-    // so a time before 1970 floors down as well). The last value is the one measured
-    // latest in the bucket, the later-stored one on a tie, found through the
-    // (device, metric, measured time) index.
+    let bucket = floor("minute_us", width);
     format!(
         "INSERT INTO reading_rollups (device_id, metric, width_us, bucket_start_us, count, \
              min, max, sum, last_value, last_measured_at_us) \
          SELECT g.device_id, g.metric, {width}, g.bucket, g.n, g.lo, g.hi, g.total, \
-             (SELECT r.value FROM readings r WHERE r.device_id = g.device_id \
-                 AND r.metric = g.metric AND r.measured_at_us = g.last_at \
-                 AND r.id > {from} AND r.id <= {through} ORDER BY r.id DESC LIMIT 1), \
+             (SELECT s.last_value FROM rollup_step s WHERE s.device_id = g.device_id \
+                 AND s.metric = g.metric AND s.last_at = g.last_at LIMIT 1), \
              g.last_at \
-         FROM (SELECT device_id, metric, \
-                   measured_at_us - ((measured_at_us % {width}) + {width}) % {width} AS bucket, \
-                   count(*) AS n, min(value) AS lo, max(value) AS hi, sum(value) AS total, \
-                   max(measured_at_us) AS last_at \
-               FROM readings WHERE id > {from} AND id <= {through} \
-               GROUP BY device_id, metric, \
-                   measured_at_us - ((measured_at_us % {width}) + {width}) % {width}) g \
+         FROM (SELECT device_id, metric, {bucket} AS bucket, CAST(sum(n) AS BIGINT) AS n, \
+                   min(lo) AS lo, max(hi) AS hi, sum(total) AS total, max(last_at) AS last_at \
+               FROM rollup_step GROUP BY device_id, metric, {bucket}) g \
          WHERE true \
          ON CONFLICT (device_id, metric, width_us, bucket_start_us) DO UPDATE SET \
              count = reading_rollups.count + excluded.count, \

@@ -78,10 +78,12 @@ impl ManageConnection for StoreManager {
                 let mut conn = SqliteConnection::establish(&sqlite_uri(path, self.create))
                     .map_err(diesel::r2d2::Error::ConnectionError)?;
                 // WAL lets readers run beside the writer; FULL makes every commit survive
-                // power loss, not only a killed process.
+                // power loss, not only a killed process. Temporary tables and sorts stay in
+                // memory, so no service needs a writable temporary directory for them.
                 conn.batch_execute(&format!(
                     "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; \
-                     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+                     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+                     PRAGMA temp_store = MEMORY;",
                     self.busy_timeout_ms
                 ))
                 .map_err(diesel::r2d2::Error::QueryError)?;

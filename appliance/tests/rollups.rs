@@ -9,31 +9,18 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use appliance::devices::{Device, DeviceKind, DeviceRequest};
+use appliance::devices::{Device, DeviceKind};
 use appliance::readings::{self, NewReading};
 use appliance::rollups::{self, DAY_US, HOUR_US, MINUTE_US, Rollup, WIDTHS};
 use appliance::series::{self, Source, Span};
 use appliance::time::now_us;
 use appliance::{ids::DeviceId, retention};
-use common::{Backend, TestAppliance, test_actor};
+use common::{Backend, TestAppliance, register_device, test_actor};
 
 fn device(t: &TestAppliance, serial: &str) -> Device {
     let org = t.organisation(&format!("Plant of {serial}"));
     let site = t.site(org.id, "Hall 1");
-    Device::register(
-        &t.app.audit,
-        &test_actor(),
-        &DeviceRequest {
-            serial: serial.into(),
-            kind: DeviceKind::Monitor,
-            site: site.id,
-            gateway: None,
-            model: None,
-        },
-        now_us(),
-    )
-    .unwrap()
-    .0
+    register_device(&t.app, site.id, serial, DeviceKind::Monitor)
 }
 
 fn reading(device: DeviceId, seq: i64, metric: &str, value: f64, at: i64) -> NewReading {

@@ -7,7 +7,8 @@
 //! `silent_check_seconds` it looks for silent devices: alerts have one writer too. With
 //! `retention_days` or a size limit set (`retention_max_mib`, or the portal's), every
 //! `retention_check_seconds` it deletes the oldest readings past either
-//! ([`appliance::retention`]), one audited chunk at a time between group commits. Every second it adds what it stored to the minute, hour and day
+//! ([`appliance::retention`]), one audited chunk at a time between group commits. Every
+//! second, and whenever it is idle, it adds what it stored to the minute, hour and day
 //! rollups ([`appliance::rollups`]), which pruning leaves in place; minute rollups are
 //! pruned by age with the same check.
 //!
@@ -146,9 +147,12 @@ fn run(app: Appliance, mut receiver: mpsc::Receiver<Job>) {
                 .store
                 .conn()
                 .and_then(|mut conn| rollups::advance(&mut conn));
-            // Behind means more is due now, after the queued requests.
+            // Behind, it goes on at once while no request waits: rollups take the writer's
+            // idle time, so under more load than it can take they lag (and pruning waits
+            // for them) rather than slowing acknowledgements.
             next_rollup = match rolled {
-                Ok(true) => Instant::now(),
+                Ok(true) if receiver.is_empty() => Instant::now(),
+                Ok(true) => Instant::now() + ROLLUP_EVERY,
                 Ok(false) => Instant::now() + ROLLUP_EVERY,
                 Err(err) => {
                     tracing::error!(error = %err, "rolling up readings failed");
@@ -164,14 +168,9 @@ fn run(app: Appliance, mut receiver: mpsc::Receiver<Job>) {
             let by_size = app
                 .store
                 .conn()
-                .and_then(|mut conn| settings::telemetry_budget_mib(&mut conn, &app.config))
+                .and_then(|mut conn| settings::telemetry_budget_bytes(&mut conn, &app.config))
                 .and_then(|budget| match budget {
-                    Some(mib) => {
-                        let bytes = i64::try_from(mib)
-                            .unwrap_or(i64::MAX)
-                            .saturating_mul(1 << 20);
-                        retention::prune_by_size(&app.audit, &actor, bytes)
-                    }
+                    Some(bytes) => retention::prune_by_size(&app.audit, &actor, bytes),
                     None => Ok(0),
                 });
             let minutes = rollups::prune_minutes(&app.audit, &actor, now_us());

@@ -1,5 +1,5 @@
 //! The ingest service through real clients: curl over HTTPS, mosquitto_pub over MQTT/TLS,
-//! a real `kill -9`, on SQLite and PostgreSQL.
+//! a real `kill -9` (the rollups too), on SQLite and PostgreSQL.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is a failed test
 
 mod common;
@@ -262,6 +262,33 @@ fn acknowledged_readings_survive_kill_9_exactly_once(backend: Backend) {
     assert!(
         missing.is_empty(),
         "acknowledged readings lost: {missing:?}"
+    );
+
+    // The rollups, stepped each second by the ingest across the kills, count each stored
+    // reading once.
+    let mut conn = t.app.store.conn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while appliance::rollups::rolled_through(&mut conn).unwrap()
+        < appliance::readings::last_id(&mut conn).unwrap()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rollups never caught up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Hours: these readings were measured in January, past the keeping of minute rollups.
+    let hours = appliance::rollups::list(
+        &mut conn,
+        monitor.device.id,
+        Some("cycle_count"),
+        appliance::rollups::HOUR_US,
+    )
+    .unwrap();
+    assert_eq!(
+        hours.iter().map(|h| h.count).sum::<i64>(),
+        stored.len() as i64,
+        "rolled up once each"
     );
 }
 

@@ -179,6 +179,31 @@ impl Drop for PostgresDatabase {
     }
 }
 
+/// A device `serial` of `kind` registered now at `site` by the test actor, not behind a
+/// gateway.
+pub fn register_device(
+    app: &Appliance,
+    site: appliance::ids::SiteId,
+    serial: &str,
+    kind: appliance::devices::DeviceKind,
+) -> appliance::devices::Device {
+    let request = appliance::devices::DeviceRequest {
+        serial: serial.into(),
+        kind,
+        site,
+        gateway: None,
+        model: None,
+    };
+    appliance::devices::Device::register(
+        &app.audit,
+        &test_actor(),
+        &request,
+        appliance::time::now_us(),
+    )
+    .expect("register device")
+    .0
+}
+
 #[derive(diesel::QueryableByName)]
 struct One {
     #[diesel(sql_type = diesel::sql_types::Integer)]

@@ -283,11 +283,7 @@ async fn settings_with(
         let mut conn = state2.app.store.conn()?;
         let relay = settings::relay(&mut conn, config, &state2.relay_key()?)?;
         let budget = settings::telemetry_budget_mib(&mut conn, config)?;
-        let budget_bytes = budget.map(|mib| {
-            i64::try_from(mib)
-                .unwrap_or(i64::MAX)
-                .saturating_mul(1 << 20)
-        });
+        let budget_bytes = settings::telemetry_budget_bytes(&mut conn, config)?;
         let outlook = appliance::retention::outlook(&mut conn, budget_bytes, now)?;
         let storage = StorageView {
             budget_mib: budget.map(|b| b.to_string()).unwrap_or_default(),

@@ -15,10 +15,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use appliance::alerts::{self, AlertChange, AlertKind, AlertRule, Measure, RuleRequest, RuleScope};
-use appliance::devices::{Device, DeviceKind, DeviceRequest};
+use appliance::devices::{Device, DeviceKind};
 use appliance::models::{Organisation, Site};
 use appliance::readings::{self, NewReading};
 use appliance::time::{format_us, now_us};
+use testkit::store::register_device;
 
 const MINUTE: i64 = 60_000_000;
 
@@ -65,14 +66,7 @@ fn a_chart_draws_the_readings_gaps_threshold_and_alerts_as_they_are() {
         .unwrap()
         .remove(0);
     let hall = Site::create(&app.audit, &actor, org.id, "Hall 3", "", now_us()).unwrap();
-    let request = DeviceRequest {
-        serial: "MM-0042".into(),
-        kind: DeviceKind::Monitor,
-        site: hall.id,
-        gateway: None,
-        model: None,
-    };
-    let (device, _) = Device::register(&app.audit, &actor, &request, now_us()).unwrap();
+    let device = register_device(app, hall.id, "MM-0042", DeviceKind::Monitor);
     let rule = AlertRule::create(
         &app.audit,
         &actor,
@@ -298,12 +292,7 @@ fn a_chart_draws_the_readings_gaps_threshold_and_alerts_as_they_are() {
     let elsewhere = Organisation::create(&app.audit, &actor, "Elsewhere", now_us()).unwrap();
     let their_site =
         Site::create(&app.audit, &actor, elsewhere.id, "Their hall", "", now_us()).unwrap();
-    let theirs = DeviceRequest {
-        serial: "THEIRS".into(),
-        site: their_site.id,
-        ..request
-    };
-    let (their_device, _) = Device::register(&app.audit, &actor, &theirs, now_us()).unwrap();
+    let their_device = register_device(app, their_site.id, "THEIRS", DeviceKind::Monitor);
     assert_eq!(
         portal
             .get(
@@ -328,18 +317,7 @@ fn a_molds_dashboard_and_its_sites_devices_side_by_side_show_what_was_measured()
         .unwrap()
         .remove(0);
     let hall = Site::create(&app.audit, &actor, org.id, "Hall 3", "", now_us()).unwrap();
-    let register = |serial: &str| {
-        let request = DeviceRequest {
-            serial: serial.into(),
-            kind: DeviceKind::Monitor,
-            site: hall.id,
-            gateway: None,
-            model: None,
-        };
-        Device::register(&app.audit, &actor, &request, now_us())
-            .unwrap()
-            .0
-    };
+    let register = |serial: &str| register_device(app, hall.id, serial, DeviceKind::Monitor);
     let (mold, other) = (register("MOLD-7"), register("MOLD-8"));
     let now = now_us();
     let hour = 60 * MINUTE;
@@ -495,14 +473,7 @@ fn a_years_chart_is_summed_from_rollups_and_outlives_the_raw_readings() {
         .unwrap()
         .remove(0);
     let hall = Site::create(&app.audit, &actor, org.id, "Hall 4", "", now_us()).unwrap();
-    let request = DeviceRequest {
-        serial: "LOGGER-1".into(),
-        kind: DeviceKind::DataLogger,
-        site: hall.id,
-        gateway: None,
-        model: None,
-    };
-    let (logger, _) = Device::register(&app.audit, &actor, &request, now_us()).unwrap();
+    let logger = register_device(app, hall.id, "LOGGER-1", DeviceKind::DataLogger);
     // Four readings a day for 360 days.
     let now = now_us();
     let rows: Vec<NewReading> = (0..360 * 4)

@@ -52,6 +52,7 @@ pub use sessions::{TickReport, end, extend, set_key_switch, tick};
 pub use signal::{active_sites, record_signal};
 pub use sites::{
     Machine, NewMachine, approvers, is_approver, set_approver, site_of, sites_for, user_site,
+    visible_site,
 };
 pub use state::{AccessRequest, State};
 pub use views::{RequestView, Show, banners, find_visible, visible};

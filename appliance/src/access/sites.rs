@@ -49,6 +49,15 @@ pub fn sites_for(conn: &mut DbConnection, user: &User) -> Result<Vec<Site>> {
         .collect())
 }
 
+/// One site `user` may see, or "not found" for any other: another organisation's site
+/// and one that does not exist look the same.
+pub fn visible_site(conn: &mut DbConnection, user: &User, id: i64) -> Result<Site> {
+    sites_for(conn, user)?
+        .into_iter()
+        .find(|s| s.id.0 == id)
+        .ok_or(Error::NotFound("site"))
+}
+
 pub fn approvers(conn: &mut DbConnection, site: SiteId) -> Result<Vec<User>> {
     Ok(site_approvers::table
         .inner_join(users::table)

@@ -155,7 +155,7 @@ async fn site_page_with(
     let (app, account) = (state.app.clone(), user.user.clone());
     let page = blocking(move || {
         let mut conn = app.store.conn()?;
-        let site = visible_site(&mut conn, &account, site)?;
+        let site = access::visible_site(&mut conn, &account, site)?;
         let policy = SitePolicy::of(&mut conn, site.id)?;
         let approvers = access::approvers(&mut conn, site.id)?;
         let candidates = appliance::accounts::accounts_of(&mut conn, site.organisation_id)?
@@ -235,18 +235,6 @@ async fn site_page_with(
     )
 }
 
-/// A site the user can see (their organisation's, or their one site), or "not found".
-fn visible_site(
-    conn: &mut appliance::DbConnection,
-    user: &User,
-    id: i64,
-) -> appliance::error::Result<Site> {
-    access::sites_for(conn, user)?
-        .into_iter()
-        .find(|s| s.id.0 == id)
-        .ok_or(appliance::Error::NotFound("site"))
-}
-
 pub async fn site_page(state: web::Data<AppState>, user: SignedIn, path: web::Path<i64>) -> Page {
     site_page_with(&state, &user, path.into_inner(), None).await
 }
@@ -262,7 +250,7 @@ async fn change_site<T: Send + 'static>(
 ) -> Page {
     let (app, account) = (state.app.clone(), user.user.clone());
     let done = web::block(move || {
-        let found = visible_site(&mut *app.store.conn()?, &account, site)?;
+        let found = access::visible_site(&mut *app.store.conn()?, &account, site)?;
         change(&app, &account, &found)
     })
     .await?;
@@ -314,7 +302,7 @@ pub async fn delete_site(
     let id = path.into_inner();
     let (app, account) = (state.app.clone(), user.user.clone());
     let deleted = web::block(move || {
-        let site = visible_site(&mut *app.store.conn()?, &account, id)?;
+        let site = access::visible_site(&mut *app.store.conn()?, &account, id)?;
         Site::delete(
             &app.audit,
             &Actor::User(account.id),

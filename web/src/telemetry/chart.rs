@@ -281,35 +281,64 @@ impl ChartPage {
     }
 }
 
+/// What a chart page draws: its subject's name, the chart, and the metrics to choose from.
+type Drawn = (String, Chart, Vec<String>);
+
+/// A chart page of the subject at `base` (`/devices/ID` or `/sites/ID`): the range asked
+/// for, resolved as of now, drawn by `draw` for the signed-in user.
+async fn show_chart(
+    state: &AppState,
+    user: &SignedIn,
+    query: &ChartQuery,
+    base: String,
+    draw: impl FnOnce(
+        &mut appliance::DbConnection,
+        &User,
+        &str,
+        (i64, i64),
+        i64,
+    ) -> appliance::error::Result<Drawn>
+    + Send
+    + 'static,
+) -> Page {
+    let (app, account) = (state.app.clone(), user.user.clone());
+    let now = state.now();
+    let (metric, range, from, to) = query.resolve(now)?;
+    let asked = metric.clone();
+    let (subject, chart, metrics) = web::block(move || {
+        let mut conn = app.store.conn()?;
+        draw(&mut conn, &account, &asked, (from, to), now)
+    })
+    .await??;
+    html(&ChartPage::new(
+        user,
+        (subject, base.clone(), format!("{base}/chart")),
+        (metric, metrics, range),
+        (from, to),
+        &chart,
+    ))
+}
+
 pub async fn chart_page(
     state: web::Data<AppState>,
     user: SignedIn,
     path: web::Path<i64>,
     query: web::Query<ChartQuery>,
 ) -> Page {
-    let (app, account, id) = (state.app.clone(), user.user.clone(), path.into_inner());
-    let now = state.now();
-    let (metric, range, from, to) = query.resolve(now)?;
-    let asked = metric.clone();
-    let (device, chart, metrics) = web::block(move || {
-        let mut conn = app.store.conn()?;
-        let (device, _) = visible_device(&mut conn, &account, id)?;
-        let chart = chart_of(&mut conn, &device, &asked, (from, to), now)?;
-        let metrics = series::metrics_of(&mut conn, device.id)?;
-        Ok::<_, appliance::Error>((device, chart, metrics))
-    })
-    .await??;
-    html(&ChartPage::new(
+    let id = path.into_inner();
+    show_chart(
+        &state,
         &user,
-        (
-            device.serial,
-            format!("/devices/{id}"),
-            format!("/devices/{id}/chart"),
-        ),
-        (metric, metrics, range),
-        (from, to),
-        &chart,
-    ))
+        &query,
+        format!("/devices/{id}"),
+        move |conn, account, metric, range, now| {
+            let (device, _) = visible_device(conn, account, id)?;
+            let chart = chart_of(conn, &device, metric, range, now)?;
+            let metrics = series::metrics_of(conn, device.id)?;
+            Ok((device.serial, chart, metrics))
+        },
+    )
+    .await
 }
 
 pub async fn site_chart_page(
@@ -318,34 +347,25 @@ pub async fn site_chart_page(
     path: web::Path<i64>,
     query: web::Query<ChartQuery>,
 ) -> Page {
-    let (app, account, id) = (state.app.clone(), user.user.clone(), path.into_inner());
-    let now = state.now();
-    let (metric, range, from, to) = query.resolve(now)?;
-    let asked = metric.clone();
-    let (site, chart, metrics) = web::block(move || {
-        let mut conn = app.store.conn()?;
-        let site = visible_site(&mut conn, &account, id)?;
-        let chart = site_chart_of(&mut conn, &site, &asked, (from, to), now)?;
-        let mut metrics = Vec::new();
-        for device in Device::list_for_site(&mut conn, site.id)? {
-            metrics.extend(series::metrics_of(&mut conn, device.id)?);
-        }
-        metrics.sort();
-        metrics.dedup();
-        Ok::<_, appliance::Error>((site, chart, metrics))
-    })
-    .await??;
-    html(&ChartPage::new(
+    let id = path.into_inner();
+    show_chart(
+        &state,
         &user,
-        (
-            site.name,
-            format!("/sites/{id}"),
-            format!("/sites/{id}/chart"),
-        ),
-        (metric, metrics, range),
-        (from, to),
-        &chart,
-    ))
+        &query,
+        format!("/sites/{id}"),
+        move |conn, account, metric, range, now| {
+            let site = visible_site(conn, account, id)?;
+            let chart = site_chart_of(conn, &site, metric, range, now)?;
+            let mut metrics = Vec::new();
+            for device in Device::list_for_site(conn, site.id)? {
+                metrics.extend(series::metrics_of(conn, device.id)?);
+            }
+            metrics.sort();
+            metrics.dedup();
+            Ok((site.name, chart, metrics))
+        },
+    )
+    .await
 }
 
 /// The characters of an RFC 3339 time that a query string must escape.

@@ -15,17 +15,4 @@ pub mod input;
 pub mod rules;
 pub mod svg;
 
-use appliance::DbConnection;
-use appliance::models::{Site, User};
-
-/// The sites `user` can see, or "not found" for one they cannot.
-pub(crate) fn visible_site(
-    conn: &mut DbConnection,
-    user: &User,
-    id: i64,
-) -> appliance::error::Result<Site> {
-    appliance::access::sites_for(conn, user)?
-        .into_iter()
-        .find(|s| s.id.0 == id)
-        .ok_or(appliance::Error::NotFound("site"))
-}
+pub(crate) use appliance::access::visible_site;
