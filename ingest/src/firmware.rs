@@ -18,6 +18,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::auth::{authenticated, bearer};
+use crate::body::read_within;
 use crate::error::IngestError;
 use crate::shared::Shared;
 
@@ -261,13 +262,7 @@ async fn post_status(
     let secret = bearer(&req)?;
     let source = source(&req);
     let id = FirmwareId(path.into_inner());
-    let body = payload
-        .to_bytes_limited(MAX_STATUS_BYTES)
-        .await
-        .map_err(|_| IngestError::TooLarge {
-            limit: MAX_STATUS_BYTES,
-        })?
-        .map_err(|err| IngestError::BadJson(format!("the body could not be read: {err}")))?;
+    let body = read_within(payload, MAX_STATUS_BYTES).await?;
     let receipt = web::block(move || {
         let device = authenticate(&shared, &secret, &source)?;
         let report: StatusReport =

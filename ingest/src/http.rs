@@ -10,6 +10,7 @@ use appliance::devices::{self, Device};
 use appliance::time::now_us;
 
 use crate::auth::{PeerCertificate, authenticated, bearer};
+use crate::body::read_within;
 use crate::decode::{self, Format};
 use crate::error::IngestError;
 use crate::shared::Shared;
@@ -140,13 +141,7 @@ async fn post_readings(
     .await
     .map_err(|_| IngestError::Unavailable)??;
     authenticated(&req);
-    let body = payload
-        .to_bytes_limited(limits.max_body_bytes)
-        .await
-        .map_err(|_| IngestError::TooLarge {
-            limit: limits.max_body_bytes,
-        })?
-        .map_err(|err| IngestError::BadJson(format!("the body could not be read: {err}")))?;
+    let body = read_within(payload, limits.max_body_bytes).await?;
     let worker = shared.clone();
     let accepted = web::block(move || {
         let body = if gzipped {

@@ -2,6 +2,7 @@
 //! group-committing writer, with alerts (their emails go through the one mail outbox).
 
 pub mod auth;
+pub mod body;
 pub mod decode;
 pub mod deliver;
 pub mod error;

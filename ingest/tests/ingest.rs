@@ -134,6 +134,14 @@ fn bad_input_gets_a_4xx_with_a_reason_and_stores_nothing(backend: Backend) {
             "body.too_large",
         ),
         (
+            // Sixty times the limit: answered with its reason, not a reset connection.
+            "body far over the limit",
+            batch(None, "temperature_c", 1, 40_000, 20.0).into_bytes(),
+            vec![],
+            413,
+            "body.too_large",
+        ),
+        (
             "bad gzip",
             b"definitely not gzip".to_vec(),
             vec!["-H", "Content-Encoding: gzip"],
