@@ -5,6 +5,7 @@ pub mod access;
 pub mod accounts;
 pub mod alerts;
 pub mod audit;
+pub mod blocks;
 pub mod config;
 pub mod connectors;
 pub mod device_ca;

@@ -11,6 +11,7 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 
 use crate::audit::{Actor, Audit, AuditEvent};
+use crate::blocks;
 use crate::error::Result;
 use crate::readings::prune_received_before;
 use crate::schema::readings;
@@ -135,6 +136,12 @@ pub fn outlook(conn: &mut DbConnection, budget_bytes: Option<i64>, now: i64) -> 
         ))
         .first(conn)?;
     let used_bytes = used_bytes(conn)?;
+    let min_row = min.unwrap_or(i64::MAX);
+    // Ids are dense across rows and blocks: the lowest of either starts the count.
+    let min = match (blocks::lowest_id(conn)?, min) {
+        (Some(sealed), Some(row)) => Some(sealed.min(row)),
+        (sealed, row) => sealed.or(row),
+    };
     let (Some(min), Some(max)) = (min, max) else {
         return Ok(Outlook {
             used_bytes,
@@ -144,7 +151,13 @@ pub fn outlook(conn: &mut DbConnection, budget_bytes: Option<i64>, now: i64) -> 
         });
     };
     let readings = max - min + 1;
-    let last_day = max + 1 - first_id_since(conn, (min, max), now - 86_400_000_000)?;
+    let day_ago = now - 86_400_000_000;
+    let mut since = first_id_since(conn, (min, max), day_ago)?;
+    if since <= min_row {
+        // Every row arrived within the day: the day began among the sealed readings.
+        since = blocks::first_id_received_since(conn, day_ago)?.unwrap_or(since);
+    }
+    let last_day = max + 1 - since;
     let days = match (budget_bytes, used_bytes) {
         (Some(budget), Some(used)) if last_day > 0 && readings > 0 => {
             let per_reading = used as f64 / readings as f64;

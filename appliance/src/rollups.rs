@@ -24,7 +24,7 @@ use crate::audit::{Actor, Audit, AuditEvent};
 use crate::error::Result;
 use crate::ids::DeviceId;
 use crate::schema::{reading_rollups, readings, rollup_progress};
-use crate::store::DbConnection;
+use crate::store::{DbConnection, lock_for_writing};
 use crate::time::format_us;
 
 pub const MINUTE_US: i64 = 60_000_000;
@@ -54,6 +54,7 @@ pub fn rolled_through(conn: &mut DbConnection) -> Result<i64> {
 /// returns whether readings stored before this call remain to be rolled up.
 pub fn advance(conn: &mut DbConnection) -> Result<bool> {
     conn.transaction(|conn| {
+        lock_for_writing(conn)?;
         let from = rolled_through(conn)?;
         let newest: Option<i64> = readings::table
             .select(diesel::dsl::max(readings::id))

@@ -331,6 +331,7 @@ diesel::allow_tables_to_appear_in_same_query!(
 diesel::allow_tables_to_appear_in_same_query!(
     devices,
     readings,
+    reading_blocks,
     alert_rules,
     alerts,
     sites,
@@ -497,6 +498,25 @@ diesel::table! {
         last_measured_at_us -> BigInt,
     }
 }
+
+diesel::table! {
+    reading_blocks (id) {
+        id -> BigInt,
+        device_id -> BigInt,
+        metric -> Text,
+        count -> BigInt,
+        first_id -> BigInt,
+        last_id -> BigInt,
+        min_seq -> BigInt,
+        max_seq -> BigInt,
+        min_measured_at_us -> BigInt,
+        max_measured_at_us -> BigInt,
+        max_received_at_us -> BigInt,
+        data -> Binary,
+    }
+}
+
+diesel::joinable!(reading_blocks -> devices (device_id));
 
 diesel::table! {
     rollup_progress (id) {

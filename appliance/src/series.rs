@@ -6,11 +6,15 @@
 //! millions, and still draw once the raw readings are pruned. A bucket with no reading is
 //! absent: the chart shows a gap there rather than a line drawn across it.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Text};
 
+use crate::blocks;
 use crate::error::{Error, Result};
 use crate::ids::DeviceId;
+use crate::readings;
 use crate::rollups::{DAY_US, HOUR_US, MINUTE_ROLLUPS_KEPT_DAYS, MINUTE_US};
 use crate::store::DbConnection;
 
@@ -133,12 +137,14 @@ pub fn buckets_from(
 ) -> Result<Vec<Bucket>> {
     let (from, to, width) = (span.from_us, span.to_us, span.width_us());
     // One statement for both backends but for its placeholders (`device`, `metric`): the
-    // integers are the span's own. Integer division truncates toward zero on both, so a
+    // integers are the span's own. The mean is the sum over the count: PostgreSQL's `avg`
+    // of doubles also sums their squares, which overflows (an error, not a chart) for
+    // values above about 1e154. Integer division truncates toward zero on both, so a
     // rollup starting up to a bucket before `from` gets index 0.
     let statement = match source {
         Source::Readings => format!(
             "SELECT ((measured_at_us - {from}) / {width}) AS \"index\", count(*) AS count, \
-             min(value) AS min, max(value) AS max, avg(value) AS mean \
+             min(value) AS min, max(value) AS max, sum(value) / count(*) AS mean \
              FROM readings WHERE device_id = ?device AND metric = ?metric \
              AND measured_at_us >= {from} AND measured_at_us < {to} \
              GROUP BY 1 ORDER BY 1"
@@ -167,7 +173,47 @@ pub fn buckets_from(
                 .load::<Bucket>(c)?
         }
     };
-    Ok(rows)
+    if source != Source::Readings {
+        return Ok(rows);
+    }
+    let sealed = readings::sealed_points(conn, device, metric, (from, to))?;
+    Ok(add_points(rows, &sealed, span))
+}
+
+/// `buckets` (in index order) with `points` (measured in the span) counted in as well.
+fn add_points(buckets: Vec<Bucket>, points: &[(f64, i64)], span: Span) -> Vec<Bucket> {
+    if points.is_empty() {
+        return buckets;
+    }
+    let mut by_index: BTreeMap<i64, (Bucket, f64)> = buckets
+        .into_iter()
+        .map(|b| (b.index, (b.clone(), b.mean * b.count as f64)))
+        .collect();
+    let width = span.width_us();
+    for &(value, at) in points {
+        let index = (at - span.from_us) / width;
+        let (bucket, sum) = by_index.entry(index).or_insert((
+            Bucket {
+                index,
+                count: 0,
+                min: value,
+                max: value,
+                mean: 0.0,
+            },
+            0.0,
+        ));
+        bucket.count += 1;
+        bucket.min = bucket.min.min(value);
+        bucket.max = bucket.max.max(value);
+        *sum += value;
+    }
+    by_index
+        .into_values()
+        .map(|(bucket, sum)| Bucket {
+            mean: sum / bucket.count as f64,
+            ..bucket
+        })
+        .collect()
 }
 
 #[derive(QueryableByName)]
@@ -198,5 +244,7 @@ pub fn metrics_of(conn: &mut DbConnection, device: DeviceId) -> Result<Vec<Strin
             .bind::<BigInt, _>(device.0)
             .load::<Metric>(c)?,
     };
-    Ok(rows.into_iter().map(|m| m.metric).collect())
+    let mut metrics: BTreeSet<String> = rows.into_iter().map(|m| m.metric).collect();
+    metrics.extend(blocks::metrics_of(conn, device)?);
+    Ok(metrics.into_iter().collect())
 }

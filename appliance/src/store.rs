@@ -43,6 +43,19 @@ macro_rules! on_backend {
 /// Inside the core, the macro is named by its floor: `use crate::store::on_backend`.
 pub(crate) use on_backend;
 
+/// Run first inside a transaction that reads and then writes: on SQLite it takes the write
+/// lock before anything is read, waiting `busy_timeout` for it like any write. Otherwise the
+/// transaction reads under a snapshot and, if another connection commits first, its first
+/// write fails at once with "database is locked" (SQLite cannot move a reader's snapshot
+/// forward), which no timeout waits out. PostgreSQL locks rows as it writes: nothing to do.
+pub fn lock_for_writing(conn: &mut DbConnection) -> Result<()> {
+    if let DbConnection::Sqlite(c) = conn {
+        // A write that changes no row still takes the lock.
+        c.batch_execute("DELETE FROM __diesel_schema_migrations WHERE 0")?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,

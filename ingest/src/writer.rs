@@ -10,7 +10,9 @@
 //! ([`appliance::retention`]), one audited chunk at a time between group commits. Every
 //! second, and whenever it is idle, it adds what it stored to the minute, hour and day
 //! rollups ([`appliance::rollups`]), which pruning leaves in place; minute rollups are
-//! pruned by age with the same check.
+//! pruned by age with the same check. Once the period readings were received in has ended
+//! (`seal_period_seconds`, a UTC day by default), it seals them into compressed blocks
+//! ([`appliance::blocks`]), one series at a time, in the same idle time.
 //!
 //! Each request comes with the credential its sender authenticated with, and the group's
 //! transaction first checks and holds every one of them ([`Credential::hold`]): a request
@@ -28,7 +30,7 @@ use appliance::ids::DeviceId;
 use appliance::readings::{self, DeviceState, NewReading};
 use appliance::time::now_us;
 use appliance::{Actor, Appliance, Error};
-use appliance::{retention, rollups, settings};
+use appliance::{blocks, retention, rollups, settings};
 use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -108,8 +110,15 @@ fn run(app: Appliance, mut receiver: mpsc::Receiver<Job>) {
     let prune_every = Duration::from_secs(app.config.ingest.retention_check_seconds);
     let mut next_prune = Instant::now();
     let mut next_rollup = Instant::now();
+    let seal_period = i64::try_from(app.config.ingest.seal_period_seconds)
+        .unwrap_or(86_400)
+        .saturating_mul(1_000_000);
+    let mut next_seal = Instant::now();
     loop {
-        let next_timer = next_silent_check.min(next_prune).min(next_rollup);
+        let next_timer = next_silent_check
+            .min(next_prune)
+            .min(next_rollup)
+            .min(next_seal);
         let wait = next_timer.saturating_duration_since(Instant::now());
         let first = runtime.block_on(async { tokio::time::timeout(wait, receiver.recv()).await });
         match first {
@@ -160,6 +169,26 @@ fn run(app: Appliance, mut receiver: mpsc::Receiver<Job>) {
                 }
             };
         }
+        if Instant::now() >= next_seal {
+            // Readings received in a period that has ended: a UTC day by default.
+            let now = now_us();
+            let received_before = now - now.rem_euclid(seal_period);
+            let sealed = app
+                .store
+                .conn()
+                .and_then(|mut conn| blocks::seal_next(&mut conn, received_before));
+            // Like rollups, sealing takes the writer's idle time, and one block a second
+            // when it is busy.
+            next_seal = match sealed {
+                Ok(0) => Instant::now() + SEAL_IDLE_CHECK,
+                Ok(_) if receiver.is_empty() => Instant::now(),
+                Ok(_) => Instant::now() + ROLLUP_EVERY,
+                Err(err) => {
+                    tracing::error!(error = %err, "sealing readings failed");
+                    Instant::now() + SEAL_IDLE_CHECK
+                }
+            };
+        }
         if Instant::now() >= next_prune {
             let by_age = retention_days.map_or(Ok(0), |days| {
                 retention::prune_by_age(&app.audit, &actor, days, now_us())
@@ -186,6 +215,9 @@ fn run(app: Appliance, mut receiver: mpsc::Receiver<Job>) {
         }
     }
 }
+
+/// How often the writer looks for readings to seal when it last found none.
+const SEAL_IDLE_CHECK: Duration = Duration::from_secs(10);
 
 /// How often the writer rolls up what it stored ([`rollups::advance`]); so long-range
 /// charts trail the newest readings by about this much.

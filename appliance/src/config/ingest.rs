@@ -42,6 +42,10 @@ pub struct IngestConfig {
     pub retention_max_mib: Option<u64>,
     /// How often the writer looks for readings past retention.
     pub retention_check_seconds: u64,
+    /// Readings stay rows until the period (counted in whole periods from the Unix epoch,
+    /// so a day is a UTC day) they were received in has ended; then the writer seals them
+    /// into compressed blocks ([`crate::blocks`]).
+    pub seal_period_seconds: u64,
     /// One deadline for a new connection to prove who it is: MQTT's TLS handshake and
     /// CONNECT together; HTTPS's TLS handshake and first request head together (half each),
     /// and again any body read before the request authenticated. Slow or silent clients are
@@ -77,6 +81,7 @@ impl Default for IngestConfig {
             retention_days: None,
             retention_max_mib: None,
             retention_check_seconds: 3600,
+            seal_period_seconds: 86_400,
             handshake_timeout_seconds: 10,
             max_unauthenticated: 256,
             max_unauthenticated_per_address: 32,
@@ -184,6 +189,13 @@ impl IngestConfig {
                 "ingest.retention_check_seconds",
                 self.retention_check_seconds,
                 "must be 1-86400",
+            ));
+        }
+        if !(1..=7 * 86_400).contains(&self.seal_period_seconds) {
+            return Err(ConfigError::new(
+                "ingest.seal_period_seconds",
+                self.seal_period_seconds,
+                "must be 1-604800 (a week)",
             ));
         }
         if !(1..=3600).contains(&self.silent_check_seconds) {

@@ -72,6 +72,10 @@ pub enum StoreError {
     },
     #[error("store migration failed: {0}")]
     Migration(String),
+    /// Stored data that cannot be read back: a block of sealed readings that does not
+    /// decode to what its row says it holds.
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
     #[error("cannot take the migration lock {path}: {source}")]
     MigrationLock {
         path: PathBuf,
@@ -108,6 +112,7 @@ impl Error {
             Error::Store(StoreError::Pool(_)) => "store.unavailable",
             Error::Store(StoreError::Missing { .. }) => "store.missing",
             Error::Store(StoreError::Query(_)) => "store.query_failed",
+            Error::Store(StoreError::Corrupt(_)) => "store.corrupt",
             Error::Store(StoreError::Migration(_) | StoreError::MigrationLock { .. }) => {
                 "store.migration_failed"
             }

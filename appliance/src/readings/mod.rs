@@ -1,17 +1,25 @@
 //! Telemetry readings: what devices report, stored once per (device, sequence number).
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use diesel::prelude::*;
 use serde::Serialize;
 
-use crate::audit::ExportFormat;
-use crate::audit::export::neutralise_formula;
+use crate::blocks::{self, Scope};
 use crate::error::{Error, Result};
 use crate::ids::{DeviceId, SiteId};
 use crate::rollups;
 use crate::schema::{devices, readings};
 use crate::store::DbConnection;
-use crate::store::on_backend;
-use crate::time::format_us;
+
+mod export;
+mod query;
+
+pub use export::{CSV_HEADER, export, for_each_reading};
+pub use query::{
+    count_for, latest_points, latest_values, page, page_after, points_between, points_since,
+    sealed_points, seqs_for,
+};
 
 /// Metrics every monitor and logger may report; any other name matching
 /// [`is_metric_name`] is a custom metric.
@@ -143,6 +151,40 @@ impl NewReading {
 /// inserts themselves. On PostgreSQL rows go in large multi-row statements, to save round
 /// trips.
 pub fn insert_new(conn: &mut DbConnection, rows: &[NewReading]) -> Result<usize> {
+    let sealed = already_sealed(conn, rows)?;
+    if sealed.is_empty() {
+        return insert_rows(conn, rows);
+    }
+    let fresh: Vec<NewReading> = rows
+        .iter()
+        .filter(|r| !sealed.contains(&(r.device_id, r.seq)))
+        .cloned()
+        .collect();
+    insert_rows(conn, &fresh)
+}
+
+/// The (device, seq) of `rows` already sealed into blocks ([`crate::blocks`]), which the
+/// rows' unique index no longer sees.
+fn already_sealed(
+    conn: &mut DbConnection,
+    rows: &[NewReading],
+) -> Result<BTreeSet<(DeviceId, i64)>> {
+    let mut by_device: BTreeMap<DeviceId, Vec<i64>> = BTreeMap::new();
+    for row in rows {
+        by_device.entry(row.device_id).or_default().push(row.seq);
+    }
+    let mut sealed = BTreeSet::new();
+    for (device, seqs) in by_device {
+        sealed.extend(
+            blocks::sealed_seqs(conn, device, &seqs)?
+                .into_iter()
+                .map(|seq| (device, seq)),
+        );
+    }
+    Ok(sealed)
+}
+
+fn insert_rows(conn: &mut DbConnection, rows: &[NewReading]) -> Result<usize> {
     let mut stored = 0;
     match conn {
         // INSERT OR IGNORE is SQLite's ON CONFLICT DO NOTHING.
@@ -198,7 +240,15 @@ fn insert_fixed<const N: usize>(
 /// Only readings already counted in the rollups go, and never the newest reading: SQLite
 /// hands out the next id after the largest one left, and ids must keep growing for the
 /// rollups and live streams that follow them ([`crate::rollups`]).
+///
+/// Sealed readings are older than rows, so whole blocks go first, each once every reading
+/// in it was received before the cutoff.
 pub fn prune_received_before(conn: &mut DbConnection, cutoff_us: i64, chunk: i64) -> Result<usize> {
+    let blocks_per_chunk = (chunk / blocks::BLOCK_MAX).max(1);
+    let sealed = blocks::prune_received_before(conn, cutoff_us, blocks_per_chunk)?;
+    if sealed > 0 {
+        return Ok(sealed);
+    }
     let deletable = rollups::rolled_through(conn)?.min(last_id(conn)? - 1);
     let oldest: Vec<(i64, i64)> = readings::table
         .filter(readings::id.le(deletable))
@@ -223,37 +273,6 @@ pub fn last_id(conn: &mut DbConnection) -> Result<i64> {
         .select(diesel::dsl::max(readings::id))
         .first::<Option<i64>>(conn)?
         .unwrap_or(0))
-}
-
-/// Up to `limit` readings with an id above `after` that `filter` selects, in id (storage)
-/// order, each with its device's serial: what a live stream sends next.
-pub fn page_after(
-    conn: &mut DbConnection,
-    filter: &ExportFilter,
-    after: i64,
-    limit: i64,
-) -> Result<Vec<(String, Reading)>> {
-    let mut query = readings::table
-        .inner_join(devices::table)
-        .select((devices::serial, Reading::as_select()))
-        .filter(readings::id.gt(after))
-        .into_boxed();
-    if let Some(site) = filter.site {
-        query = query.filter(devices::site_id.eq(site));
-    }
-    if let Some(device) = filter.device {
-        query = query.filter(readings::device_id.eq(device));
-    }
-    if let Some(metric) = &filter.metric {
-        query = query.filter(readings::metric.eq(metric.clone()));
-    }
-    if let Some(since) = filter.since_us {
-        query = query.filter(readings::measured_at_us.ge(since));
-    }
-    if let Some(until) = filter.until_us {
-        query = query.filter(readings::measured_at_us.lt(until));
-    }
-    Ok(query.order(readings::id).limit(limit).load(conn)?)
 }
 
 /// What a device reports about itself besides readings.
@@ -311,136 +330,6 @@ pub fn update_state(
     Ok(())
 }
 
-/// One page of a device's readings in storage order: up to `limit` with an id above `after`
-/// (the previous page's last id), optionally of one metric and measured in `[since, until)`.
-pub fn page(
-    conn: &mut DbConnection,
-    device: DeviceId,
-    metric: Option<&str>,
-    since_us: Option<i64>,
-    until_us: Option<i64>,
-    after: Option<i64>,
-    limit: i64,
-) -> Result<Vec<Reading>> {
-    let mut query = readings::table
-        .filter(readings::device_id.eq(device))
-        .into_boxed();
-    if let Some(metric) = metric {
-        query = query.filter(readings::metric.eq(metric.to_owned()));
-    }
-    if let Some(since) = since_us {
-        query = query.filter(readings::measured_at_us.ge(since));
-    }
-    if let Some(until) = until_us {
-        query = query.filter(readings::measured_at_us.lt(until));
-    }
-    if let Some(after) = after {
-        query = query.filter(readings::id.gt(after));
-    }
-    Ok(query
-        .order(readings::id)
-        .limit(limit)
-        .select(Reading::as_select())
-        .load(conn)?)
-}
-
-/// The latest `n` values of a device's metric, newest first.
-pub fn latest_values(
-    conn: &mut DbConnection,
-    device: DeviceId,
-    metric: &str,
-    n: i64,
-) -> Result<Vec<f64>> {
-    Ok(readings::table
-        .filter(readings::device_id.eq(device))
-        .filter(readings::metric.eq(metric))
-        .order((readings::measured_at_us.desc(), readings::seq.desc()))
-        .limit(n)
-        .select(readings::value)
-        .load(conn)?)
-}
-
-/// Up to `n` (value, measured_at_us) of a device's metric measured before `before_us` (or
-/// at all), newest first.
-pub fn latest_points(
-    conn: &mut DbConnection,
-    device: DeviceId,
-    metric: &str,
-    before_us: Option<i64>,
-    n: i64,
-) -> Result<Vec<(f64, i64)>> {
-    let mut query = readings::table
-        .filter(readings::device_id.eq(device))
-        .filter(readings::metric.eq(metric.to_owned()))
-        .into_boxed();
-    if let Some(before) = before_us {
-        query = query.filter(readings::measured_at_us.lt(before));
-    }
-    Ok(query
-        .order((readings::measured_at_us.desc(), readings::seq.desc()))
-        .limit(n)
-        .select((readings::value, readings::measured_at_us))
-        .load(conn)?)
-}
-
-/// Every (value, measured_at_us) of a device's metric measured at or after `since_us`,
-/// newest first.
-pub fn points_since(
-    conn: &mut DbConnection,
-    device: DeviceId,
-    metric: &str,
-    since_us: i64,
-) -> Result<Vec<(f64, i64)>> {
-    Ok(readings::table
-        .filter(readings::device_id.eq(device))
-        .filter(readings::metric.eq(metric))
-        .filter(readings::measured_at_us.ge(since_us))
-        .order((readings::measured_at_us.desc(), readings::seq.desc()))
-        .select((readings::value, readings::measured_at_us))
-        .load(conn)?)
-}
-
-/// Up to `limit` (value, measured_at_us) of a device's readings measured in
-/// `[since_us, until_us)`, oldest first: of one metric, or of every metric when `metric` is
-/// `None` (a silence check needs only when something arrived).
-pub fn points_between(
-    conn: &mut DbConnection,
-    device: DeviceId,
-    metric: Option<&str>,
-    (since_us, until_us): (i64, i64),
-    limit: i64,
-) -> Result<Vec<(f64, i64)>> {
-    let mut query = readings::table
-        .filter(readings::device_id.eq(device))
-        .filter(readings::measured_at_us.ge(since_us))
-        .filter(readings::measured_at_us.lt(until_us))
-        .into_boxed();
-    if let Some(metric) = metric {
-        query = query.filter(readings::metric.eq(metric.to_owned()));
-    }
-    Ok(query
-        .order((readings::measured_at_us, readings::seq))
-        .select((readings::value, readings::measured_at_us))
-        .limit(limit)
-        .load(conn)?)
-}
-
-pub fn count_for(conn: &mut DbConnection, device: DeviceId) -> Result<i64> {
-    Ok(readings::table
-        .filter(readings::device_id.eq(device))
-        .count()
-        .get_result(conn)?)
-}
-
-/// The stored sequence numbers of a device, ascending.
-pub fn seqs_for(conn: &mut DbConnection, device: DeviceId) -> Result<Vec<i64>> {
-    Ok(readings::table
-        .filter(readings::device_id.eq(device))
-        .order(readings::seq)
-        .select(readings::seq)
-        .load(conn)?)
-}
-
 /// Which readings an export holds; every field narrows it. Times are `[since, until)` on
 /// the time the device measured.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -452,112 +341,16 @@ pub struct ExportFilter {
     pub until_us: Option<i64>,
 }
 
-pub const CSV_HEADER: [&str; 7] = [
-    "device",
-    "seq",
-    "metric",
-    "value",
-    "measured_at",
-    "measured_at_us",
-    "received_at_us",
-];
-
-#[derive(Serialize)]
-struct JsonLine<'a> {
-    device: &'a str,
-    seq: i64,
-    metric: &'a str,
-    value: f64,
-    measured_at: String,
-    measured_at_us: i64,
-    received_at_us: i64,
-}
-
-/// Calls `visit` with each reading `filter` selects and its device's serial, in time order,
-/// through one cursor (nothing is collected, so there is no row cap); returns how many.
-pub fn for_each_reading(
-    conn: &mut DbConnection,
-    filter: &ExportFilter,
-    mut visit: impl FnMut(&str, &Reading) -> Result<()>,
-) -> Result<u64> {
-    let mut seen = 0;
-    on_backend!(conn, c => {
-        let mut query = readings::table
-            .inner_join(devices::table)
-            .select((devices::serial, Reading::as_select()))
-            .order((readings::measured_at_us, readings::device_id, readings::seq))
-            .into_boxed();
-        if let Some(site) = filter.site {
-            query = query.filter(devices::site_id.eq(site));
-        }
-        if let Some(device) = filter.device {
-            query = query.filter(readings::device_id.eq(device));
-        }
-        if let Some(metric) = &filter.metric {
-            query = query.filter(readings::metric.eq(metric.clone()));
-        }
-        if let Some(since) = filter.since_us {
-            query = query.filter(readings::measured_at_us.ge(since));
-        }
-        if let Some(until) = filter.until_us {
-            query = query.filter(readings::measured_at_us.lt(until));
-        }
-        for row in query.load_iter::<(String, Reading), diesel::connection::DefaultLoadingMode>(c)? {
-            let (serial, reading) = row?;
-            seen += 1;
-            visit(&serial, &reading)?;
-        }
-    });
-    Ok(seen)
-}
-
-/// Streams the readings `filter` selects to `out` and returns how many it wrote. In CSV,
-/// text cells a spreadsheet would run as a formula are prefixed with `'` (OWASP's
-/// CSV-injection advice); numbers stay numbers.
-pub fn export(
-    conn: &mut DbConnection,
-    filter: &ExportFilter,
-    format: ExportFormat,
-    out: impl std::io::Write,
-) -> Result<u64> {
-    use std::io::Write as _;
-    let failed = |err: &dyn std::fmt::Display| Error::invalid("output", err.to_string());
-    match format {
-        ExportFormat::Csv => {
-            let mut w = csv::Writer::from_writer(out);
-            w.write_record(CSV_HEADER).map_err(|e| failed(&e))?;
-            let count = for_each_reading(conn, filter, |serial, r| {
-                w.write_record([
-                    &*neutralise_formula(serial),
-                    &r.seq.to_string(),
-                    &*neutralise_formula(&r.metric),
-                    &r.value.to_string(),
-                    &format_us(r.measured_at_us),
-                    &r.measured_at_us.to_string(),
-                    &r.received_at_us.to_string(),
-                ])
-                .map_err(|e| failed(&e))
-            })?;
-            w.flush().map_err(|e| failed(&e))?;
-            Ok(count)
-        }
-        ExportFormat::Jsonl => {
-            let mut out = std::io::BufWriter::new(out);
-            let count = for_each_reading(conn, filter, |serial, r| {
-                let line = JsonLine {
-                    device: serial,
-                    seq: r.seq,
-                    metric: &r.metric,
-                    value: r.value,
-                    measured_at: format_us(r.measured_at_us),
-                    measured_at_us: r.measured_at_us,
-                    received_at_us: r.received_at_us,
-                };
-                serde_json::to_writer(&mut out, &line).map_err(|e| failed(&e))?;
-                out.write_all(b"\n").map_err(|e| failed(&e))
-            })?;
-            out.flush().map_err(|e| failed(&e))?;
-            Ok(count)
+impl ExportFilter {
+    /// The blocks of sealed readings this filter may need.
+    fn scope(&self) -> Scope<'_> {
+        Scope {
+            site: self.site,
+            device: self.device,
+            metric: self.metric.as_deref(),
+            since_us: self.since_us,
+            until_us: self.until_us,
+            after_id: None,
         }
     }
 }
