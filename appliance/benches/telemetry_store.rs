@@ -4,17 +4,21 @@
 //! `TELEMETRY_BENCH_DEVICES` devices (default 100) × 10 metrics, one reading every 10 s for
 //! `TELEMETRY_BENCH_DAYS` days (default 30; the issue's full size is 260 million readings),
 //! stored in batches as the ingest's writer stores them and rolled up as it rolls them up,
+//! then seals them all into compressed blocks as the writer does once their day has ended,
 //! and prints:
-//! - bytes per reading at rest, the readings and their indexes apart from the rollups;
-//! - chart query times (p50, p99) for one metric over a day (from the readings) and over a
-//!   year (from the hourly rollups of a device that sent every 10 minutes for a year);
-//! - the CSV export rate.
+//! - bytes per reading at rest: as rows with their indexes, sealed in blocks, and the
+//!   rollups, each apart;
+//! - chart query times (p50, p99) for one metric over a day (from rows, then from sealed
+//!   blocks) and over a year (from the hourly rollups of a device that sent every 10
+//!   minutes for a year);
+//! - the CSV export rate, from rows and from sealed blocks.
 //!
 //! Under `cargo test` the same code runs on one device for a day, so it cannot rot.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // bench code: a failed expectation is a failed run
 
 use std::time::{Duration, Instant};
 
+use appliance::blocks;
 use appliance::devices::DeviceKind;
 use appliance::ids::DeviceId;
 use appliance::readings::{self, ExportFilter, NewReading};
@@ -131,12 +135,20 @@ struct TableSize {
     bytes: i64,
 }
 
-/// The bytes the readings (with their indexes) and the rollups take at rest.
-fn at_rest(conn: &mut DbConnection) -> (i64, i64) {
+/// The bytes at rest of the readings' rows (with their indexes), of the sealed blocks (with
+/// theirs) and of the rollups.
+struct AtRest {
+    rows: i64,
+    blocks: i64,
+    rollups: i64,
+}
+
+fn at_rest(conn: &mut DbConnection) -> AtRest {
     let rows: Vec<TableSize> = match conn {
         // The page-level statistics of SQLite's dbstat table, per table and index.
         DbConnection::Sqlite(c) => diesel::sql_query(
             "SELECT CASE WHEN name LIKE '%rollup%' THEN 'rollups' \
+                    WHEN name LIKE '%block%' THEN 'blocks' \
                     WHEN name LIKE '%reading%' THEN 'readings' ELSE 'other' END AS name, \
                     sum(pgsize) AS bytes FROM dbstat GROUP BY 1",
         )
@@ -144,13 +156,37 @@ fn at_rest(conn: &mut DbConnection) -> (i64, i64) {
         .unwrap(),
         DbConnection::Postgres(c) => diesel::sql_query(
             "SELECT 'readings' AS name, pg_total_relation_size('readings') AS bytes \
+             UNION ALL SELECT 'blocks', pg_total_relation_size('reading_blocks') \
              UNION ALL SELECT 'rollups', pg_total_relation_size('reading_rollups')",
         )
         .load(c)
         .unwrap(),
     };
     let of = |name: &str| rows.iter().find(|r| r.name == name).map_or(0, |r| r.bytes);
-    (of("readings"), of("rollups"))
+    AtRest {
+        rows: of("readings"),
+        blocks: of("blocks"),
+        rollups: of("rollups"),
+    }
+}
+
+fn vacuum(t: &TestAppliance) {
+    if let DbConnection::Postgres(c) = &mut *t.conn() {
+        diesel::sql_query("VACUUM ANALYZE").execute(c).unwrap();
+    }
+}
+
+/// Exports every reading as CSV; returns how many and the rate.
+fn export_rate(t: &TestAppliance) -> (u64, f64) {
+    let started = Instant::now();
+    let exported = readings::export(
+        &mut t.conn(),
+        &ExportFilter::default(),
+        ExportFormat::Csv,
+        std::io::sink(),
+    )
+    .unwrap();
+    (exported, exported as f64 / started.elapsed().as_secs_f64())
 }
 
 /// (p50, p99) in milliseconds.
@@ -195,35 +231,34 @@ fn run(backend: Backend, size: &Size) {
     let started = Instant::now();
     rollups::catch_up(&mut t.conn()).unwrap();
     let rollup_s = started.elapsed().as_secs_f64();
-    if let DbConnection::Postgres(c) = &mut *t.conn() {
-        diesel::sql_query("VACUUM ANALYZE").execute(c).unwrap();
-    }
-    let (readings_bytes, rollup_bytes) = at_rest(&mut t.conn());
+    vacuum(&t);
+    let as_rows = at_rest(&mut t.conn());
+    let now = now_us();
+    let day = Span::new(now - DAY_US, now, 480).unwrap();
+    let (day_source, rows_day) = chart_times(&t, devices[0], day, size.queries);
+    let (rows_exported, rows_export_rate) = export_rate(&t);
+    assert_eq!(rows_exported, stored as u64);
+
+    let started = Instant::now();
+    let sealed = blocks::seal_all(&mut t.conn(), now_us()).unwrap();
+    let seal_s = started.elapsed().as_secs_f64();
+    assert_eq!(sealed, stored as u64 - 1, "all but the newest reading");
+    vacuum(&t);
+    let as_blocks = at_rest(&mut t.conn());
+    let (_, sealed_day) = chart_times(&t, devices[0], day, size.queries);
+    let (sealed_exported, sealed_export_rate) = export_rate(&t);
+    assert_eq!(sealed_exported, stored as u64);
 
     // A year of one device that sent every 10 minutes, for the year's chart.
     let yearly = register(&t, &site, "MM-YEAR");
     fill(&t, &[yearly], &["temperature_c"], 365 * 144, 600_000_000);
     rollups::catch_up(&mut t.conn()).unwrap();
-
-    let now = now_us();
-    let day = Span::new(now - DAY_US, now, 480).unwrap();
     let year = Span::new(now - 365 * DAY_US, now, 480).unwrap();
-    let (day_source, (day_p50, day_p99)) = chart_times(&t, devices[0], day, size.queries);
-    let (year_source, (year_p50, year_p99)) = chart_times(&t, yearly, year, size.queries);
+    let (year_source, year_times) = chart_times(&t, yearly, year, size.queries);
     assert_eq!(year_source, Source::Rollups(HOUR_US));
 
-    let started = Instant::now();
-    let exported = readings::export(
-        &mut t.conn(),
-        &ExportFilter::default(),
-        ExportFormat::Csv,
-        std::io::sink(),
-    )
-    .unwrap();
-    let export_s = started.elapsed().as_secs_f64();
-    assert!(exported >= stored as u64);
-
     let per = |bytes: i64| bytes as f64 / stored as f64;
+    let ms = |(p50, p99): (f64, f64)| format!("p50 {p50:.2} ms, p99 {p99:.2} ms");
     println!(
         "{backend:?}: {} devices x {} metrics x {} days every 10 s = {stored} readings",
         size.devices,
@@ -231,27 +266,37 @@ fn run(backend: Backend, size: &Size) {
         size.days
     );
     println!(
-        "  stored at {:.0} readings/s, rolled up at {:.0} readings/s",
+        "  stored at {:.0} readings/s, rolled up at {:.0} readings/s, sealed at {:.0} readings/s",
         stored as f64 / fill_s,
-        stored as f64 / rollup_s
+        stored as f64 / rollup_s,
+        sealed as f64 / seal_s
     );
     println!(
-        "  at rest: readings and their indexes {:.1} bytes/reading, rollups {:.1} bytes/reading \
-         ({:.1} MB and {:.1} MB)",
-        per(readings_bytes),
-        per(rollup_bytes),
-        readings_bytes as f64 / 1e6,
-        rollup_bytes as f64 / 1e6
+        "  at rest as rows with their indexes: {:.1} bytes/reading ({:.1} MB)",
+        per(as_rows.rows),
+        as_rows.rows as f64 / 1e6
     );
     println!(
-        "  chart, one metric over a day ({day_source:?}): p50 {day_p50:.2} ms, p99 {day_p99:.2} ms"
+        "  at rest sealed in blocks, with their indexes: {:.2} bytes/reading ({:.1} MB)",
+        per(as_blocks.blocks),
+        as_blocks.blocks as f64 / 1e6
     );
     println!(
-        "  chart, one metric over a year ({year_source:?}): p50 {year_p50:.2} ms, p99 {year_p99:.2} ms"
+        "  rollups: {:.1} bytes/reading ({:.1} MB)",
+        per(as_blocks.rollups),
+        as_blocks.rollups as f64 / 1e6
     );
     println!(
-        "  CSV export: {exported} readings in {export_s:.2} s = {:.0} readings/s",
-        exported as f64 / export_s
+        "  chart, one metric over a day ({day_source:?}): from rows {}; from sealed blocks {}",
+        ms(rows_day),
+        ms(sealed_day)
+    );
+    println!(
+        "  chart, one metric over a year ({year_source:?}): {}",
+        ms(year_times)
+    );
+    println!(
+        "  CSV export: from rows {rows_export_rate:.0} readings/s; from sealed blocks {sealed_export_rate:.0} readings/s"
     );
 }
 

@@ -236,3 +236,14 @@ pub fn list(
         .order((reading_rollups::metric, reading_rollups::bucket_start_us))
         .load(conn)?)
 }
+
+/// The start of the first hour `device` measured `metric` in, as the rollups (which outlive
+/// the raw readings) remember it.
+pub fn first_hour(conn: &mut DbConnection, device: DeviceId, metric: &str) -> Result<Option<i64>> {
+    Ok(reading_rollups::table
+        .filter(reading_rollups::device_id.eq(device))
+        .filter(reading_rollups::metric.eq(metric))
+        .filter(reading_rollups::width_us.eq(HOUR_US))
+        .select(diesel::dsl::min(reading_rollups::bucket_start_us))
+        .first(conn)?)
+}

@@ -247,11 +247,14 @@ pub fn telemetry_budget_mib(conn: &mut DbConnection, config: &Config) -> Result<
 
 /// [`telemetry_budget_mib`] in bytes, as the store measures itself.
 pub fn telemetry_budget_bytes(conn: &mut DbConnection, config: &Config) -> Result<Option<i64>> {
-    Ok(telemetry_budget_mib(conn, config)?.map(|mib| {
-        i64::try_from(mib)
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1 << 20)
-    }))
+    Ok(telemetry_budget_mib(conn, config)?.map(mib_bytes))
+}
+
+/// `mib` MiB in bytes, at most `i64::MAX`.
+pub fn mib_bytes(mib: u64) -> i64 {
+    i64::try_from(mib)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1 << 20)
 }
 
 /// Stores the telemetry budget from the portal's form (`raw` MiB; empty for no limit).

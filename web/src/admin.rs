@@ -283,8 +283,8 @@ async fn settings_with(
         let mut conn = state2.app.store.conn()?;
         let relay = settings::relay(&mut conn, config, &state2.relay_key()?)?;
         let budget = settings::telemetry_budget_mib(&mut conn, config)?;
-        let budget_bytes = settings::telemetry_budget_bytes(&mut conn, config)?;
-        let outlook = appliance::retention::outlook(&mut conn, budget_bytes, now)?;
+        let outlook =
+            appliance::retention::outlook(&mut conn, budget.map(settings::mib_bytes), now)?;
         let storage = StorageView {
             budget_mib: budget.map(|b| b.to_string()).unwrap_or_default(),
             used: outlook.used_bytes.map(mib).unwrap_or_default(),

@@ -14,6 +14,7 @@ use common::*;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use appliance::access::short_time;
 use appliance::alerts::{self, AlertChange, AlertKind, AlertRule, Measure, RuleRequest, RuleScope};
 use appliance::devices::{Device, DeviceKind};
 use appliance::models::{Organisation, Site};
@@ -486,7 +487,21 @@ fn a_years_chart_is_summed_from_rollups_and_outlives_the_raw_readings() {
             received_at_us: now - 1000 + i,
         })
         .collect();
+    // A mold monitor counting cycles for 300 days: its dashboard's life chart.
+    let mold = register_device(app, hall.id, "MOLD-1", DeviceKind::Monitor);
+    let born = (now - 300 * 24 * 60 * MINUTE).div_euclid(60 * MINUTE) * 60 * MINUTE + 7 * MINUTE;
+    let cycles: Vec<NewReading> = (0..300)
+        .map(|i| NewReading {
+            device_id: mold.id,
+            seq: i + 1,
+            metric: "cycle_count".into(),
+            value: (i * 1000) as f64,
+            measured_at_us: born + i * 24 * 60 * MINUTE,
+            received_at_us: now - 1000 + i,
+        })
+        .collect();
     let mut conn = app.store.conn().unwrap();
+    readings::insert_new(&mut conn, &cycles).unwrap();
     readings::insert_new(&mut conn, &rows).unwrap();
     // What the ingest does each second, then what retention does: all but the newest go.
     appliance::rollups::catch_up(&mut conn).unwrap();
@@ -495,9 +510,21 @@ fn a_years_chart_is_summed_from_rollups_and_outlives_the_raw_readings() {
         > 0
     {}
     assert_eq!(readings::count_for(&mut conn, logger.id).unwrap(), 1);
+    assert_eq!(readings::count_for(&mut conn, mold.id).unwrap(), 0);
     drop(conn);
 
     portal.login("admin", EMAIL, PASSWORD);
+    // The mold's life still starts at its first cycle's hour, which only the rollups keep.
+    let dashboard = portal.get(Some("admin"), &format!("/devices/{}/dashboard", mold.id.0));
+    assert_eq!(dashboard.status, 200, "{}", dashboard.body);
+    let first_hour = short_time(born - 7 * MINUTE);
+    assert!(
+        dashboard
+            .body
+            .contains(&format!("Cycle count over its life, since {first_hour}")),
+        "{}",
+        dashboard.body
+    );
     let chart = |range: &str| {
         let path = format!(
             "/devices/{}/chart?metric=temperature_c&range={range}",

@@ -1,6 +1,6 @@
 //! Telemetry readings: what devices report, stored once per (device, sequence number).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 use serde::Serialize;
@@ -139,8 +139,48 @@ impl NewReading {
     }
 }
 
-/// Stores `rows`, skipping any (device, seq) already stored; returns how many were new.
-/// Run it inside the caller's transaction.
+/// Stores `rows`, skipping any (device, seq) already stored, as a row or sealed; returns
+/// how many were new. Run it inside the caller's transaction.
+pub fn insert_new(conn: &mut DbConnection, rows: &[NewReading]) -> Result<usize> {
+    let stored = insert_rows(conn, rows)?;
+    // A sealed reading is no longer a row for the unique index to find: one stored again is
+    // taken back out. Checked after the insert, not before: on PostgreSQL a seal of the same
+    // reading that commits meanwhile makes the insert wait for it, and is then seen here.
+    let sealed = already_sealed(conn, rows)?;
+    let mut removed = 0;
+    for (device, seqs) in &sealed {
+        removed += diesel::delete(
+            readings::table
+                .filter(readings::device_id.eq(*device))
+                .filter(readings::seq.eq_any(seqs)),
+        )
+        .execute(conn)?;
+    }
+    Ok(stored.saturating_sub(removed))
+}
+
+/// The sequence numbers of `rows` already sealed into blocks ([`crate::blocks`]), by
+/// device.
+fn already_sealed(
+    conn: &mut DbConnection,
+    rows: &[NewReading],
+) -> Result<BTreeMap<DeviceId, Vec<i64>>> {
+    let mut by_device: BTreeMap<DeviceId, Vec<i64>> = BTreeMap::new();
+    for row in rows {
+        by_device.entry(row.device_id).or_default().push(row.seq);
+    }
+    let mut sealed = BTreeMap::new();
+    for (device, seqs) in by_device {
+        let found = blocks::sealed_seqs(conn, device, &seqs)?;
+        if !found.is_empty() {
+            sealed.insert(device, found.into_iter().collect());
+        }
+    }
+    Ok(sealed)
+}
+
+/// Stores `rows` as rows, skipping any (device, seq) already a row; returns how many were
+/// new.
 ///
 /// On SQLite rows go in statements of exactly [`SQLITE_ROWS`] rows, and the rest in
 /// statements of 32, 16, 8, 4, 2 and 1 rows as its binary digits say (a message of 10
@@ -150,40 +190,6 @@ impl NewReading {
 /// chunk, which the profile of the ingest writer showed costing about as much as the
 /// inserts themselves. On PostgreSQL rows go in large multi-row statements, to save round
 /// trips.
-pub fn insert_new(conn: &mut DbConnection, rows: &[NewReading]) -> Result<usize> {
-    let sealed = already_sealed(conn, rows)?;
-    if sealed.is_empty() {
-        return insert_rows(conn, rows);
-    }
-    let fresh: Vec<NewReading> = rows
-        .iter()
-        .filter(|r| !sealed.contains(&(r.device_id, r.seq)))
-        .cloned()
-        .collect();
-    insert_rows(conn, &fresh)
-}
-
-/// The (device, seq) of `rows` already sealed into blocks ([`crate::blocks`]), which the
-/// rows' unique index no longer sees.
-fn already_sealed(
-    conn: &mut DbConnection,
-    rows: &[NewReading],
-) -> Result<BTreeSet<(DeviceId, i64)>> {
-    let mut by_device: BTreeMap<DeviceId, Vec<i64>> = BTreeMap::new();
-    for row in rows {
-        by_device.entry(row.device_id).or_default().push(row.seq);
-    }
-    let mut sealed = BTreeSet::new();
-    for (device, seqs) in by_device {
-        sealed.extend(
-            blocks::sealed_seqs(conn, device, &seqs)?
-                .into_iter()
-                .map(|seq| (device, seq)),
-        );
-    }
-    Ok(sealed)
-}
-
 fn insert_rows(conn: &mut DbConnection, rows: &[NewReading]) -> Result<usize> {
     let mut stored = 0;
     match conn {

@@ -29,16 +29,18 @@ pub(super) fn reading_of(header: &BlockHeader, sealed: &SealedReading) -> Readin
     }
 }
 
-/// The sealed readings `scope` selects, opening blocks in `order` until `settled` says
-/// that those found (which it may sort and trim) are the answer whatever the block it is
-/// shown holds.
-fn sealed(
+/// `rows` (what the query found among the rows) with the sealed readings `scope` selects,
+/// opening blocks in `order` until `settled` says that those found so far (which it may
+/// sort and trim) are the answer whatever the block it is shown holds. Seeded with the
+/// rows, a query the rows already answer opens no block.
+fn with_sealed(
     conn: &mut DbConnection,
+    rows: Vec<Reading>,
     scope: &Scope<'_>,
     mut order: Order,
     mut settled: impl FnMut(&mut Vec<Reading>, &BlockHeader) -> bool,
 ) -> Result<Vec<Reading>> {
-    let mut found = Vec::new();
+    let mut found = rows;
     loop {
         let page = blocks::headers(conn, scope, order, HEADERS_PAGE)?;
         for header in &page {
@@ -167,31 +169,32 @@ pub fn page_after(
     if let Some(until) = filter.until_us {
         query = query.filter(readings::measured_at_us.lt(until));
     }
-    let mut page: Vec<(String, Reading)> = query.order(readings::id).limit(limit).load(conn)?;
+    let rows: Vec<(String, Reading)> = query.order(readings::id).limit(limit).load(conn)?;
+    let mut serials: HashMap<DeviceId, String> = rows
+        .iter()
+        .map(|(serial, r)| (r.device_id, serial.clone()))
+        .collect();
     let scope = Scope {
         after_id: Some(after),
         ..filter.scope()
     };
-    let sealed = sealed(
-        conn,
-        &scope,
-        Order::Id {
-            after_first_id: None,
-        },
-        lowest_ids(count(limit)),
-    )?;
-    if sealed.is_empty() {
-        return Ok(page);
-    }
-    let serials = serials_of(conn, sealed.iter().map(|r| r.device_id))?;
-    page.extend(
-        sealed
-            .into_iter()
-            .map(|r| (serials.get(&r.device_id).cloned().unwrap_or_default(), r)),
-    );
-    page.sort_by_key(|(_, r)| r.id);
+    let rows = rows.into_iter().map(|(_, r)| r).collect();
+    let by_id = Order::Id {
+        after_first_id: None,
+    };
+    let mut page = with_sealed(conn, rows, &scope, by_id, lowest_ids(count(limit)))?;
+    page.sort_by_key(|r| r.id);
     page.truncate(count(limit));
-    Ok(page)
+    let unnamed: Vec<DeviceId> = page
+        .iter()
+        .map(|r| r.device_id)
+        .filter(|d| !serials.contains_key(d))
+        .collect();
+    serials.extend(serials_of(conn, unnamed.into_iter())?);
+    Ok(page
+        .into_iter()
+        .map(|r| (serials.get(&r.device_id).cloned().unwrap_or_default(), r))
+        .collect())
 }
 
 /// One page of a device's readings in storage order: up to `limit` with an id above `after`
@@ -220,7 +223,7 @@ pub fn page(
     if let Some(after) = after {
         query = query.filter(readings::id.gt(after));
     }
-    let mut page: Vec<Reading> = query
+    let rows: Vec<Reading> = query
         .order(readings::id)
         .limit(limit)
         .select(Reading::as_select())
@@ -233,14 +236,10 @@ pub fn page(
         after_id: after,
         ..Scope::default()
     };
-    page.extend(sealed(
-        conn,
-        &scope,
-        Order::Id {
-            after_first_id: None,
-        },
-        lowest_ids(count(limit)),
-    )?);
+    let by_id = Order::Id {
+        after_first_id: None,
+    };
+    let mut page = with_sealed(conn, rows, &scope, by_id, lowest_ids(count(limit)))?;
     page.sort_by_key(|r| r.id);
     page.truncate(count(limit));
     Ok(page)
@@ -275,7 +274,7 @@ pub fn latest_points(
     if let Some(before) = before_us {
         query = query.filter(readings::measured_at_us.lt(before));
     }
-    let mut points: Vec<Reading> = query
+    let rows: Vec<Reading> = query
         .order((readings::measured_at_us.desc(), readings::seq.desc()))
         .limit(n)
         .select(Reading::as_select())
@@ -286,12 +285,8 @@ pub fn latest_points(
         until_us: before_us,
         ..Scope::default()
     };
-    points.extend(sealed(
-        conn,
-        &scope,
-        Order::NewestFirst { before: None },
-        latest(count(n)),
-    )?);
+    let newest = Order::NewestFirst { before: None };
+    let mut points = with_sealed(conn, rows, &scope, newest, latest(count(n)))?;
     points.sort_by(newest_first);
     points.truncate(count(n));
     Ok(points
@@ -308,7 +303,7 @@ pub fn points_since(
     metric: &str,
     since_us: i64,
 ) -> Result<Vec<(f64, i64)>> {
-    let mut points: Vec<Reading> = readings::table
+    let rows: Vec<Reading> = readings::table
         .filter(readings::device_id.eq(device))
         .filter(readings::metric.eq(metric))
         .filter(readings::measured_at_us.ge(since_us))
@@ -320,12 +315,8 @@ pub fn points_since(
         since_us: Some(since_us),
         ..Scope::default()
     };
-    points.extend(sealed(
-        conn,
-        &scope,
-        Order::Measured { after: None },
-        every,
-    )?);
+    let oldest = Order::Measured { after: None };
+    let mut points = with_sealed(conn, rows, &scope, oldest, every)?;
     points.sort_by(newest_first);
     Ok(points
         .into_iter()
@@ -351,7 +342,7 @@ pub fn points_between(
     if let Some(metric) = metric {
         query = query.filter(readings::metric.eq(metric.to_owned()));
     }
-    let mut points: Vec<Reading> = query
+    let rows: Vec<Reading> = query
         .order((readings::measured_at_us, readings::seq))
         .select(Reading::as_select())
         .limit(limit)
@@ -363,12 +354,8 @@ pub fn points_between(
         until_us: Some(until_us),
         ..Scope::default()
     };
-    points.extend(sealed(
-        conn,
-        &scope,
-        Order::Measured { after: None },
-        earliest(count(limit)),
-    )?);
+    let oldest = Order::Measured { after: None };
+    let mut points = with_sealed(conn, rows, &scope, oldest, earliest(count(limit)))?;
     points.sort_by(oldest_first);
     points.truncate(count(limit));
     Ok(points
@@ -395,17 +382,13 @@ pub fn seqs_for(conn: &mut DbConnection, device: DeviceId) -> Result<Vec<i64>> {
         device: Some(device),
         ..Scope::default()
     };
+    let by_id = Order::Id {
+        after_first_id: None,
+    };
     seqs.extend(
-        sealed(
-            conn,
-            &scope,
-            Order::Id {
-                after_first_id: None,
-            },
-            every,
-        )?
-        .iter()
-        .map(|r| r.seq),
+        with_sealed(conn, Vec::new(), &scope, by_id, every)?
+            .iter()
+            .map(|r| r.seq),
     );
     seqs.sort_unstable();
     Ok(seqs)
@@ -426,10 +409,14 @@ pub fn sealed_points(
         until_us: Some(until_us),
         ..Scope::default()
     };
-    Ok(
-        sealed(conn, &scope, Order::Measured { after: None }, every)?
-            .into_iter()
-            .map(|r| (r.value, r.measured_at_us))
-            .collect(),
-    )
+    Ok(with_sealed(
+        conn,
+        Vec::new(),
+        &scope,
+        Order::Measured { after: None },
+        every,
+    )?
+    .into_iter()
+    .map(|r| (r.value, r.measured_at_us))
+    .collect())
 }

@@ -7,6 +7,7 @@ use actix_web::web;
 use appliance::access::short_time;
 use appliance::alerts::Alert;
 use appliance::readings::{latest_points, points_between};
+use appliance::rollups;
 use askama::Template;
 
 use super::chart::chart_of;
@@ -77,10 +78,17 @@ pub async fn dashboard_page(
         let cycles_day_ago = latest(&mut conn, CYCLES, Some(now - DAY))?;
         let cycle_time = latest(&mut conn, CYCLE_TIME, None)?;
         let temperature = latest(&mut conn, TEMPERATURE, None)?;
-        // Its life: from its first cycle count to now.
-        let born = points_between(&mut conn, device.id, Some(CYCLES), (0, now + 1), 1)?
+        // Its life: from its first cycle count to now; the rollups remember the hour of
+        // one whose raw reading was pruned.
+        let first_kept = points_between(&mut conn, device.id, Some(CYCLES), (0, now + 1), 1)?
             .first()
-            .map_or(now - DAY, |(_, at)| *at);
+            .map(|(_, at)| *at);
+        let first_hour = rollups::first_hour(&mut conn, device.id, CYCLES)?;
+        let born = first_kept
+            .into_iter()
+            .chain(first_hour)
+            .min()
+            .unwrap_or(now - DAY);
         let life = chart_of(
             &mut conn,
             &device,
