@@ -201,7 +201,7 @@ pub fn sealed_seqs(
         .load(conn)?;
     let mut sealed = BTreeSet::new();
     for (id, count, data) in blocks {
-        for reading in decode(id, count, &data)? {
+        for reading in decode_block(id, count, &data)? {
             if candidates.contains(&reading.seq) {
                 sealed.insert(reading.seq);
             }
@@ -324,10 +324,11 @@ pub fn open(conn: &mut DbConnection, header: &BlockHeader) -> Result<Vec<SealedR
         .find(header.id)
         .select(reading_blocks::data)
         .first(conn)?;
-    decode(header.id, header.count, &data)
+    decode_block(header.id, header.count, &data)
 }
 
-fn decode(block: i64, count: i64, data: &[u8]) -> Result<Vec<SealedReading>> {
+/// The readings of block `block`, whose row says it holds `count`.
+pub fn decode_block(block: i64, count: i64, data: &[u8]) -> Result<Vec<SealedReading>> {
     codec::decode(data, usize::try_from(count).unwrap_or(0)).map_err(|err| {
         StoreError::Corrupt(format!("block {block} of sealed readings: {err}")).into()
     })

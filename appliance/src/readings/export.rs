@@ -1,19 +1,19 @@
 //! Exports of readings, in CSV or JSON lines: rows and sealed blocks merged in time order.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::BinaryHeap;
 
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Binary, Double, Nullable, Text};
 use serde::Serialize;
 
-use super::query::{reading_of, serials_of};
+use super::query::reading_of;
 use super::{ExportFilter, Reading};
 use crate::audit::ExportFormat;
 use crate::audit::export::neutralise_formula;
-use crate::blocks::{self, BlockHeader, Order, Scope, SealedReading};
+use crate::blocks::{self, BlockHeader, Scope, SealedReading};
 use crate::error::{Error, Result};
 use crate::ids::DeviceId;
-use crate::schema::{devices, readings};
 use crate::store::DbConnection;
 use crate::time::format_us;
 
@@ -38,192 +38,193 @@ struct JsonLine<'a> {
     received_at_us: i64,
 }
 
-/// Rows read per query while exporting.
-const ROWS_PAGE: i64 = 10_000;
-
 /// Where a reading falls in an export: by measured time, then device, then sequence number.
 type Key = (i64, DeviceId, i64);
+
+/// One row of the export's statement: a reading stored as a row, or a block of sealed
+/// readings placed at its earliest measured time.
+#[derive(QueryableByName)]
+struct Item {
+    #[diesel(sql_type = Text)]
+    serial: String,
+    #[diesel(sql_type = BigInt)]
+    device_id: i64,
+    #[diesel(sql_type = Text)]
+    metric: String,
+    /// When it was measured; a block's earliest reading.
+    #[diesel(sql_type = BigInt)]
+    at: i64,
+    /// 1 for a block, 0 for a row.
+    #[diesel(sql_type = BigInt)]
+    kind: i64,
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = Double)]
+    value: f64,
+    #[diesel(sql_type = BigInt)]
+    received_at_us: i64,
+    #[diesel(sql_type = Nullable<Binary>)]
+    data: Option<Vec<u8>>,
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+/// The statement of an export: the rows and the blocks `filter` selects, in one order by
+/// measured time with each block placed before the rows of its earliest moment. Integers are
+/// written in (they are the filter's own), the metric is bound as `metric`: empty for all.
+fn statement(filter: &ExportFilter, metric: &str) -> String {
+    let mut rows = vec!["TRUE".to_owned()];
+    let mut blocks = vec!["TRUE".to_owned()];
+    if let Some(site) = filter.site {
+        rows.push(format!("d.site_id = {}", site.0));
+        blocks.push(format!("d.site_id = {}", site.0));
+    }
+    if let Some(device) = filter.device {
+        rows.push(format!("r.device_id = {}", device.0));
+        blocks.push(format!("b.device_id = {}", device.0));
+    }
+    // Always bound: empty (no metric is) for every metric.
+    rows.push(format!("({metric} = '' OR r.metric = {metric})"));
+    blocks.push(format!("({metric} = '' OR b.metric = {metric})"));
+    if let Some(since) = filter.since_us {
+        rows.push(format!("r.measured_at_us >= {since}"));
+        blocks.push(format!("b.max_measured_at_us >= {since}"));
+    }
+    if let Some(until) = filter.until_us {
+        rows.push(format!("r.measured_at_us < {until}"));
+        blocks.push(format!("b.min_measured_at_us < {until}"));
+    }
+    format!(
+        "SELECT d.serial AS serial, r.device_id AS device_id, r.metric AS metric, \
+             r.measured_at_us AS at, CAST(0 AS BIGINT) AS kind, r.id AS id, r.seq AS seq, \
+             r.value AS value, r.received_at_us AS received_at_us, NULL AS data, \
+             CAST(0 AS BIGINT) AS count \
+         FROM readings r JOIN devices d ON d.id = r.device_id WHERE {} \
+         UNION ALL \
+         SELECT d.serial, b.device_id, b.metric, b.min_measured_at_us, CAST(1 AS BIGINT), b.id, \
+             CAST(0 AS BIGINT), CAST(0 AS DOUBLE PRECISION), CAST(0 AS BIGINT), b.data, b.count \
+         FROM reading_blocks b JOIN devices d ON d.id = b.device_id WHERE {} \
+         ORDER BY at, kind DESC, device_id, seq",
+        rows.join(" AND "),
+        blocks.join(" AND ")
+    )
+}
 
 /// Calls `visit` with each reading `filter` selects and its device's serial, in time order
 /// (measured time, then device, then sequence number); returns how many. Nothing is
 /// collected, so there is no row cap.
 ///
-/// It merges two streams read under one snapshot, so that sealing running beside it can
-/// neither hide a reading nor show it twice: the rows, a page at a time from where the last
-/// page ended, and the sealed readings, opening each block only when the merge reaches its
-/// earliest reading. Memory grows with the blocks open at once (one per series whose block
-/// spans the current moment), not with the length of the export.
+/// One statement reads the rows and the blocks of sealed readings together, so the export
+/// is one moment of the store even while readings are sealed beside it. A block arrives at
+/// its earliest reading and is opened then; its readings wait in a heap until the rows
+/// reach them. Memory grows with the blocks open at once (about one per series whose block
+/// spans the moment the export has reached), not with the length of the export.
 pub fn for_each_reading(
     conn: &mut DbConnection,
     filter: &ExportFilter,
     mut visit: impl FnMut(&str, &Reading) -> Result<()>,
 ) -> Result<u64> {
-    conn.transaction(|conn| {
-        if let DbConnection::Postgres(c) = conn {
-            diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(c)?;
+    let scope = filter.scope();
+    let mut sealed = Sealed::default();
+    let mut seen = 0;
+    let mut item = |item: Item| -> Result<()> {
+        if item.kind == 1 {
+            return sealed.open(item, &scope);
         }
-        let scope = filter.scope();
-        let mut rows = Rows::default();
-        let mut sealed = Sealed::default();
-        let mut seen = 0;
-        loop {
-            rows.fill(conn, filter)?;
-            let row_key = rows.page.front().map(|(_, r)| key_of(r));
-            // Open every block that may hold a reading due before the next one known.
-            loop {
-                let due = match (row_key, sealed.next_key()) {
-                    (Some(row), Some(block)) => Some(row.min(block)),
-                    (row, block) => row.or(block),
-                };
-                let Some(header) = sealed.next_header(conn, &scope)? else {
-                    break;
-                };
-                if due.is_some_and(|(at, _, _)| header.min_measured_at_us > at) {
-                    break;
-                }
-                sealed.open_next(conn, &scope)?;
+        let reading = Reading {
+            id: item.id,
+            device_id: DeviceId(item.device_id),
+            seq: item.seq,
+            metric: item.metric,
+            value: item.value,
+            measured_at_us: item.at,
+            received_at_us: item.received_at_us,
+        };
+        while sealed.next_key().is_some_and(|key| key < key_of(&reading)) {
+            if let Some((serial, earlier)) = sealed.take_next() {
+                visit(&serial, &earlier)?;
+                seen += 1;
             }
-            let from_rows = match (row_key, sealed.next_key()) {
-                (None, None) => return Ok(seen),
-                (Some(row), Some(block)) => row < block,
-                (row, _) => row.is_some(),
-            };
-            let next = if from_rows {
-                rows.page.pop_front()
-            } else {
-                sealed.take_next()
-            };
-            let Some((serial, reading)) = next else {
-                return Ok(seen);
-            };
-            visit(&serial, &reading)?;
-            seen += 1;
         }
-    })
+        visit(&item.serial, &reading)?;
+        seen += 1;
+        Ok(())
+    };
+    let metric = filter.metric.clone().unwrap_or_default();
+    match conn {
+        DbConnection::Sqlite(c) => {
+            let query = diesel::sql_query(statement(filter, "?1")).bind::<Text, _>(&metric);
+            for row in query.load_iter::<Item, diesel::connection::DefaultLoadingMode>(c)? {
+                item(row?)?;
+            }
+        }
+        DbConnection::Postgres(c) => {
+            let query = diesel::sql_query(statement(filter, "$1")).bind::<Text, _>(&metric);
+            for row in query.load_iter::<Item, diesel::connection::DefaultLoadingMode>(c)? {
+                item(row?)?;
+            }
+        }
+    }
+    while let Some((serial, reading)) = sealed.take_next() {
+        visit(&serial, &reading)?;
+        seen += 1;
+    }
+    Ok(seen)
 }
 
 fn key_of(reading: &Reading) -> Key {
     (reading.measured_at_us, reading.device_id, reading.seq)
 }
 
-/// The rows of an export, a page at a time, each page starting after the last one's key.
-#[derive(Default)]
-struct Rows {
-    page: VecDeque<(String, Reading)>,
-    after: Option<Key>,
-    done: bool,
-}
-
-impl Rows {
-    fn fill(&mut self, conn: &mut DbConnection, filter: &ExportFilter) -> Result<()> {
-        if !self.page.is_empty() || self.done {
-            return Ok(());
-        }
-        use readings::{device_id, measured_at_us, seq};
-        let mut query = readings::table
-            .inner_join(devices::table)
-            .select((devices::serial, Reading::as_select()))
-            .order((measured_at_us, device_id, seq))
-            .into_boxed();
-        if let Some(site) = filter.site {
-            query = query.filter(devices::site_id.eq(site));
-        }
-        if let Some(device) = filter.device {
-            query = query.filter(device_id.eq(device));
-        }
-        if let Some(metric) = &filter.metric {
-            query = query.filter(readings::metric.eq(metric.clone()));
-        }
-        if let Some(since) = filter.since_us {
-            query = query.filter(measured_at_us.ge(since));
-        }
-        if let Some(until) = filter.until_us {
-            query = query.filter(measured_at_us.lt(until));
-        }
-        if let Some((at, device, after_seq)) = self.after {
-            query = query.filter(
-                measured_at_us.gt(at).or(measured_at_us.eq(at).and(
-                    device_id
-                        .gt(device)
-                        .or(device_id.eq(device).and(seq.gt(after_seq))),
-                )),
-            );
-        }
-        let page: Vec<(String, Reading)> = query.limit(ROWS_PAGE).load(conn)?;
-        self.done = (page.len() as i64) < ROWS_PAGE;
-        self.after = page.last().map(|(_, r)| key_of(r)).or(self.after);
-        self.page = page.into();
-        Ok(())
-    }
-}
-
-/// One opened block: its readings in export order, and how far the merge has taken them.
+/// One opened block: its readings in export order, and how far the export has taken them.
 struct OpenBlock {
     header: BlockHeader,
+    serial: String,
     readings: Vec<SealedReading>,
     next: usize,
 }
 
 impl OpenBlock {
-    fn key(&self) -> Key {
-        let r = &self.readings[self.next];
-        (r.measured_at_us, self.header.device_id, r.seq)
+    fn key(&self) -> Option<Key> {
+        let r = self.readings.get(self.next)?;
+        Some((r.measured_at_us, self.header.device_id, r.seq))
     }
 }
 
-/// The sealed readings of an export: the blocks in order of their earliest reading, and a
-/// heap of the open ones by their next reading's key.
+/// The open blocks of an export, in a heap by their next reading's key.
 #[derive(Default)]
 struct Sealed {
-    headers: VecDeque<BlockHeader>,
-    after: Option<(i64, i64)>,
-    exhausted: bool,
     open: Vec<Option<OpenBlock>>,
     free: Vec<usize>,
     heap: BinaryHeap<Reverse<(Key, usize)>>,
-    serials: HashMap<DeviceId, String>,
 }
 
 impl Sealed {
-    /// The header of the next block to open, reading the next page of them when needed.
-    fn next_header(
-        &mut self,
-        conn: &mut DbConnection,
-        scope: &Scope<'_>,
-    ) -> Result<Option<&BlockHeader>> {
-        if self.headers.is_empty() && !self.exhausted {
-            let order = Order::Measured { after: self.after };
-            let page = blocks::headers(conn, scope, order, HEADERS_PAGE)?;
-            self.exhausted = (page.len() as i64) < HEADERS_PAGE;
-            if let Some(last) = page.last() {
-                self.after = Some((last.min_measured_at_us, last.id));
-            }
-            self.headers = page.into();
-        }
-        Ok(self.headers.front())
-    }
-
-    fn open_next(&mut self, conn: &mut DbConnection, scope: &Scope<'_>) -> Result<()> {
-        let Some(header) = self.headers.pop_front() else {
-            return Ok(());
-        };
-        let mut readings = blocks::open(conn, &header)?;
+    fn open(&mut self, item: Item, scope: &Scope<'_>) -> Result<()> {
+        let data = item.data.unwrap_or_default();
+        let mut readings = blocks::decode_block(item.id, item.count, &data)?;
         readings.retain(|r| scope.holds(r));
-        if readings.is_empty() {
-            return Ok(());
-        }
         readings.sort_by_key(|r| (r.measured_at_us, r.seq));
-        if !self.serials.contains_key(&header.device_id) {
-            self.serials
-                .extend(serials_of(conn, std::iter::once(header.device_id))?);
-        }
         let block = OpenBlock {
-            header,
+            header: BlockHeader {
+                id: item.id,
+                device_id: DeviceId(item.device_id),
+                metric: item.metric,
+                count: item.count,
+                first_id: 0,
+                last_id: 0,
+                min_measured_at_us: item.at,
+                max_measured_at_us: item.at,
+            },
+            serial: item.serial,
             readings,
             next: 0,
         };
-        let key = block.key();
+        let Some(key) = block.key() else {
+            return Ok(());
+        };
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.open[slot] = Some(block);
@@ -246,26 +247,19 @@ impl Sealed {
     fn take_next(&mut self) -> Option<(String, Reading)> {
         let Reverse((_, slot)) = self.heap.pop()?;
         let block = self.open.get_mut(slot)?.as_mut()?;
-        let reading = reading_of(&block.header, &block.readings[block.next]);
+        let reading = reading_of(&block.header, block.readings.get(block.next)?);
+        let serial = block.serial.clone();
         block.next += 1;
-        if block.next < block.readings.len() {
-            let key = block.key();
-            self.heap.push(Reverse((key, slot)));
-        } else {
-            self.open[slot] = None;
-            self.free.push(slot);
+        match block.key() {
+            Some(key) => self.heap.push(Reverse((key, slot))),
+            None => {
+                self.open[slot] = None;
+                self.free.push(slot);
+            }
         }
-        let serial = self
-            .serials
-            .get(&reading.device_id)
-            .cloned()
-            .unwrap_or_default();
         Some((serial, reading))
     }
 }
-
-/// Block headers read per query.
-const HEADERS_PAGE: i64 = 256;
 
 /// Streams the readings `filter` selects to `out` and returns how many it wrote. In CSV,
 /// text cells a spreadsheet would run as a formula are prefixed with `'` (OWASP's
