@@ -78,11 +78,22 @@ fn register(t: &TestAppliance, site: &appliance::models::Site, serial: &str) -> 
     register_device(&t.app, site.id, serial, DeviceKind::Monitor).id
 }
 
-/// A plausible value of `metric` at step `i`: a slow wave with a little noise, to a tenth.
+/// A plausible value of `metric` at step `i`: a slow wave with random noise of up to a
+/// unit, to a tenth, as a sensor sends it. The noise is a hash of (metric, step), so every
+/// run stores the same values, and it does not repeat: noise that repeated would flatter
+/// the compression of sealed blocks.
 fn value(metric: usize, i: i64) -> f64 {
     let wave = ((i as f64) / 360.0).sin() * 10.0;
-    let noise = ((i * 7919 + metric as i64 * 104_729) % 100) as f64 / 100.0;
+    let noise = (splitmix((metric as u64) << 40 ^ i as u64) % 1000) as f64 / 1000.0;
     ((metric as f64 * 10.0 + 50.0 + wave + noise) * 10.0).round() / 10.0
+}
+
+/// SplitMix64's output function: a well-mixed 64-bit hash of `x`.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Stores a reading of each of `metrics` of each device every `step_us` for `steps` steps

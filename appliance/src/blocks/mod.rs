@@ -4,7 +4,8 @@
 //! store, so queries, charts, pages, streams and exports do not change.
 //!
 //! Sealing ([`seal_next`]) takes the series of the oldest row that may be sealed, writes its
-//! rows (in id order) as one block and deletes them, in one transaction: a reading is a row
+//! earliest-measured rows that may be sealed as one block (in measured order) and deletes
+//! them, in one transaction: a reading is a row
 //! or in one block, never both and never neither, whatever moment a process is killed. Only
 //! readings already counted in the rollups are sealed, and never the newest row (see
 //! [`crate::rollups`]: ids must keep growing), so sealing changes no id and no rollup.
@@ -90,13 +91,14 @@ pub fn seal_next(conn: &mut DbConnection, received_before: i64) -> Result<usize>
         if received >= received_before {
             return Ok(0);
         }
-        let sealable = readings::table
+        // The series' earliest-measured readings that may be sealed, read along its
+        // (device, metric, measured time) index: a step visits about the rows it seals.
+        let rows: Vec<(i64, i64, f64, i64, i64)> = readings::table
             .filter(readings::device_id.eq(device))
             .filter(readings::metric.eq(&metric))
             .filter(readings::id.le(through))
-            .filter(readings::received_at_us.lt(received_before));
-        let rows: Vec<(i64, i64, f64, i64, i64)> = sealable
-            .order(readings::id)
+            .filter(readings::received_at_us.lt(received_before))
+            .order((readings::measured_at_us, readings::seq))
             .limit(BLOCK_MAX)
             .select((
                 readings::id,
@@ -119,12 +121,12 @@ pub fn seal_next(conn: &mut DbConnection, received_before: i64) -> Result<usize>
             )
             .collect();
         let block = NewBlock::of(device, &metric, &rows)?;
-        let last_id = block.last_id;
         diesel::insert_into(reading_blocks::table)
             .values(&block)
             .execute(conn)?;
-        // Exactly the rows read above: those of the series up to the block's last id.
-        let deleted = diesel::delete(sealable.filter(readings::id.le(last_id))).execute(conn)?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let deleted =
+            diesel::delete(readings::table.filter(readings::id.eq_any(&ids))).execute(conn)?;
         if deleted != rows.len() {
             return Err(StoreError::Corrupt(format!(
                 "sealing {} readings of device {device} {metric} would delete {deleted} rows",
@@ -149,7 +151,7 @@ pub fn seal_all(conn: &mut DbConnection, received_before: i64) -> Result<u64> {
 }
 
 impl<'a> NewBlock<'a> {
-    /// The block of `rows` (in id order, at least one) of `device`'s `metric`.
+    /// The block of `rows` (at least one) of `device`'s `metric`.
     fn of(device: DeviceId, metric: &'a str, rows: &[SealedReading]) -> Result<NewBlock<'a>> {
         let lowest = |f: fn(&SealedReading) -> i64| rows.iter().map(f).min().unwrap_or(0);
         let highest = |f: fn(&SealedReading) -> i64| rows.iter().map(f).max().unwrap_or(0);

@@ -1,6 +1,6 @@
 -- Sealed readings: the readings of one device's metric, compressed into a block once they
 -- are older than the hot rows (see appliance/src/blocks). A block holds up to 2,048
--- readings in id order; the columns beside the data say which readings it holds, so a
+-- readings in measured order; the columns beside the data say which readings it holds, so a
 -- query opens only the blocks that can match. The rows a block replaces are deleted in
 -- the transaction that writes it, so a reading is either a row or in one block, never both.
 CREATE TABLE reading_blocks (
