@@ -511,6 +511,7 @@ diesel::table! {
         max_seq -> BigInt,
         min_measured_at_us -> BigInt,
         max_measured_at_us -> BigInt,
+        min_received_at_us -> BigInt,
         max_received_at_us -> BigInt,
         data -> Binary,
     }

@@ -330,6 +330,47 @@ fn pruning_takes_the_oldest_blocks_first_audited(backend: Backend) {
     })
     .unwrap();
     assert_eq!(deleted as usize, pruned, "every pruned reading is audited");
+
+    // A block holding readings on both sides of the limit keeps only the younger ones.
+    let logger = register_device(
+        &t.app,
+        t.site(t.organisation("Plant 2").id, "Hall").id,
+        "DL-9",
+        DeviceKind::DataLogger,
+    )
+    .id;
+    let now = now_us();
+    let rows: Vec<NewReading> = (0..2000_i64)
+        .map(|i| {
+            let received = if i % 2 == 0 {
+                now - 3 * DAY_US
+            } else {
+                now - DAY_US / 24
+            };
+            reading(
+                logger,
+                i,
+                "temperature_c",
+                value(i),
+                now - 4 * DAY_US + i,
+                received,
+            )
+        })
+        .collect();
+    readings::insert_new(&mut t.conn(), &rows).unwrap();
+    rollups::catch_up(&mut t.conn()).unwrap();
+    assert_eq!(
+        blocks::seal_all(&mut t.conn(), now).unwrap(),
+        2000,
+        "the reading left newest before, and all of these but the newest"
+    );
+    while retention::prune_by_age(&t.app.audit, &test_actor(), 2, now).unwrap() > 0 {}
+    let kept = readings::seqs_for(&mut t.conn(), logger).unwrap();
+    assert_eq!(
+        kept,
+        (0..2000).filter(|i| i % 2 == 1).collect::<Vec<_>>(),
+        "the old half went, the young half stayed"
+    );
 }
 
 /// `plantgate readings seal` on a store of 100 series, killed with SIGKILL once some blocks

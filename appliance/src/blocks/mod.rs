@@ -44,6 +44,7 @@ struct NewBlock<'a> {
     max_seq: i64,
     min_measured_at_us: i64,
     max_measured_at_us: i64,
+    min_received_at_us: i64,
     max_received_at_us: i64,
     data: Vec<u8>,
 }
@@ -167,6 +168,7 @@ impl<'a> NewBlock<'a> {
             max_seq: highest(|r| r.seq),
             min_measured_at_us: lowest(|r| r.measured_at_us),
             max_measured_at_us: highest(|r| r.measured_at_us),
+            min_received_at_us: lowest(|r| r.received_at_us),
             max_received_at_us: highest(|r| r.received_at_us),
             data,
         })
@@ -363,32 +365,44 @@ pub fn metrics_of(conn: &mut DbConnection, device: DeviceId) -> Result<Vec<Strin
         .load(conn)?)
 }
 
-/// Deletes up to `limit` of the oldest blocks whose readings were all received before
-/// `cutoff_us`, oldest (lowest id) first, stopping at the first younger one, so nothing
-/// newer goes before something older. Returns how many readings they held.
+/// Deletes the sealed readings received before `cutoff_us` from up to `limit` blocks, those
+/// holding the earliest received first; returns how many. A block whose readings all go is
+/// deleted; one that keeps some is written again with those alone, so a reading past
+/// retention never outlives it for sharing a block with younger ones.
 pub fn prune_received_before(conn: &mut DbConnection, cutoff_us: i64, limit: i64) -> Result<usize> {
-    let oldest: Vec<(i64, i64, i64)> = reading_blocks::table
-        .order(reading_blocks::first_id)
+    let oldest: Vec<(BlockHeader, i64, Vec<u8>)> = reading_blocks::table
+        .inner_join(devices::table)
+        .filter(reading_blocks::min_received_at_us.lt(cutoff_us))
+        .order((reading_blocks::min_received_at_us, reading_blocks::id))
         .limit(limit)
         .select((
-            reading_blocks::id,
-            reading_blocks::count,
+            BlockHeader::as_select(),
             reading_blocks::max_received_at_us,
+            reading_blocks::data,
         ))
         .load(conn)?;
-    let gone: Vec<(i64, i64)> = oldest
-        .into_iter()
-        .take_while(|(_, _, received)| *received < cutoff_us)
-        .map(|(id, count, _)| (id, count))
-        .collect();
-    if gone.is_empty() {
-        return Ok(0);
+    let mut deleted = 0;
+    for (header, latest, data) in oldest {
+        diesel::delete(reading_blocks::table.find(header.id)).execute(conn)?;
+        if latest < cutoff_us {
+            deleted += usize::try_from(header.count).unwrap_or(0);
+            continue;
+        }
+        let all = decode_block(header.id, header.count, &data)?;
+        let kept: Vec<SealedReading> = all
+            .iter()
+            .copied()
+            .filter(|r| r.received_at_us >= cutoff_us)
+            .collect();
+        deleted += all.len() - kept.len();
+        if !kept.is_empty() {
+            let block = NewBlock::of(header.device_id, &header.metric, &kept)?;
+            diesel::insert_into(reading_blocks::table)
+                .values(&block)
+                .execute(conn)?;
+        }
     }
-    diesel::delete(
-        reading_blocks::table.filter(reading_blocks::id.eq_any(gone.iter().map(|(id, _)| *id))),
-    )
-    .execute(conn)?;
-    Ok(gone.iter().map(|(_, count)| *count as usize).sum())
+    Ok(deleted)
 }
 
 /// The lowest reading id sealed.

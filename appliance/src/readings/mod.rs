@@ -247,8 +247,8 @@ fn insert_fixed<const N: usize>(
 /// hands out the next id after the largest one left, and ids must keep growing for the
 /// rollups and live streams that follow them ([`crate::rollups`]).
 ///
-/// Sealed readings are older than rows, so whole blocks go first, each once every reading
-/// in it was received before the cutoff.
+/// Sealed readings are older than rows, so they go first: the blocks holding the earliest
+/// received, each deleted or written again without what goes ([`blocks::prune_received_before`]).
 pub fn prune_received_before(conn: &mut DbConnection, cutoff_us: i64, chunk: i64) -> Result<usize> {
     let blocks_per_chunk = (chunk / blocks::BLOCK_MAX).max(1);
     let sealed = blocks::prune_received_before(conn, cutoff_us, blocks_per_chunk)?;

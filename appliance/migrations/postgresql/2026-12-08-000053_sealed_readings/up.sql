@@ -14,6 +14,7 @@ CREATE TABLE reading_blocks (
     max_seq            BIGINT NOT NULL,
     min_measured_at_us BIGINT NOT NULL,
     max_measured_at_us BIGINT NOT NULL,
+    min_received_at_us BIGINT NOT NULL,
     max_received_at_us BIGINT NOT NULL,
     data               BYTEA NOT NULL
 );
@@ -21,7 +22,9 @@ CREATE TABLE reading_blocks (
 CREATE INDEX reading_blocks_series ON reading_blocks (device_id, metric, max_measured_at_us);
 -- Whether a (device, seq) is already stored: a retried batch is stored once.
 CREATE INDEX reading_blocks_seq ON reading_blocks (device_id, max_seq);
--- Pages and live streams in id order; pruning oldest first.
+-- Pages and live streams in id order.
 CREATE INDEX reading_blocks_last_id ON reading_blocks (last_id);
+-- Retention: the earliest received first.
+CREATE INDEX reading_blocks_received ON reading_blocks (min_received_at_us);
 -- Exports of a site or the whole plant, in measured-time order.
 CREATE INDEX reading_blocks_measured ON reading_blocks (min_measured_at_us);
