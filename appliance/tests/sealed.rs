@@ -9,6 +9,8 @@
 mod common;
 
 use std::process::Stdio;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
 use appliance::audit::ExportFormat;
@@ -463,11 +465,27 @@ fn sealing_beside_a_busy_writer_fails_no_step_and_exports_stay_consistent(backen
     let device = register_device(&t.app, site.id, "MM-1", DeviceKind::Monitor).id;
     let start = (now_us() - 3 * DAY_US).div_euclid(DAY_US) * DAY_US;
     let batches = 300_i64;
-    let done = std::sync::atomic::AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    let sealed_so_far = AtomicU64::new(0);
     let (sealed, exports) = std::thread::scope(|scope| {
         scope.spawn(|| {
+            // Done when this thread ends, by panic too, so that the others stop.
+            struct Finished<'a>(&'a AtomicBool);
+            impl Drop for Finished<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, SeqCst);
+                }
+            }
+            let _finished = Finished(&done);
             let mut conn = t.conn();
             for b in 0..batches {
+                // Halfway, until the sealer has sealed something: sealing then surely runs
+                // while this writer still stores, however busy the machine.
+                let deadline = Instant::now() + Duration::from_secs(300);
+                while b == batches / 2 && sealed_so_far.load(SeqCst) == 0 {
+                    assert!(Instant::now() < deadline, "the sealer sealed nothing");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 let rows: Vec<NewReading> = (0..50)
                     .map(|i| {
                         let n = b * 50 + i;
@@ -477,11 +495,10 @@ fn sealing_beside_a_busy_writer_fails_no_step_and_exports_stay_consistent(backen
                     .collect();
                 assert_eq!(readings::insert_new(&mut conn, &rows).unwrap(), 50);
             }
-            done.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         let exporter = scope.spawn(|| {
             let mut counts = Vec::new();
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            while !done.load(SeqCst) {
                 let csv = export(&t, &ExportFilter::default(), ExportFormat::Csv);
                 let seqs: Vec<&str> = csv
                     .lines()
@@ -495,12 +512,12 @@ fn sealing_beside_a_busy_writer_fails_no_step_and_exports_stay_consistent(backen
             counts
         });
         let mut conn = t.conn();
-        let mut sealed = 0;
-        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        while !done.load(SeqCst) {
             rollups::advance(&mut conn).unwrap();
-            sealed += blocks::seal_all(&mut conn, now_us()).unwrap();
+            let sealed = blocks::seal_all(&mut conn, now_us()).unwrap();
+            sealed_so_far.fetch_add(sealed, SeqCst);
         }
-        (sealed, exporter.join().unwrap())
+        (sealed_so_far.load(SeqCst), exporter.join().unwrap())
     });
     assert!(
         sealed > 0,
